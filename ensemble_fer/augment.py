@@ -1,0 +1,335 @@
+"""Training-time (and test-time) augmentation of the two model inputs together.
+
+A model sees a face twice: as the 48x48 image, and through the 2728-d BOVW vector
+(68 landmarks, then the sliding-window HOG of the image). Augmenting only the image
+would make the two disagree, so here ONE affine transform per image moves the image
+(``cv2.warpAffine``), the SAME transform moves its landmarks, and the HOG is
+recomputed from the transformed image.
+
+Coordinates are pixel coordinates as dlib and OpenCV use them: pixel ``(x, y)`` is
+centred on the integer point ``(x, y)``, so a 48-pixel-wide image spans x = 0 .. 47,
+its centre is (23.5, 23.5), and a horizontal flip maps x to ``47 - x``. OpenCV's
+``warpAffine`` samples ``dst(p) = src(M^-1 p)`` in exactly these coordinates, so a
+landmark at ``p`` moves to ``M p``.
+
+Everything is plain numpy with an explicit random generator, so that it runs inside
+``tf.numpy_function`` in a ``tf.data`` pipeline or in a Python generator, and a seed
+reproduces a batch exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .bovw import assemble_bovw
+from .hog import IMAGE_SIZE, sliding_hog
+from .landmarks import FLIP_PERMUTATION, N_LANDMARKS
+
+__all__ = [
+    "AugmentConfig",
+    "TTA_VIEWS",
+    "affine_matrix",
+    "random_affine",
+    "augment_batch",
+    "transform_batch",
+    "tta_views",
+]
+
+_CENTRE = (IMAGE_SIZE - 1) / 2.0  # 23.5: the image centre in pixel-centre coordinates
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random transform applied to each training image.
+
+    Parameters
+    ----------
+    rotation_deg : float, default=10
+        Largest rotation, in degrees; the angle is uniform in [-r, r].
+    shear_deg : float, default=10
+        Largest horizontal shear, as an angle in degrees (the unit of Keras'
+        ``shear_range``): vertical lines lean by an angle uniform in [-s, s], i.e.
+        ``x += tan(angle) * (y - 23.5)``. Below 90.
+    zoom : float, default=0.1
+        Largest relative change of scale; the (isotropic) scale factor is uniform in
+        [1 - z, 1 + z], > 1 enlarging the face. Below 1.
+    horizontal_flip : bool, default=True
+        Mirror half of the images (chosen at random).
+    strength : float, default=1
+        Multiplies ``rotation_deg``, ``shear_deg`` and ``zoom`` (not the flip), to
+        tune the amount of augmentation with one number; 0 leaves only the flip.
+    """
+
+    rotation_deg: float = 10.0
+    shear_deg: float = 10.0
+    zoom: float = 0.1
+    horizontal_flip: bool = True
+    strength: float = 1.0
+
+    def __post_init__(self):
+        for name in ("rotation_deg", "shear_deg", "zoom", "strength"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ValueError(f"{name} must be a number; got {value!r}")
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+        if not isinstance(self.horizontal_flip, (bool, np.bool_)):
+            raise ValueError(f"horizontal_flip must be True or False; got {self.horizontal_flip!r}")
+        # The limits apply to the ranges actually used, i.e. after scaling by strength.
+        if self.shear_deg * self.strength >= 90:
+            raise ValueError(
+                "shear_deg * strength must be below 90 (degrees); "
+                f"got {self.shear_deg} * {self.strength}"
+            )
+        if self.zoom * self.strength >= 1:
+            raise ValueError(
+                f"zoom * strength must be below 1; got {self.zoom} * {self.strength}"
+            )
+
+
+def affine_matrix(rotation_deg=0.0, shear_deg=0.0, scale=1.0, flip=False) -> np.ndarray:
+    """The (2, 3) matrix of a transform about the centre of a 48x48 image.
+
+    The point ``p`` (pixel coordinates, see the module docstring) goes to
+    ``M[:, :2] @ p + M[:, 2]``: first mirrored (``x -> 47 - x``) if ``flip``, then
+    scaled by ``scale``, sheared (vertical lines leaning by ``shear_deg``) and rotated
+    by ``rotation_deg`` (counter-clockwise as displayed, OpenCV's convention), all
+    about the centre (23.5, 23.5). This is the matrix to give ``cv2.warpAffine``.
+    """
+    return _affine_matrices(
+        np.array([rotation_deg], float), np.array([shear_deg], float), np.array([scale], float),
+        np.array([flip], bool),
+    )[0]
+
+
+def _affine_matrices(rotation_deg, shear_deg, scale, flip) -> np.ndarray:
+    """(n, 2, 3) matrices of :func:`affine_matrix` for arrays of n parameters."""
+    theta = np.deg2rad(rotation_deg)
+    cos, sin = np.cos(theta), np.sin(theta)
+    tan = np.tan(np.deg2rad(shear_deg))
+    mirror = np.where(flip, -1.0, 1.0)
+    # linear = scale * rotation @ shear @ mirror, with (in image coordinates, y down,
+    # so that a positive angle turns counter-clockwise on screen as in
+    # cv2.getRotationMatrix2D) rotation = [[cos, sin], [-sin, cos]],
+    # shear = [[1, tan], [0, 1]] and mirror = [[+-1, 0], [0, 1]].
+    linear = np.empty((len(theta), 2, 2))
+    linear[:, 0, 0] = cos * mirror
+    linear[:, 0, 1] = cos * tan + sin
+    linear[:, 1, 0] = -sin * mirror
+    linear[:, 1, 1] = -sin * tan + cos
+    linear *= np.asarray(scale, float)[:, None, None]
+    # p -> linear (p - c) + c, c the centre.
+    centre = np.array([_CENTRE, _CENTRE])
+    offset = centre - linear @ centre
+    return np.concatenate([linear, offset[:, :, None]], axis=2)
+
+
+def _draw(rng, n, config):
+    """Random transforms for n images: (n, 2, 3) matrices and (n,) flip flags.
+
+    All four numbers are drawn for every image whatever the config, so that changing
+    one range does not reshuffle the others for a given seed.
+    """
+    u = rng.uniform(-1.0, 1.0, size=(n, 3))
+    flips = rng.random(n) < 0.5
+    if not config.horizontal_flip:
+        flips[:] = False
+    s = config.strength
+    matrices = _affine_matrices(
+        rotation_deg=u[:, 0] * (config.rotation_deg * s),
+        shear_deg=u[:, 1] * (config.shear_deg * s),
+        scale=1.0 + u[:, 2] * (config.zoom * s),
+        flip=flips,
+    )
+    return matrices, flips
+
+
+def _check_rng(rng) -> np.random.Generator:
+    if isinstance(rng, bool):
+        raise ValueError(f"rng must be a numpy Generator, an int seed or None; got {rng!r}")
+    if rng is None or isinstance(rng, (int, np.integer, np.random.Generator)):
+        return np.random.default_rng(rng)  # a Generator is returned as is
+    raise ValueError(f"rng must be a numpy Generator, an int seed or None; got {rng!r}")
+
+
+def _check_config(config) -> AugmentConfig:
+    if config is None:
+        return AugmentConfig()
+    if not isinstance(config, AugmentConfig):
+        raise ValueError(f"config must be an AugmentConfig or None; got {config!r}")
+    return config
+
+
+def random_affine(rng, config: AugmentConfig | None = None) -> tuple[np.ndarray, bool]:
+    """One random transform about the image centre.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator, int or None
+        Source of randomness (an int seeds a new generator).
+    config : AugmentConfig, optional
+        The ranges; the defaults of :class:`AugmentConfig` if None.
+
+    Returns
+    -------
+    matrix : ndarray of shape (2, 3)
+        For ``cv2.warpAffine``; includes the mirroring when ``flip`` is True.
+    flip : bool
+        Whether the transform mirrors the image, in which case the landmarks must
+        also be renumbered with :data:`~ensemble_fer.landmarks.FLIP_PERMUTATION`.
+    """
+    matrices, flips = _draw(_check_rng(rng), 1, _check_config(config))
+    return matrices[0], bool(flips[0])
+
+
+def _check_batch(images, landmarks):
+    images = np.asarray(images)
+    landmarks = np.asarray(landmarks)
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(
+            f"images must have shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}); got shape {images.shape}"
+        )
+    if images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8; got dtype {images.dtype}")
+    if landmarks.shape != (len(images), N_LANDMARKS, 2):
+        raise ValueError(
+            f"landmarks must have shape (N, {N_LANDMARKS}, 2) with N = {len(images)} "
+            f"(the number of images); got shape {landmarks.shape}"
+        )
+    if landmarks.dtype.kind not in "iuf":
+        raise ValueError(f"landmarks must hold numbers; got dtype {landmarks.dtype}")
+    return images, landmarks
+
+
+def transform_batch(images, landmarks, matrices, flips):
+    """Apply given transforms to images and landmarks, and rebuild the BOVW.
+
+    The deterministic core of :func:`augment_batch` and :func:`tta_views`.
+
+    Parameters
+    ----------
+    images : uint8 array of shape (N, 48, 48)
+    landmarks : array of shape (N, 68, 2)
+        (x, y) pixel coordinates of each image's points.
+    matrices : array of shape (N, 2, 3) or (2, 3)
+        Forward transforms (image to result), as for ``cv2.warpAffine``; one matrix
+        is used for every image.
+    flips : bool or bool array of shape (N,)
+        Which matrices mirror the image (then the points are renumbered).
+
+    Returns
+    -------
+    images : uint8 (N, 48, 48)
+        Bilinear resampling, the border replicated.
+    landmarks : float32 (N, 68, 2)
+    bovw : float32 (N, 2728)
+        Landmarks flattened (x0, y0, x1, y1, ...), then ``sliding_hog`` of the new
+        image.
+    """
+    images, landmarks = _check_batch(images, landmarks)
+    n = len(images)
+    matrices = np.asarray(matrices, dtype=np.float64)
+    if matrices.shape == (2, 3):
+        matrices = np.broadcast_to(matrices, (n, 2, 3))
+    if matrices.shape != (n, 2, 3):
+        raise ValueError(f"matrices must have shape (2, 3) or ({n}, 2, 3); got shape {matrices.shape}")
+    flips = np.broadcast_to(np.asarray(flips, dtype=bool), (n,))
+
+    out_images = np.empty_like(images)
+    for i in range(n):
+        out_images[i] = cv2.warpAffine(
+            images[i],
+            matrices[i],
+            (IMAGE_SIZE, IMAGE_SIZE),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+    # p -> A p + t for every point (row vectors: p A^T), in float64, stored as float32.
+    points = np.matmul(landmarks.astype(np.float64), matrices[:, :, :2].transpose(0, 2, 1))
+    points += matrices[:, None, :, 2]
+    # A mirrored face has its points in each other's slots (the left eye where the
+    # right one belongs...): renumber them.
+    points[flips] = points[flips][:, FLIP_PERMUTATION]
+    out_landmarks = points.astype(np.float32)
+
+    bovw = assemble_bovw(out_landmarks, sliding_hog(out_images))
+    return out_images, out_landmarks, bovw
+
+
+def augment_batch(images, landmarks, rng, config: AugmentConfig | None = None):
+    """Randomly transform each image together with its landmarks; recompute the BOVW.
+
+    Parameters
+    ----------
+    images : uint8 array of shape (N, 48, 48)
+        Grayscale face crops.
+    landmarks : array of shape (N, 68, 2)
+        (x, y) pixel coordinates of each image's 68 points (transformed as given:
+        NaN stays NaN).
+    rng : numpy.random.Generator, int or None
+        Source of randomness; pass the same Generator on every call of an epoch (an
+        int seed makes the call reproducible on its own).
+    config : AugmentConfig, optional
+        The ranges; the defaults of :class:`AugmentConfig` if None.
+
+    Returns
+    -------
+    images : uint8 (N, 48, 48)
+    landmarks : float32 (N, 68, 2)
+    bovw : float32 (N, 2728)
+        The new landmarks flattened (x0, y0, x1, y1, ...) followed by the 2592-value
+        sliding-window HOG of the new image.
+    """
+    images, landmarks = _check_batch(images, landmarks)
+    matrices, flips = _draw(_check_rng(rng), len(images), _check_config(config))
+    return transform_batch(images, landmarks, matrices, flips)
+
+
+TTA_VIEWS = (
+    # (rotation_deg, scale, flip)
+    (0.0, 1.0, False),
+    (0.0, 1.0, True),
+    (-5.0, 1.0, False),
+    (-5.0, 1.0, True),
+    (5.0, 1.0, False),
+    (5.0, 1.0, True),
+    (0.0, 1.05, False),
+    (0.0, 1.05, True),
+    (0.0, 0.95, False),
+    (0.0, 0.95, True),
+)
+"""The fixed test-time views, in order: identity, flip, then small rotations and zooms
+each without and with the flip."""
+
+
+def tta_views(images, landmarks, n_views: int):
+    """Deterministic views of a batch for test-time augmentation.
+
+    View 0 is the batch itself (resampled through the identity, which leaves the
+    images unchanged), view 1 its mirror image, then the views of :data:`TTA_VIEWS`.
+
+    Parameters
+    ----------
+    images : uint8 array of shape (N, 48, 48)
+    landmarks : array of shape (N, 68, 2)
+    n_views : int
+        Number of views, 1 to ``len(TTA_VIEWS)`` (10).
+
+    Returns
+    -------
+    list of ``n_views`` tuples ``(images, landmarks, bovw)``
+        Each as returned by :func:`augment_batch`.
+    """
+    if isinstance(n_views, bool) or not isinstance(n_views, (int, np.integer)) or not (
+        1 <= n_views <= len(TTA_VIEWS)
+    ):
+        raise ValueError(f"n_views must be an integer from 1 to {len(TTA_VIEWS)}; got {n_views!r}")
+    images, landmarks = _check_batch(images, landmarks)
+    views = []
+    for rotation_deg, scale, flip in TTA_VIEWS[:n_views]:
+        matrix = affine_matrix(rotation_deg=rotation_deg, scale=scale, flip=flip)
+        views.append(transform_batch(images, landmarks, matrix, flip))
+    return views

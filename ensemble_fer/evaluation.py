@@ -1,0 +1,755 @@
+"""Scoring trained models: fitting the ensemble on its members' saved validation predictions,
+and evaluating a variant or an ensemble on a dataset. The library behind
+``pipelines.fit_ensemble``, ``pipelines.evaluate`` and ``pipelines.demo``.
+
+Fitting (:func:`fit_ensemble`)
+    Reads each member's ``config.json`` and ``predictions.npz`` (never its model), checks that
+    the members were trained on one feature store (``config_hash`` and ``manifest_hash``) with
+    one label set and that their ``val_``/``test_`` ids and labels line up row for row, fits a
+    :class:`~ensemble_fer.ensemble.WeightedEnsemble` on the validation probabilities only, and
+    writes ``ensemble.json`` with ``ensemble_report.{md,json}`` and
+    ``ensemble_confusion_matrix.png`` beside it.
+
+Evaluating (:func:`load_eval_data`, :func:`evaluate_predictor`, :func:`write_evaluation`)
+    Features of the requested split are extracted with the *model's* extractor config, in
+    parallel chunks, into a cache file (``<cache>/eval-<dataset>-<hash>/<split>.npz``, the hash
+    over the data's location and format, the extractor config and the face detector; each
+    file also holds the ids and labels it was made from, and is remade when they change).
+    Only the split asked for is extracted, never the whole dataset. A feature store folder is
+    accepted as data too (its arrays are used as they are, when its extractor config is the
+    model's). Metrics are reported on the whole split and on its face-found subset (exactly one
+    face detected: the EmoNet paper's filtered protocol). Face counts come from the model's
+    detector, or from dlib's HOG detector when the model was trained without one (the subset is
+    a property of the images, so it should not vanish with a detector-less model).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import artifacts, bovw, datasets, metrics
+from .ensemble import OBJECTIVES, WeightedEnsemble
+from .inference import ENSEMBLE_FORMAT, ENSEMBLE_VERSION, Predictor, config_fingerprint, read_variant_config
+from .labels import ALL_CODES, label_set_from_json
+
+PREDICTION_KEYS = ("ids", "y", "proba", "face_found")
+EQUAL = "equal-weight"
+ENSEMBLE = "ensemble"
+CV_SPLITS = 5
+FACE_FOUND_LABEL = "face-found subset (exactly one face detected: the paper's filtered protocol)"
+OPTIMISTIC = ("The learnt ensemble's **val** figures are optimistic: its weights were fitted on val. "
+              "For an honest estimate read the cross-validated accuracy (weights fitted on k-1 folds of "
+              "val, scored on the held-out fold) or the test split.")
+
+
+def _say_nothing(*args, **kwargs):
+    pass
+
+
+# ==========================================================================================
+# members: what fit_ensemble reads
+# ==========================================================================================
+
+@dataclass
+class MemberPredictions:
+    """A trained variant's saved predictions: ``splits[split]`` holds ids, y, proba, face_found."""
+
+    name: str
+    folder: Path
+    config: dict
+    splits: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def discover_variants(models_dir, say=_say_nothing) -> list[Path]:
+    """Variant folders directly under ``models_dir``: those with a ``config.json`` (written last
+    by training). Folders of unfinished runs are mentioned through ``say`` and skipped."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        raise FileNotFoundError(f"{models_dir}: no such folder of trained variants")
+    found = []
+    for folder in sorted(p for p in models_dir.iterdir() if p.is_dir()):
+        if (folder / "config.json").is_file():
+            found.append(folder)
+        elif (folder / ".run").exists() or (folder / "model.keras").exists():
+            say(f"note: {folder} skipped: no config.json (training unfinished or interrupted)")
+    if not found:
+        raise FileNotFoundError(f"{models_dir}: holds no trained variant (no sub-folder with config.json); "
+                                f"train some with `python -m pipelines.train_variant`")
+    return found
+
+
+def read_member(folder, say=_say_nothing) -> MemberPredictions:
+    """A variant's config and checked predictions (finite probabilities whose rows sum to 1)."""
+    folder = Path(folder)
+    config = read_variant_config(folder)
+    n_classes = len(config["labels"]["classes"])
+    path = folder / "predictions.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found; the variant's probabilities are missing "
+                                f"(retrain it, or leave it out with --variants)")
+    arrays = artifacts.load_npz(path)
+    member = MemberPredictions(folder.name, folder, config)
+    for split in ("val", "test"):
+        keys = [f"{split}_{key}" for key in PREDICTION_KEYS]
+        present = [key for key in keys if key in arrays]
+        if not present:
+            continue
+        if len(present) != len(keys):
+            raise ValueError(f"{path}: has {present} but lacks {sorted(set(keys) - set(present))}")
+        ids, y, proba, face = (arrays[key] for key in keys)
+        n = len(ids)
+        if proba.ndim != 2 or proba.shape != (n, n_classes) or y.shape != (n,) or face.shape != (n,):
+            raise ValueError(f"{path}: {split} arrays disagree: {n} ids, y {y.shape}, proba {proba.shape}, "
+                             f"face_found {face.shape} (config.json lists {n_classes} classes)")
+        if n == 0:
+            if split == "val":
+                raise ValueError(f"{path}: the val split is empty (0 rows); the ensemble is fitted on val")
+            say(f"warning: {path}: the test split is empty; reporting without test")
+            continue
+        finite = np.isfinite(proba).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            raise ValueError(f"{path}: {split}_proba holds NaN or inf ({int((~finite).sum())} rows, first row "
+                             f"{row}, id {ids[row]}); retrain the variant or leave it out")
+        sums = proba.sum(axis=1)
+        if proba.min() < -1e-6 or proba.max() > 1 + 1e-6 or np.abs(sums - 1).max() > 1e-3:
+            row = int(np.argmax(np.abs(sums - 1)))
+            raise ValueError(f"{path}: {split}_proba is not probabilities (values in [{proba.min():.3g}, "
+                             f"{proba.max():.3g}], row {row} sums to {sums[row]:.4g})")
+        if y.min() < 0 or y.max() >= n_classes:
+            raise ValueError(f"{path}: {split}_y holds class indices outside 0..{n_classes - 1}")
+        member.splits[split] = {"ids": ids.astype(str), "y": y.astype(np.int64),
+                                "proba": proba.astype(np.float64), "face_found": face.astype(bool)}
+    if "val" not in member.splits:
+        raise ValueError(f"{path}: has no val_ predictions; the ensemble is fitted on val")
+    return member
+
+
+def check_members(members: list[MemberPredictions]) -> list[str]:
+    """Refuse members that cannot be combined; returns the splits they all have."""
+    if not members:
+        raise ValueError("no members to combine")
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two members share a folder name ({names}); rename one")
+    first = members[0]
+    ref_store, ref_labels = first.config["feature_store"], first.config["labels"]
+    for member in members[1:]:
+        store = member.config["feature_store"]
+        for key in ("config_hash", "manifest_hash"):
+            if store.get(key) != ref_store.get(key):
+                raise ValueError(
+                    f"{member.folder}: trained on feature store {store.get('path')} ({key} {store.get(key)}) but "
+                    f"{first.folder} on {ref_store.get('path')} ({key} {ref_store.get(key)}); members of an "
+                    f"ensemble must share one store (choose members with --variants, or retrain)")
+        if label_set_from_json(member.config["labels"]) != label_set_from_json(ref_labels):
+            raise ValueError(f"{member.folder}: label set {member.config['labels']['name']!r} "
+                             f"{member.config['labels']['classes']} differs from {first.folder}'s "
+                             f"{ref_labels['name']!r} {ref_labels['classes']}; members must share one")
+        for split in ("val", "test"):
+            if (split in member.splits) != (split in first.splits):
+                has, lacks = (member, first) if split in member.splits else (first, member)
+                raise ValueError(f"{lacks.folder}: has no {split} predictions but {has.folder} has; members "
+                                 f"must be scored on the same splits")
+            if split not in member.splits:
+                continue
+            ours, theirs = member.splits[split], first.splits[split]
+            if len(ours["ids"]) != len(theirs["ids"]) or not np.array_equal(ours["ids"], theirs["ids"]):
+                if len(ours["ids"]) == len(theirs["ids"]) and set(ours["ids"]) == set(theirs["ids"]):
+                    detail = "the same ids in another order"
+                else:
+                    extra = sorted(set(ours["ids"]) - set(theirs["ids"]))
+                    lacking = sorted(set(theirs["ids"]) - set(ours["ids"]))
+                    detail = (f"{len(ours['ids'])} vs {len(theirs['ids'])} rows; "
+                              f"{len(extra)} ids only here{f' (e.g. {extra[0]})' if extra else ''}, "
+                              f"{len(lacking)} missing{f' (e.g. {lacking[0]})' if lacking else ''}")
+                raise ValueError(f"{member.folder / 'predictions.npz'}: {split} ids do not line up with "
+                                 f"{first.folder}'s ({detail}); members must be scored on the same rows")
+            if not np.array_equal(ours["y"], theirs["y"]):
+                row = int(np.flatnonzero(ours["y"] != theirs["y"])[0])
+                raise ValueError(f"{member.folder / 'predictions.npz'}: {split}_y differs from {first.folder}'s "
+                                 f"at id {ours['ids'][row]}; members must share labels")
+    return [split for split in ("val", "test") if split in first.splits]
+
+
+# ==========================================================================================
+# fitting
+# ==========================================================================================
+
+def _score_rows(probas: np.ndarray, y: np.ndarray, names: list[str], fitted: WeightedEnsemble | None,
+                best: str, classes: list[str]) -> dict[str, dict]:
+    rows = {name: metrics.classification_metrics(y, probas[i], classes) for i, name in enumerate(names)}
+    if len(names) > 1:
+        rows[EQUAL] = metrics.classification_metrics(y, probas.mean(axis=0), classes)
+        rows[f"best single ({best})"] = rows[best]
+    ensemble = probas[0] if fitted is None else fitted.predict_proba(probas)
+    rows[ENSEMBLE] = metrics.classification_metrics(y, ensemble, classes)
+    return rows
+
+
+def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_splits: int = CV_SPLITS,
+                 say=print) -> dict:
+    """Fit the weighted ensemble of the variants in ``folders`` on their val predictions and
+    write ``out`` (``ensemble.json``) with its report beside it. Returns the report dict."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+    started = time.time()
+    out = Path(out)
+    members = [read_member(folder, say) for folder in folders]
+    splits = check_members(members)
+    names = [m.name for m in members]
+    first = members[0]
+    label_set = label_set_from_json(first.config["labels"])
+    classes = list(label_set.classes)
+    extractor = first.config["feature_store"]["extractor"]
+    flags_faces = extractor.get("detector", "none") != "none"
+
+    val = first.splits["val"]
+    val_probas = np.stack([m.splits["val"]["proba"] for m in members])
+    single = len(members) == 1
+    notes = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="WeightedEnsemble fitted on a single member")
+        fitted = WeightedEnsemble(objective=objective, seed=seed).fit(val_probas, val["y"])
+    if single:
+        notes.append(f"Single member: the ensemble is {names[0]} itself (weight 1.0); nothing was fitted and "
+                     f"there is nothing to compare it with.")
+        say(f"warning: only one member ({first.folder}): the ensemble is that variant, weight 1.0")
+
+    # The best single member is chosen as one would without a test split: on val accuracy,
+    # ties broken by val log-loss, then by name.
+    val_scores = {name: metrics.classification_metrics(val["y"], val_probas[i], classes)
+                  for i, name in enumerate(names)}
+    best = min(names, key=lambda n: (-val_scores[n]["accuracy"], val_scores[n]["log_loss"], n))
+
+    results, face_results = {}, {}
+    for split in splits:
+        rows = first.splits[split]
+        probas = np.stack([m.splits[split]["proba"] for m in members])
+        results[split] = _score_rows(probas, rows["y"], names, None if single else fitted, best, classes)
+        face = rows["face_found"]
+        if flags_faces and face.any():
+            face_results[split] = {"n": int(face.sum()), "of": int(len(face)),
+                                   "rows": _score_rows(probas[:, face], rows["y"][face], names,
+                                                       None if single else fitted, best, classes)}
+
+    cv = None
+    n_val = len(val["y"])
+    if not single and n_val >= 2:
+        k = min(cv_splits, n_val)
+        with warnings.catch_warnings():
+            # StratifiedKFold warns when a class has fewer than k rows; the folds are still valid.
+            warnings.filterwarnings("ignore", message="The least populated class")
+            cv = WeightedEnsemble(objective=objective, seed=seed).cross_validated_accuracy(
+                val_probas, val["y"], n_splits=k, seed=seed)
+        # the same folds scored with equal weights: what the learnt weights must beat
+        from sklearn.model_selection import StratifiedKFold
+
+        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The least populated class")
+            equal = [float(np.mean(val_probas[:, held].mean(axis=0).argmax(axis=1) == val["y"][held]))
+                     for _, held in folds.split(np.zeros(n_val), val["y"])]
+        cv["equal_weight_mean"] = float(np.mean(equal))
+
+    weights = {name: float(w) for name, w in zip(names, fitted.weights_)}
+    detail_split = splits[-1]
+    store = first.config["feature_store"]
+    report = {
+        "members": names,
+        "member_folders": [str(m.folder) for m in members],
+        "weights": weights,
+        "objective": objective,
+        "seed": seed,
+        "single_member": single,
+        "best_single": best,
+        "classes": classes,
+        "label_set": label_set.name,
+        "splits": splits,
+        "n": {split: int(len(first.splits[split]["y"])) for split in splits},
+        "feature_store": {k: store.get(k) for k in ("path", "dataset", "config_hash", "manifest_hash")},
+        "results": results,
+        "face_found": face_results if flags_faces else None,
+        "face_found_note": None if flags_faces else
+        "the feature store was made with --detector none: it flags no faces, so there is no face-found subset",
+        "cross_validation": cv,
+        "notes": notes,
+        "confusion_matrix_split": detail_split,
+        "seconds": None,
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure = out.parent / "ensemble_confusion_matrix.png"
+    cm_metrics = results[detail_split][ENSEMBLE]
+    metrics.plot_confusion_matrix(cm_metrics["confusion_matrix"], classes, figure,
+                                  title=f"ensemble: {detail_split} (n = {cm_metrics['n']})")
+    report["seconds"] = round(time.time() - started, 2)
+    files = {"markdown": "ensemble_report.md", "json": "ensemble_report.json",
+             "confusion_matrix": figure.name}
+    ensemble_json = {
+        "format": ENSEMBLE_FORMAT,
+        "version": ENSEMBLE_VERSION,
+        "members": [{"name": m.name, "path": os.path.relpath(m.folder.resolve(), out.parent.resolve()),
+                     "variant": m.config["variant"], "weight": float(w), "config_sha256": config_fingerprint(m.folder)}
+                    for m, w in zip(members, fitted.weights_)],
+        "objective": objective,
+        "seed": seed,
+        "classes": classes,
+        "labels": first.config["labels"],
+        "extractor": extractor,
+        "feature_store": report["feature_store"],
+        "ensemble": fitted.to_json(),
+        "scores": _summary_scores(report),
+        "report": files,
+        "versions": artifacts.package_versions(),
+    }
+    artifacts.write_json(out.parent / files["json"], report)
+    with artifacts.atomic_path(out.parent / files["markdown"]) as tmp:
+        tmp.write_text(ensemble_report_markdown(report, figure.name))
+    artifacts.write_json(out, ensemble_json)   # last: the report it points to exists
+    return report
+
+
+def _summary_scores(report: dict) -> dict:
+    scores = {}
+    for split, rows in report["results"].items():
+        for name in (ENSEMBLE, EQUAL, f"best single ({report['best_single']})"):
+            if name in rows:
+                key = "best_single" if name.startswith("best single") else name.replace("-", "_")
+                scores.setdefault(split, {})[key] = {"accuracy": rows[name]["accuracy"],
+                                                     "macro_f1": rows[name]["macro_f1"]}
+    cv = report["cross_validation"]
+    if cv:
+        scores["val_cross_validated_accuracy"] = {"mean": cv["mean"], "std": cv["std"], "n_splits": cv["n_splits"]}
+    return scores
+
+
+def ensemble_report_markdown(report: dict, figure: str) -> str:
+    names, splits = report["members"], report["splits"]
+    store = report["feature_store"]
+    lines = ["# Ensemble report", ""]
+    lines.append(f"Members ({len(names)}): " + ", ".join(f"`{n}`" for n in names)
+                 + f". Trained on feature store `{store['path']}` (dataset {store.get('dataset')}, "
+                   f"config {store['config_hash']}, manifest {store['manifest_hash']}); label set "
+                   f"`{report['label_set']}`. Weights fitted on **val** (n = {report['n']['val']}) by differential "
+                   f"evolution, objective `{report['objective']}`, seed {report['seed']}.")
+    lines.append("")
+    for note in report["notes"]:
+        lines += [f"**{note}**", ""]
+    if not report["single_member"]:
+        lines += [OPTIMISTIC, ""]
+    if "test" not in splits:
+        lines += ["There is no test split in this feature store: every figure below is on val.", ""]
+    table = metrics.format_report_markdown(_by_model(report["results"]), detail_model=ENSEMBLE,
+                                           detail_split=report["confusion_matrix_split"])
+    lines += ["## Accuracy and macro-F1", "",
+              f"`{EQUAL}` averages the members with equal weights; `best single` is the member with the best "
+              f"val accuracy (`{report['best_single']}`).", ""]
+    lines += [table.rstrip("\n"), ""]
+    lines += ["## Learnt weights", "", "| member | weight |", "| --- | ---: |"]
+    lines += [f"| {n} | {w:.4f} |" for n, w in report["weights"].items()]
+    lines.append("")
+    cv = report["cross_validation"]
+    if cv:
+        scores = ", ".join(f"{s:.4f}" for s in cv["scores"])
+        lines += ["## Cross-validated estimate (val)", "",
+                  f"Weights refitted on {cv['n_splits'] - 1} of {cv['n_splits']} stratified folds of val and scored on "
+                  f"the held-out fold: accuracy **{cv['mean']:.4f} ± {cv['std']:.4f}** (folds: {scores}). Equal "
+                  f"weights on the same folds: {cv['equal_weight_mean']:.4f}. In-sample val accuracy of the learnt "
+                  f"ensemble: {report['results']['val'][ENSEMBLE]['accuracy']:.4f}.", ""]
+    cm_split = report["confusion_matrix_split"]
+    lines += [f"## Confusion matrix (ensemble, {cm_split})", "", f"![confusion matrix]({figure})", ""]
+    lines += _confusion_table(report["results"][cm_split][ENSEMBLE])
+    lines.append("")
+    if report["face_found"]:
+        lines += [f"## {FACE_FOUND_LABEL[0].upper()}{FACE_FOUND_LABEL[1:]}", ""]
+        lines += ["| model | " + " | ".join(f"{s} n | {s} accuracy | {s} macro-F1" for s in report["face_found"])
+                  + " |", "| --- |" + " ---: | ---: | ---: |" * len(report["face_found"])]
+        for name in report["results"][splits[0]]:
+            cells = []
+            for split, face in report["face_found"].items():
+                m = face["rows"][name]
+                cells += [f"{face['n']}/{face['of']}", f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}"]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    elif report["face_found_note"]:
+        lines += [f"Face-found subset: not available ({report['face_found_note']}).", ""]
+    return "\n".join(lines)
+
+
+def _by_model(results: dict) -> dict:
+    """{split: {model: metrics}} -> {model: {split: metrics}}, models in first-seen order."""
+    out: dict = {}
+    for split, rows in results.items():
+        for name, m in rows.items():
+            out.setdefault(name, {})[split] = m
+    return out
+
+
+def _confusion_table(m: dict) -> list[str]:
+    classes = m["classes"]
+    lines = ["Counts (rows: true class, columns: predicted):", "",
+             "| true \\ predicted | " + " | ".join(classes) + " |",
+             "| --- |" + " ---: |" * len(classes)]
+    for name, row in zip(classes, m["confusion_matrix"]):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return lines
+
+
+# ==========================================================================================
+# evaluating a predictor on data
+# ==========================================================================================
+
+@dataclass
+class EvalData:
+    """The rows of one split a model is evaluated on, with their features."""
+
+    split: str
+    split_note: str
+    ids: np.ndarray
+    y: np.ndarray                 # class indices into the model's label set
+    images: np.ndarray
+    landmarks: np.ndarray
+    bovw: np.ndarray
+    face_found: np.ndarray | None  # None: no face detector ran
+    face_detector: str
+    source: dict                  # path, format, name, kind ("data" or "feature store")
+    counts: dict                  # images, evaluated, left_out
+    features: dict                # where the features came from, seconds
+
+
+def resolve_face_detector(face_detector: str, features_detector: str) -> str:
+    """``auto``: the features' own detector, or ``hog`` when they were made without one."""
+    if face_detector == "auto":
+        return features_detector if features_detector != "none" else "hog"
+    if face_detector not in bovw.DETECTORS:
+        raise ValueError(f"face detector must be auto or one of {bovw.DETECTORS}; got {face_detector!r}")
+    return face_detector
+
+
+def default_split(available: list[str], has_train: bool) -> tuple[str, str]:
+    if "test" in available:
+        return "test", "default: the data has a test split"
+    if "val" in available:
+        return "val", "default: the data has no test split, so its val split"
+    if has_train:
+        return "val", ("default: the data has neither test nor val, so val is held out of train as the feature "
+                       "store does (10 %, stratified, seed 0); --split all scores every image")
+    raise ValueError("the data has no train, val or test split")
+
+
+def load_eval_data(data, predictor: Predictor, split: str | None = None, format: str = "auto",
+                   ignore_unknown_labels: bool = False, cache=None, n_jobs: int = -1, face_detector: str = "auto",
+                   progress: bool = False, say=_say_nothing) -> EvalData:
+    """The rows of ``split`` of ``data`` (a dataset, or a feature store folder) with features
+    made by ``predictor``'s extractor config; labels outside its label set are left out and
+    counted. ``cache``: folder of the extraction cache (None: extract in memory only)."""
+    data = Path(data)
+    if not data.exists():
+        raise FileNotFoundError(f"{data}: no such file or folder")
+    config = predictor.extractor_config
+    detector = resolve_face_detector(face_detector, config.detector)
+    if data.is_dir() and (data / "manifest.json").is_file():
+        return _eval_data_from_store(data, predictor, split, detector, n_jobs, progress, say)
+
+    dataset = datasets.open_dataset(data, format, ignore_unknown_labels=ignore_unknown_labels)
+    available = [s for s in datasets.SPLITS if dataset.splits.get(s)]
+    if split is None:
+        split, note = default_split(available, "train" in available)
+    elif split == "all":
+        note = "every image of the data, all splits together"
+    elif split in available:
+        note = f"asked for (--split {split})"
+    elif split in ("train", "val") and "train" in available and "val" not in available:
+        note = (f"asked for; the data has no val split, so val is held out of train as the feature store does "
+                f"(10 %, stratified, seed 0)")
+    else:
+        raise ValueError(f"{data}: has no {split!r} split; it has {available}")
+    if split == "all":
+        records = [r for s in available for r in dataset.splits[s]]
+    elif split in available and not (split == "train" and "val" not in available):
+        records = list(dataset.splits[split])
+    else:
+        from .feature_store import _choose_splits   # the store's own held-out val, to match training
+
+        records = _choose_splits(dataset, None, 0.1, 0)[split]
+
+    label_set = predictor.label_set
+    codes = np.array([r.label for r in records], dtype=np.int64)
+    y = label_set.encode(codes)
+    inside = y >= 0
+    left_out = _left_out(codes[~inside])
+    if not inside.any():
+        raise ValueError(f"{data}: none of the {len(records)} images of split {split!r} has a label in the model's "
+                         f"label set {list(label_set.classes)}")
+    if left_out:
+        say(f"note: {int((~inside).sum())} images left out, their labels are outside the model's label set: "
+            f"{left_out}")
+    records = [r for r, keep in zip(records, inside) if keep]
+
+    started = time.time()
+    crop_faces = dataset.format == "folders"
+    face_config = bovw.ExtractorConfig(**{**config.to_json(), "detector": detector})
+    key = artifacts.sha256_json({"root": str(Path(dataset.root).resolve()), "format": dataset.format,
+                                 "config": config.to_json(), "face_detector": detector})[:12]
+    cache_file = None if cache is None else Path(cache) / f"eval-{dataset.name}-{key}" / f"{split}.npz"
+    fingerprint = artifacts.sha256_json([(r.id, r.label) for r in records])
+    arrays = None
+    if cache_file is not None and cache_file.is_file():
+        cached = artifacts.load_npz(cache_file)
+        if str(cached.get("fingerprint", "")) == fingerprint:
+            arrays = cached
+            say(f"features: reusing {cache_file}")
+    if arrays is None:
+        arrays = extract_records(records, crop_faces, config, face_config, n_jobs=n_jobs, progress=progress)
+        if cache_file is not None:
+            artifacts.save_npz(cache_file, fingerprint=np.array(fingerprint), **arrays)
+            say(f"features: extracted {len(records)} images into {cache_file}")
+    face_found = None if detector == "none" else arrays["face_count"] == 1
+    return EvalData(
+        split=split, split_note=note, ids=np.array([r.id for r in records]), y=y[inside],
+        images=arrays["images"], landmarks=arrays["landmarks"], bovw=arrays["bovw"], face_found=face_found,
+        face_detector=detector,
+        source={"path": str(data), "format": dataset.format, "name": dataset.name, "kind": "data",
+                "ignored_label_folders": dataset.ignored_labels},
+        counts={"images": len(codes), "evaluated": int(inside.sum()),
+                "left_out": {"outside_label_set": int((~inside).sum()), "by_label": left_out}},
+        features={"cache": None if cache_file is None else str(cache_file),
+                  "seconds": round(time.time() - started, 2), "extractor": config.to_json()})
+
+
+def _left_out(codes: np.ndarray) -> dict[str, int]:
+    names = {code: name for name, code in ALL_CODES.items()}
+    return {names.get(int(c), str(int(c))): int(n) for c, n in zip(*np.unique(codes, return_counts=True))}
+
+
+def _analyse_for_eval(images, config, face_config):
+    found = bovw.analyse_crops(images, config)
+    if face_config.detector == config.detector:
+        face_count = found["n_faces"]
+    else:
+        face_count = _count_faces(images, face_config)
+    return {"landmarks": found["landmarks"], "bovw": found["bovw"], "n_faces": found["n_faces"],
+            "face_count": face_count}
+
+
+def _count_faces(images, face_config):
+    if face_config.detector == "none":
+        return np.full(len(images), -1, dtype=np.int16)
+    return np.array([len(bovw.locate_faces_in_crop(im, face_config)) for im in images], dtype=np.int16)
+
+
+def _parallel_chunks(function, images, n_jobs, progress, *args) -> list:
+    """``function(chunk, *args)`` over chunks of ``images``, in parallel when it pays."""
+    from joblib import Parallel, cpu_count, delayed
+
+    workers = cpu_count() if n_jobs is None or n_jobs < 0 else max(1, n_jobs)
+    size = min(256, max(16, math.ceil(len(images) / workers)))
+    chunks = [images[i:i + size] for i in range(0, len(images), size)]
+    if workers == 1 or len(chunks) == 1:
+        return [function(chunk, *args) for chunk in chunks]
+    return Parallel(n_jobs=n_jobs, verbose=5 if progress else 0)(delayed(function)(c, *args) for c in chunks)
+
+
+def extract_records(records, crop_faces: bool, config: bovw.ExtractorConfig, face_config: bovw.ExtractorConfig,
+                    n_jobs: int = -1, progress: bool = False) -> dict[str, np.ndarray]:
+    """Decode ``records`` and extract what evaluation needs, in parallel chunks."""
+    images = np.empty((len(records), bovw.IMAGE_SIZE, bovw.IMAGE_SIZE), dtype=np.uint8)
+    for i, record in enumerate(records):
+        images[i] = datasets.load_image(record, crop_faces=crop_faces)
+    parts = _parallel_chunks(_analyse_for_eval, images, n_jobs, progress, config, face_config)
+    arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    arrays["images"] = images
+    return arrays
+
+
+def _eval_data_from_store(path: Path, predictor: Predictor, split, detector, n_jobs, progress, say) -> EvalData:
+    from .feature_store import FeatureStore
+
+    store = FeatureStore(path)
+    if store.config != predictor.extractor_config:
+        raise ValueError(f"{path}: feature store made with extractor config {store.config.to_json()}, but "
+                         f"{predictor.source} needs {predictor.extractor_config.to_json()}; give the raw data instead")
+    if split is None:
+        split, note = default_split(store.splits, False)
+    elif split in store.splits:
+        note = f"asked for (--split {split})"
+    else:
+        raise ValueError(f"{path}: the feature store has no {split!r} split; it has {store.splits}")
+    started = time.time()
+    arrays = store.load(split)
+    y = predictor.label_set.encode(arrays["labels"])
+    inside = y >= 0
+    if not inside.any():
+        raise ValueError(f"{path}: none of the {len(y)} rows of split {split!r} has a label in the model's label "
+                         f"set {list(predictor.classes)}")
+    left_out = _left_out(arrays["labels"][~inside].astype(np.int64))
+    if left_out:
+        say(f"note: {int((~inside).sum())} rows left out, their labels are outside the model's label set: {left_out}")
+    images = arrays["images"][inside]
+    if detector == "none":
+        face_found = None
+    elif detector == store.config.detector:
+        face_found = arrays["n_faces"][inside] == 1
+    else:
+        face_config = bovw.ExtractorConfig(**{**store.config.to_json(), "detector": detector})
+        face_found = np.concatenate(_parallel_chunks(_count_faces, images, n_jobs, progress, face_config)) == 1
+    return EvalData(
+        split=split, split_note=note + " (a feature store: its features are used as they are)",
+        ids=arrays["ids"][inside], y=y[inside], images=images, landmarks=arrays["landmarks"][inside],
+        bovw=arrays["bovw"][inside], face_found=face_found, face_detector=detector,
+        source={"path": str(path), "format": "feature store", "name": store.manifest["dataset"]["name"],
+                "kind": "feature store", "ignored_label_folders": store.manifest["dataset"].get("ignored_labels", {})},
+        counts={"images": len(y), "evaluated": int(inside.sum()),
+                "left_out": {"outside_label_set": int((~inside).sum()), "by_label": left_out}},
+        features={"cache": None, "store": str(path), "seconds": round(time.time() - started, 2),
+                  "extractor": store.config.to_json()})
+
+
+def evaluate_predictor(predictor: Predictor, data: EvalData, tta: int = 0, batch_size: int = 256) -> dict:
+    """Metrics of ``predictor`` on ``data``: the whole split and its face-found subset, and
+    each member's accuracy for an ensemble. Returns the JSON-able result (see pipelines.evaluate)."""
+    started = time.time()
+    member_probas = predictor.member_probas(data.images, data.landmarks, data.bovw, tta=tta, batch_size=batch_size)
+    proba = predictor.combine(member_probas)
+    predict_seconds = time.time() - started
+    classes = list(predictor.classes)
+    subsets = {"all": np.ones(len(data.y), dtype=bool)}
+    face_note = None
+    if data.face_found is None:
+        face_note = "no face detector ran (--face-detector none)"
+    elif not data.face_found.any():
+        face_note = f"the {data.face_detector} detector found exactly one face in none of the images"
+    else:
+        subsets["face_found"] = data.face_found
+    result = {
+        "model": predictor.describe(),
+        "data": data.source,
+        "split": data.split,
+        "split_note": data.split_note,
+        "tta": int(tta),
+        "classes": classes,
+        "counts": {**data.counts, "face_found": None if data.face_found is None else int(data.face_found.sum())},
+        "face_detector": data.face_detector,
+        "subsets": {"all": "whole split", "face_found": FACE_FOUND_LABEL},
+        "all": None,
+        "face_found": None,
+        "face_found_note": face_note,
+        "members": {},
+        "features": data.features,
+        "seconds": {"features": data.features.get("seconds"), "predict": round(predict_seconds, 2)},
+    }
+    for subset, rows in subsets.items():
+        result[subset] = metrics.classification_metrics(data.y[rows], proba[rows], classes)
+    if len(predictor.members) > 1:
+        for name, member_proba in zip(predictor.members, member_probas):
+            result["members"][name] = {
+                subset: {key: metrics.classification_metrics(data.y[rows], member_proba[rows], classes)[key]
+                         for key in ("n", "accuracy", "macro_f1")}
+                for subset, rows in subsets.items()}
+    return result
+
+
+def evaluation_summary(result: dict) -> str:
+    """A few plain lines for the terminal."""
+    model = result["model"]
+    tta = f", TTA {result['tta']} views" if result["tta"] else ""
+    lines = [f"{model['kind']} {model['path']} on {result['data']['path']}, split {result['split']} "
+             f"({result['split_note']}){tta}"]
+    left = result["counts"]["left_out"]
+    if left["outside_label_set"]:
+        lines.append(f"left out {left['outside_label_set']} images outside the label set: {left['by_label']}")
+    lines.append(f"{'subset':<44}{'n':>6}{'accuracy':>10}{'macro-F1':>10}")
+    for subset, label in (("all", "whole split"), ("face_found", f"face-found subset ({result['face_detector']})")):
+        m = result[subset]
+        if m is not None:
+            lines.append(f"{label:<44}{m['n']:>6}{m['accuracy']:>10.4f}{m['macro_f1']:>10.4f}")
+    if result["face_found_note"]:
+        lines.append(f"face-found subset: not available ({result['face_found_note']})")
+    return "\n".join(lines)
+
+
+def evaluation_markdown(result: dict, figures: dict[str, str]) -> str:
+    model, counts = result["model"], result["counts"]
+    lines = [f"# Evaluation: {Path(model['path']).name} on {result['data']['name']} ({result['split']})", ""]
+    if model["kind"] == "ensemble":
+        parts = ", ".join(f"`{n}` ({w:.3f})" for n, w in zip(model["members"], model["weights"]))
+        lines.append(f"Model: ensemble `{model['path']}` of {parts}.")
+    else:
+        lines.append(f"Model: variant `{model['path']}`.")
+    lines += [f"Label set `{model['label_set']}`; features extracted with detector "
+              f"`{model['extractor']['detector']}` (the model's extractor config).", ""]
+    lines.append(f"Data: `{result['data']['path']}` ({result['data']['format']}), split **{result['split']}** "
+                 f"({result['split_note']}). {counts['evaluated']} images evaluated of {counts['images']}.")
+    left = counts["left_out"]
+    if left["outside_label_set"]:
+        lines.append(f"Left out: {left['outside_label_set']} images whose label is outside the label set "
+                     f"({left['by_label']}).")
+    if result["data"].get("ignored_label_folders"):
+        lines.append(f"Ignored label folders: {result['data']['ignored_label_folders']}.")
+    lines.append(f"Test-time augmentation: {result['tta']} views averaged." if result["tta"] else
+                 "No test-time augmentation.")
+    lines += ["", "| subset | n | accuracy | macro-F1 | log-loss |", "| --- | ---: | ---: | ---: | ---: |"]
+    for subset in ("all", "face_found"):
+        m = result[subset]
+        if m is not None:
+            label = "whole split" if subset == "all" else \
+                f"face-found subset ({result['face_detector']} detector; the paper's filtered protocol)"
+            lines.append(f"| {label} | {m['n']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['log_loss']:.4f} |")
+    if result["face_found_note"]:
+        lines.append("")
+        lines.append(f"Face-found subset: not available ({result['face_found_note']}).")
+    lines.append("")
+    if result["members"]:
+        lines += ["Members:", "", "| member | weight | n | accuracy | macro-F1 | face-found accuracy |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for (name, scores), w in zip(result["members"].items(), model["weights"]):
+            a = scores["all"]
+            face = f"{scores['face_found']['accuracy']:.4f}" if "face_found" in scores else "-"
+            lines.append(f"| {name} | {w:.4f} | {a['n']} | {a['accuracy']:.4f} | {a['macro_f1']:.4f} | {face} |")
+        lines.append("")
+    for subset in ("all", "face_found"):
+        m = result[subset]
+        if m is None:
+            continue
+        title = "whole split" if subset == "all" else "face-found subset"
+        lines += [f"## Per class: {title}", "", "| class | precision | recall | F1 | support |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for name, s in m["per_class"].items():
+            lines.append(f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |")
+        lines.append("")
+        lines += _confusion_table(m)
+        if subset in figures:
+            lines += ["", f"![confusion matrix, {title}]({figures[subset]})"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_evaluation(result: dict, out_dir, prefix: str = "") -> dict[str, Path]:
+    """Write ``<prefix>evaluation.md``, ``<prefix>evaluation.json`` and the confusion matrix
+    figures into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures, paths = {}, {}
+    for subset, title in (("all", "whole split"), ("face_found", "face-found subset")):
+        m = result[subset]
+        if m is None:
+            continue
+        name = f"{prefix}confusion_matrix{'' if subset == 'all' else '_face_found'}.png"
+        metrics.plot_confusion_matrix(m["confusion_matrix"], m["classes"], out_dir / name,
+                                      title=f"{result['split']}, {title} (n = {m['n']})")
+        figures[subset] = name
+        paths[f"confusion_matrix_{subset}"] = out_dir / name
+    paths["json"] = out_dir / f"{prefix}evaluation.json"
+    artifacts.write_json(paths["json"], {**result, "figures": figures})
+    paths["markdown"] = out_dir / f"{prefix}evaluation.md"
+    with artifacts.atomic_path(paths["markdown"]) as tmp:
+        tmp.write_text(evaluation_markdown(result, figures))
+    return paths

@@ -1,0 +1,110 @@
+"""Faces with dlib: detection, 68 landmarks, FER2013-style crops.
+
+dlib objects never leave this module: a face box is a plain tuple
+``(left, top, right, bottom)`` in pixels (right and bottom inclusive, as dlib's rectangles),
+and landmarks are a float32 array of shape (68, 2) holding (x, y). The models are the files
+shipped by the ``face_recognition_models`` package; each is loaded on first use, never at
+import, and once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+DETECTORS = ("hog", "mmod")
+
+Box = tuple[int, int, int, int]
+
+
+@functools.lru_cache(maxsize=None)
+def _hog_detector():
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
+@functools.lru_cache(maxsize=None)
+def _mmod_detector():
+    import dlib
+    import face_recognition_models
+
+    return dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
+
+
+@functools.lru_cache(maxsize=None)
+def _shape_predictor():
+    import dlib
+    import face_recognition_models
+
+    return dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+
+
+def detect_faces(image: np.ndarray, detector: str = "hog", upsample: int = 1,
+                 threshold: float = 0.0) -> list[Box]:
+    """Boxes of the faces in ``image`` (uint8 grayscale or RGB), largest first.
+
+    ``detector`` is ``hog`` (dlib's HOG + linear SVM: fast, frontal faces) or ``mmod``
+    (dlib's CNN: slower, more poses). ``upsample`` doubles the image that many times first,
+    to find faces smaller than about 80 pixels. ``threshold`` shifts the HOG detector's
+    decision threshold (negative finds more, less certain faces); MMOD ignores it.
+    """
+    image = _as_dlib_image(image)
+    if detector == "hog":
+        rects, _scores, _ = _hog_detector().run(image, upsample, threshold)
+    elif detector == "mmod":
+        rects = [d.rect for d in _mmod_detector()(image, upsample)]
+    else:
+        raise ValueError(f"detector must be one of {DETECTORS}; got {detector!r}")
+    boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
+    return sorted(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
+
+
+def face_landmarks(image: np.ndarray, box: Box) -> np.ndarray:
+    """The 68 iBUG landmarks (x, y) of the face in ``box``, as float32 (68, 2)."""
+    import dlib
+
+    left, top, right, bottom = (int(v) for v in box)
+    shape = _shape_predictor()(_as_dlib_image(image), dlib.rectangle(left, top, right, bottom))
+    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+
+# FER2013's crops show a little more than dlib's face box: where dlib finds a face in one of
+# its 48x48 crops, the box spans 39-43 pixels (benchmarks/detector_hit_rate.py). So a box found
+# in a photo is grown by this factor (about its centre) before cropping, so that faces from
+# photos are framed like the training faces.
+FER_FRAMING = 1.2
+
+
+def crop_face(image: np.ndarray, box: Box, size: int = 48, framing: float = FER_FRAMING) -> np.ndarray:
+    """A ``size`` x ``size`` uint8 grayscale crop around ``box`` with FER2013's framing.
+
+    Parts of the grown box outside the image are filled by replicating the border.
+    """
+    import cv2
+
+    from .datasets import to_gray
+
+    gray = to_gray(image)
+    left, top, right, bottom = box
+    cx, cy = (left + right + 1) / 2.0, (top + bottom + 1) / 2.0
+    half = max(right - left + 1, bottom - top + 1) * framing / 2.0
+    # One affine warp does the crop, the scaling and the border fill together.
+    scale = size / (2.0 * half)
+    matrix = np.array([[scale, 0.0, (half - cx) * scale], [0.0, scale, (half - cy) * scale]])
+    return cv2.warpAffine(gray, matrix, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def _as_dlib_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8; got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., :3]
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3):
+        raise ValueError(f"image must be (H, W) or (H, W, 3); got shape {image.shape}")
+    return np.ascontiguousarray(image)

@@ -1,0 +1,257 @@
+"""Facial expressions in photos: every face found, cropped like FER2013, classified.
+
+::
+
+    from ensemble_fer import EmotionRecognizer
+
+    recognizer = EmotionRecognizer.load()                  # models/release (or a path)
+    for face in recognizer.predict("party.jpg"):
+        print(face.box, face.emotion, face.scores["happy"])
+    results = recognizer.predict_many(paths, batch_size=64)   # one list of faces per photo
+
+How a photo becomes results
+---------------------------
+1. The input (a path, or a uint8 array: grayscale (H, W), RGB or RGBA (H, W, 3|4), any size)
+   is turned into grayscale once, by :func:`ensemble_fer.datasets.to_gray` (ITU-R 601 luma,
+   alpha dropped). Detection and cropping both work on that gray image, so a photo given as
+   RGB, RGBA or grayscale gives the same faces and the same scores.
+2. Faces are found by dlib (:func:`ensemble_fer.faces.detect_faces`; HOG detector by default,
+   ``detector="mmod"`` for the CNN one, the image upsampled ``upsample`` times first), largest
+   first. An input that is already 48x48 is taken to be a face crop itself (FER2013 style):
+   no detection runs and its one face has the whole frame as box ``(0, 0, 47, 47)``.
+3. Each face is cropped with FER2013's framing to 48x48 (:func:`ensemble_fer.faces.crop_face`).
+4. The crops of *all* faces of all photos go through the model together, ``batch_size``
+   crops at a time (:meth:`EmotionRecognizer.predict_many`); the model's predictor computes
+   the BOVW features with the extractor settings the model was trained with, and applies
+   the ensemble weights (:func:`ensemble_fer.inference.load_predictor`).
+
+Nothing heavy happens at import: TensorFlow starts in :meth:`EmotionRecognizer.load`, dlib's
+detector on the first photo.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import IMAGE_SIZE, read_image_file, to_gray
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO / "models" / "release"
+"""Where :meth:`EmotionRecognizer.load` looks without a path: the shipped release model."""
+
+WHOLE_FRAME = (0, 0, IMAGE_SIZE - 1, IMAGE_SIZE - 1)
+DETECTORS = ("hog", "mmod")
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One face: its box in the photo, the winning emotion, and every class's probability.
+
+    ``box`` is ``(left, top, right, bottom)`` in pixels (right and bottom inclusive, dlib's
+    convention); ``scores`` maps each class name to its probability, in the model's class
+    order (see :attr:`EmotionRecognizer.classes`), summing to 1.
+    """
+
+    box: Box
+    emotion: str
+    scores: dict[str, float] = field(hash=False)
+
+
+class EmotionRecognizer:
+    """A trained model (one variant or a weighted ensemble) plus dlib's face detector.
+
+    Make one with :meth:`load`. ``detector`` (``"hog"`` or ``"mmod"``) and ``upsample`` (how
+    many times the photo is doubled before detection: 1 finds faces down to about 40 pixels,
+    0 only those above about 80 pixels but is about 4 times faster) set the face detection.
+    """
+
+    def __init__(self, predictor, *, detector: str = "hog", upsample: int = 1, source: Path | None = None):
+        if detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {DETECTORS}; got {detector!r}")
+        if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or upsample < 0:
+            raise ValueError(f"upsample must be an int >= 0; got {upsample!r}")
+        self._predictor = predictor
+        self.detector = detector
+        self.upsample = int(upsample)
+        self.source = source
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path=None, *, detector: str = "hog", upsample: int = 1) -> "EmotionRecognizer":
+        """Load a model: a trained variant folder, an ``ensemble.json``, or a folder holding
+        one; ``None`` for the release model in ``models/release``."""
+        from . import inference
+
+        resolved = resolve_model_path(path)
+        return cls(inference.load_predictor(resolved), detector=detector, upsample=upsample, source=resolved)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, in the order of :attr:`FaceResult.scores`."""
+        return tuple(self._predictor.classes)
+
+    def __repr__(self) -> str:
+        return (f"EmotionRecognizer(source={str(self.source)!r}, classes={list(self.classes)}, "
+                f"detector={self.detector!r}, upsample={self.upsample})")
+
+    # ------------------------------------------------------------------ faces
+    def locate_faces(self, image) -> list[Box]:
+        """Boxes of the faces the recognizer would classify, largest first (see the module doc)."""
+        return self._faces(self._gray(image))[0]
+
+    def face_crop(self, image, face) -> np.ndarray:
+        """The 48x48 uint8 crop the network sees for ``face`` (a :class:`FaceResult` or a box)."""
+        gray = self._gray(image)
+        box = _box_of(face)
+        if gray.shape == (IMAGE_SIZE, IMAGE_SIZE) and box == WHOLE_FRAME:
+            return gray
+        from . import faces
+
+        return faces.crop_face(gray, box)
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, image, tta: int = 0) -> list[FaceResult]:
+        """Every face in ``image`` (a path or an array) with its emotion; ``[]`` when none.
+
+        ``tta``: test-time augmentation passes averaged by the predictor (0: none).
+        """
+        return self.predict_many([image], tta=tta)[0]
+
+    def predict_many(self, images: Iterable, batch_size: int = 64, tta: int = 0) -> list[list[FaceResult]]:
+        """:meth:`predict` for many photos (paths or arrays), one result list per input, in order.
+
+        The faces of all photos are classified together, ``batch_size`` crops per batch.
+        """
+        return list(self.iter_predict(images, batch_size=batch_size, tta=tta))
+
+    def iter_predict(self, images: Iterable, batch_size: int = 64, tta: int = 0) -> Iterator[list[FaceResult]]:
+        """Lazy :meth:`predict_many`: yields each input's faces, in input order, as soon as
+        the batch holding them has run. It reads ``images`` only as far as it needs to fill a
+        batch, so any number of photos can stream through it."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+        if isinstance(images, (str, os.PathLike, np.ndarray)):
+            raise TypeError("predict_many takes a list of images or paths; use predict for one")
+        pending: list[list[Box]] = []          # boxes per waiting input
+        crops: list[np.ndarray] = []           # their crops, in order
+        for image in images:
+            boxes, face_crops = self._faces(self._gray(image))
+            pending.append(boxes)
+            crops.extend(face_crops)
+            if len(crops) >= batch_size:
+                yield from self._flush(pending, crops, batch_size, tta)
+                pending, crops = [], []
+        if pending:
+            yield from self._flush(pending, crops, batch_size, tta)
+
+    def _flush(self, pending, crops, batch_size, tta):
+        if crops:
+            stack = np.stack(crops)
+            proba = np.concatenate([self._predict_proba(stack[i:i + batch_size], tta)
+                                    for i in range(0, len(stack), batch_size)])
+        else:
+            proba = np.zeros((0, len(self.classes)), np.float32)
+        row = 0
+        for boxes in pending:
+            yield [self._result(box, proba[row + k]) for k, box in enumerate(boxes)]
+            row += len(boxes)
+
+    def _predict_proba(self, crops: np.ndarray, tta: int) -> np.ndarray:
+        proba = np.asarray(self._predictor.predict_proba(crops, tta=tta), dtype=np.float64)
+        if proba.shape != (len(crops), len(self.classes)):
+            raise RuntimeError(f"the predictor returned shape {proba.shape} for {len(crops)} crops "
+                               f"and {len(self.classes)} classes")
+        return proba
+
+    def _result(self, box: Box, proba: np.ndarray) -> FaceResult:
+        classes = self.classes
+        scores = {name: float(p) for name, p in zip(classes, proba)}
+        return FaceResult(box=tuple(int(v) for v in box), emotion=classes[int(np.argmax(proba))], scores=scores)
+
+    # ------------------------------------------------------------------ Grad-CAM
+    def grad_cam(self, image, face, emotion: str | None = None) -> np.ndarray:
+        """Grad-CAM heat map, float32 (48, 48) in [0, 1], over the face's 48x48 crop.
+
+        ``face`` is a :class:`FaceResult` (or a box) of ``image``; ``emotion`` defaults to the
+        face's predicted one. The map explains the image branch of the model; for an
+        ensemble, of the member with the largest weight among those that have an image
+        branch (ties: the first listed). A model without any image branch (BOVW only) raises
+        ``ValueError``. See :mod:`ensemble_fer.gradcam` for the method.
+        """
+        from . import gradcam
+
+        if emotion is None:
+            if not isinstance(face, FaceResult):
+                raise ValueError("emotion: give the emotion to explain when face is a box")
+            emotion = face.emotion
+        if emotion not in self.classes:
+            raise ValueError(f"emotion {emotion!r} is not one of the model's classes {list(self.classes)}")
+        model = self.gradcam_model()
+        crop = self.face_crop(image, face)
+        vector = None
+        if "bovw" in gradcam.input_names(model):
+            vector = self._predictor.analyse(crop[None])["bovw"][0]
+        return gradcam.grad_cam(model, crop, vector, self.classes.index(emotion))
+
+    def gradcam_model(self):
+        """The Keras network :meth:`grad_cam` explains (loaded on first use): the variant's,
+        or the ensemble member's with the largest weight among those with an image block."""
+        if getattr(self, "_gradcam_model", None) is None:
+            from . import inference, training
+
+            candidates = [(-float(weight), order, folder) for order, (folder, weight)
+                          in enumerate(zip(self._predictor.member_folders, self._predictor.weights))
+                          if inference.read_variant_config(folder).get("block") is not None]
+            if not candidates:
+                raise ValueError(f"{self.source}: Grad-CAM needs an image branch, and no member of this model "
+                                 f"has one (BOVW-only: {list(self._predictor.members)})")
+            folder = min(candidates)[2]
+            self._gradcam_model, _ = training.load_variant(folder)
+        return self._gradcam_model
+
+    # ------------------------------------------------------------------ helpers
+    def _gray(self, image) -> np.ndarray:
+        if isinstance(image, (str, os.PathLike)):
+            image = read_image_file(image)
+        image = np.asarray(image)
+        if image.dtype != np.uint8:
+            raise ValueError(f"image must be a uint8 array or a path; got an array of dtype {image.dtype}")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[..., 0]
+        return to_gray(image)
+
+    def _faces(self, gray: np.ndarray) -> tuple[list[Box], list[np.ndarray]]:
+        if gray.shape == (IMAGE_SIZE, IMAGE_SIZE):
+            return [WHOLE_FRAME], [gray]
+        from . import faces
+
+        boxes = faces.detect_faces(gray, detector=self.detector, upsample=self.upsample)
+        return boxes, [faces.crop_face(gray, box) for box in boxes]
+
+
+def resolve_model_path(path=None) -> Path:
+    """The model to load: ``path``, or the release model, with a clear error when it is missing."""
+    if path is not None:
+        return Path(path)
+    release = DEFAULT_MODEL
+    if not (release / "ensemble.json").is_file() and not (release / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{release}: no release model here yet. Train one (python -m pipelines.extract_features, "
+            f"python -m pipelines.train_variant --block cnn5 --bovw, optionally python -m pipelines.fit_ensemble) "
+            f"and pass it with --model PATH (a variant folder or an ensemble.json), or put it in {release}")
+    return release
+
+
+def _box_of(face) -> Box:
+    box = face.box if isinstance(face, FaceResult) else face
+    box = tuple(int(v) for v in box)
+    if len(box) != 4:
+        raise ValueError(f"face must be a FaceResult or a (left, top, right, bottom) box; got {face!r}")
+    return box

@@ -1,0 +1,94 @@
+"""Evaluate a trained variant or an ensemble on a dataset: the whole split and its face-found subset.
+
+    python -m pipelines.evaluate --model PATH --data PATH [--format auto|fer2013-csv|fer2013-folders|folders]
+        [--split train|val|test|all] [--tta N] [--ignore-unknown-labels] [--face-detector auto|hog|mmod|none]
+        [--cache DIR | --no-cache] [--n-jobs N] [--json FILE] [--out DIR]
+
+--model: a variant folder (models/cnn5) or an ensemble.json. --data: a dataset (CSV, FER2013
+folders, class folders) or a feature store folder made with the model's extractor config.
+
+Features of the split are extracted with the model's own extractor config (only that split,
+in parallel) and cached in ``<cache>/eval-<dataset>-<hash>/<split>.npz`` (default cache:
+features/), so a rerun or another model with the same features skips the extraction.
+--split defaults to test when the data has it, else val (printed either way); a dataset
+without a val split gets the feature store's held-out val (10 % of train, seed 0), and
+``all`` scores every image. Labels outside the model's label set are left out and counted;
+label folders that are not emotions stop the run unless --ignore-unknown-labels.
+
+Reported: accuracy, macro-F1, log-loss, per-class precision/recall/F1 and the confusion
+matrix, on the whole split and on the face-found subset (exactly one face detected: the
+EmoNet paper's filtered protocol; counted with the model's detector, or dlib's HOG detector
+when the model was trained without one), each labelled; for an ensemble also each member.
+--tta N averages N deterministic views per image (identity, mirror, small rotations/zooms).
+
+--json FILE writes the result; its keys: model {path, kind, members, member_folders, weights,
+classes, label_set, extractor, feature_store}, data {path, format, name, kind,
+ignored_label_folders}, split, split_note, tta, classes, counts {images, evaluated,
+left_out {outside_label_set, by_label}, face_found}, face_detector, subsets, all (metrics of
+the whole split: n, accuracy, macro_f1, weighted_f1, log_loss, classes, per_class,
+confusion_matrix), face_found (the same for the subset, or null), face_found_note, members
+{name: {all, face_found: {n, accuracy, macro_f1}}}, features, seconds.
+--out DIR writes evaluation.md, evaluation.json and confusion_matrix[_face_found].png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ensemble_fer import artifacts, bovw, datasets, evaluation, inference
+
+from .cli_errors import reports_errors
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, required=True, help="variant folder or ensemble.json")
+    p.add_argument("--data", type=Path, required=True, help="dataset CSV or folder, or a feature store folder")
+    p.add_argument("--format", choices=datasets.FORMATS, default="auto")
+    p.add_argument("--split", choices=("train", "val", "test", "all"),
+                   help="split to score (default: test if the data has it, else val)")
+    p.add_argument("--tta", type=int, default=0, metavar="N",
+                   help=f"test-time augmentation: average N views per image (0 none, up to {inference.MAX_TTA})")
+    p.add_argument("--ignore-unknown-labels", action="store_true",
+                   help="leave out label folders that are not emotions instead of stopping")
+    p.add_argument("--face-detector", choices=("auto",) + tuple(sorted(bovw.DETECTORS)), default="auto",
+                   help="detector that decides the face-found subset (auto: the model's, or hog if it has none; "
+                        "none: no subset)")
+    p.add_argument("--cache", type=Path, default=REPO / "features",
+                   help="folder of the extraction cache (default features/)")
+    p.add_argument("--no-cache", action="store_true", help="extract in memory only")
+    p.add_argument("--n-jobs", type=int, default=-1, help="worker processes for extraction (-1: all cores)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", type=Path, help="write the result as JSON here")
+    p.add_argument("--out", type=Path, help="write evaluation.md, evaluation.json and figures into this folder")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+@reports_errors
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    inference.check_tta(args.tta)   # fail before any extraction, not after it
+    say = (lambda *a, **k: None) if args.quiet else print
+    predictor = inference.load_predictor(args.model)
+    data = evaluation.load_eval_data(args.data, predictor, split=args.split, format=args.format,
+                                     ignore_unknown_labels=args.ignore_unknown_labels,
+                                     cache=None if args.no_cache else args.cache, n_jobs=args.n_jobs,
+                                     face_detector=args.face_detector, progress=not args.quiet, say=say)
+    result = evaluation.evaluate_predictor(predictor, data, tta=args.tta, batch_size=args.batch_size)
+    print(evaluation.evaluation_summary(result))
+    if args.json:
+        artifacts.write_json(args.json, result)
+        print(f"wrote {args.json}")
+    if args.out:
+        paths = evaluation.write_evaluation(result, args.out)
+        print(f"wrote {paths['markdown']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

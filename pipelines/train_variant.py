@@ -1,0 +1,88 @@
+"""Stage 2: train one variant (image block and/or BOVW input) on a feature store.
+
+    python -m pipelines.train_variant --block NAME|none [--bovw] [--features DIR] [--labels fer7]
+        [--weights default|none|PATH] [--image-size N] [--epochs-frozen 5] [--epochs 50]
+        [--batch-size 64] [--lr 1e-3] [--class-weight none|balanced] [--label-smoothing 0]
+        [--augment/--no-augment] [--patience 10] [--seed 0] [--out DIR] [--resume] [--force]
+        [--max-minutes M] [--precision auto|float32|mixed_float16|mixed_bfloat16]
+
+Inputs: a feature store (default features/sample, made by `python -m pipelines.extract_features`
+from the bundled sample). Outputs: models/<variant>/ with model.keras, config.json,
+history.csv, curves.png, predictions.npz, metrics.json, confusion_matrix.png (see
+docs/ARCHITECTURE.md); the schedule is described in ensemble_fer/training.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .cli_errors import reports_errors
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ensemble_fer import blocks, training
+
+    p = argparse.ArgumentParser(prog="python -m pipelines.train_variant", description=__doc__.split("\n")[0])
+    p.add_argument("--block", required=True, choices=blocks.list_blocks() + ["none"],
+                   help="image block; 'none' with --bovw for the BOVW-only network")
+    p.add_argument("--bovw", action="store_true", help="add the BOVW (landmarks + HOG) input")
+    p.add_argument("--features", type=Path, default=REPO / "features" / "sample",
+                   help="feature store folder (default: features/sample)")
+    p.add_argument("--labels", default="fer7",
+                   help="label set: fer7, valence3 or a comma-separated subset such as happy,sad,neutral")
+    p.add_argument("--weights", default="default",
+                   help="block weights: default (pretrained where the block has them), none, or a file path")
+    p.add_argument("--image-size", type=int, help="side the 48 px crops are resized to (default: the block's)")
+    p.add_argument("--epochs-frozen", type=int, default=5,
+                   help="epochs with the pretrained block frozen (Adam); skipped without pretrained weights")
+    p.add_argument("--epochs", type=int, default=50, help="most epochs of the fine-tuning / from-scratch phase")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="learning rate of fine-tuning (SGD Nesterov) or of training from scratch")
+    p.add_argument("--frozen-lr", type=float, default=1e-3, help="Adam learning rate of the frozen phase")
+    p.add_argument("--scratch-optimizer", choices=training.SCRATCH_OPTIMIZERS, default="adam",
+                   help="optimiser when there are no pretrained weights (default adam)")
+    p.add_argument("--class-weight", choices=training.CLASS_WEIGHTS, default="none")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random affine augmentation of training images with their landmarks (default on)")
+    p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (val_loss)")
+    p.add_argument("--lr-patience", type=int, default=4, help="epochs without val_loss gain before the rate drops")
+    p.add_argument("--lr-factor", type=float, default=0.5, help="factor of each learning-rate drop")
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=training.PRECISIONS, default="auto",
+                   help="auto: mixed_float16 on a GPU, float32 on the CPU")
+    p.add_argument("--out", type=Path, help="output folder (default: models/<variant>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--force", action="store_true", help="replace an existing variant in --out")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget; --resume continues later")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+@reports_errors
+def main(argv=None) -> int:
+    from ensemble_fer import networks, training
+
+    args = build_parser().parse_args(argv)
+    block = None if args.block == "none" else args.block
+    out = args.out or REPO / "models" / networks.variant_name(block, args.bovw)
+    training.train_variant(
+        args.features, block=block, bovw=args.bovw, out=out, labels=args.labels, weights=args.weights,
+        image_size=args.image_size, epochs_frozen=args.epochs_frozen, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, frozen_lr=args.frozen_lr,
+        scratch_optimizer=args.scratch_optimizer, class_weight=args.class_weight,
+        label_smoothing=args.label_smoothing, augment=args.augment, patience=args.patience,
+        lr_patience=args.lr_patience, lr_factor=args.lr_factor, dropout=args.dropout, seed=args.seed,
+        precision=args.precision, resume=args.resume, force=args.force, max_minutes=args.max_minutes,
+        progress=not args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Shared fixtures: the bundled sample, CSV fixtures built from it, and a sample feature store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+def sample_crops(n: int = 24) -> tuple[np.ndarray, list[Path]]:
+    """Real 48x48 FER2013 crops from the bundled sample, a few of every class."""
+    from ensemble_fer.datasets import read_image_file
+
+    files = sorted(SAMPLE.glob("train/*/*.jpg"))[:: max(1, len(list(SAMPLE.glob("train/*/*.jpg"))) // n)][:n]
+    return np.stack([read_image_file(f) for f in files]), files
+
+
+def write_fer_csv(path: Path, rows: list[tuple[int, np.ndarray, str]], header="emotion,pixels,Usage") -> Path:
+    """A FER2013 challenge CSV from (code, 48x48 image, usage) rows."""
+    lines = [header]
+    for code, image, usage in rows:
+        lines.append(f"{code},{' '.join(str(int(v)) for v in image.ravel())},{usage}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_store(tmp_path_factory) -> Path:
+    """The bundled sample extracted with --detector none (seconds), shared by the tests."""
+    from pipelines import extract_features
+
+    out = tmp_path_factory.mktemp("features") / "sample"
+    code = extract_features.main(["--data", str(SAMPLE), "--out", str(out), "--detector", "none", "--quiet",
+                                  "--n-jobs", "1"])
+    assert code == 0
+    return out

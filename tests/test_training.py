@@ -1,0 +1,288 @@
+"""Training a variant on the bundled sample: outputs, phases, resume, seeds, refusals.
+
+Real TensorFlow training throughout, one or two epochs of the 280-image sample each.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from ensemble_fer import artifacts, blocks, training
+from ensemble_fer.bovw import BOVW_SIZE, assemble_bovw
+from ensemble_fer.feature_store import FeatureStore
+from ensemble_fer.hog import sliding_hog
+from ensemble_fer.labels import get_label_set
+from pipelines import train_variant as cli
+
+OUTPUTS = ("model.keras", "config.json", "history.csv", "curves.png", "predictions.npz", "metrics.json",
+           "confusion_matrix.png")
+
+
+def _cli(*args):
+    return cli.main([str(a) for a in args] + ["--quiet"])
+
+
+@pytest.fixture(scope="module")
+def trained(sample_store, tmp_path_factory):
+    """cnn5 + BOVW trained for one epoch (augmented) through the CLI."""
+    out = tmp_path_factory.mktemp("variants") / "cnn5+bovw"
+    assert _cli("--block", "cnn5", "--bovw", "--features", sample_store, "--out", out, "--epochs", 1,
+                "--class-weight", "balanced", "--seed", 3) == 0
+    return out
+
+
+def test_two_input_variant_writes_every_output(trained, sample_store):
+    for name in OUTPUTS:
+        assert (trained / name).stat().st_size > 0, name
+    config = json.loads((trained / "config.json").read_text())
+    assert config["variant"] == "cnn5+bovw" and config["block"] == "cnn5" and config["bovw"] is True
+    assert config["labels"]["classes"] == list(get_label_set("fer7").classes)
+    store = FeatureStore(sample_store)
+    assert config["feature_store"]["manifest_hash"] == store.manifest_hash
+    assert config["feature_store"]["config_hash"] == store.config_hash
+    assert config["args"]["epochs"] == 1 and config["args"]["augment"] is True
+    assert config["args"]["class_weight"] == "balanced" and config["args"]["image_size"] == 48
+    assert config["training"]["epochs_run"] == 1 and config["training"]["complete"] is True
+    assert [p["name"] for p in config["training"]["phases"]] == ["scratch"]
+    assert config["model"]["n_params"] > 0 and config["versions"]["keras"] == keras.__version__
+    # Train keeps the extraction filter (the sample has one blank crop); val keeps every row.
+    assert config["data"]["train"]["used"] == 279 and config["data"]["train"]["left_out"]["dropped_blank"] == 1
+    assert config["data"]["val"]["used"] == 105
+
+    predictions = artifacts.load_npz(trained / "predictions.npz")
+    assert set(predictions) == {"val_ids", "val_y", "val_proba", "val_face_found"}
+    assert predictions["val_proba"].shape == (105, 7)
+    np.testing.assert_allclose(predictions["val_proba"].sum(axis=1), 1.0, atol=1e-5)
+    assert predictions["val_face_found"].all()   # no detector: every crop counts as a face
+    val = store.load("val")
+    np.testing.assert_array_equal(predictions["val_ids"], val["ids"])
+    np.testing.assert_array_equal(predictions["val_y"], val["labels"])   # fer7: class index = code
+
+    scores = json.loads((trained / "metrics.json").read_text())
+    assert set(scores) == {"val", "val_face_found"}
+    assert scores["val"]["n"] == 105 and 0.0 <= scores["val"]["accuracy"] <= 1.0
+    history = (trained / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,phase,phase_epoch,loss,accuracy,val_loss,val_accuracy,learning_rate")
+    assert len(history) == 2 and history[1].startswith("1,scratch,1,")
+
+
+def test_saved_model_reloads_in_safe_mode_and_gives_the_same_probabilities(trained, sample_store):
+    model, config = training.load_variant(trained)
+    inputs = {t.name: t for t in model.inputs}
+    assert inputs["image"].dtype == "uint8" and tuple(inputs["image"].shape) == (None, 48, 48, 1)
+    assert inputs["bovw"].dtype == "float32" and tuple(inputs["bovw"].shape) == (None, BOVW_SIZE)
+    val = FeatureStore(sample_store).load("val")
+    proba = training.predict_proba(model, config, val["images"], val["bovw"], batch_size=32)
+    np.testing.assert_allclose(proba, artifacts.load_npz(trained / "predictions.npz")["val_proba"], atol=1e-5)
+    again = keras.models.load_model(trained / "model.keras", safe_mode=True, compile=False)
+    np.testing.assert_allclose(again.predict({"image": val["images"][:4, ..., None], "bovw": val["bovw"][:4]},
+                                             verbose=0), proba[:4], atol=1e-5)
+    with pytest.raises(ValueError, match="bovw: variant 'cnn5\\+bovw' needs BOVW features"):
+        training.predict_proba(model, config, val["images"])
+    with pytest.raises(ValueError, match="images must have shape"):
+        training.predict_proba(model, config, val["images"][:, :40], val["bovw"])
+
+
+def test_same_seed_gives_the_same_model(trained, sample_store, tmp_path):
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "config.json").write_text("{}")   # an old variant, replaced with force
+    training.train_variant(sample_store, "cnn5", True, out=out, epochs=1, class_weight="balanced", seed=3,
+                           force=True, progress=False)
+    first = artifacts.load_npz(trained / "predictions.npz")["val_proba"]
+    np.testing.assert_array_equal(artifacts.load_npz(out / "predictions.npz")["val_proba"], first)
+    assert json.loads((out / "config.json").read_text())["variant"] == "cnn5+bovw"
+
+
+def test_resume_continues_from_the_checkpoint(trained, sample_store, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(trained, out)
+    # One more epoch, then a time budget (already used up) stops it as if interrupted.
+    assert _cli("--block", "cnn5", "--bovw", "--features", sample_store, "--out", out, "--epochs", 3,
+                "--class-weight", "balanced", "--seed", 3, "--resume", "--max-minutes", 0.001) == 0
+    rows = (out / "history.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:3] for r in rows] == [["1", "scratch", "1"], ["2", "scratch", "2"]]
+    assert rows[0] == (trained / "history.csv").read_text().splitlines()[1]
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["stopped"] == "time budget" and config["training"]["complete"] is False
+    state = json.loads((out / ".run" / "state.json").read_text())
+    checkpoint = keras.models.load_model(out / ".run" / state["checkpoint"], safe_mode=True)
+    # The optimizer went on from its saved state: 5 steps of epoch 1 + 5 of epoch 2.
+    assert int(checkpoint.optimizer.iterations) == 10
+    assert not np.array_equal(artifacts.load_npz(out / "predictions.npz")["val_proba"],
+                              artifacts.load_npz(trained / "predictions.npz")["val_proba"])
+
+
+def test_resume_refuses_other_arguments_and_existing_output_needs_force(trained, sample_store, capsys):
+    before = (trained / "config.json").read_text()
+    code = _cli("--block", "cnn5", "--bovw", "--features", sample_store, "--out", trained, "--epochs", 1,
+                "--class-weight", "balanced", "--seed", 3, "--resume", "--lr", 0.01)
+    assert code == 2
+    assert "lr was 0.001, now 0.01" in capsys.readouterr().err
+    code = _cli("--block", "cnn5", "--bovw", "--features", sample_store, "--out", trained, "--epochs", 1)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out:") and "--force" in err and err.count("\n") == 1
+    assert (trained / "config.json").read_text() == before
+
+
+def test_frozen_phase_freezes_the_block_and_finetuning_uses_sgd_nesterov(sample_store, tmp_path):
+    # "Pretrained" cnn5 weights: random, with batch-norm statistics far from their defaults,
+    # so that a batch-norm layer left in training mode would visibly move them.
+    block = blocks.create_block("cnn5", weights=None)
+    rng = np.random.default_rng(0)
+    block.set_weights([w + rng.normal(0, 0.1, w.shape).astype(w.dtype) for w in block.get_weights()])
+    weights_file = tmp_path / "cnn5.weights.h5"
+    block.save_weights(weights_file)
+    pretrained = block.get_weights()
+
+    class Record(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.phases = []
+
+        def _snapshot(self):
+            net = self.model.get_layer("cnn5")
+            return {"block": net.get_weights(), "head": self.model.get_layer("logits").get_weights()}
+
+        def on_train_begin(self, logs=None):
+            net = self.model.get_layer("cnn5")
+            self.phases.append({"begin": self._snapshot(), "block_trainable": net.trainable,
+                                "optimizer": self.model.optimizer.get_config(),
+                                "optimizer_class": type(self.model.optimizer).__name__,
+                                "trainable_ids": {id(v) for v in self.model.trainable_weights},
+                                "block_ids": {id(v) for v in net.weights}})
+
+        def on_train_end(self, logs=None):
+            self.phases[-1]["end"] = self._snapshot()
+
+    record = Record()
+    out = training.train_variant(sample_store, "cnn5", False, out=tmp_path / "frozen", weights=weights_file,
+                                 epochs_frozen=1, epochs=1, lr=0.05, augment=False, progress=False,
+                                 callbacks=[record])
+    frozen, finetune = record.phases
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(a, b))  # noqa: E731
+
+    assert frozen["block_trainable"] is False and frozen["optimizer_class"] == "Adam"
+    assert not frozen["trainable_ids"] & frozen["block_ids"]
+    assert same(frozen["begin"]["block"], pretrained)
+    assert same(frozen["end"]["block"], pretrained)          # moving statistics included
+    assert not same(frozen["end"]["head"], frozen["begin"]["head"])
+
+    assert finetune["block_trainable"] is True and finetune["optimizer_class"] == "SGD"
+    assert finetune["optimizer"]["nesterov"] is True and finetune["optimizer"]["momentum"] == 0.9
+    assert finetune["optimizer"]["learning_rate"] == pytest.approx(0.05)
+    assert frozen["block_ids"] <= finetune["trainable_ids"] | {
+        id(v) for v in keras.Model.get_layer(record.model, "cnn5").non_trainable_weights}
+    assert same(finetune["begin"]["block"], frozen["end"]["block"])   # phase 2 starts where phase 1 ended
+    assert not same(finetune["end"]["block"], pretrained)
+
+    config = json.loads((out / "config.json").read_text())
+    assert [(p["name"], p["epochs"]) for p in config["training"]["phases"]] == [("frozen", 1), ("finetune", 1)]
+    assert config["model"]["pretrained_block"] is True
+    phases = [row.split(",")[1] for row in (out / "history.csv").read_text().splitlines()[1:]]
+    assert phases == ["frozen", "finetune"]
+
+
+def test_bovw_only_network_trains(sample_store, tmp_path, capsys):
+    assert _cli("--block", "none", "--bovw", "--features", sample_store, "--out", tmp_path / "bovw",
+                "--epochs", 2, "--no-augment", "--labels", "happy,sad,surprise", "--label-smoothing", 0.1) == 0
+    model, config = training.load_variant(tmp_path / "bovw")
+    assert [t.name for t in model.inputs] == ["bovw"] and config["variant"] == "bovw"
+    assert config["labels"]["classes"] == ["happy", "sad", "surprise"]
+    assert config["data"]["val"]["used"] == 45 and config["data"]["val"]["left_out"]["outside_label_set"] == 60
+    predictions = artifacts.load_npz(tmp_path / "bovw" / "predictions.npz")
+    assert predictions["val_proba"].shape == (45, 3) and set(predictions["val_y"]) == {0, 1, 2}
+    assert len((tmp_path / "bovw" / "history.csv").read_text().splitlines()) == 3
+
+
+def _edited_store(sample_store, tmp_path, split, edit):
+    store = tmp_path / "edited"
+    shutil.copytree(sample_store, store)
+    arrays = artifacts.load_npz(store / f"{split}.npz")
+    edit(arrays)
+    artifacts.save_npz(store / f"{split}.npz", **arrays)
+    return store
+
+
+def test_classes_missing_from_train_stop_before_training(sample_store, tmp_path, capsys):
+    def drop_disgust(arrays):
+        arrays["kept"][arrays["labels"] == 1] = False
+        arrays["reason"][arrays["labels"] == 1] = "blank"
+
+    store = _edited_store(sample_store, tmp_path, "train", drop_disgust)
+    assert _cli("--block", "none", "--bovw", "--features", store, "--out", tmp_path / "m") == 2
+    err = capsys.readouterr().err
+    assert "classes ['disgust'] are in the val split" in err and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--block", "none"], "block=None with bovw=False"),
+    (["--block", "cnn5", "--image-size", "16"], "image_size: block 'cnn5' needs images of at least 32 px"),
+    (["--block", "cnn5", "--features", "{missing}"], "not a feature store, no manifest.json"),
+    (["--block", "cnn5", "--labels", "happy,grumpy"], "unknown emotion 'grumpy'"),
+    (["--block", "cnn5", "--epochs", "0"], "epochs must be an int >= 1; received 0"),
+    (["--block", "cnn5", "--resume", "--force"], "choose one"),
+])
+def test_bad_input_is_one_line_before_training(args, message, sample_store, tmp_path, capsys):
+    args = [a.format(missing=tmp_path / "nothing") for a in args]
+    if "--features" not in args:
+        args += ["--features", str(sample_store)]
+    assert _cli(*args, "--out", tmp_path / "m") == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_bovw_of_the_wrong_width_is_refused(sample_store, tmp_path, capsys):
+    def narrow(arrays):
+        arrays["bovw"] = arrays["bovw"][:, :2700]
+
+    store = _edited_store(sample_store, tmp_path, "val", narrow)
+    assert _cli("--block", "none", "--bovw", "--features", store, "--out", tmp_path / "m") == 2
+    assert "array 'bovw' has shape (105, 2700), expected (105, 2728)" in capsys.readouterr().err
+
+
+def test_unknown_block_is_refused(sample_store, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--block", "resnet9000", "--features", str(sample_store)])
+    assert "invalid choice: 'resnet9000'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="block must be one of"):
+        training.train_variant(sample_store, "resnet9000", out=tmp_path / "m")
+
+
+def test_augmented_batches_keep_image_and_bovw_together_and_repeat_by_seed(sample_store):
+    from ensemble_fer.augment import AugmentConfig
+
+    splits, _ = training.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
+    train = splits["train"]
+
+    def batches(first_epoch, last_epoch, seed=0):
+        ds, steps = training.train_dataset(train, "cnn5", True, 7, 64, seed, first_epoch, last_epoch,
+                                           AugmentConfig())
+        return [(x["image"].numpy(), x["bovw"].numpy(), y.numpy()) for x, y in ds], steps
+
+    run, steps = batches(0, 2)
+    assert steps == 5 and len(run) == 10 and sum(len(b[2]) for b in run[:5]) == 279
+    image, features, y = run[0]
+    assert image.shape == (64, 48, 48, 1) and image.dtype == np.uint8 and y.shape == (64, 7)
+    # The BOVW describes the augmented image: its HOG is that of the image in the batch.
+    np.testing.assert_allclose(features[:, 136:], sliding_hog(image[..., 0]), atol=1e-5)
+    originals = {tuple(b.tobytes() for b in train.images)}
+    assert image[0, ..., 0].tobytes() not in originals          # the image was transformed
+    np.testing.assert_allclose(features, assemble_bovw(features[:, :136].reshape(-1, 68, 2),
+                                                       features[:, 136:]))
+    # Epoch 1 is the same whether the pipeline starts at epoch 0 or (resumed) at epoch 1.
+    resumed, _ = batches(1, 2)
+    for a, b in zip(run[5:], resumed):
+        for x, z in zip(a, b):
+            np.testing.assert_array_equal(x, z)
+    assert not np.array_equal(run[0][2], run[5][2])               # a new order every epoch
+    other, _ = batches(0, 1, seed=1)
+    assert not np.array_equal(other[0][0], run[0][0])
