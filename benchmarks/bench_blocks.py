@@ -4,8 +4,10 @@ Throughput: images/s of forward+backward+update (Adam, sparse categorical cross-
 random data, batch 64, at the block's default input size, for
 ``Input -> spec.preprocessing() -> block -> GlobalAveragePooling2D -> Dense(7, softmax)``,
 measured after warm-up steps (which include the graph tracing). Reported: the median step
-(``img/s``) and the fastest step (``best``), plus the 1-minute load average after the block, since
-other processes sharing the CPU slow the median down. Big blocks run a few steps
+(``img/s``) and the fastest step (``best``), images per second of this process' CPU time
+(``img/cpu-s``: all cores' time summed, so on an idle 2-core machine img/s is at most twice it),
+and the 1-minute load average after the block: other processes sharing the CPU slow the
+wall-clock figures down, much less the CPU-time one. Big blocks run a few steps
 only: the timed steps stop after ``--max-seconds`` (at least ``--min-steps`` steps).
 
     python benchmarks/bench_blocks.py                        # every registered block
@@ -82,12 +84,13 @@ def bench_block(name: str, batch: int, warmup: int, steps: int, min_steps: int,
         model.train_on_batch(images, labels)
     warmup_s = time.perf_counter() - t0
 
-    times = []
+    times, cpu_times = [], []
     t_start = time.perf_counter()
     while len(times) < steps:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         model.train_on_batch(images, labels)
         times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
         if len(times) >= min_steps and time.perf_counter() - t_start > max_seconds:
             break
     step_s = float(np.median(times))
@@ -104,6 +107,8 @@ def bench_block(name: str, batch: int, warmup: int, steps: int, min_steps: int,
         "step_s_median": round(step_s, 4),
         "images_per_s": round(batch / step_s, 1),
         "images_per_s_best": round(batch / float(np.min(times)), 1),
+        "cpu_s_per_step": round(float(np.median(cpu_times)), 4),
+        "images_per_cpu_s": round(batch / float(np.median(cpu_times)), 1),
         "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "jit_compile": bool(model.jit_compile),
     }
@@ -137,7 +142,7 @@ def main(argv=None) -> int:
     }
     print(json.dumps(machine))
     header = (f"{'block':22s} {'input':>11s} {'params':>12s} {'MACs/img':>10s} "
-              f"{'img/s':>8s} {'best':>8s} {'step s':>8s} {'steps':>5s} {'warmup s':>8s} {'load':>5s}")
+              f"{'img/s':>8s} {'best':>8s} {'img/cpu-s':>9s} {'step s':>8s} {'steps':>5s} {'warmup s':>8s} {'load':>5s}")
     print(header)
     results = []
     for name in names:
@@ -146,7 +151,7 @@ def main(argv=None) -> int:
         results.append(r)
         print(f"{r['block']:22s} {'x'.join(map(str, r['input'])):>11s} {r['params']:>12,d} "
               f"{r['macs_per_image'] / 1e6:>9.1f}M {r['images_per_s']:>8.1f} "
-              f"{r['images_per_s_best']:>8.1f} "
+              f"{r['images_per_s_best']:>8.1f} {r['images_per_cpu_s']:>9.1f} "
               f"{r['step_s_median']:>8.3f} {r['timed_steps']:>5d} {r['warmup_s']:>8.1f} "
               f"{r['loadavg_1min_after']:>5.2f}",
               flush=True)

@@ -7,13 +7,13 @@ imported on first use, never at ``import ensemble_fer``.
 
 __version__ = "0.1.0"
 
-__all__ = ["EmotionRecognizer", "__version__"]
+__all__ = ["EmotionRecognizer", "FaceResult", "__version__"]
 
 
 def __getattr__(name):
     # Lazy: `import ensemble_fer` must stay cheap (no TensorFlow start-up).
-    if name == "EmotionRecognizer":
-        from .recognizer import EmotionRecognizer
+    if name in ("EmotionRecognizer", "FaceResult"):
+        from . import recognizer
 
-        return EmotionRecognizer
+        return getattr(recognizer, name)
     raise AttributeError(f"module 'ensemble_fer' has no attribute {name!r}")

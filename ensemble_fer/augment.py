@@ -57,7 +57,7 @@ class AugmentConfig:
         Largest relative change of scale; the (isotropic) scale factor is uniform in
         [1 - z, 1 + z], > 1 enlarging the face. Below 1.
     horizontal_flip : bool, default=True
-        Mirror half of the images (chosen at random).
+        Mirror each image with probability 1/2.
     strength : float, default=1
         Multiplies ``rotation_deg``, ``shear_deg`` and ``zoom`` (not the flip), to
         tune the amount of augmentation with one number; 0 leaves only the flip.

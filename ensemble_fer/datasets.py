@@ -218,13 +218,16 @@ def load_image(record: ImageRecord, crop_faces: bool = False) -> np.ndarray:
 
 
 def read_image_file(path) -> np.ndarray:
-    """Decode an image file to uint8 (H, W) or (H, W, 3|4) in RGB order; DatasetError if unreadable."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode an image file to uint8 (H, W) or (H, W, 3|4) in RGB order, upright per its EXIF
+    orientation; DatasetError if unreadable."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
+            # Phone photos are stored sideways with an EXIF rotation tag; faces are found upright.
+            img = ImageOps.exif_transpose(img)
             if img.mode not in ("L", "RGB", "RGBA"):
                 img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
             array = np.asarray(img)

@@ -242,8 +242,13 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
 
     cv = None
     n_val = len(val["y"])
-    if not single and n_val >= 2:
-        k = min(cv_splits, n_val)
+    # StratifiedKFold needs some class with at least k rows
+    k = min(cv_splits, int(np.bincount(val["y"]).max()))
+    if single:
+        pass
+    elif k < 2:
+        notes.append("No cross-validated estimate: no class has two val rows.")
+    else:
         with warnings.catch_warnings():
             # StratifiedKFold warns when a class has fewer than k rows; the folds are still valid.
             warnings.filterwarnings("ignore", message="The least populated class")
@@ -276,9 +281,8 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
         "n": {split: int(len(first.splits[split]["y"])) for split in splits},
         "feature_store": {k: store.get(k) for k in ("path", "dataset", "config_hash", "manifest_hash")},
         "results": results,
-        "face_found": face_results if flags_faces else None,
-        "face_found_note": None if flags_faces else
-        "the feature store was made with --detector none: it flags no faces, so there is no face-found subset",
+        "face_found": face_results or None,
+        "face_found_note": _face_note(flags_faces, face_results, splits),
         "cross_validation": cv,
         "notes": notes,
         "confusion_matrix_split": detail_split,
@@ -315,6 +319,15 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
         tmp.write_text(ensemble_report_markdown(report, figure.name))
     artifacts.write_json(out, ensemble_json)   # last: the report it points to exists
     return report
+
+
+def _face_note(flags_faces: bool, face_results: dict, splits: list[str]) -> str | None:
+    if not flags_faces:
+        return "the feature store was made with --detector none: it flags no faces, so there is no face-found subset"
+    missing = [split for split in splits if split not in face_results]
+    if missing:
+        return f"the detector found exactly one face in no row of {' and '.join(missing)}"
+    return None
 
 
 def _summary_scores(report: dict) -> dict:
@@ -379,7 +392,7 @@ def ensemble_report_markdown(report: dict, figure: str) -> str:
                 cells += [f"{face['n']}/{face['of']}", f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}"]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    elif report["face_found_note"]:
+    if report["face_found_note"]:
         lines += [f"Face-found subset: not available ({report['face_found_note']}).", ""]
     return "\n".join(lines)
 
@@ -530,14 +543,15 @@ def _left_out(codes: np.ndarray) -> dict[str, int]:
     return {names.get(int(c), str(int(c))): int(n) for c, n in zip(*np.unique(codes, return_counts=True))}
 
 
-def _analyse_for_eval(images, config, face_config):
-    found = bovw.analyse_crops(images, config)
+def _analyse_for_eval(images, config, face_config, training):
+    found = bovw.analyse_crops(images, config, training=training)
     if face_config.detector == config.detector:
         face_count = found["n_faces"]
     else:
-        face_count = _count_faces(images, face_config)
-    return {"landmarks": found["landmarks"], "bovw": found["bovw"], "n_faces": found["n_faces"],
-            "face_count": face_count}
+        face_count = _count_faces(found["images"], face_config)
+    # images: the crops as the model sees them (held-out crops blurred to the training sharpness)
+    return {"images": found["images"], "landmarks": found["landmarks"], "bovw": found["bovw"],
+            "n_faces": found["n_faces"], "face_count": face_count}
 
 
 def _count_faces(images, face_config):
@@ -560,13 +574,23 @@ def _parallel_chunks(function, images, n_jobs, progress, *args) -> list:
 
 def extract_records(records, crop_faces: bool, config: bovw.ExtractorConfig, face_config: bovw.ExtractorConfig,
                     n_jobs: int = -1, progress: bool = False) -> dict[str, np.ndarray]:
-    """Decode ``records`` and extract what evaluation needs, in parallel chunks."""
+    """Decode ``records`` and extract what evaluation needs, in parallel chunks. Training
+    records are analysed as training crops (not blurred), the others as held-out ones, as the
+    feature store does."""
     images = np.empty((len(records), bovw.IMAGE_SIZE, bovw.IMAGE_SIZE), dtype=np.uint8)
     for i, record in enumerate(records):
         images[i] = datasets.load_image(record, crop_faces=crop_faces)
-    parts = _parallel_chunks(_analyse_for_eval, images, n_jobs, progress, config, face_config)
-    arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    arrays["images"] = images
+    training = np.array([r.split == "train" for r in records], dtype=bool)
+    arrays = {}
+    for flag in (False, True):
+        rows = np.flatnonzero(training == flag)
+        if not len(rows):
+            continue
+        parts = _parallel_chunks(_analyse_for_eval, images[rows], n_jobs, progress, config, face_config, flag)
+        for key in parts[0]:
+            if key not in arrays:
+                arrays[key] = np.empty((len(records),) + parts[0][key].shape[1:], parts[0][key].dtype)
+            arrays[key][rows] = np.concatenate([p[key] for p in parts])
     return arrays
 
 
@@ -617,6 +641,9 @@ def evaluate_predictor(predictor: Predictor, data: EvalData, tta: int = 0, batch
     """Metrics of ``predictor`` on ``data``: the whole split and its face-found subset, and
     each member's accuracy for an ensemble. Returns the JSON-able result (see pipelines.evaluate)."""
     started = time.time()
+    predictor.load_models()
+    load_seconds = time.time() - started
+    started = time.time()
     member_probas = predictor.member_probas(data.images, data.landmarks, data.bovw, tta=tta, batch_size=batch_size)
     proba = predictor.combine(member_probas)
     predict_seconds = time.time() - started
@@ -644,7 +671,8 @@ def evaluate_predictor(predictor: Predictor, data: EvalData, tta: int = 0, batch
         "face_found_note": face_note,
         "members": {},
         "features": data.features,
-        "seconds": {"features": data.features.get("seconds"), "predict": round(predict_seconds, 2)},
+        "seconds": {"features": data.features.get("seconds"), "load_models": round(load_seconds, 2),
+                    "predict": round(predict_seconds, 2)},
     }
     for subset, rows in subsets.items():
         result[subset] = metrics.classification_metrics(data.y[rows], proba[rows], classes)

@@ -158,7 +158,9 @@ class Predictor:
     # ------------------------------------------------------------------ prediction
 
     def analyse(self, images) -> dict[str, np.ndarray]:
-        """Faces, landmarks, HOG and BOVW of 48x48 uint8 crops with this model's extractor config."""
+        """Faces, landmarks, HOG and BOVW of 48x48 uint8 held-out crops with this model's
+        extractor config; ``images`` in the result are the crops as the model sees them
+        (blurred to the training crops' sharpness, see :mod:`ensemble_fer.sharpness`)."""
         return bovw.analyse_crops(images, self.extractor_config)
 
     def predict_proba(self, images, tta: int = 0, batch_size: int = 256) -> np.ndarray:
@@ -173,13 +175,14 @@ class Predictor:
         for start in range(0, len(images), CHUNK):
             part = images[start:start + CHUNK]
             features = self.analyse(part)
-            out[start:start + CHUNK] = self.predict_features(part, features["landmarks"], features["bovw"],
-                                                             tta=tta, batch_size=batch_size)
+            out[start:start + CHUNK] = self.predict_features(features["images"], features["landmarks"],
+                                                             features["bovw"], tta=tta, batch_size=batch_size)
         return out
 
     def predict_features(self, images=None, landmarks=None, bovw_rows=None, tta: int = 0,
                          batch_size: int = 256) -> np.ndarray:
-        """Class probabilities from already-extracted arrays (a feature store's rows).
+        """Class probabilities from already-extracted arrays (a feature store's rows, whose
+        ``images`` are already as the model sees them).
 
         ``images`` uint8 (N, 48, 48) is needed when a member has an image input or when
         ``tta`` > 0; ``landmarks`` (N, 68, 2) when ``tta`` > 0; ``bovw_rows`` (N, 2728) when
@@ -293,11 +296,24 @@ def read_variant_config(folder) -> dict:
     return config
 
 
-def extractor_of(config: dict, where) -> bovw.ExtractorConfig:
+def extractor_config(data: dict, where) -> bovw.ExtractorConfig:
+    """An :class:`~ensemble_fer.bovw.ExtractorConfig` from its JSON, as recorded with a model."""
+    data = dict(data)
+    # Stores made before sharpness matching have no blur_sigma: they never blurred held-out
+    # crops, so 0 reproduces the features those models were trained and validated on.
+    data.setdefault("blur_sigma", 0.0)
     try:
-        return bovw.ExtractorConfig(**config["feature_store"]["extractor"])
+        config = bovw.ExtractorConfig(**data)
     except TypeError as exc:
-        raise ValueError(f"{where}: feature_store.extractor is not an extractor config ({exc})") from None
+        raise ValueError(f"{where}: the extractor config is not one this code knows ({exc})") from None
+    if config.blur_sigma is None:
+        raise ValueError(f"{where}: the extractor config's blur_sigma was never resolved (null); the feature "
+                         f"store should have estimated it")
+    return config
+
+
+def extractor_of(config: dict, where) -> bovw.ExtractorConfig:
+    return extractor_config(config["feature_store"]["extractor"], where)
 
 
 def _label_set(data, where) -> LabelSet:
@@ -342,7 +358,7 @@ def _ensemble_predictor(path: Path) -> Predictor:
         raise ValueError(f"{path}: lists {len(data['members'])} members but {fitted.n_members_} weights")
 
     label_set = _label_set(data["labels"], path)
-    extractor = bovw.ExtractorConfig(**data["extractor"])
+    extractor = extractor_config(data["extractor"], path)
     members = []
     for i, entry in enumerate(data["members"]):
         if not isinstance(entry, dict) or "path" not in entry:

@@ -25,13 +25,15 @@ How a photo becomes results
    the BOVW features with the extractor settings the model was trained with, and applies
    the ensemble weights (:func:`ensemble_fer.inference.load_predictor`).
 
-Nothing heavy happens at import: TensorFlow starts in :meth:`EmotionRecognizer.load`, dlib's
-detector on the first photo.
+Nothing heavy happens at import or in :meth:`EmotionRecognizer.load` (which only checks the
+model's files): TensorFlow and the Keras model load on the first prediction, dlib's detector
+on the first photo.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +82,7 @@ class EmotionRecognizer:
         self._predictor = predictor
         self.detector = detector
         self.upsample = int(upsample)
-        self.source = source
+        self.source = source if source is not None else getattr(predictor, "source", None)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -107,7 +109,8 @@ class EmotionRecognizer:
         return self._faces(self._gray(image))[0]
 
     def face_crop(self, image, face) -> np.ndarray:
-        """The 48x48 uint8 crop the network sees for ``face`` (a :class:`FaceResult` or a box)."""
+        """The 48x48 uint8 grayscale crop of ``face`` (a :class:`FaceResult` or a box), framed
+        like FER2013 (before any blur the model's extractor config applies)."""
         gray = self._gray(image)
         box = _box_of(face)
         if gray.shape == (IMAGE_SIZE, IMAGE_SIZE) and box == WHOLE_FRAME:
@@ -125,7 +128,8 @@ class EmotionRecognizer:
         return self.predict_many([image], tta=tta)[0]
 
     def predict_many(self, images: Iterable, batch_size: int = 64, tta: int = 0) -> list[list[FaceResult]]:
-        """:meth:`predict` for many photos (paths or arrays), one result list per input, in order.
+        """:meth:`predict` for many photos (paths or arrays, or one stacked array such as
+        (N, 48, 48) crops), one result list per input, in order.
 
         The faces of all photos are classified together, ``batch_size`` crops per batch.
         """
@@ -137,31 +141,32 @@ class EmotionRecognizer:
         batch, so any number of photos can stream through it."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
-        if isinstance(images, (str, os.PathLike, np.ndarray)):
-            raise TypeError("predict_many takes a list of images or paths; use predict for one")
-        pending: list[list[Box]] = []          # boxes per waiting input
-        crops: list[np.ndarray] = []           # their crops, in order
+        if isinstance(images, np.ndarray) and (images.ndim == 4 or (images.ndim == 3 and images.shape[-1] > 4)):
+            images = iter(images)               # a stack of images: (N, H, W) or (N, H, W, C)
+        elif isinstance(images, (str, os.PathLike, np.ndarray)):
+            raise TypeError("predict_many takes a list (or a stacked array) of images or paths; "
+                            "use predict for one image")
+        pending: deque = deque()        # boxes of the inputs not yielded yet, in order
+        crops: list[np.ndarray] = []    # crops of their faces not classified yet
+        proba: list[np.ndarray] = []    # rows of their faces classified already
         for image in images:
             boxes, face_crops = self._faces(self._gray(image))
             pending.append(boxes)
             crops.extend(face_crops)
-            if len(crops) >= batch_size:
-                yield from self._flush(pending, crops, batch_size, tta)
-                pending, crops = [], []
-        if pending:
-            yield from self._flush(pending, crops, batch_size, tta)
-
-    def _flush(self, pending, crops, batch_size, tta):
+            while len(crops) >= batch_size:     # full batches only: the rest waits for more faces
+                proba.extend(self._predict_proba(np.stack(crops[:batch_size]), tta))
+                del crops[:batch_size]
+                yield from self._ready(pending, proba)
         if crops:
-            stack = np.stack(crops)
-            proba = np.concatenate([self._predict_proba(stack[i:i + batch_size], tta)
-                                    for i in range(0, len(stack), batch_size)])
-        else:
-            proba = np.zeros((0, len(self.classes)), np.float32)
-        row = 0
-        for boxes in pending:
-            yield [self._result(box, proba[row + k]) for k, box in enumerate(boxes)]
-            row += len(boxes)
+            proba.extend(self._predict_proba(np.stack(crops), tta))
+        yield from self._ready(pending, proba)
+
+    def _ready(self, pending: deque, proba: list) -> Iterator[list[FaceResult]]:
+        """Yield (and drop) the leading inputs whose faces are all classified."""
+        while pending and len(pending[0]) <= len(proba):
+            boxes = pending.popleft()
+            yield [self._result(box, proba[k]) for k, box in enumerate(boxes)]
+            del proba[:len(boxes)]
 
     def _predict_proba(self, crops: np.ndarray, tta: int) -> np.ndarray:
         proba = np.asarray(self._predictor.predict_proba(crops, tta=tta), dtype=np.float64)
@@ -194,11 +199,11 @@ class EmotionRecognizer:
         if emotion not in self.classes:
             raise ValueError(f"emotion {emotion!r} is not one of the model's classes {list(self.classes)}")
         model = self.gradcam_model()
-        crop = self.face_crop(image, face)
-        vector = None
-        if "bovw" in gradcam.input_names(model):
-            vector = self._predictor.analyse(crop[None])["bovw"][0]
-        return gradcam.grad_cam(model, crop, vector, self.classes.index(emotion))
+        # The crop as the model sees it (the predictor may blur it to the training crops'
+        # sharpness) and its BOVW vector, from the predictor's own extraction.
+        features = self._predictor.analyse(self.face_crop(image, face)[None])
+        vector = features["bovw"][0] if "bovw" in gradcam.input_names(model) else None
+        return gradcam.grad_cam(model, features["images"][0], vector, self.classes.index(emotion))
 
     def gradcam_model(self):
         """The Keras network :meth:`grad_cam` explains (loaded on first use): the variant's,

@@ -559,6 +559,8 @@ def _check_out(out: Path, settings: dict, *, resume: bool, force: bool, say) -> 
     Returns the saved state to resume from (None for a new run) and the old outputs a new
     run replaces (removed only once the new network is built).
     """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: must be a folder; received {out}, which is a file")
     run_dir = out / RUN_DIR
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if resume and force:
@@ -675,7 +677,7 @@ class _Run:
                 self.model.set_weights(_load_weights_npz(self._run_path(state["best_weights"])))
             resumed = False
             if not (early or state["epoch"] >= phase_end):
-                break   # stopped by the time budget inside the phase
+                break   # stopped inside the phase by the time budget or an extra callback
             state["phases_done"].append({"name": phase["name"], "epochs": state["phase_epochs"],
                                          "early_stopping": early})
             if state["phase_index"] + 1 == len(self.phases):
@@ -689,10 +691,10 @@ class _Run:
             self._checkpoint(self.phases[state["phase_index"]]["name"])
             if self.budget_hit:
                 break
-        state["stopped"] = "time budget"
+        state["stopped"] = "time budget" if self.budget_hit else "callback"
         self._save_state()
-        self.say(f"stopped: the time budget of {s['max_minutes']:g} min is used up; the outputs hold the best "
-                 f"epoch so far, and --resume continues the run")
+        why = f"the time budget of {s['max_minutes']:g} min is used up" if self.budget_hit else "a callback stopped it"
+        self.say(f"stopped: {why}; the outputs hold the best epoch so far, and resume continues the run")
 
     def _set_up_phase(self, phase: dict) -> None:
         with self.strategy.scope():

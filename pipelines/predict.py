@@ -35,18 +35,18 @@ ANNOTATION_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.predict", description=__doc__.split("\n")[0])
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
-    p.add_argument("--model", type=Path,
+    p.add_argument("--model", type=Path, metavar="PATH",
                    help="a trained variant folder or an ensemble.json (default: models/release)")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write the CSV here (default: stdout)")
     p.add_argument("--annotate", type=Path, metavar="DIR", help="write each photo with boxes and labels here")
     p.add_argument("--gradcam", type=Path, metavar="DIR", help="write a Grad-CAM overlay per face here")
-    p.add_argument("--tta", type=int, default=0, help="test-time augmentation views (0: none, up to 10)")
+    p.add_argument("--tta", type=int, default=0, metavar="N", help="test-time augmentation views (0: none, up to 10)")
     p.add_argument("--detector", choices=("hog", "mmod"), default="hog",
                    help="dlib face detector: hog (fast, frontal) or mmod (CNN, more poses, slow on a CPU)")
-    p.add_argument("--upsample", type=int, default=1,
+    p.add_argument("--upsample", type=int, default=1, metavar="N",
                    help="times the photo is doubled before detection (1: faces down to ~40 px; 0: faster)")
     p.add_argument("--recursive", action="store_true", help="also read the folders inside a folder")
-    p.add_argument("--batch-size", type=int, default=64, help="face crops per network batch")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="face crops per network batch")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
 

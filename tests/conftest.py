@@ -47,3 +47,31 @@ def sample_store(tmp_path_factory) -> Path:
                                   "--n-jobs", "1"])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_variant(sample_store, tmp_path_factory) -> Path:
+    """A cnn5+bovw variant trained for one epoch on the sample store (its predictions mean
+    little; it exists so that prediction, Grad-CAM and the CLI run on a real saved model)."""
+    from pipelines import train_variant
+
+    out = tmp_path_factory.mktemp("models") / "cnn5+bovw"
+    code = train_variant.main(["--block", "cnn5", "--bovw", "--features", str(sample_store), "--out", str(out),
+                               "--epochs", "1", "--no-augment", "--quiet"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def variant_pair(tiny_variant, sample_store, tmp_path_factory) -> Path:
+    """A models folder holding two variants trained on the sample store, for the ensemble and
+    evaluation tests: a copy of ``tiny_variant`` (cnn5+bovw) and a BOVW-only variant (one
+    epoch, seconds). Tests must not write into it: copy what they change."""
+    import shutil
+
+    from ensemble_fer import training
+
+    models = tmp_path_factory.mktemp("ensemble_models")
+    shutil.copytree(tiny_variant, models / tiny_variant.name, ignore=shutil.ignore_patterns(".run"))
+    training.train_variant(sample_store, None, True, out=models / "bovw", epochs=1, augment=False, progress=False)
+    return models

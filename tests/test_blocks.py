@@ -6,6 +6,7 @@ as needed: one cached random-init model per block is shared by the tests of this
 
 from __future__ import annotations
 
+import json
 import time
 
 import h5py
@@ -84,6 +85,9 @@ def test_spec_is_consistent(name):
     assert spec.input_shape() == (spec.default_size, spec.default_size, spec.channels)
     with pytest.raises(Exception):
         spec.name = "other"  # frozen
+    config = spec.to_config()
+    assert json.loads(json.dumps(config)) == config
+    assert config["allowed_weights"] == list(spec.allowed_weights)
 
 
 def test_compact_blocks_are_native_grayscale():

@@ -122,3 +122,15 @@ def test_label_sets():
     np.testing.assert_array_equal(valence.encode([3, 0, 1, 2, 4, 7, 5, 6]), [0, 1, 1, 1, 1, 1, 2, -1])
     with pytest.raises(ValueError, match="unknown emotion 'bored'"):
         labels.get_label_set("happy,bored")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    pixels = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    image.save(tmp_path / "phone.png", exif=exif)
+    upright = datasets.read_image_file(tmp_path / "phone.png")
+    np.testing.assert_array_equal(upright, np.rot90(pixels, k=-1))

@@ -155,8 +155,9 @@ def test_frozen_phase_freezes_the_block_and_finetuning_uses_sgd_nesterov(sample_
             self.phases.append({"begin": self._snapshot(), "block_trainable": net.trainable,
                                 "optimizer": self.model.optimizer.get_config(),
                                 "optimizer_class": type(self.model.optimizer).__name__,
-                                "trainable_ids": {id(v) for v in self.model.trainable_weights},
-                                "block_ids": {id(v) for v in net.weights}})
+                                "trained": {id(v) for v in self.model.trainable_weights},
+                                "block_trained": {id(v) for v in net.trainable_weights},
+                                "block_all": {id(v) for v in net.weights}})
 
         def on_train_end(self, logs=None):
             self.phases[-1]["end"] = self._snapshot()
@@ -169,7 +170,7 @@ def test_frozen_phase_freezes_the_block_and_finetuning_uses_sgd_nesterov(sample_
     same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(a, b))  # noqa: E731
 
     assert frozen["block_trainable"] is False and frozen["optimizer_class"] == "Adam"
-    assert not frozen["trainable_ids"] & frozen["block_ids"]
+    assert not frozen["block_trained"] and not frozen["trained"] & frozen["block_all"]
     assert same(frozen["begin"]["block"], pretrained)
     assert same(frozen["end"]["block"], pretrained)          # moving statistics included
     assert not same(frozen["end"]["head"], frozen["begin"]["head"])
@@ -177,8 +178,7 @@ def test_frozen_phase_freezes_the_block_and_finetuning_uses_sgd_nesterov(sample_
     assert finetune["block_trainable"] is True and finetune["optimizer_class"] == "SGD"
     assert finetune["optimizer"]["nesterov"] is True and finetune["optimizer"]["momentum"] == 0.9
     assert finetune["optimizer"]["learning_rate"] == pytest.approx(0.05)
-    assert frozen["block_ids"] <= finetune["trainable_ids"] | {
-        id(v) for v in keras.Model.get_layer(record.model, "cnn5").non_trainable_weights}
+    assert finetune["block_trained"] and finetune["block_trained"] <= finetune["trained"]
     assert same(finetune["begin"]["block"], frozen["end"]["block"])   # phase 2 starts where phase 1 ended
     assert not same(finetune["end"]["block"], pretrained)
 
@@ -189,16 +189,33 @@ def test_frozen_phase_freezes_the_block_and_finetuning_uses_sgd_nesterov(sample_
     assert phases == ["frozen", "finetune"]
 
 
-def test_bovw_only_network_trains(sample_store, tmp_path, capsys):
-    assert _cli("--block", "none", "--bovw", "--features", sample_store, "--out", tmp_path / "bovw",
-                "--epochs", 2, "--no-augment", "--labels", "happy,sad,surprise", "--label-smoothing", 0.1) == 0
-    model, config = training.load_variant(tmp_path / "bovw")
+def test_bovw_only_network_trains_and_reports_a_test_split(sample_store, tmp_path):
+    # A store with a test split: the sample's val rows again, under other ids.
+    store = tmp_path / "with_test"
+    shutil.copytree(sample_store, store)
+    test = artifacts.load_npz(store / "val.npz")
+    test["ids"] = np.char.add("test/", test["ids"])
+    artifacts.save_npz(store / "test.npz", **test)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["splits"]["test"] = manifest["splits"]["val"]
+    (store / "manifest.json").write_text(json.dumps(manifest))
+
+    out = tmp_path / "bovw"
+    assert _cli("--block", "none", "--bovw", "--features", store, "--out", out, "--epochs", 2,
+                "--no-augment", "--labels", "happy,sad,surprise", "--label-smoothing", 0.1) == 0
+    model, config = training.load_variant(out)
     assert [t.name for t in model.inputs] == ["bovw"] and config["variant"] == "bovw"
     assert config["labels"]["classes"] == ["happy", "sad", "surprise"]
     assert config["data"]["val"]["used"] == 45 and config["data"]["val"]["left_out"]["outside_label_set"] == 60
-    predictions = artifacts.load_npz(tmp_path / "bovw" / "predictions.npz")
+    assert config["figures"]["confusion_matrix"] == "test"
+    predictions = artifacts.load_npz(out / "predictions.npz")
+    assert {f"{s}_{k}" for s in ("val", "test") for k in ("ids", "y", "proba", "face_found")} == set(predictions)
     assert predictions["val_proba"].shape == (45, 3) and set(predictions["val_y"]) == {0, 1, 2}
-    assert len((tmp_path / "bovw" / "history.csv").read_text().splitlines()) == 3
+    assert all(i.startswith("test/") for i in predictions["test_ids"])
+    np.testing.assert_allclose(predictions["test_proba"], predictions["val_proba"], atol=1e-6)
+    assert set(json.loads((out / "metrics.json").read_text())) == {"val", "val_face_found", "test",
+                                                                   "test_face_found"}
+    assert len((out / "history.csv").read_text().splitlines()) == 3
 
 
 def _edited_store(sample_store, tmp_path, split, edit):
@@ -274,7 +291,7 @@ def test_augmented_batches_keep_image_and_bovw_together_and_repeat_by_seed(sampl
     assert image.shape == (64, 48, 48, 1) and image.dtype == np.uint8 and y.shape == (64, 7)
     # The BOVW describes the augmented image: its HOG is that of the image in the batch.
     np.testing.assert_allclose(features[:, 136:], sliding_hog(image[..., 0]), atol=1e-5)
-    originals = {tuple(b.tobytes() for b in train.images)}
+    originals = {b.tobytes() for b in train.images}
     assert image[0, ..., 0].tobytes() not in originals          # the image was transformed
     np.testing.assert_allclose(features, assemble_bovw(features[:, :136].reshape(-1, 68, 2),
                                                        features[:, 136:]))

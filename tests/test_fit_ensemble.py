@@ -1,0 +1,252 @@
+"""pipelines.fit_ensemble on real trained variants (conftest ``variant_pair``), and every refusal.
+
+Refusal cases change copies of the members' ``config.json`` / ``predictions.npz``: those two
+files are all that fit_ensemble reads.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ensemble_fer import artifacts, inference
+from pipelines import fit_ensemble
+
+MEMBERS = ("bovw", "cnn5+bovw")
+
+
+def _copy_members(models, tmp_path):
+    """config.json + predictions.npz of each member, in a fresh models folder."""
+    out = tmp_path / "models"
+    for name in MEMBERS:
+        (out / name).mkdir(parents=True)
+        for file in ("config.json", "predictions.npz"):
+            shutil.copy(models / name / file, out / name / file)
+    return out
+
+
+def _edit_config(folder, change):
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _edit_predictions(folder, change):
+    arrays = artifacts.load_npz(folder / "predictions.npz")
+    change(arrays)
+    artifacts.save_npz(folder / "predictions.npz", **arrays)
+
+
+def _run(args, capsys):
+    code = fit_ensemble.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_fits_and_reports_on_trained_variants(variant_pair, tmp_path, capsys):
+    out = tmp_path / "ens" / "ensemble.json"
+    code, stdout, stderr = _run(["--models", variant_pair, "--out", out], capsys)
+    assert code == 0, stderr
+    assert "optimistic" in stdout
+
+    data = json.loads(out.read_text())
+    assert [m["name"] for m in data["members"]] == list(MEMBERS)
+    for member in data["members"]:
+        assert not member["path"].startswith("/")          # relative to the json
+        assert (out.parent / member["path"]).resolve() == (variant_pair / member["name"]).resolve()
+    weights = np.array([m["weight"] for m in data["members"]])
+    assert weights.sum() == pytest.approx(1.0) and (weights >= 0).all()
+    assert data["ensemble"]["weights"] == pytest.approx(weights.tolist())
+    for key in ("objective", "seed", "classes", "labels", "extractor", "feature_store", "scores"):
+        assert key in data
+    assert data["feature_store"]["config_hash"] and data["feature_store"]["manifest_hash"]
+
+    # The report's ensemble row is recomputed here from the members' saved probabilities.
+    probas = np.stack([artifacts.load_npz(variant_pair / n / "predictions.npz")["val_proba"] for n in MEMBERS])
+    y = artifacts.load_npz(variant_pair / MEMBERS[0] / "predictions.npz")["val_y"]
+    accuracy = float((np.tensordot(weights, probas, axes=1).argmax(1) == y).mean())
+    report = json.loads((out.parent / "ensemble_report.json").read_text())
+    val = report["results"]["val"]
+    assert val["ensemble"]["accuracy"] == pytest.approx(accuracy)
+    assert val["equal-weight"]["accuracy"] == pytest.approx(float((probas.mean(0).argmax(1) == y).mean()))
+    member_acc = {n: float((probas[i].argmax(1) == y).mean()) for i, n in enumerate(MEMBERS)}
+    assert {n: val[n]["accuracy"] for n in MEMBERS} == pytest.approx(member_acc)
+    best = report["best_single"]
+    assert member_acc[best] == max(member_acc.values())
+    # differential evolution starts from equal weights and each member alone: on the fit data
+    # the learnt ensemble is never worse than either
+    assert val["ensemble"]["accuracy"] >= max(member_acc[best], val["equal-weight"]["accuracy"])
+    assert val["ensemble"]["per_class"] and len(val["ensemble"]["confusion_matrix"]) == len(data["classes"])
+    cv = report["cross_validation"]
+    assert cv["n_splits"] == 5 and len(cv["scores"]) == 5 and 0 <= cv["mean"] <= 1
+    assert data["scores"]["val_cross_validated_accuracy"]["mean"] == pytest.approx(cv["mean"])
+    # the sample store was extracted with --detector none: no face-found subset, said so
+    assert report["face_found"] is None and "detector none" in report["face_found_note"]
+
+    markdown = (out.parent / "ensemble_report.md").read_text()
+    for text in ("| equal-weight |", f"| best single ({best}) |", "| ensemble |", "optimistic",
+                 "Cross-validated", "ensemble_confusion_matrix.png", "Per class: ensemble", "no test split"):
+        assert text in markdown
+    assert (out.parent / "ensemble_confusion_matrix.png").stat().st_size > 1000
+
+    # the file loads as a predictor with the same members and weights
+    predictor = inference.load_predictor(out)
+    assert predictor.members == MEMBERS and predictor.weights == pytest.approx(weights)
+
+
+def test_same_seed_same_weights_and_log_loss_objective(variant_pair, tmp_path, capsys):
+    first, second, log_loss = (tmp_path / f"{n}.json" for n in ("a", "b", "c"))
+    for out, extra in ((first, []), (second, []), (log_loss, ["--objective", "log-loss"])):
+        code, _, stderr = _run(["--models", variant_pair, "--out", out, *extra], capsys)
+        assert code == 0, stderr
+    weights = lambda path: json.loads(path.read_text())["ensemble"]["weights"]
+    assert weights(first) == weights(second)
+    data = json.loads(log_loss.read_text())
+    assert data["objective"] == "log-loss"
+    # the log-loss objective's weights minimise the val log-loss over the members alone and equal weights
+    probas = np.stack([artifacts.load_npz(variant_pair / n / "predictions.npz")["val_proba"] for n in MEMBERS])
+    y = artifacts.load_npz(variant_pair / MEMBERS[0] / "predictions.npz")["val_y"]
+    loss = lambda w: -np.log(np.clip(np.tensordot(w, probas, axes=1)[np.arange(len(y)), y], 1e-15, 1)).mean()
+    learnt = loss(np.array(data["ensemble"]["weights"]))
+    for w in ([1.0, 0.0], [0.0, 1.0], [0.5, 0.5]):
+        assert learnt <= loss(np.array(w)) + 1e-9
+
+
+def test_face_found_subset_when_the_store_flags_faces(variant_pair, tmp_path, capsys):
+    models = _copy_members(variant_pair, tmp_path)
+    flags = np.arange(105) % 3 != 0   # a known subset of 70 rows
+    for name in MEMBERS:
+        _edit_config(models / name, lambda c: c["feature_store"]["extractor"].update(detector="hog"))
+        _edit_predictions(models / name, lambda a: a.update(val_face_found=flags))
+    out = tmp_path / "ensemble.json"
+    code, _, stderr = _run(["--models", models, "--out", out], capsys)
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "ensemble_report.json").read_text())
+    face = report["face_found"]["val"]
+    assert face["n"] == 70 and face["of"] == 105
+    weights = np.array(list(report["weights"].values()))
+    probas = np.stack([artifacts.load_npz(models / n / "predictions.npz")["val_proba"] for n in MEMBERS])
+    y = artifacts.load_npz(models / MEMBERS[0] / "predictions.npz")["val_y"]
+    expected = float((np.tensordot(weights, probas[:, flags], axes=1).argmax(1) == y[flags]).mean())
+    assert face["rows"]["ensemble"]["accuracy"] == pytest.approx(expected)
+    assert "Face-found subset" in (tmp_path / "ensemble_report.md").read_text()
+
+
+def test_single_member_is_said_plainly(variant_pair, tmp_path, capsys):
+    out = tmp_path / "ensemble.json"
+    code, stdout, stderr = _run(["--models", variant_pair, "--variants", "bovw", "--out", out], capsys)
+    assert code == 0, stderr
+    assert "only one member" in stdout
+    data = json.loads(out.read_text())
+    assert data["ensemble"]["weights"] == [1.0]
+    report = json.loads((tmp_path / "ensemble_report.json").read_text())
+    assert report["single_member"] and report["cross_validation"] is None
+    saved = artifacts.load_npz(variant_pair / "bovw" / "predictions.npz")
+    assert report["results"]["val"]["ensemble"]["accuracy"] == pytest.approx(
+        float((saved["val_proba"].argmax(1) == saved["val_y"]).mean()))
+    assert "Single member: the ensemble is bovw itself" in (tmp_path / "ensemble_report.md").read_text()
+
+
+def _refused(models, tmp_path, capsys, *expected):
+    out = tmp_path / "refused.json"
+    code, _, stderr = _run(["--models", models, "--out", out], capsys)
+    assert code == 2
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    for text in expected:
+        assert text in stderr, stderr
+    assert not out.exists()   # nothing written
+    return stderr
+
+
+@pytest.mark.parametrize("key", ["config_hash", "manifest_hash"])
+def test_refuses_members_of_another_feature_store(variant_pair, tmp_path, capsys, key):
+    models = _copy_members(variant_pair, tmp_path)
+    _edit_config(models / "cnn5+bovw", lambda c: c["feature_store"].update({key: "0123456789abcdef"}))
+    _refused(models, tmp_path, capsys, str(models / "cnn5+bovw"), key, "0123456789abcdef")
+
+
+def test_refuses_another_label_set(variant_pair, tmp_path, capsys):
+    models = _copy_members(variant_pair, tmp_path)
+    other = {"name": "other7", "classes": ["a", "b", "c", "d", "e", "f", "g"],
+             "groups": [[0], [1], [2], [3], [4], [5], [6]]}
+    _edit_config(models / "cnn5+bovw", lambda c: c.update(labels=other))
+    _refused(models, tmp_path, capsys, str(models / "cnn5+bovw"), "label set", "other7")
+
+
+def test_refuses_ids_that_do_not_line_up(variant_pair, tmp_path, capsys):
+    models = _copy_members(variant_pair, tmp_path)
+
+    def rename_one(arrays):
+        ids = arrays["val_ids"].astype(object)
+        ids[4] = "test/happy/not-in-the-other.jpg"
+        arrays["val_ids"] = ids.astype(str)
+
+    _edit_predictions(models / "cnn5+bovw", rename_one)
+    _refused(models, tmp_path, capsys, "cnn5+bovw", "val ids do not line up", "not-in-the-other.jpg")
+
+    models = _copy_members(variant_pair, tmp_path / "order")
+    order = np.random.default_rng(0).permutation(105)
+    _edit_predictions(models / "cnn5+bovw", lambda a: a.update({k: a[k][order] for k in
+                                                                ("val_ids", "val_y", "val_proba", "val_face_found")}))
+    _refused(models, tmp_path, capsys, "another order")
+
+
+def test_refuses_nan_probabilities(variant_pair, tmp_path, capsys):
+    models = _copy_members(variant_pair, tmp_path)
+
+    def poison(arrays):
+        arrays["val_proba"] = arrays["val_proba"].copy()
+        arrays["val_proba"][7, 2] = np.nan
+
+    _edit_predictions(models / "bovw", poison)
+    _refused(models, tmp_path, capsys, str(models / "bovw" / "predictions.npz"), "NaN", "row 7")
+
+
+def test_refuses_rows_that_are_not_probabilities(variant_pair, tmp_path, capsys):
+    models = _copy_members(variant_pair, tmp_path)
+    _edit_predictions(models / "bovw", lambda a: a.update(val_proba=a["val_proba"] * 3))   # logits-like
+    _refused(models, tmp_path, capsys, "bovw", "not probabilities")
+
+
+def test_refuses_a_missing_predictions_file(variant_pair, tmp_path, capsys):
+    models = _copy_members(variant_pair, tmp_path)
+    (models / "bovw" / "predictions.npz").unlink()
+    _refused(models, tmp_path, capsys, str(models / "bovw" / "predictions.npz"), "file not found")
+
+
+def test_refuses_an_empty_val_split(variant_pair, tmp_path, capsys):
+    models = _copy_members(variant_pair, tmp_path)
+    _edit_predictions(models / "bovw", lambda a: a.update({k: a[k][:0] for k in
+                                                           ("val_ids", "val_y", "val_proba", "val_face_found")}))
+    _refused(models, tmp_path, capsys, "bovw", "val split is empty")
+
+
+def test_refuses_a_test_split_only_one_member_has(variant_pair, tmp_path, capsys):
+    models = _copy_members(variant_pair, tmp_path)
+    _edit_predictions(models / "bovw", lambda a: a.update({f"test_{k}": a[f"val_{k}"] for k in
+                                                           ("ids", "y", "proba", "face_found")}))
+    _refused(models, tmp_path, capsys, "has no test predictions")
+
+
+def test_reports_test_split_when_members_have_it(variant_pair, tmp_path, capsys):
+    models = _copy_members(variant_pair, tmp_path)
+    for name in MEMBERS:   # the val rows stand in for a test split: the weights must not see them
+        _edit_predictions(models / name, lambda a: a.update({f"test_{k}": a[f"val_{k}"][:50] for k in
+                                                             ("ids", "y", "proba", "face_found")}))
+    out = tmp_path / "ensemble.json"
+    code, stdout, stderr = _run(["--models", models, "--out", out], capsys)
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "ensemble_report.json").read_text())
+    assert report["splits"] == ["val", "test"] and report["confusion_matrix_split"] == "test"
+    assert report["results"]["test"]["ensemble"]["n"] == 50
+    assert "test accuracy" in (tmp_path / "ensemble_report.md").read_text()
+
+
+def test_refuses_empty_models_folder_and_unknown_variant(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, stderr = _run(["--models", tmp_path / "empty"], capsys)
+    assert code == 2 and "holds no trained variant" in stderr
+    code, _, stderr = _run(["--models", tmp_path / "empty", "--variants", "nope"], capsys)
+    assert code == 2 and "no such variant folder" in stderr
+
