@@ -14,6 +14,10 @@ Three measurements, all at batch 64 (``--batch``) on this machine:
    augmentation during training (on a 2-core CPU the pipeline competes with the model for
    the same cores, so it shows up here even though it is prefetched).
 
+Every figure is given per wall-clock second and per CPU second of this process (all its
+threads; ``img/cpu-s``). On a shared machine the second is much steadier, and the ratio of the
+pipeline's CPU cost per image to the training step's is the share of the CPU augmentation takes.
+
 The training rows are the sample store's (features/sample; made here in a temporary folder
 with ``--detector none`` if absent), tiled to ``--rows`` rows.
 
@@ -82,21 +86,22 @@ def cached_batches(train, block, use_bovw, batch):
     return ds.cache().repeat(), steps
 
 
-def timed_fit(model, dataset, steps) -> float:
-    t = time.perf_counter()
+def timed_fit(model, dataset, steps) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (this process, all threads) of ``steps`` training steps."""
+    t, c = time.perf_counter(), time.process_time()
     model.fit(dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def bench_step(block, use_bovw, train, batch, warmup, steps) -> dict:
     model = compiled_network(block, use_bovw, train)
     ds, _ = cached_batches(train, block, use_bovw, batch)
-    warm = timed_fit(model, ds, warmup)     # tracing + first steps
-    seconds = timed_fit(model, ds, steps)
+    warm, _ = timed_fit(model, ds, warmup)     # tracing + first steps
+    seconds, cpu = timed_fit(model, ds, steps)
     result = {"variant": networks.variant_name(block, use_bovw), "params": int(model.count_params()),
               "batch": batch, "timed_steps": steps, "warmup_s": round(warm, 2),
               "step_s": round(seconds / steps, 4), "images_per_s": round(steps * batch / seconds, 1),
-              "loadavg_1min": round(os.getloadavg()[0], 2)}
+              "images_per_cpu_s": round(steps * batch / cpu, 1), "loadavg_1min": round(os.getloadavg()[0], 2)}
     keras.backend.clear_session()
     return result
 
@@ -107,14 +112,14 @@ def bench_pipeline(train, batch, augment: bool, block="cnn5", use_bovw=True) -> 
     iterator = iter(ds)
     for _ in range(steps):      # epoch 0: warm-up (thread pool, first numpy_function calls)
         next(iterator)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     n = 0
     for _ in range(steps):      # epoch 1, timed
         x, y = next(iterator)
         n += int(y.shape[0])
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - c
     return {"augment": augment, "rows": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1),
-            "loadavg_1min": round(os.getloadavg()[0], 2)}
+            "images_per_cpu_s": round(n / cpu, 1), "loadavg_1min": round(os.getloadavg()[0], 2)}
 
 
 def bench_epoch_with_pipeline(block, use_bovw, train, batch, warmup, repeats) -> dict:
@@ -128,15 +133,19 @@ def bench_epoch_with_pipeline(block, use_bovw, train, batch, warmup, repeats) ->
     live, _ = training.train_dataset(train, block, use_bovw, N_CLASSES, batch, 0, 0, 1, AugmentConfig())
     timed_fit(model, cached, warmup)
     timed_fit(model, cached, steps)         # fills the cache
+    timed_fit(model, live, 1)               # starts the pipeline's threads
     cached_s, live_s = [], []
     for _ in range(repeats):
         cached_s.append(timed_fit(model, cached, steps))
         live_s.append(timed_fit(model, live, steps))
     n = len(train)
+    wall = [min(t[0] for t in times) for times in (cached_s, live_s)]
+    cpu = [min(t[1] for t in times) for times in (cached_s, live_s)]
     result = {"variant": networks.variant_name(block, use_bovw), "rows": n, "repeats": repeats,
-              "cached_images_per_s": round(n / min(cached_s), 1),
-              "augmented_images_per_s": round(n / min(live_s), 1),
-              "augmented_over_cached_time": round(min(live_s) / min(cached_s), 2),
+              "cached_images_per_s": round(n / wall[0], 1), "augmented_images_per_s": round(n / wall[1], 1),
+              "augmented_over_cached_time": round(wall[1] / wall[0], 2),
+              "cached_images_per_cpu_s": round(n / cpu[0], 1), "augmented_images_per_cpu_s": round(n / cpu[1], 1),
+              "augmented_over_cached_cpu": round(cpu[1] / cpu[0], 2),
               "loadavg_1min": round(os.getloadavg()[0], 2)}
     keras.backend.clear_session()
     return result
@@ -172,27 +181,31 @@ def main(argv=None) -> int:
         print("\ninput pipeline alone (one epoch of training.train_dataset, cnn5+bovw inputs)")
         pipeline = [bench_pipeline(train, args.batch, augment) for augment in (True, False)]
         for r in pipeline:
-            print(f"  augment={r['augment']!s:5s} {r['images_per_s']:>9.1f} img/s  ({r['rows']} rows in "
-                  f"{r['seconds']} s, load {r['loadavg_1min']})", flush=True)
+            print(f"  augment={r['augment']!s:5s} {r['images_per_s']:>9.1f} img/s {r['images_per_cpu_s']:>9.1f} "
+                  f"img/cpu-s ({r['rows']} rows in {r['seconds']} s, load {r['loadavg_1min']})", flush=True)
 
     if "steps" in args.parts:
         print(f"\ntraining step, batch {args.batch}, cached batches")
-        print(f"  {'variant':18s} {'params':>11s} {'img/s':>8s} {'step s':>8s} {'warmup s':>9s} {'load':>5s}")
+        print(f"  {'variant':18s} {'params':>11s} {'img/s':>8s} {'img/cpu-s':>9s} {'step s':>8s} {'warmup s':>9s} "
+              f"{'load':>5s}")
         variants = [(b, bovw) for b in args.blocks for bovw in (False, True)] + [(None, True)]
         for block, use_bovw in variants:
             r = bench_step(block, use_bovw, train, args.batch, args.warmup, args.steps)
             steps.append(r)
-            print(f"  {r['variant']:18s} {r['params']:>11,d} {r['images_per_s']:>8.1f} {r['step_s']:>8.3f} "
-                  f"{r['warmup_s']:>9.1f} {r['loadavg_1min']:>5.2f}", flush=True)
+            print(f"  {r['variant']:18s} {r['params']:>11,d} {r['images_per_s']:>8.1f} {r['images_per_cpu_s']:>9.1f} "
+                  f"{r['step_s']:>8.3f} {r['warmup_s']:>9.1f} {r['loadavg_1min']:>5.2f}", flush=True)
 
     if "epochs" in args.parts:
         print(f"\ntraining epoch ({len(train)} rows): augmenting pipeline vs cached batches")
         for block in args.pipeline_blocks:
             r = bench_epoch_with_pipeline(block, True, train, args.batch, args.warmup, args.repeats)
             epochs.append(r)
-            print(f"  {r['variant']:18s} cached {r['cached_images_per_s']:>7.1f} img/s, augmented "
-                  f"{r['augmented_images_per_s']:>7.1f} img/s, time ratio {r['augmented_over_cached_time']}"
-                  f" (load {r['loadavg_1min']})", flush=True)
+            print(f"  {r['variant']:18s} cached {r['cached_images_per_s']:>7.1f} img/s "
+                  f"({r['cached_images_per_cpu_s']:.1f} img/cpu-s), augmented "
+                  f"{r['augmented_images_per_s']:>7.1f} img/s ({r['augmented_images_per_cpu_s']:.1f} img/cpu-s); "
+                  f"augmented/cached: wall "
+                  f"{r['augmented_over_cached_time']}, cpu {r['augmented_over_cached_cpu']} (load {r['loadavg_1min']})",
+                  flush=True)
 
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},

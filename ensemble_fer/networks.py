@@ -17,7 +17,8 @@ Either branch may be left out: ``block=None, bovw=True`` is the BOVW-only networ
 
 Layer names are fixed (``image``, ``bovw``, ``image_to_float``, ``image_resize``,
 ``gray_to_rgb``, ``image_pool``, ``bovw_norm``, ``bovw_dense1``, ``bovw_drop1``, ...,
-``head_dense``, ``head_drop``, ``logits``, ``probabilities``) and the block is one nested
+``head_dense``, ``head_drop``, ``logits``, ``probabilities``, and with auxiliary targets
+``aux_logits``, ``aux``) and the block is one nested
 model named after the block, so training code can find it with ``model.get_layer(block)``.
 """
 
@@ -35,6 +36,8 @@ from .bovw import BOVW_SIZE, IMAGE_SIZE
 
 IMAGE_INPUT = "image"
 BOVW_INPUT = "bovw"
+PROBABILITIES_OUTPUT = "probabilities"
+AUX_OUTPUT = "aux"
 
 BOVW_UNITS = (1024, 256)
 """Dense layers of the BOVW branch (the EmoNet BOVW sub-network)."""
@@ -78,7 +81,7 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
                   image_size: int | None = None, bovw_mean=None, bovw_var=None,
                   bovw_adapt_data=None, dropout: float = 0.5,
                   bovw_units: Sequence[int] = BOVW_UNITS, dense_units: int = DENSE_UNITS,
-                  name: str | None = None) -> keras.Model:
+                  n_aux: int = 0, name: str | None = None) -> keras.Model:
     """Build the network of one variant.
 
     Parameters
@@ -106,6 +109,11 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
         Dense layers of the BOVW branch.
     dense_units : int
         Dense layer after the concatenation; 0 for none.
+    n_aux : int
+        Auxiliary 0/1 targets (e.g. action units, :mod:`ensemble_fer.aux_targets`). With 0
+        (the default) the model has one output, the class probabilities. With ``n_aux > 0``
+        its outputs are a dict: ``probabilities`` and ``aux`` (sigmoid, float32, (n_aux,)),
+        a ``Dense(n_aux)`` (``aux_logits``) beside ``logits`` on the same shared features.
     name : str, optional
         Model name; default the variant name with ``+`` written ``_``.
     """
@@ -116,6 +124,8 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
         raise ValueError(f"dropout must be in [0, 1); received {dropout!r}")
     if isinstance(dense_units, bool) or not isinstance(dense_units, (int, np.integer)) or dense_units < 0:
         raise ValueError(f"dense_units must be an int >= 0; received {dense_units!r}")
+    if isinstance(n_aux, bool) or not isinstance(n_aux, (int, np.integer)) or n_aux < 0:
+        raise ValueError(f"n_aux must be an int >= 0; received {n_aux!r}")
     bovw_units = tuple(bovw_units)
     if any(isinstance(u, bool) or not isinstance(u, (int, np.integer)) or u < 1 for u in bovw_units):
         raise ValueError(f"bovw_units must be positive ints; received {bovw_units!r}")
@@ -139,10 +149,15 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
         x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
         if dropout:
             x = layers.Dropout(dropout, name="head_drop")(x)
-    x = layers.Dense(int(n_classes), name="logits")(x)
+    shared = x
+    x = layers.Dense(int(n_classes), name="logits")(shared)
     # Softmax in float32: under mixed_float16 the logits are float16, whose softmax and log
     # in the loss lose precision (the Keras mixed-precision guide's advice).
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    if n_aux:
+        aux = layers.Dense(int(n_aux), name="aux_logits")(shared)
+        aux = layers.Activation("sigmoid", dtype="float32", name=AUX_OUTPUT)(aux)
+        outputs = {PROBABILITIES_OUTPUT: outputs, AUX_OUTPUT: aux}
     # Inputs as a dict, also for one input: callers always feed {"image": ..., "bovw": ...}
     # by name, and Keras matches a dict against a dict without structure warnings.
     inputs = {tensor.name: tensor for tensor in inputs}

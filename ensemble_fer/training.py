@@ -30,8 +30,10 @@ continued with more epochs, and can be deleted when that is not wanted.
 Public API::
 
     train_variant(store, block=None, bovw=False, *, out=None, labels="fer7", ...) -> Path
+    check_arguments(**train_variant_kwargs) -> dict       (validation alone, e.g. of a search grid)
     load_variant(path) -> (keras.Model, config dict)
     predict_proba(model, config, images=None, bovw=None, batch_size=256) -> (n, n_classes)
+    predict_aux_proba(model, config, images=None, bovw=None, batch_size=256) -> (n, n_aux)
 """
 
 from __future__ import annotations
@@ -67,12 +69,19 @@ OUTPUT_FILES = ("model.keras", "config.json", "history.csv", "curves.png", "pred
                 "metrics.json", "confusion_matrix.png")
 RUN_DIR = ".run"
 
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy's and Keras's generators take seeds in [0, 2**32 - 1]."""
+
 MOMENTUM = 0.9
 """SGD momentum of the finetune phase (Nesterov)."""
 
 RESUMABLE_CHANGES = ("epochs", "max_minutes", "features", "out", "progress")
 """Arguments that may differ between a run and its ``resume``: how long to train, where the
 files are, how much is printed. Everything else would make a different model."""
+
+ADDED_ARGUMENTS = {"aux_targets": None, "aux_loss_weight": 1.0}
+"""Arguments added after runs may have been saved: a saved run without them was made with
+these values (so that ``resume`` still accepts it)."""
 
 HISTORY_COLUMNS = ("epoch", "phase", "phase_epoch", "loss", "accuracy", "val_loss",
                    "val_accuracy", "learning_rate", "seconds")
@@ -93,6 +102,7 @@ class SplitData:
     landmarks: np.ndarray    # float32 (n, 68, 2)
     bovw: np.ndarray         # float32 (n, 2728)
     face_found: np.ndarray   # bool (n,)
+    aux: np.ndarray | None = None   # float32 (n, k) auxiliary 0/1 targets, when the variant has them
 
     def __len__(self) -> int:
         return len(self.y)
@@ -164,7 +174,7 @@ def _model_inputs(block, bovw, images, bovw_rows) -> dict[str, np.ndarray]:
 
 
 def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, first_epoch, last_epoch,
-                  augment_config=None):
+                  augment_config=None, class_weights=None):
     """A ``tf.data`` pipeline of training batches for epochs ``first_epoch .. last_epoch - 1``.
 
     Element ``i`` is batch ``i % steps`` of epoch ``i // steps``. The order of epoch ``e`` and
@@ -173,10 +183,21 @@ def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, fi
     whether or not the run was interrupted and resumed. Augmentation (``augment_config`` not
     None) moves the image and its landmarks with one transform and recomputes the HOG, so both
     inputs always describe the same face. Batches are made in parallel and prefetched.
+
+    With auxiliary targets (``split.aux``) the labels are a dict ``{"probabilities": one-hot,
+    "aux": targets}``; Keras takes no ``class_weight`` for two outputs, so ``class_weights``
+    (a class -> weight map) then become per-row sample weights of the emotion loss. Without
+    them ``class_weights`` is ignored (pass it to ``fit``).
     """
     n = len(split)
     steps = math.ceil(n / batch_size)
     want_images, want_bovw = block is not None, bool(bovw)
+    has_aux = split.aux is not None
+    aux_rows = split.aux if has_aux else np.zeros((n, 0), np.float32)
+    n_aux = aux_rows.shape[1]
+    row_weights = None
+    if has_aux and class_weights:
+        row_weights = np.array([class_weights[int(c)] for c in split.y], dtype=np.float32)
     orders: dict[int, np.ndarray] = {}
     if augment_config is not None:
         from .augment import augment_batch
@@ -196,17 +217,26 @@ def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, fi
             images, features = split.images[rows], split.bovw[rows]
         images = np.asarray(images, dtype=np.uint8) if want_images else np.zeros((0,), np.uint8)
         features = np.asarray(features, dtype=np.float32) if want_bovw else np.zeros((0,), np.float32)
-        return images, features, split.y[rows].astype(np.int64)
+        weights = row_weights[rows] if row_weights is not None else np.ones(len(rows), np.float32)
+        return images, features, split.y[rows].astype(np.int64), aux_rows[rows], weights
 
     def to_element(index):
-        images, features, y = tf.numpy_function(make_batch, [index // steps, index % steps],
-                                                [tf.uint8, tf.float32, tf.int64], stateful=False)
+        images, features, y, aux, weights = tf.numpy_function(
+            make_batch, [index // steps, index % steps], [tf.uint8, tf.float32, tf.int64, tf.float32, tf.float32],
+            stateful=False)
         x = {}
         if want_images:
             x[networks.IMAGE_INPUT] = tf.ensure_shape(images[..., None], [None, IMAGE_SIZE, IMAGE_SIZE, 1])
         if want_bovw:
             x[networks.BOVW_INPUT] = tf.ensure_shape(features, [None, BOVW_SIZE])
-        return x, tf.one_hot(tf.ensure_shape(y, [None]), n_classes)
+        one_hot = tf.one_hot(tf.ensure_shape(y, [None]), n_classes)
+        if not has_aux:
+            return x, one_hot
+        labels = {networks.PROBABILITIES_OUTPUT: one_hot, networks.AUX_OUTPUT: tf.ensure_shape(aux, [None, n_aux])}
+        if row_weights is None:
+            return x, labels
+        weights = tf.ensure_shape(weights, [None])
+        return x, labels, {networks.PROBABILITIES_OUTPUT: weights, networks.AUX_OUTPUT: tf.ones_like(weights)}
 
     ds = tf.data.Dataset.range(first_epoch * steps, last_epoch * steps)
     ds = ds.map(to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -217,6 +247,8 @@ def eval_dataset(split: SplitData, block, bovw, n_classes, batch_size):
     """A ``tf.data`` pipeline of (inputs, one-hot labels) batches of ``split``, in order."""
     x = split.inputs(block, bovw)
     y = np.eye(n_classes, dtype=np.float32)[split.y]
+    if split.aux is not None:
+        y = {networks.PROBABILITIES_OUTPUT: y, networks.AUX_OUTPUT: split.aux}
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -232,6 +264,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
                   patience: int = 10, lr_patience: int = 4, lr_factor: float = 0.5, min_lr: float = 1e-6,
                   dropout: float = 0.5, bovw_units: Sequence[int] = networks.BOVW_UNITS,
                   dense_units: int = networks.DENSE_UNITS, seed: int = 0, precision: str = "auto",
+                  aux_targets=None, aux_loss_weight: float = 1.0,
                   resume: bool = False, force: bool = False, max_minutes: float | None = None,
                   progress: bool = True, callbacks: Sequence = ()) -> Path:
     """Train one variant on a feature store and write its folder; returns the folder.
@@ -280,6 +313,14 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
     precision : "auto", "float32", "mixed_float16", "mixed_bfloat16"
         "auto": mixed_float16 when a GPU is visible, else float32. The saved ``model.keras``
         is float32 whatever the training precision.
+    aux_targets : path, optional
+        A CSV of per-image 0/1 targets (e.g. action units; :mod:`ensemble_fer.aux_targets`).
+        The network then gets a second, multi-label sigmoid output ``aux`` trained with binary
+        cross-entropy beside the emotion softmax (both on the shared head features).
+        ``val_loss`` (early stopping, learning-rate drops) is then the weighted sum of both
+        losses. Without it the variant is exactly the emotion-only network.
+    aux_loss_weight : float
+        Weight of the auxiliary loss (the emotion loss has weight 1).
     resume : bool
         Continue the run in ``out`` from its last checkpoint (a new run when there is none);
         refused when arguments other than :data:`RESUMABLE_CHANGES` differ. A finished run
@@ -302,7 +343,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
         scratch_optimizer=scratch_optimizer, class_weight=class_weight, label_smoothing=label_smoothing,
         augment=augment, patience=patience, lr_patience=lr_patience, lr_factor=lr_factor, min_lr=min_lr,
         dropout=dropout, bovw_units=bovw_units, dense_units=dense_units, seed=seed, precision=precision,
-        max_minutes=max_minutes)
+        aux_targets=aux_targets, aux_loss_weight=aux_loss_weight, max_minutes=max_minutes)
     say = print if progress else (lambda *args, **kwargs: None)
     label_set = get_label_set(settings["labels"])
     variant = networks.variant_name(block, bovw)
@@ -326,12 +367,25 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
     settings["precision_policy"] = policy
 
     splits, counts = load_splits(store, label_set)
+    aux = None
+    if settings["aux_targets"] is not None:
+        from .aux_targets import read_aux_targets
+
+        aux = read_aux_targets(settings["aux_targets"])
+        aux.check_ids(np.concatenate([store.load(split)["ids"] for split in store.splits]), store.path)
+        for name, split in splits.items():
+            split.aux = aux.align(split.ids, name)
     state, stale = _check_out(out, settings, resume=resume, force=force, say=say)
+    finish_only = False
     if state is not None and state["complete"] and (
             state["stopped"] == "early stopping" or state["args"]["epochs"] >= settings["epochs"]):
-        say(f"{out}: the run is already complete (stopped by {state['stopped']} after {state['epoch']} "
-            f"epochs); nothing to resume")
-        return out
+        if (out / "config.json").is_file():
+            say(f"{out}: the run is already complete (stopped by {state['stopped']} after {state['epoch']} "
+                f"epochs); nothing to resume")
+            return out
+        # Training finished but the run stopped before its outputs were all written.
+        say(f"{out}: the run finished training; writing its outputs")
+        finish_only = True
 
     spec = None
     if block is not None:
@@ -359,7 +413,8 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
 
     build_args = dict(block=block, bovw=settings["bovw"], n_classes=label_set.n_classes,
                       image_size=settings["image_size"], dropout=settings["dropout"],
-                      bovw_units=settings["bovw_units"], dense_units=settings["dense_units"])
+                      bovw_units=settings["bovw_units"], dense_units=settings["dense_units"],
+                      n_aux=len(aux.names) if aux is not None else 0)
     if settings["bovw"]:
         # Statistics of the training rows only: validation and test must not leak into the model.
         build_args["bovw_mean"], build_args["bovw_var"] = networks.bovw_statistics(splits["train"].bovw)
@@ -382,13 +437,17 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
                    n_classes=label_set.n_classes, settings=settings, phases=phases, state=state, out=out,
                    strategy=strategy, augment_cfg=augment_cfg, class_weights=class_weights, say=say,
                    started=started, extra_callbacks=list(callbacks))
-        run.train()
+        if not finish_only:
+            run.train()
+        elif state["best_weights"]:
+            # EarlyStopping had restored these in memory; the checkpoint holds the last epoch's.
+            run.model.set_weights(_load_weights_npz(out / RUN_DIR / state["best_weights"]))
         keras.mixed_precision.set_global_policy("float32")
         final = _inference_copy(run.model, build_args)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
-    _write_outputs(out, final, run, label_set, store, counts, variant, pretrained,
+    _write_outputs(out, final, run, label_set, store, counts, variant, pretrained, aux,
                    {"precision": policy, "gpus": len(gpus), "strategy": type(strategy).__name__,
                     "replicas": int(strategy.num_replicas_in_sync)},
                    time.time() - started)
@@ -424,8 +483,22 @@ def predict_proba(model, config: dict, images=None, bovw=None, batch_size: int =
     ``images``: uint8 (n, 48, 48) or (n, 48, 48, 1), needed when the variant has a block;
     ``bovw``: float32 (n, 2728), needed when it has the BOVW input. An input the variant
     does not use is ignored. Returns float32 (n, n_classes) in the order of
-    ``config["labels"]["classes"]``.
+    ``config["labels"]["classes"]`` -- also for a variant with auxiliary targets, whose
+    second output :func:`predict_aux_proba` gives.
     """
+    return _predict(model, config, images, bovw, batch_size)[networks.PROBABILITIES_OUTPUT]
+
+
+def predict_aux_proba(model, config: dict, images=None, bovw=None, batch_size: int = 256) -> np.ndarray:
+    """Probabilities of the auxiliary targets (float32 (n, k), in the order of
+    ``config["aux"]["targets"]``) of a variant trained with ``aux_targets``."""
+    if not config.get("aux"):
+        raise ValueError(f"aux: variant {config['variant']!r} has no auxiliary targets (trained without "
+                         f"--aux-targets)")
+    return _predict(model, config, images, bovw, batch_size)[networks.AUX_OUTPUT]
+
+
+def _predict(model, config: dict, images, bovw, batch_size) -> dict[str, np.ndarray]:
     block, use_bovw = config["block"], bool(config["bovw"])
     n = None
     if block is not None:
@@ -452,15 +525,45 @@ def predict_proba(model, config: dict, images=None, bovw=None, batch_size: int =
         if n is not None and len(bovw) != n:
             raise ValueError(f"bovw has {len(bovw)} rows but images has {n}; they must describe the same faces")
         n = len(bovw)
+    n_aux = len((config.get("aux") or {}).get("targets", ()))
     if n == 0:
-        return np.zeros((0, len(config["labels"]["classes"])), np.float32)
+        return {networks.PROBABILITIES_OUTPUT: np.zeros((0, len(config["labels"]["classes"])), np.float32),
+                networks.AUX_OUTPUT: np.zeros((0, n_aux), np.float32)}
     x = _model_inputs(block, use_bovw, images, bovw)
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+    # predict_on_batch per slice: model.predict builds a tf.data pipeline on every call, which
+    # costs 150-300 ms; for the few faces of one photo that overhead would dominate.
+    out = []
+    for i in range(0, n, batch_size):
+        batch = model.predict_on_batch({k: v[i:i + batch_size] for k, v in x.items()})
+        if not isinstance(batch, dict):   # the emotion-only network: one output
+            batch = {networks.PROBABILITIES_OUTPUT: batch}
+        out.append({k: np.asarray(v, dtype=np.float32) for k, v in batch.items()})
+    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
 
 # ------------------------------------------------------------------------------------------
 # arguments, output folder, resume state
 # ------------------------------------------------------------------------------------------
+
+def check_arguments(**kwargs) -> dict:
+    """Validate ``train_variant`` keyword arguments without training; returns them resolved.
+
+    Arguments not given take ``train_variant``'s defaults; ``store``, ``out``, ``resume``,
+    ``force``, ``progress``, ``callbacks`` and ``augment_config`` are not checked here (they
+    are about the run, not the model). Raises ``ValueError`` naming the first bad argument.
+    """
+    import inspect
+
+    unchecked = {"store", "out", "resume", "force", "progress", "callbacks", "augment_config"}
+    parameters = inspect.signature(train_variant).parameters
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not an argument of train_variant; allowed: "
+                         f"{sorted(set(parameters) - unchecked)}")
+    values = {name: p.default for name, p in parameters.items() if name not in unchecked}
+    values.update({k: v for k, v in kwargs.items() if k not in unchecked})
+    return _check_arguments(**values)
+
 
 def _check_arguments(**a) -> dict:
     """Validate every argument before any data is read; returns them resolved and JSON-able."""
@@ -501,7 +604,11 @@ def _check_arguments(**a) -> dict:
     integer("epochs_frozen", 0)
     for name in ("epochs", "batch_size", "patience", "lr_patience"):
         integer(name, 1)
-    integer("seed", 0)
+    seed = a["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, {MAX_SEED}] (2**32 - 1); received {seed!r}")
+    a["seed"] = int(seed)
+    integer("dense_units", 0)
     for name in ("lr", "frozen_lr"):
         number(name, 0.0, 10.0, low_open=True, high_open=False)
     number("min_lr", 0.0, 10.0, high_open=False)
@@ -519,7 +626,12 @@ def _check_arguments(**a) -> dict:
                          f"{a['scratch_optimizer']!r}")
     if a["precision"] not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; received {a['precision']!r}")
-    a["bovw_units"] = [int(u) for u in a["bovw_units"]]
+    units = a["bovw_units"]
+    if isinstance(units, (str, bytes)) or not isinstance(units, Sequence) or any(
+            isinstance(u, bool) or not isinstance(u, (int, np.integer)) or u < 1 for u in units):
+        raise ValueError(f"bovw_units must be a sequence of ints >= 1 (the dense layers of the BOVW branch); "
+                         f"received {units!r}")
+    a["bovw_units"] = [int(u) for u in units]
     weights = a["weights"]
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise ValueError(f"weights must be 'default', None, 'none', a named weight set or a file path; "
@@ -527,6 +639,11 @@ def _check_arguments(**a) -> dict:
     a["weights"] = None if weights is None or str(weights).lower() == "none" else str(weights)
     a["bovw"] = bool(a["bovw"])
     a["augment"] = bool(a["augment"])
+    number("aux_loss_weight", 0.0, math.inf, low_open=True)
+    if a["aux_targets"] is not None:
+        if not isinstance(a["aux_targets"], (str, os.PathLike)) or not str(a["aux_targets"]):
+            raise ValueError(f"aux_targets must be None or the path of a CSV file; received {a['aux_targets']!r}")
+        a["aux_targets"] = str(Path(a["aux_targets"]).resolve())
     return a
 
 
@@ -575,7 +692,8 @@ def _check_out(out: Path, settings: dict, *, resume: bool, force: bool, say) -> 
             return None, []
         state = artifacts.read_json(state_path)
         saved, wanted = _comparable(state["args"]), _comparable(settings)
-        differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        differ = sorted(k for k in set(saved) | set(wanted)
+                        if saved.get(k, ADDED_ARGUMENTS.get(k)) != wanted.get(k))
         if differ:
             detail = "; ".join(f"{k} was {saved.get(k)!r}, now {wanted.get(k)!r}" for k in differ[:4])
             raise ValueError(f"resume: the run in {out} was made with other arguments ({detail}); rerun with "
@@ -640,6 +758,7 @@ class _Run:
         self.class_weights, self.say, self.started = class_weights, say, started
         self.extra_callbacks = extra_callbacks
         self.budget_hit = False
+        self.has_aux = splits["train"].aux is not None
 
     def train(self) -> None:
         s, state = self.settings, self.state
@@ -664,11 +783,13 @@ class _Run:
                          f"{_count(self.model.trainable_weights):,} trainable parameters")
                 train, steps = train_dataset(self.splits["train"], self.block, self.bovw, self.n_classes,
                                              s["batch_size"], s["seed"], state["epoch"], phase_end,
-                                             self.augment_cfg)
+                                             self.augment_cfg, self.class_weights)
                 callbacks = self._callbacks(phase, resumed)
                 verbose = (1 if sys.stdout.isatty() else 2) if s["progress"] else 0
                 self.model.fit(train, validation_data=val, epochs=phase_end, initial_epoch=state["epoch"],
-                               steps_per_epoch=steps, shuffle=False, class_weight=self.class_weights,
+                               steps_per_epoch=steps, shuffle=False,
+                               # with aux targets the class weights are sample weights (train_dataset)
+                               class_weight=None if self.has_aux else self.class_weights,
                                callbacks=callbacks + self.extra_callbacks, verbose=verbose)
                 early = callbacks[0].stopped_epoch > 0
             elif state["best_weights"]:
@@ -705,10 +826,17 @@ class _Run:
             else:
                 optimizer = keras.optimizers.SGD(learning_rate=phase["lr"], momentum=MOMENTUM, nesterov=True)
             # Compile after changing `trainable`: Keras fixes the trained variables at compile time.
+            loss = keras.losses.CategoricalCrossentropy(label_smoothing=self.settings["label_smoothing"])
+            accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+            if not self.has_aux:
+                self.model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy])
+                return
+            p, aux = networks.PROBABILITIES_OUTPUT, networks.AUX_OUTPUT
             self.model.compile(
-                optimizer=optimizer,
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.settings["label_smoothing"]),
-                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+                optimizer=optimizer, loss={p: loss, aux: keras.losses.BinaryCrossentropy()},
+                loss_weights={p: 1.0, aux: self.settings["aux_loss_weight"]},
+                metrics={p: [accuracy], aux: [keras.metrics.BinaryAccuracy(name="accuracy"),
+                                              keras.metrics.AUC(name="auc", multi_label=True)]})
 
     def _callbacks(self, phase: dict, resumed: bool) -> list:
         s, state = self.settings, self.state
@@ -837,6 +965,13 @@ class _Checkpointer(keras.callbacks.Callback):
             lr = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
         row = {"epoch": epoch + 1, "phase": self.phase, "phase_epoch": state["phase_epochs"],
                "learning_rate": float(lr), "seconds": round(seconds, 2)}
+        # Two outputs: Keras prefixes the emotion metrics with the output name; the history
+        # keeps the emotion-only column names (accuracy, val_accuracy) for them.
+        prefix = networks.PROBABILITIES_OUTPUT + "_"
+        for key in [k for k in logs if k.removeprefix("val_").startswith(prefix)]:
+            val = "val_" if key.startswith("val_") else ""
+            name = key.removeprefix("val_").removeprefix(prefix)
+            logs[f"{val}{'accuracy' if name == 'accuracy' else 'emotion_' + name}"] = logs.pop(key)
         row.update({k: float(v) for k, v in logs.items()})
         state["history"].append(row)
         state["early_stopping"] = self.stopping.state()
@@ -891,11 +1026,15 @@ def _inference_copy(model, build_args: dict) -> keras.Model:
     return copy
 
 
-def _write_outputs(out: Path, model, run: _Run, label_set, store, counts, variant, pretrained, device,
+def _write_outputs(out: Path, model, run: _Run, label_set, store, counts, variant, pretrained, aux, device,
                    wall_seconds) -> None:
     state, settings = run.state, run.settings
     classes = list(label_set.classes)
     config = {"variant": variant, "block": run.block, "bovw": run.bovw, "labels": label_set.to_json()}
+    if aux is not None:
+        config["aux"] = {**aux.describe(), "loss_weight": settings["aux_loss_weight"],
+                         "positives": {name: dict(zip(aux.names, split.aux.sum(axis=0).astype(int).tolist()))
+                                       for name, split in run.splits.items()}}
     _save_keras_atomic(model, out / "model.keras")
 
     predictions, scores = {}, {}
@@ -903,9 +1042,16 @@ def _write_outputs(out: Path, model, run: _Run, label_set, store, counts, varian
         if split not in run.splits:
             continue
         data = run.splits[split]
-        proba = predict_proba(model, config, data.images, data.bovw)
+        outputs = _predict(model, config, data.images, data.bovw, 256)
+        proba = outputs[networks.PROBABILITIES_OUTPUT]
         predictions.update({f"{split}_ids": data.ids.astype(str), f"{split}_y": data.y.astype(np.int64),
                             f"{split}_proba": proba, f"{split}_face_found": data.face_found})
+        if aux is not None:
+            from .aux_targets import aux_metrics
+
+            aux_proba = outputs[networks.AUX_OUTPUT]
+            predictions.update({f"{split}_aux_proba": aux_proba, f"{split}_aux_y": data.aux.astype(np.int64)})
+            scores.setdefault("aux", {})[split] = aux_metrics(data.aux, aux_proba, aux.names)
         scores[split] = metrics.classification_metrics(data.y, proba, classes)
         found = data.face_found
         scores[f"{split}_face_found"] = (metrics.classification_metrics(data.y[found], proba[found], classes)

@@ -5,11 +5,14 @@
         [--batch-size 64] [--lr 1e-3] [--class-weight none|balanced] [--label-smoothing 0]
         [--augment/--no-augment] [--patience 10] [--seed 0] [--out DIR] [--resume] [--force]
         [--max-minutes M] [--precision auto|float32|mixed_float16|mixed_bfloat16]
+        [--aux-targets CSV [--aux-loss-weight 1.0]]
 
 Inputs: a feature store (default features/sample, made by `python -m pipelines.extract_features`
 from the bundled sample). Outputs: models/<variant>/ with model.keras, config.json,
 history.csv, curves.png, predictions.npz, metrics.json, confusion_matrix.png (see
-docs/ARCHITECTURE.md); the schedule is described in ensemble_fer/training.py.
+docs/ARCHITECTURE.md); the schedule is described in ensemble_fer/training.py. With
+--aux-targets the model has a second output, `aux` (see ensemble_fer/aux_targets.py), and
+predictions.npz / metrics.json / config.json carry its targets, probabilities and scores.
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=training.PRECISIONS, default="auto",
                    help="auto: mixed_float16 on a GPU, float32 on the CPU")
+    p.add_argument("--aux-targets", type=Path, metavar="CSV",
+                   help="per-image 0/1 targets (image,<target>,...; e.g. action units): adds a multi-label "
+                        "sigmoid output 'aux' beside the emotion softmax")
+    p.add_argument("--aux-loss-weight", type=float, default=1.0,
+                   help="weight of the auxiliary binary cross-entropy (the emotion loss has 1; default 1)")
     p.add_argument("--out", type=Path, help="output folder (default: models/<variant>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--force", action="store_true", help="replace an existing variant in --out")
@@ -79,7 +87,8 @@ def main(argv=None) -> int:
         scratch_optimizer=args.scratch_optimizer, class_weight=args.class_weight,
         label_smoothing=args.label_smoothing, augment=args.augment, patience=args.patience,
         lr_patience=args.lr_patience, lr_factor=args.lr_factor, dropout=args.dropout, seed=args.seed,
-        precision=args.precision, resume=args.resume, force=args.force, max_minutes=args.max_minutes,
+        precision=args.precision, aux_targets=args.aux_targets, aux_loss_weight=args.aux_loss_weight,
+        resume=args.resume, force=args.force, max_minutes=args.max_minutes,
         progress=not args.quiet)
     return 0
 

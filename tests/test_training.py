@@ -303,3 +303,59 @@ def test_augmented_batches_keep_image_and_bovw_together_and_repeat_by_seed(sampl
     assert not np.array_equal(run[0][2], run[5][2])               # a new order every epoch
     other, _ = batches(0, 1, seed=1)
     assert not np.array_equal(other[0][0], run[0][0])
+
+
+def test_resume_writes_the_outputs_of_a_run_cut_short_after_training(trained, sample_store, tmp_path):
+    out = tmp_path / "finished"
+    shutil.copytree(trained, out)
+    for name in ("config.json", "metrics.json", "predictions.npz"):
+        (out / name).unlink()
+    assert _cli("--block", "cnn5", "--bovw", "--features", sample_store, "--out", out, "--epochs", 1,
+                "--class-weight", "balanced", "--seed", 3, "--resume") == 0
+    np.testing.assert_allclose(artifacts.load_npz(out / "predictions.npz")["val_proba"],
+                               artifacts.load_npz(trained / "predictions.npz")["val_proba"], atol=1e-6)
+    assert json.loads((out / "config.json").read_text())["training"]["epochs_run"] == 1
+
+
+def test_check_arguments_validates_without_training():
+    resolved = training.check_arguments(block="cnn5", lr=0.01, weights="none")
+    assert resolved["lr"] == 0.01 and resolved["weights"] is None and resolved["image_size"] == 48
+    assert resolved["epochs"] == 50 and resolved["class_weight"] == "none"
+    with pytest.raises(ValueError, match="label_smoothing must be a number in"):
+        training.check_arguments(block="cnn5", label_smoothing=1.5)
+    with pytest.raises(ValueError, match="learning_rate: not an argument of train_variant"):
+        training.check_arguments(block="cnn5", learning_rate=0.1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dense_units": -1}, "dense_units must be an int >= 0; received -1"),
+    ({"dense_units": 2.5}, "dense_units must be an int >= 0; received 2.5"),
+    ({"bovw_units": [256, 0]}, "bovw_units must be a sequence of ints >= 1"),
+    ({"bovw_units": 256}, "bovw_units must be a sequence of ints >= 1"),
+    ({"bovw_units": [True]}, "received [True]"),
+    ({"seed": -1}, "seed must be an int in [0, 4294967295]"),
+    ({"seed": 2**32}, "received 4294967296"),
+])
+def test_check_arguments_refuses_bad_network_sizes_and_seeds(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        training.check_arguments(block=None, bovw=True, **kwargs)
+    assert message in str(error.value)
+
+
+def test_check_arguments_accepts_the_edges():
+    resolved = training.check_arguments(block=None, bovw=True, seed=2**32 - 1, dense_units=0, bovw_units=(8,))
+    assert resolved["seed"] == 2**32 - 1 and resolved["dense_units"] == 0 and resolved["bovw_units"] == [8]
+
+
+def test_resume_accepts_a_run_saved_before_the_aux_arguments_existed(trained, sample_store, tmp_path):
+    out = tmp_path / "older"
+    shutil.copytree(trained, out)
+    state_path = out / ".run" / "state.json"
+    state = json.loads(state_path.read_text())
+    for key in ("aux_targets", "aux_loss_weight"):
+        del state["args"][key]
+    state_path.write_text(json.dumps(state))
+    (out / "config.json").unlink()
+    assert _cli("--block", "cnn5", "--bovw", "--features", sample_store, "--out", out, "--epochs", 1,
+                "--class-weight", "balanced", "--seed", 3, "--resume") == 0
+    assert json.loads((out / "config.json").read_text())["args"]["aux_loss_weight"] == 1.0
