@@ -27,23 +27,16 @@ import sys
 from pathlib import Path
 
 from .cli_errors import reports_errors
+from .train_variant import add_variant_arguments
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ensemble_fer import blocks
-
     p = argparse.ArgumentParser(prog="python -m pipelines.search_hparams", description=__doc__.split("\n")[0])
-    p.add_argument("--block", required=True, choices=blocks.list_blocks() + ["none"],
-                   help="image block; 'none' with --bovw for the BOVW-only network")
-    p.add_argument("--bovw", action="store_true", help="add the BOVW (landmarks + HOG) input")
-    p.add_argument("--features", type=Path, default=REPO / "features" / "sample",
-                   help="feature store folder (default: features/sample)")
+    add_variant_arguments(p)
     p.add_argument("--grid", type=Path, required=True, help="JSON file: parameter name -> list of values")
     p.add_argument("--out", type=Path, help="search folder (default: runs/search/<variant>)")
-    p.add_argument("--labels", default="fer7",
-                   help="label set of every run: fer7, valence3 or a comma-separated subset")
     p.add_argument("--max-minutes-per-run", type=float, metavar="M",
                    help="wall-clock budget of each run in this call; a rerun resumes the runs it cut short")
     p.add_argument("--retry-failed", action="store_true", help="train again the runs that failed before")

@@ -26,10 +26,10 @@ from .cli_errors import reports_errors
 REPO = Path(__file__).resolve().parent.parent
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ensemble_fer import blocks, training
+def add_variant_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments that name a variant and its data (shared with pipelines.search_hparams)."""
+    from ensemble_fer import blocks
 
-    p = argparse.ArgumentParser(prog="python -m pipelines.train_variant", description=__doc__.split("\n")[0])
     p.add_argument("--block", required=True, choices=blocks.list_blocks() + ["none"],
                    help="image block; 'none' with --bovw for the BOVW-only network")
     p.add_argument("--bovw", action="store_true", help="add the BOVW (landmarks + HOG) input")
@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature store folder (default: features/sample)")
     p.add_argument("--labels", default="fer7",
                    help="label set: fer7, valence3 or a comma-separated subset such as happy,sad,neutral")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ensemble_fer import blocks, training
+
+    p = argparse.ArgumentParser(prog="python -m pipelines.train_variant", description=__doc__.split("\n")[0])
+    add_variant_arguments(p)
     p.add_argument("--weights", default="default",
                    help="block weights: default (pretrained where the block has them), none, or a file path")
     p.add_argument("--image-size", type=int, help="side the 48 px crops are resized to (default: the block's)")
