@@ -48,11 +48,11 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
+from .metrics import check_probabilities
+
 OBJECTIVES = ("accuracy", "log-loss")
 LOG_LOSS_EPS = 1e-15
 _MAX_LOG_LOSS = -math.log(LOG_LOSS_EPS)
-_ROW_SUM_TOLERANCE = 1e-3
-_VALUE_TOLERANCE = 1e-6
 _MAX_CHUNK_FLOATS = 8_000_000  # bound on the (candidates, samples, classes) intermediate
 JSON_FORMAT = "ensemble_fer.WeightedEnsemble"
 JSON_VERSION = 1
@@ -358,19 +358,7 @@ def _check_probas(probas) -> np.ndarray:
     if n_classes < 2:
         raise ValueError(f"probas must have at least 2 classes (last axis); got {n_classes}")
     for m in range(n_members):
-        member = probas[m]
-        if not np.all(np.isfinite(member)):
-            row = int(np.flatnonzero(~np.isfinite(member).all(axis=1))[0])
-            raise ValueError(f"probas of member {m} must be finite; sample {row} holds NaN or inf")
-        if member.min() < -_VALUE_TOLERANCE or member.max() > 1 + _VALUE_TOLERANCE:
-            raise ValueError(f"probas of member {m} must be probabilities in [0, 1]; got values in "
-                             f"[{member.min():.4g}, {member.max():.4g}] (logits?)")
-        sums = member.sum(axis=1)
-        off = np.abs(sums - 1) > _ROW_SUM_TOLERANCE
-        if off.any():
-            row = int(np.flatnonzero(off)[0])
-            raise ValueError(f"probas of member {m} must have rows summing to 1 (within "
-                             f"{_ROW_SUM_TOLERANCE}); sample {row} sums to {sums[row]:.6g}")
+        check_probabilities(probas[m], f"probas of member {m}", item="sample")
     return probas
 
 

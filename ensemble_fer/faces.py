@@ -71,7 +71,7 @@ def face_landmarks(image: np.ndarray, box: Box) -> np.ndarray:
 
 
 # FER2013's crops show a little more than dlib's face box: where dlib finds a face in one of
-# its 48x48 crops, the box spans 39-43 pixels (benchmarks/detector_hit_rate.py). So a box found
+# its 48x48 crops, the box spans 39-43 pixels (benchmarks/bench_extract.py). So a box found
 # in a photo is grown by this factor (about its centre) before cropping, so that faces from
 # photos are framed like the training faces.
 FER_FRAMING = 1.2

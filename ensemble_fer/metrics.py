@@ -28,7 +28,8 @@ from .artifacts import atomic_path
 LOG_LOSS_EPS = 1e-15
 """Probabilities are clipped to ``[LOG_LOSS_EPS, 1]`` before the log in the log-loss."""
 
-_PROBA_TOLERANCE = 1e-3
+_ROW_SUM_TOLERANCE = 1e-3
+_VALUE_TOLERANCE = 1e-6
 
 
 # --------------------------------------------------------------------------------------
@@ -134,19 +135,25 @@ def _as_probabilities(values, n_classes: int, name: str) -> np.ndarray:
     if values.shape[1] != n_classes:
         raise ValueError(f"{name} has {values.shape[1]} columns but class_names names "
                          f"{n_classes} classes")
+    check_probabilities(values, name)
+    return values
+
+
+def check_probabilities(values: np.ndarray, name: str, item: str = "row") -> None:
+    """ValueError unless ``values`` (n, n_classes) are finite probabilities with rows summing to 1;
+    the message names ``name`` and the first offending ``item`` (row, sample...)."""
     if not np.all(np.isfinite(values)):
         row = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
-        raise ValueError(f"{name} must hold finite probabilities; row {row} holds NaN or inf")
-    if values.min() < -_PROBA_TOLERANCE or values.max() > 1 + _PROBA_TOLERANCE:
-        raise ValueError(f"{name} must hold probabilities in [0, 1]; got values in "
+        raise ValueError(f"{name} must be finite; {item} {row} holds NaN or inf")
+    if values.min() < -_VALUE_TOLERANCE or values.max() > 1 + _VALUE_TOLERANCE:
+        raise ValueError(f"{name} must be probabilities in [0, 1]; got values in "
                          f"[{values.min():.4g}, {values.max():.4g}] (logits?)")
     sums = values.sum(axis=1)
-    off = np.abs(sums - 1) > _PROBA_TOLERANCE
+    off = np.abs(sums - 1) > _ROW_SUM_TOLERANCE
     if off.any():
         row = int(np.flatnonzero(off)[0])
-        raise ValueError(f"{name} rows must sum to 1 (within {_PROBA_TOLERANCE}); "
-                         f"row {row} sums to {sums[row]:.6g}")
-    return values
+        raise ValueError(f"{name} rows must sum to 1 (within {_ROW_SUM_TOLERANCE}); "
+                         f"{item} {row} sums to {sums[row]:.6g}")
 
 
 # --------------------------------------------------------------------------------------

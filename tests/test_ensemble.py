@@ -184,7 +184,7 @@ def test_input_errors_are_clear():
         ensemble.fit(np.log(probas + 1e-9), y)
     unnormalised = probas.copy()
     unnormalised[1] *= 0.5
-    with pytest.raises(ValueError, match="member 1 must have rows summing to 1"):
+    with pytest.raises(ValueError, match="member 1 rows must sum to 1"):
         ensemble.fit(unnormalised, y)
     with pytest.raises(ValueError, match=r"class indices in \[0, 7\); got 7"):
         ensemble.fit(probas, np.where(np.arange(50) == 3, 7, y))
