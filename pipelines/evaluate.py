@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 from ensemble_fer import artifacts, bovw, datasets, evaluation, inference
+from ensemble_fer.recognizer import DEFAULT_MODEL
 
 from .cli_errors import reports_errors
 
@@ -46,7 +47,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, required=True, help="variant folder or ensemble.json")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                   help="variant folder or ensemble.json (default: the shipped models/release)")
     p.add_argument("--data", type=Path, required=True, help="dataset CSV or folder, or a feature store folder")
     p.add_argument("--format", choices=datasets.FORMATS, default="auto")
     p.add_argument("--split", choices=("train", "val", "test", "all"),
