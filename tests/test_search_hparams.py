@@ -142,10 +142,10 @@ def test_a_failing_run_is_recorded_and_skipped_on_rerun(sample_store, tmp_path, 
                                                 "augment": [False]})
     code, stdout, stderr = _cli(_base(sample_store, out, grid), capsys)
     assert code == 1
-    assert f"run {out / 'run-000'} failed: ValueError: proba_or_pred must hold finite probabilities" in stderr
+    assert f"run {out / 'run-000'} failed: ValueError: proba_or_pred must be finite; row 0 holds NaN" in stderr
     [row] = _table(out)
-    assert row["rank"] == "" and row["status"] == "failed" and "finite probabilities" in row["error"]
-    assert "failed: ValueError: proba_or_pred must hold finite" in (out / "results.md").read_text()
+    assert row["rank"] == "" and row["status"] == "failed" and "must be finite" in row["error"]
+    assert "failed: ValueError: proba_or_pred must be finite" in (out / "results.md").read_text()
 
     args = _base(sample_store, out, grid)
     args.remove("--quiet")
