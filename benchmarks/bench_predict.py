@@ -75,7 +75,8 @@ def timed(fn, repeats: int) -> tuple[Ms, object]:
 
 
 def default_model(workdir: Path) -> Path:
-    release = REPO / "models" / "release"
+    from ensemble_fer.recognizer import DEFAULT_MODEL as release
+
     if (release / "ensemble.json").is_file() or (release / "config.json").is_file():
         return release
     from pipelines import extract_features, train_variant

@@ -481,8 +481,8 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
     elif split in available:
         note = f"asked for (--split {split})"
     elif split in ("train", "val") and "train" in available and "val" not in available:
-        note = (f"asked for; the data has no val split, so val is held out of train as the feature store does "
-                f"(10 %, stratified, seed 0)")
+        note = ("asked for; the data has no val split, so val is held out of train as the feature store does "
+                "(10 %, stratified, seed 0)")
     else:
         raise ValueError(f"{data}: has no {split!r} split; it has {available}")
     if split == "all":
@@ -490,9 +490,9 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
     elif split in available and not (split == "train" and "val" not in available):
         records = list(dataset.splits[split])
     else:
-        from .feature_store import _choose_splits   # the store's own held-out val, to match training
+        from .feature_store import choose_splits   # the store's own held-out val, to match training
 
-        records = _choose_splits(dataset, None, 0.1, 0)[split]
+        records = choose_splits(dataset)[split]
 
     label_set = predictor.label_set
     codes = np.array([r.label for r in records], dtype=np.int64)

@@ -28,6 +28,8 @@ val and test keep every image and carry the flags, so evaluation can report the 
 and the face-found subset."""
 
 FORMAT_VERSION = 1
+VAL_FRACTION = 0.1
+"""Share of train held out (stratified, seeded) as val when the data has no val split."""
 
 
 class FeatureStoreError(ValueError):
@@ -36,7 +38,7 @@ class FeatureStoreError(ValueError):
 
 def extract(dataset: datasets.Dataset, out_dir, config: bovw.ExtractorConfig, *, filter: str = "blank",
             n_jobs: int = -1, limit: int | None = None, force: bool = False, chunk_size: int = 256,
-            val_fraction: float = 0.1, seed: int = 0, progress: bool = True) -> dict:
+            val_fraction: float = VAL_FRACTION, seed: int = 0, progress: bool = True) -> dict:
     """Extract features for every split of ``dataset`` into ``out_dir``; returns the manifest.
 
     Images are decoded and checked first (a bad file stops the run before any work), then
@@ -47,7 +49,7 @@ def extract(dataset: datasets.Dataset, out_dir, config: bovw.ExtractorConfig, *,
         raise ValueError(f"filter must be one of {FILTERS}; got {filter!r}")
     out_dir = Path(out_dir)
     started = time.time()
-    splits = _choose_splits(dataset, limit, val_fraction, seed)
+    splits = choose_splits(dataset, limit, val_fraction, seed)
     crop_faces = dataset.format == "folders"
     images = {split: _load_images(records, crop_faces, progress, split) for split, records in splits.items()}
     read_seconds = time.time() - started
@@ -131,7 +133,10 @@ def config_hash(config: bovw.ExtractorConfig) -> str:
     return artifacts.sha256_json(config.to_json())[:16]
 
 
-def _choose_splits(dataset, limit, val_fraction, seed) -> dict[str, list[datasets.ImageRecord]]:
+def choose_splits(dataset, limit: int | None = None, val_fraction: float = VAL_FRACTION,
+                  seed: int = 0) -> dict[str, list[datasets.ImageRecord]]:
+    """The records of each split as extraction uses them: a held-out val when the data has
+    none, then at most ``limit`` per split (seeded)."""
     splits = {s: list(dataset.splits[s]) for s in datasets.SPLITS if dataset.splits.get(s)}
     if "train" not in splits:
         raise datasets.DatasetError(f"{dataset.root}: no training images")
