@@ -23,6 +23,12 @@ with ``--detector none`` if absent), tiled to ``--rows`` rows.
 
     python benchmarks/bench_training.py
     python benchmarks/bench_training.py --blocks cnn5 vgg_fast --steps 10 --json /tmp/bench_training.json
+    python benchmarks/bench_training.py --features features/fer2013 --blocks vgg_fast --parts steps \
+        --no-bovw-only --batch 128 --precision float32 mixed_bfloat16 --image-size 32 [--xla]
+
+``--precision``, ``--image-size`` and ``--xla`` apply to the training-step timings: the choices
+``train_variant`` offers (``--precision``, ``--image-size``) and one it does not (XLA, which
+Keras leaves off on CPU-only machines), so that each is measured before it is recommended.
 """
 
 from __future__ import annotations
@@ -72,11 +78,16 @@ def sample_train_split(features: Path | None, rows: int) -> training.SplitData:
                               tile(train.landmarks), tile(train.bovw), tile(train.face_found))
 
 
-def compiled_network(block, use_bovw, train):
-    model = networks.build_network(block, use_bovw, N_CLASSES, weights=None,
-                                   bovw_adapt_data=train.bovw if use_bovw else None)
+def compiled_network(block, use_bovw, train, precision="float32", image_size=None, jit_compile=False):
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        model = networks.build_network(block, use_bovw, N_CLASSES, weights=None,
+                                       image_size=image_size if block else None,
+                                       bovw_adapt_data=train.bovw if use_bovw else None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.CategoricalCrossentropy(),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=jit_compile)
     return model
 
 
@@ -93,13 +104,15 @@ def timed_fit(model, dataset, steps) -> tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
-def bench_step(block, use_bovw, train, batch, warmup, steps) -> dict:
-    model = compiled_network(block, use_bovw, train)
+def bench_step(block, use_bovw, train, batch, warmup, steps, precision="float32", image_size=None,
+               jit_compile=False) -> dict:
+    model = compiled_network(block, use_bovw, train, precision, image_size, jit_compile)
     ds, _ = cached_batches(train, block, use_bovw, batch)
     warm, _ = timed_fit(model, ds, warmup)     # tracing + first steps
     seconds, cpu = timed_fit(model, ds, steps)
     result = {"variant": networks.variant_name(block, use_bovw), "params": int(model.count_params()),
-              "batch": batch, "timed_steps": steps, "warmup_s": round(warm, 2),
+              "batch": batch, "precision": precision, "image_size": image_size,
+              "jit_compile": jit_compile, "timed_steps": steps, "warmup_s": round(warm, 2),
               "step_s": round(seconds / steps, 4), "images_per_s": round(steps * batch / seconds, 1),
               "images_per_cpu_s": round(steps * batch / cpu, 1), "loadavg_1min": round(os.getloadavg()[0], 2)}
     keras.backend.clear_session()
@@ -157,6 +170,14 @@ def main(argv=None) -> int:
     parser.add_argument("--features", type=Path, help="feature store (default: features/sample)")
     parser.add_argument("--blocks", nargs="+", default=compact, help=f"blocks to time (default: {compact})")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--precision", nargs="+", default=["float32"],
+                        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                        help="Keras dtype policies to time the training step under")
+    parser.add_argument("--image-size", type=int, help="resize the 48 px crops to this side (training step only)")
+    parser.add_argument("--xla", action="store_true",
+                        help="compile the training step with XLA (Keras jit_compile; off by default on a CPU)")
+    parser.add_argument("--no-bovw-only", dest="bovw_only", action="store_false",
+                        help="skip the BOVW-only network in the step timings")
     parser.add_argument("--rows", type=int, default=2048, help="training rows (the sample tiled)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (tracing)")
     parser.add_argument("--steps", type=int, default=15, help="timed training steps per variant")
@@ -185,14 +206,16 @@ def main(argv=None) -> int:
                   f"img/cpu-s ({r['rows']} rows in {r['seconds']} s, load {r['loadavg_1min']})", flush=True)
 
     if "steps" in args.parts:
-        print(f"\ntraining step, batch {args.batch}, cached batches")
-        print(f"  {'variant':18s} {'params':>11s} {'img/s':>8s} {'img/cpu-s':>9s} {'step s':>8s} {'warmup s':>9s} "
+        print(f"\ntraining step, batch {args.batch}, cached batches, image size {args.image_size or 'default'}"
+              f"{', XLA' if args.xla else ''}")
+        print(f"  {'variant':18s} {'precision':14s} {'params':>11s} {'img/s':>8s} {'img/cpu-s':>9s} {'step s':>8s} {'warmup s':>9s} "
               f"{'load':>5s}")
-        variants = [(b, bovw) for b in args.blocks for bovw in (False, True)] + [(None, True)]
-        for block, use_bovw in variants:
-            r = bench_step(block, use_bovw, train, args.batch, args.warmup, args.steps)
+        variants = [(b, bovw) for b in args.blocks for bovw in (False, True)] + [(None, True)] * args.bovw_only
+        for (block, use_bovw), precision in ((v, p) for v in variants for p in args.precision):
+            r = bench_step(block, use_bovw, train, args.batch, args.warmup, args.steps, precision, args.image_size,
+                           args.xla)
             steps.append(r)
-            print(f"  {r['variant']:18s} {r['params']:>11,d} {r['images_per_s']:>8.1f} {r['images_per_cpu_s']:>9.1f} "
+            print(f"  {r['variant']:18s} {precision:14s} {r['params']:>11,d} {r['images_per_s']:>8.1f} {r['images_per_cpu_s']:>9.1f} "
                   f"{r['step_s']:>8.3f} {r['warmup_s']:>9.1f} {r['loadavg_1min']:>5.2f}", flush=True)
 
     if "epochs" in args.parts:

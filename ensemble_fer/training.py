@@ -16,6 +16,13 @@ Schedule
   slow for randomly initialised layers, and it needs no per-block learning-rate search.
   ReduceLROnPlateau and EarlyStopping as in finetune.
 
+``lr_schedule="cosine"`` replaces ReduceLROnPlateau in the finetune / scratch phase by a cosine
+decay of the rate, per step, from ``lr`` to 1% of it at the last of ``epochs`` epochs. For a
+fixed budget (``epochs`` chosen to fill ``max_minutes``) a rate that reaches ~0 exactly when
+the budget ends beats waiting for plateaus, which a short run hardly sees (Li, Yumer & Ramanan,
+"Budgeted training", ICLR 2020). The decay is part of the optimizer, so ``resume`` continues it;
+``epochs`` then cannot change on resume.
+
 Every phase ends on the weights of its best epoch (lowest ``val_loss``), and the next phase
 starts from them; ``model.keras`` holds the best epoch of the last phase.
 
@@ -64,6 +71,9 @@ PHASE_SCRATCH = "scratch"
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("none", "balanced")
 SCRATCH_OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("plateau", "cosine")
+COSINE_FLOOR = 0.01
+"""The cosine schedule ends at this fraction of ``lr``."""
 
 OUTPUT_FILES = ("model.keras", "config.json", "history.csv", "curves.png", "predictions.npz",
                 "metrics.json", "confusion_matrix.png")
@@ -79,7 +89,7 @@ RESUMABLE_CHANGES = ("epochs", "max_minutes", "features", "out", "progress")
 """Arguments that may differ between a run and its ``resume``: how long to train, where the
 files are, how much is printed. Everything else would make a different model."""
 
-ADDED_ARGUMENTS = {"aux_targets": None, "aux_loss_weight": 1.0}
+ADDED_ARGUMENTS = {"aux_targets": None, "aux_loss_weight": 1.0, "lr_schedule": "plateau"}
 """Arguments added after runs may have been saved: a saved run without them was made with
 these values (so that ``resume`` still accepts it)."""
 
@@ -261,8 +271,8 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
                   epochs: int = 50, batch_size: int = 64, lr: float = 1e-3, frozen_lr: float = 1e-3,
                   scratch_optimizer: str = "adam", class_weight: str | None = None,
                   label_smoothing: float = 0.0, augment: bool = True, augment_config=None,
-                  patience: int = 10, lr_patience: int = 4, lr_factor: float = 0.5, min_lr: float = 1e-6,
-                  dropout: float = 0.5, bovw_units: Sequence[int] = networks.BOVW_UNITS,
+                  patience: int = 10, lr_schedule: str = "plateau", lr_patience: int = 4,
+                  lr_factor: float = 0.5, min_lr: float = 1e-6, dropout: float = 0.5, bovw_units: Sequence[int] = networks.BOVW_UNITS,
                   dense_units: int = networks.DENSE_UNITS, seed: int = 0, precision: str = "auto",
                   aux_targets=None, aux_loss_weight: float = 1.0,
                   resume: bool = False, force: bool = False, max_minutes: float | None = None,
@@ -303,8 +313,15 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
     augment : bool
         Random affine augmentation of training batches (``ensemble_fer.augment``);
         ``augment_config`` replaces its default ``AugmentConfig()``.
-    patience, lr_patience, lr_factor, min_lr
-        EarlyStopping patience; ReduceLROnPlateau patience, factor and floor (on ``val_loss``).
+    patience : int
+        EarlyStopping patience (on ``val_loss``).
+    lr_schedule : "plateau" or "cosine"
+        How the rate of the finetune / scratch phase falls: "plateau" (the paper's), by
+        ``lr_factor`` after ``lr_patience`` epochs without a ``val_loss`` gain, down to
+        ``min_lr``; "cosine", per step to 1% of ``lr`` at the end of ``epochs`` epochs (see
+        the module docstring).
+    lr_patience, lr_factor, min_lr
+        ReduceLROnPlateau patience, factor and floor (``lr_schedule="plateau"`` only).
     dropout, bovw_units, dense_units
         Head of the network (see :func:`ensemble_fer.networks.build_network`).
     seed : int
@@ -341,7 +358,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
         block=block, bovw=bovw, labels=labels, weights=weights, image_size=image_size,
         epochs_frozen=epochs_frozen, epochs=epochs, batch_size=batch_size, lr=lr, frozen_lr=frozen_lr,
         scratch_optimizer=scratch_optimizer, class_weight=class_weight, label_smoothing=label_smoothing,
-        augment=augment, patience=patience, lr_patience=lr_patience, lr_factor=lr_factor, min_lr=min_lr,
+        augment=augment, patience=patience, lr_schedule=lr_schedule, lr_patience=lr_patience, lr_factor=lr_factor, min_lr=min_lr,
         dropout=dropout, bovw_units=bovw_units, dense_units=dense_units, seed=seed, precision=precision,
         aux_targets=aux_targets, aux_loss_weight=aux_loss_weight, max_minutes=max_minutes)
     say = print if progress else (lambda *args, **kwargs: None)
@@ -624,6 +641,8 @@ def _check_arguments(**a) -> dict:
     if a["scratch_optimizer"] not in SCRATCH_OPTIMIZERS:
         raise ValueError(f"scratch_optimizer must be one of {SCRATCH_OPTIMIZERS}; received "
                          f"{a['scratch_optimizer']!r}")
+    if a["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; received {a['lr_schedule']!r}")
     if a["precision"] not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; received {a['precision']!r}")
     units = a["bovw_units"]
@@ -655,14 +674,15 @@ def _has_pretrained_weights(spec, weights) -> bool:
 
 
 def _plan_phases(pretrained: bool, s: dict) -> list[dict]:
-    trainable = {"lr": s["lr"], "max_epochs": s["epochs"], "reduce_lr": True}
+    trainable = {"lr": s["lr"], "max_epochs": s["epochs"], "reduce_lr": s["lr_schedule"] == "plateau",
+                 "cosine": s["lr_schedule"] == "cosine"}
     if not pretrained:
         optimizer = "adam" if s["scratch_optimizer"] == "adam" else "sgd_nesterov"
         return [{"name": PHASE_SCRATCH, "optimizer": optimizer, **trainable}]
     phases = []
     if s["epochs_frozen"] > 0:
         phases.append({"name": PHASE_FROZEN, "optimizer": "adam", "lr": s["frozen_lr"],
-                       "max_epochs": s["epochs_frozen"], "reduce_lr": False})
+                       "max_epochs": s["epochs_frozen"], "reduce_lr": False, "cosine": False})
     return phases + [{"name": PHASE_FINETUNE, "optimizer": "sgd_nesterov", **trainable}]
 
 
@@ -698,6 +718,10 @@ def _check_out(out: Path, settings: dict, *, resume: bool, force: bool, say) -> 
             detail = "; ".join(f"{k} was {saved.get(k)!r}, now {wanted.get(k)!r}" for k in differ[:4])
             raise ValueError(f"resume: the run in {out} was made with other arguments ({detail}); rerun with "
                              f"the same arguments to resume it, or pass --force to start over")
+        if settings["lr_schedule"] == "cosine" and state["args"]["epochs"] != settings["epochs"]:
+            raise ValueError(f"epochs: the run in {out} decays its learning rate over {state['args']['epochs']} "
+                             f"epochs (lr_schedule 'cosine'); resume it with epochs={state['args']['epochs']}, "
+                             f"received {settings['epochs']}")
         return state, []
     if existing or run_dir.exists():
         if not force:
@@ -818,13 +842,18 @@ class _Run:
         self.say(f"stopped: {why}; the outputs hold the best epoch so far, and resume continues the run")
 
     def _set_up_phase(self, phase: dict) -> None:
+        lr = phase["lr"]
+        if phase["cosine"]:
+            steps = math.ceil(len(self.splits["train"]) / self.settings["batch_size"])
+            lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps * phase["max_epochs"],
+                                                        alpha=COSINE_FLOOR)
         with self.strategy.scope():
             if self.block is not None:
                 networks.get_block(self.model, self.block).trainable = phase["name"] != PHASE_FROZEN
             if phase["optimizer"] == "adam":
-                optimizer = keras.optimizers.Adam(learning_rate=phase["lr"])
+                optimizer = keras.optimizers.Adam(learning_rate=lr)
             else:
-                optimizer = keras.optimizers.SGD(learning_rate=phase["lr"], momentum=MOMENTUM, nesterov=True)
+                optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=MOMENTUM, nesterov=True)
             # Compile after changing `trainable`: Keras fixes the trained variables at compile time.
             loss = keras.losses.CategoricalCrossentropy(label_smoothing=self.settings["label_smoothing"])
             accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random affine augmentation of training images with their landmarks (default on)")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (val_loss)")
+    p.add_argument("--lr-schedule", choices=training.LR_SCHEDULES, default="plateau",
+                   help="plateau: drop the rate when val_loss stalls (the paper's); cosine: decay it to ~0 over "
+                        "--epochs (best for a fixed time budget)")
     p.add_argument("--lr-patience", type=int, default=4, help="epochs without val_loss gain before the rate drops")
     p.add_argument("--lr-factor", type=float, default=0.5, help="factor of each learning-rate drop")
     p.add_argument("--dropout", type=float, default=0.5)
@@ -93,7 +96,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size, lr=args.lr, frozen_lr=args.frozen_lr,
         scratch_optimizer=args.scratch_optimizer, class_weight=args.class_weight,
         label_smoothing=args.label_smoothing, augment=args.augment, patience=args.patience,
-        lr_patience=args.lr_patience, lr_factor=args.lr_factor, dropout=args.dropout, seed=args.seed,
+        lr_schedule=args.lr_schedule, lr_patience=args.lr_patience, lr_factor=args.lr_factor, dropout=args.dropout, seed=args.seed,
         precision=args.precision, aux_targets=args.aux_targets, aux_loss_weight=args.aux_loss_weight,
         resume=args.resume, force=args.force, max_minutes=args.max_minutes,
         progress=not args.quiet)

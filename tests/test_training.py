@@ -218,6 +218,36 @@ def test_bovw_only_network_trains_and_reports_a_test_split(sample_store, tmp_pat
     assert len((out / "history.csv").read_text().splitlines()) == 3
 
 
+def test_cosine_schedule_decays_per_step_across_a_resume_under_bfloat16(sample_store, tmp_path, capsys):
+    out = tmp_path / "cosine"
+    args = ["--block", "vgg_fast", "--bovw", "--image-size", 32, "--features", sample_store, "--out", out,
+            "--lr", 0.01, "--lr-schedule", "cosine", "--batch-size", 128, "--precision", "mixed_bfloat16",
+            "--no-augment"]
+    # Stopped by the (used-up) time budget after one of its three epochs.
+    assert _cli(*args, "--epochs", 3, "--max-minutes", 0.001) == 0
+    assert _cli(*args, "--epochs", 4, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "decays its learning rate over 3 epochs" in err and err.count("\n") == 1
+    assert _cli(*args, "--epochs", 3, "--resume") == 0
+
+    n_train = FeatureStore(sample_store).manifest["splits"]["train"]["kept"]
+    steps = -(-n_train // 128)
+    floor = training.COSINE_FLOOR
+    expected = [0.01 * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * e / 3))) for e in (1, 2, 3)]
+    rows = [r.split(",") for r in (out / "history.csv").read_text().splitlines()[1:]]
+    # The logged rate is the schedule's after each epoch's `steps` steps: the resumed run
+    # went on from step `steps`, not from the top of the schedule.
+    np.testing.assert_allclose([float(r[7]) for r in rows], expected, rtol=1e-4)
+    config = json.loads((out / "config.json").read_text())
+    assert config["args"]["precision_policy"] == "mixed_bfloat16" and config["training"]["complete"]
+    state = json.loads((out / ".run" / "state.json").read_text())
+    checkpoint = keras.models.load_model(out / ".run" / state["checkpoint"], safe_mode=True)
+    assert int(checkpoint.optimizer.iterations) == 3 * steps
+    # The shipped model is float32 whatever the training precision.
+    model, _ = training.load_variant(out)
+    assert all(w.dtype == "float32" for w in model.weights)
+
+
 def _edited_store(sample_store, tmp_path, split, edit):
     store = tmp_path / "edited"
     shutil.copytree(sample_store, store)
@@ -352,7 +382,7 @@ def test_resume_accepts_a_run_saved_before_the_aux_arguments_existed(trained, sa
     shutil.copytree(trained, out)
     state_path = out / ".run" / "state.json"
     state = json.loads(state_path.read_text())
-    for key in ("aux_targets", "aux_loss_weight"):
+    for key in ("aux_targets", "aux_loss_weight", "lr_schedule"):
         del state["args"][key]
     state_path.write_text(json.dumps(state))
     (out / "config.json").unlink()
