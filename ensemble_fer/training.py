@@ -272,7 +272,8 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
                   scratch_optimizer: str = "adam", class_weight: str | None = None,
                   label_smoothing: float = 0.0, augment: bool = True, augment_config=None,
                   patience: int = 10, lr_schedule: str = "plateau", lr_patience: int = 4,
-                  lr_factor: float = 0.5, min_lr: float = 1e-6, dropout: float = 0.5, bovw_units: Sequence[int] = networks.BOVW_UNITS,
+                  lr_factor: float = 0.5, min_lr: float = 1e-6, dropout: float = 0.5,
+                  bovw_units: Sequence[int] = networks.BOVW_UNITS,
                   dense_units: int = networks.DENSE_UNITS, seed: int = 0, precision: str = "auto",
                   aux_targets=None, aux_loss_weight: float = 1.0,
                   resume: bool = False, force: bool = False, max_minutes: float | None = None,
@@ -358,7 +359,8 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
         block=block, bovw=bovw, labels=labels, weights=weights, image_size=image_size,
         epochs_frozen=epochs_frozen, epochs=epochs, batch_size=batch_size, lr=lr, frozen_lr=frozen_lr,
         scratch_optimizer=scratch_optimizer, class_weight=class_weight, label_smoothing=label_smoothing,
-        augment=augment, patience=patience, lr_schedule=lr_schedule, lr_patience=lr_patience, lr_factor=lr_factor, min_lr=min_lr,
+        augment=augment, patience=patience, lr_schedule=lr_schedule, lr_patience=lr_patience,
+        lr_factor=lr_factor, min_lr=min_lr,
         dropout=dropout, bovw_units=bovw_units, dense_units=dense_units, seed=seed, precision=precision,
         aux_targets=aux_targets, aux_loss_weight=aux_loss_weight, max_minutes=max_minutes)
     say = print if progress else (lambda *args, **kwargs: None)

@@ -355,6 +355,8 @@ def test_check_arguments_validates_without_training():
         training.check_arguments(block="cnn5", label_smoothing=1.5)
     with pytest.raises(ValueError, match="learning_rate: not an argument of train_variant"):
         training.check_arguments(block="cnn5", learning_rate=0.1)
+    with pytest.raises(ValueError, match=r"lr_schedule must be one of \('plateau', 'cosine'\); received 'step'"):
+        training.check_arguments(block="cnn5", lr_schedule="step")
 
 
 @pytest.mark.parametrize("kwargs, message", [
