@@ -79,13 +79,14 @@ def sample_train_split(features: Path | None, rows: int) -> training.SplitData:
 
 
 def compiled_network(block, use_bovw, train, precision="float32", image_size=None, jit_compile=False):
+    previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
     try:
         model = networks.build_network(block, use_bovw, N_CLASSES, weights=None,
                                        image_size=image_size if block else None,
                                        bovw_adapt_data=train.bovw if use_bovw else None)
     finally:
-        keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy(previous)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.CategoricalCrossentropy(),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=jit_compile)
     return model

@@ -802,14 +802,14 @@ class _Run:
             phase_end = state["phase_start_epoch"] + phase["max_epochs"]
             early = False
             if state["epoch"] < phase_end:
-                if not resumed:
-                    self._set_up_phase(phase)
-                self.say(f"phase {phase['name']}: epochs {state['epoch'] + 1}-{phase_end} at most, "
-                         f"{phase['optimizer']} lr {self._lr():g}, "
-                         f"{_count(self.model.trainable_weights):,} trainable parameters")
                 train, steps = train_dataset(self.splits["train"], self.block, self.bovw, self.n_classes,
                                              s["batch_size"], s["seed"], state["epoch"], phase_end,
                                              self.augment_cfg, self.class_weights)
+                if not resumed:
+                    self._set_up_phase(phase, steps)
+                self.say(f"phase {phase['name']}: epochs {state['epoch'] + 1}-{phase_end} at most, "
+                         f"{phase['optimizer']} lr {self._lr():g}, "
+                         f"{_count(self.model.trainable_weights):,} trainable parameters")
                 callbacks = self._callbacks(phase, resumed)
                 verbose = (1 if sys.stdout.isatty() else 2) if s["progress"] else 0
                 self.model.fit(train, validation_data=val, epochs=phase_end, initial_epoch=state["epoch"],
@@ -843,11 +843,10 @@ class _Run:
         why = f"the time budget of {s['max_minutes']:g} min is used up" if self.budget_hit else "a callback stopped it"
         self.say(f"stopped: {why}; the outputs hold the best epoch so far, and resume continues the run")
 
-    def _set_up_phase(self, phase: dict) -> None:
+    def _set_up_phase(self, phase: dict, steps_per_epoch: int) -> None:
         lr = phase["lr"]
         if phase["cosine"]:
-            steps = math.ceil(len(self.splits["train"]) / self.settings["batch_size"])
-            lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps * phase["max_epochs"],
+            lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps_per_epoch * phase["max_epochs"],
                                                         alpha=COSINE_FLOOR)
         with self.strategy.scope():
             if self.block is not None:
