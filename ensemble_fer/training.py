@@ -89,7 +89,7 @@ RESUMABLE_CHANGES = ("epochs", "max_minutes", "features", "out", "progress")
 """Arguments that may differ between a run and its ``resume``: how long to train, where the
 files are, how much is printed. Everything else would make a different model."""
 
-ADDED_ARGUMENTS = {"aux_targets": None, "aux_loss_weight": 1.0, "lr_schedule": "plateau"}
+ADDED_ARGUMENTS = {"aux_targets": None, "aux_loss_weight": 1.0, "lr_schedule": "plateau", "mixup": 0.0}
 """Arguments added after runs may have been saved: a saved run without them was made with
 these values (so that ``resume`` still accepts it)."""
 
@@ -184,7 +184,7 @@ def _model_inputs(block, bovw, images, bovw_rows) -> dict[str, np.ndarray]:
 
 
 def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, first_epoch, last_epoch,
-                  augment_config=None, class_weights=None):
+                  augment_config=None, class_weights=None, mixup=0.0):
     """A ``tf.data`` pipeline of training batches for epochs ``first_epoch .. last_epoch - 1``.
 
     Element ``i`` is batch ``i % steps`` of epoch ``i // steps``. The order of epoch ``e`` and
@@ -193,6 +193,12 @@ def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, fi
     whether or not the run was interrupted and resumed. Augmentation (``augment_config`` not
     None) moves the image and its landmarks with one transform and recomputes the HOG, so both
     inputs always describe the same face. Batches are made in parallel and prefetched.
+
+    ``mixup`` > 0 blends every row with another row of its batch (Zhang et al., "mixup",
+    ICLR 2018): weight ``lam ~ Beta(mixup, mixup)``, folded to ``max(lam, 1 - lam)`` so the
+    row keeps its identity (and its class weight), applied alike to the image, the BOVW
+    vector and the one-hot label (and the auxiliary targets). The BOVW of a blend is then the
+    blend of the two BOVW vectors, as mixup treats every input of a multi-input network.
 
     With auxiliary targets (``split.aux``) the labels are a dict ``{"probabilities": one-hot,
     "aux": targets}``; Keras takes no ``class_weight`` for two outputs, so ``class_weights``
@@ -225,21 +231,26 @@ def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, fi
             images, _, features = augment_batch(split.images[rows], split.landmarks[rows], rng, augment_config)
         else:
             images, features = split.images[rows], split.bovw[rows]
+        one_hot = np.eye(n_classes, dtype=np.float32)[split.y[rows]]
+        aux = aux_rows[rows]
+        if mixup > 0:
+            images, features, one_hot, aux = _mix(np.random.default_rng([seed, epoch, step + 1, 1]), mixup,
+                                                  images, features, one_hot, aux)
         images = np.asarray(images, dtype=np.uint8) if want_images else np.zeros((0,), np.uint8)
         features = np.asarray(features, dtype=np.float32) if want_bovw else np.zeros((0,), np.float32)
         weights = row_weights[rows] if row_weights is not None else np.ones(len(rows), np.float32)
-        return images, features, split.y[rows].astype(np.int64), aux_rows[rows], weights
+        return images, features, one_hot, aux, weights
 
     def to_element(index):
-        images, features, y, aux, weights = tf.numpy_function(
-            make_batch, [index // steps, index % steps], [tf.uint8, tf.float32, tf.int64, tf.float32, tf.float32],
+        images, features, one_hot, aux, weights = tf.numpy_function(
+            make_batch, [index // steps, index % steps], [tf.uint8, tf.float32, tf.float32, tf.float32, tf.float32],
             stateful=False)
         x = {}
         if want_images:
             x[networks.IMAGE_INPUT] = tf.ensure_shape(images[..., None], [None, IMAGE_SIZE, IMAGE_SIZE, 1])
         if want_bovw:
             x[networks.BOVW_INPUT] = tf.ensure_shape(features, [None, BOVW_SIZE])
-        one_hot = tf.one_hot(tf.ensure_shape(y, [None]), n_classes)
+        one_hot = tf.ensure_shape(one_hot, [None, n_classes])
         if not has_aux:
             return x, one_hot
         labels = {networks.PROBABILITIES_OUTPUT: one_hot, networks.AUX_OUTPUT: tf.ensure_shape(aux, [None, n_aux])}
@@ -251,6 +262,21 @@ def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, fi
     ds = tf.data.Dataset.range(first_epoch * steps, last_epoch * steps)
     ds = ds.map(to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE), steps
+
+
+def _mix(rng, alpha, images, features, one_hot, aux):
+    """mixup of one batch (see :func:`train_dataset`); images stay uint8 (rounded)."""
+    lam = rng.beta(alpha, alpha, size=len(one_hot)).astype(np.float32)
+    lam = np.maximum(lam, 1.0 - lam)
+    partner = rng.permutation(len(one_hot))
+
+    def blend(a):
+        a = np.asarray(a, dtype=np.float32)
+        w = lam.reshape((-1,) + (1,) * (a.ndim - 1))
+        return w * a + (1.0 - w) * a[partner]
+
+    return (np.clip(np.rint(blend(images)), 0, 255).astype(np.uint8), blend(features), blend(one_hot),
+            blend(aux))
 
 
 def eval_dataset(split: SplitData, block, bovw, n_classes, batch_size):
@@ -271,7 +297,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
                   epochs: int = 50, batch_size: int = 64, lr: float = 1e-3, frozen_lr: float = 1e-3,
                   scratch_optimizer: str = "adam", class_weight: str | None = None,
                   label_smoothing: float = 0.0, augment: bool = True, augment_config=None,
-                  patience: int = 10, lr_schedule: str = "plateau", lr_patience: int = 4,
+                  mixup: float = 0.0, patience: int = 10, lr_schedule: str = "plateau", lr_patience: int = 4,
                   lr_factor: float = 0.5, min_lr: float = 1e-6, dropout: float = 0.5,
                   bovw_units: Sequence[int] = networks.BOVW_UNITS,
                   dense_units: int = networks.DENSE_UNITS, seed: int = 0, precision: str = "auto",
@@ -314,6 +340,9 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
     augment : bool
         Random affine augmentation of training batches (``ensemble_fer.augment``);
         ``augment_config`` replaces its default ``AugmentConfig()``.
+    mixup : float >= 0
+        Alpha of mixup's Beta distribution (0: off; 0.2 is usual): every training row is
+        blended with another of its batch, inputs and labels alike (see :func:`train_dataset`).
     patience : int
         EarlyStopping patience (on ``val_loss``).
     lr_schedule : "plateau" or "cosine"
@@ -359,7 +388,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
         block=block, bovw=bovw, labels=labels, weights=weights, image_size=image_size,
         epochs_frozen=epochs_frozen, epochs=epochs, batch_size=batch_size, lr=lr, frozen_lr=frozen_lr,
         scratch_optimizer=scratch_optimizer, class_weight=class_weight, label_smoothing=label_smoothing,
-        augment=augment, patience=patience, lr_schedule=lr_schedule, lr_patience=lr_patience,
+        augment=augment, mixup=mixup, patience=patience, lr_schedule=lr_schedule, lr_patience=lr_patience,
         lr_factor=lr_factor, min_lr=min_lr,
         dropout=dropout, bovw_units=bovw_units, dense_units=dense_units, seed=seed, precision=precision,
         aux_targets=aux_targets, aux_loss_weight=aux_loss_weight, max_minutes=max_minutes)
@@ -633,6 +662,7 @@ def _check_arguments(**a) -> dict:
     number("min_lr", 0.0, 10.0, high_open=False)
     number("lr_factor", 0.0, 1.0, low_open=True)
     number("label_smoothing", 0.0, 1.0)
+    number("mixup", 0.0, math.inf)
     number("dropout", 0.0, 1.0)
     if a["max_minutes"] is not None:
         number("max_minutes", 0.0, math.inf, low_open=True)
@@ -804,7 +834,7 @@ class _Run:
             if state["epoch"] < phase_end:
                 train, steps = train_dataset(self.splits["train"], self.block, self.bovw, self.n_classes,
                                              s["batch_size"], s["seed"], state["epoch"], phase_end,
-                                             self.augment_cfg, self.class_weights)
+                                             self.augment_cfg, self.class_weights, s["mixup"])
                 if not resumed:
                     self._set_up_phase(phase, steps)
                 self.say(f"phase {phase['name']}: epochs {state['epoch'] + 1}-{phase_end} at most, "

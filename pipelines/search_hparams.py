@@ -7,8 +7,9 @@
 ``{"lr": [1e-3, 3e-4], "batch_size": [32, 64], "dropout": [0.3, 0.5], "epochs": [30], "patience": [5]}``
 (or a list of such objects); every combination (sklearn's ParameterGrid) is trained. Names
 a grid may use: lr, batch_size, dropout, epochs, patience, lr_patience, lr_factor, min_lr,
-label_smoothing, class_weight, augment, epochs_frozen, frozen_lr, scratch_optimizer,
-weights, image_size, bovw_units, dense_units, seed (the list is read from train_variant).
+label_smoothing, mixup, class_weight, augment, lr_schedule, epochs_frozen, frozen_lr,
+scratch_optimizer, weights, image_size, bovw_units, dense_units, seed, aux_targets,
+aux_loss_weight (the list is read from train_variant).
 Parameters not in the grid keep train_variant's defaults (note: augment on, epochs 50).
 
 Outputs in --out: ``run-NNN/`` (one variant folder per combination, kept for good: the

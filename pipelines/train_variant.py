@@ -3,8 +3,9 @@
     python -m pipelines.train_variant --block NAME|none [--bovw] [--features DIR] [--labels fer7]
         [--weights default|none|PATH] [--image-size N] [--epochs-frozen 5] [--epochs 50]
         [--batch-size 64] [--lr 1e-3] [--class-weight none|balanced] [--label-smoothing 0]
-        [--augment/--no-augment] [--patience 10] [--seed 0] [--out DIR] [--resume] [--force]
-        [--max-minutes M] [--precision auto|float32|mixed_float16|mixed_bfloat16]
+        [--augment/--no-augment] [--augment-strength 1] [--mixup 0] [--bovw-units 1024,256]
+        [--patience 10] [--seed 0] [--out DIR] [--resume] [--force] [--max-minutes M]
+        [--precision auto|float32|mixed_float16|mixed_bfloat16]
         [--aux-targets CSV [--aux-loss-weight 1.0]]
 
 Inputs: a feature store (default features/sample, made by `python -m pipelines.extract_features`
@@ -39,8 +40,18 @@ def add_variant_arguments(p: argparse.ArgumentParser) -> None:
                    help="label set: fer7, valence3 or a comma-separated subset such as happy,sad,neutral")
 
 
+def _units(text: str) -> list[int]:
+    try:
+        units = [int(u) for u in text.split(",")]
+    except ValueError:
+        units = []
+    if not units or min(units) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes >= 1 such as 1024,256; got {text!r}")
+    return units
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from ensemble_fer import blocks, training
+    from ensemble_fer import blocks, networks, training
 
     p = argparse.ArgumentParser(prog="python -m pipelines.train_variant", description=__doc__.split("\n")[0])
     add_variant_arguments(p)
@@ -60,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random affine augmentation of training images with their landmarks (default on)")
+    p.add_argument("--augment-strength", type=float, default=1.0,
+                   help="multiplies the augmentation ranges (rotation 10 deg, shear 10 deg, zoom 0.1); "
+                        "default 1, the paper's")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="blend each training row with another (images, BOVW and labels alike) by a "
+                        "Beta(ALPHA, ALPHA) weight; 0 (default) is off, 0.2 is usual")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (val_loss)")
     p.add_argument("--lr-schedule", choices=training.LR_SCHEDULES, default="plateau",
                    help="plateau: drop the rate when val_loss stalls (the paper's); cosine: decay it to ~0 over "
@@ -67,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-patience", type=int, default=4, help="epochs without val_loss gain before the rate drops")
     p.add_argument("--lr-factor", type=float, default=0.5, help="factor of each learning-rate drop")
     p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--bovw-units", type=_units, default=list(networks.BOVW_UNITS), metavar="N,N",
+                   help="dense layer sizes of the BOVW branch (default "
+                        f"{','.join(map(str, networks.BOVW_UNITS))})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=training.PRECISIONS, default="auto",
                    help="auto: mixed_float16 on a GPU, float32 on the CPU")
@@ -83,11 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _augment_config(args):
+    from ensemble_fer.augment import AugmentConfig
+
+    if args.augment_strength != 1.0 and not args.augment:
+        raise ValueError(f"--augment-strength {args.augment_strength} has no effect with --no-augment")
+    try:
+        return AugmentConfig(strength=args.augment_strength)
+    except ValueError as exc:
+        raise ValueError(f"--augment-strength: {exc}") from None
+
+
 @reports_errors
 def main(argv=None) -> int:
     from ensemble_fer import networks, training
 
     args = build_parser().parse_args(argv)
+    augment_config = _augment_config(args)
+    if args.bovw_units != list(networks.BOVW_UNITS) and not args.bovw:
+        raise ValueError(f"--bovw-units {','.join(map(str, args.bovw_units))} has no effect without --bovw")
     block = None if args.block == "none" else args.block
     out = args.out or REPO / "models" / networks.variant_name(block, args.bovw)
     training.train_variant(
@@ -95,8 +129,10 @@ def main(argv=None) -> int:
         image_size=args.image_size, epochs_frozen=args.epochs_frozen, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, frozen_lr=args.frozen_lr,
         scratch_optimizer=args.scratch_optimizer, class_weight=args.class_weight,
-        label_smoothing=args.label_smoothing, augment=args.augment, patience=args.patience,
-        lr_schedule=args.lr_schedule, lr_patience=args.lr_patience, lr_factor=args.lr_factor, dropout=args.dropout, seed=args.seed,
+        label_smoothing=args.label_smoothing, augment=args.augment, augment_config=augment_config,
+        mixup=args.mixup, patience=args.patience,
+        lr_schedule=args.lr_schedule, lr_patience=args.lr_patience, lr_factor=args.lr_factor,
+        dropout=args.dropout, bovw_units=args.bovw_units, seed=args.seed,
         precision=args.precision, aux_targets=args.aux_targets, aux_loss_weight=args.aux_loss_weight,
         resume=args.resume, force=args.force, max_minutes=args.max_minutes,
         progress=not args.quiet)

@@ -124,6 +124,10 @@ def test_resume_refuses_other_arguments_and_existing_output_needs_force(trained,
                 "--class-weight", "balanced", "--seed", 3, "--resume", "--lr", 0.01)
     assert code == 2
     assert "lr was 0.001, now 0.01" in capsys.readouterr().err
+    code = _cli("--block", "cnn5", "--bovw", "--features", sample_store, "--out", trained, "--epochs", 1,
+                "--class-weight", "balanced", "--seed", 3, "--resume", "--augment-strength", 2)
+    assert code == 2
+    assert "augment_config was" in capsys.readouterr().err
     code = _cli("--block", "cnn5", "--bovw", "--features", sample_store, "--out", trained, "--epochs", 1)
     assert code == 2
     err = capsys.readouterr().err
@@ -202,9 +206,12 @@ def test_bovw_only_network_trains_and_reports_a_test_split(sample_store, tmp_pat
 
     out = tmp_path / "bovw"
     assert _cli("--block", "none", "--bovw", "--features", store, "--out", out, "--epochs", 2,
-                "--no-augment", "--labels", "happy,sad,surprise", "--label-smoothing", 0.1) == 0
+                "--no-augment", "--labels", "happy,sad,surprise", "--label-smoothing", 0.1,
+                "--bovw-units", "64,32") == 0
     model, config = training.load_variant(out)
     assert [t.name for t in model.inputs] == ["bovw"] and config["variant"] == "bovw"
+    assert config["args"]["bovw_units"] == [64, 32]
+    assert [model.get_layer(f"bovw_dense{i}").units for i in (1, 2)] == [64, 32]
     assert config["labels"]["classes"] == ["happy", "sad", "surprise"]
     assert config["data"]["val"]["used"] == 45 and config["data"]["val"]["left_out"]["outside_label_set"] == 60
     assert config["figures"]["confusion_matrix"] == "test"
@@ -276,6 +283,10 @@ def test_classes_missing_from_train_stop_before_training(sample_store, tmp_path,
     (["--block", "cnn5", "--labels", "happy,grumpy"], "unknown emotion 'grumpy'"),
     (["--block", "cnn5", "--epochs", "0"], "epochs must be an int >= 1; received 0"),
     (["--block", "cnn5", "--resume", "--force"], "choose one"),
+    (["--block", "cnn5", "--augment-strength", "10"], "--augment-strength: shear_deg * strength must be below 90"),
+    (["--block", "cnn5", "--augment-strength", "2", "--no-augment"], "has no effect with --no-augment"),
+    (["--block", "cnn5", "--bovw-units", "64"], "--bovw-units 64 has no effect without --bovw"),
+    (["--block", "cnn5", "--mixup", "-0.2"], "mixup must be a number in [0.0, inf); received -0.2"),
 ])
 def test_bad_input_is_one_line_before_training(args, message, sample_store, tmp_path, capsys):
     args = [a.format(missing=tmp_path / "nothing") for a in args]
@@ -302,6 +313,35 @@ def test_unknown_block_is_refused(sample_store, tmp_path, capsys):
     assert "invalid choice: 'resnet9000'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="block must be one of"):
         training.train_variant(sample_store, "resnet9000", out=tmp_path / "m")
+
+
+def test_mixup_blends_inputs_and_labels_of_the_same_augmented_batch(sample_store):
+    from ensemble_fer.augment import AugmentConfig
+
+    splits, _ = training.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
+
+    def first_batch(mixup):
+        ds, _ = training.train_dataset(splits["train"], "cnn5", True, 7, 64, 0, 0, 1, AugmentConfig(),
+                                       mixup=mixup)
+        x, y = next(iter(ds))
+        return x["image"].numpy()[..., 0].astype(np.float64), x["bovw"].numpy(), y.numpy()
+
+    image, bovw, y = first_batch(0.0)
+    mixed_image, mixed_bovw, mixed_y = first_batch(0.4)
+    assert set(np.unique(y)) == {0.0, 1.0}
+    np.testing.assert_allclose(mixed_y.sum(axis=1), 1.0, atol=1e-6)
+    # Each row keeps the larger share and its class; the rest is one other row of the batch.
+    lam = mixed_y.max(axis=1)
+    assert (lam >= 0.5).all() and (lam < 0.999).any()
+    np.testing.assert_array_equal(mixed_y.argmax(axis=1)[lam > 0.5], y.argmax(axis=1)[lam > 0.5])
+    for i in np.flatnonzero(lam < 0.9)[:5]:
+        partners = [j for j in range(len(y)) if np.allclose(
+            mixed_bovw[i], lam[i] * bovw[i] + (1 - lam[i]) * bovw[j], atol=1e-4)]
+        assert len(partners) == 1, i
+        j = partners[0]
+        assert np.abs(mixed_image[i] - (lam[i] * image[i] + (1 - lam[i]) * image[j])).max() <= 0.51
+        expected = lam[i] * y[i] + (1 - lam[i]) * y[j]
+        np.testing.assert_allclose(mixed_y[i], expected, atol=1e-6)
 
 
 def test_augmented_batches_keep_image_and_bovw_together_and_repeat_by_seed(sample_store):
