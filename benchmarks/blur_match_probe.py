@@ -26,13 +26,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ensemble_fer import datasets  # noqa: E402
 from ensemble_fer.sharpness import blur  # noqa: E402
+from pipelines.cli_errors import reports_errors  # noqa: E402
 
-SIDE = 48
-
-
-def read(files) -> np.ndarray:
-    return np.stack([cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files])
+SIDE = datasets.IMAGE_SIZE
 
 
 def jpeg(images: np.ndarray, quality: int) -> np.ndarray:
@@ -59,41 +57,42 @@ def candidates(test: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+@reports_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="FER2013 folder with train/ and test/")
+    p.add_argument("--data", type=Path, required=True, help="FER2013 (folders or CSV) with train and PublicTest")
     p.add_argument("--model", type=Path, help="an image-only variant folder to score each candidate with")
     p.add_argument("--n", type=int, default=3000, help="crops per split for the spectra")
     args = p.parse_args(argv)
 
+    splits = datasets.open_dataset(args.data).splits
+    if not splits.get("train") or not splits.get("val"):
+        raise ValueError(f"{args.data}: needs a train and a val (PublicTest) split")
     rng = np.random.default_rng(0)
-    train_files = sorted(args.data.glob("train/*/*.jpg"))
-    test_files = sorted(args.data.glob("test/*/*.jpg"))
-    if not train_files or not test_files:
-        print(f"error: {args.data}: expected train/<emotion>/*.jpg and test/<emotion>/*.jpg", file=sys.stderr)
-        return 2
-    pick = lambda files: [files[i] for i in rng.choice(len(files), min(args.n, len(files)), replace=False)]
-    train, test_sample = read(pick(train_files)), read(pick(test_files))
-    reference = radial_power(test_sample)
+    pick = lambda records: rng.choice(len(records), min(args.n, len(records)), replace=False)
+    load = lambda records: np.stack([datasets.load_image(r) for r in records])
+    train = load([splits["train"][i] for i in pick(splits["train"])])
+    val = load(splits["val"])
+    val_sample = val[pick(val)]
+    reference = radial_power(val_sample)
     target = 10 * np.log10(radial_power(train) / reference)
 
-    model = config = classes = None
+    model = None
     if args.model is not None:
         from ensemble_fer import training
+        from ensemble_fer.labels import label_set_from_json
 
         model, config = training.load_variant(args.model)
         if config["bovw"]:
-            print(f"error: {args.model}: needs an image-only variant (this one has the BOVW input)", file=sys.stderr)
-            return 2
-        classes = list(config["labels"]["classes"])
-        test_all = read(test_files)
-        y = np.array([classes.index(f.parent.name) for f in test_files])
-        scored = candidates(test_all)
+            raise ValueError(f"{args.model}: needs an image-only variant (this one has the BOVW input)")
+        y = label_set_from_json(config["labels"]).encode([r.label for r in splits["val"]])
+        scored = {name: images[y >= 0] for name, images in candidates(val).items()}
+        y = y[y >= 0]
 
     print(f"| PublicTest crops | spectrum error, 1-8 cycles (dB) | 9-24 cycles (dB) |"
-          + (f" `{args.model.name}` accuracy (n={len(test_files)}) |" if model is not None else ""))
+          + (f" `{args.model.name}` accuracy (n={len(y)}) |" if model is not None else ""))
     print("| --- | ---: | ---: |" + (" ---: |" if model is not None else ""))
-    for name, images in candidates(test_sample).items():
+    for name, images in candidates(val_sample).items():
         error = 10 * np.log10(radial_power(images) / reference) - target
         low, high = (float(np.sqrt(np.mean(error[a:b] ** 2))) for a, b in ((1, 9), (9, 25)))
         row = f"| {name} | {low:.2f} | {high:.2f} |"
@@ -102,7 +101,6 @@ def main(argv=None) -> int:
             row += f" {np.mean(proba.argmax(axis=1) == y):.2%} |"
         print(row)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

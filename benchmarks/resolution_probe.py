@@ -22,7 +22,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ensemble_fer import datasets  # noqa: E402
 from ensemble_fer.sharpness import blur  # noqa: E402
+from pipelines.cli_errors import reports_errors  # noqa: E402
 
 SIDES = (40, 32, 24, 16)
 
@@ -36,10 +38,7 @@ def round_trip_rms(images: np.ndarray, side: int) -> float:
     return float(np.median(errors))
 
 
-def read(files) -> np.ndarray:
-    return np.stack([cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files])
-
-
+@reports_errors
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "fer2013",
@@ -50,12 +49,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
+    records = datasets.open_dataset(args.data).splits
     splits = {}
-    for split in ("train", "test"):
-        files = sorted((args.data / split).glob("*/*.jpg"))
-        if not files:
-            raise SystemExit(f"error: {args.data / split}: no */*.jpg crops")
-        splits[split] = read(rng.choice(files, size=min(args.n, len(files)), replace=False))
+    for name, split in (("train", "train"), ("test", "val")):   # the folder release's test/ is PublicTest
+        if not records.get(split):
+            raise ValueError(f"{args.data}: no {split} split")
+        chosen = rng.choice(len(records[split]), size=min(args.n, len(records[split])), replace=False)
+        splits[name] = np.stack([datasets.load_image(records[split][i]) for i in chosen])
     rows = {"train (as given: blurred)": splits["train"],
             "test (as given: sharp)": splits["test"],
             f"test blurred, sigma {args.sigma:g} (what the extractor does)": blur(splits["test"], args.sigma)}
