@@ -61,6 +61,13 @@ class AugmentConfig:
     strength : float, default=1
         Multiplies ``rotation_deg``, ``shear_deg`` and ``zoom`` (not the flip), to
         tune the amount of augmentation with one number; 0 leaves only the flip.
+    shift : float, default=0
+        Largest translation in pixels, uniform in [-s, s] along each axis: the random
+        40-44 px crops of the from-scratch FER2013 recipes, without losing the frame size.
+    erase : float, default=0
+        Probability of random erasing (Zhong et al., AAAI 2020): a rectangle of 2-25% of
+        the image, aspect ratio 0.3-3.3, filled with uniform noise, drawn after the
+        transform (landmarks stay, the HOG is computed from the erased image).
     """
 
     rotation_deg: float = 10.0
@@ -68,9 +75,11 @@ class AugmentConfig:
     zoom: float = 0.1
     horizontal_flip: bool = True
     strength: float = 1.0
+    shift: float = 0.0
+    erase: float = 0.0
 
     def __post_init__(self):
-        for name in ("rotation_deg", "shear_deg", "zoom", "strength"):
+        for name in ("rotation_deg", "shear_deg", "zoom", "strength", "shift", "erase"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
                 raise ValueError(f"{name} must be a number; got {value!r}")
@@ -88,6 +97,10 @@ class AugmentConfig:
             raise ValueError(
                 f"zoom * strength must be below 1; got {self.zoom} * {self.strength}"
             )
+        if self.shift >= IMAGE_SIZE / 2:
+            raise ValueError(f"shift must be below {IMAGE_SIZE // 2} (pixels); got {self.shift}")
+        if self.erase > 1:
+            raise ValueError(f"erase must be a probability in [0, 1]; got {self.erase}")
 
 
 def affine_matrix(rotation_deg=0.0, shear_deg=0.0, scale=1.0, flip=False) -> np.ndarray:
@@ -144,7 +157,27 @@ def _draw(rng, n, config):
         scale=1.0 + u[:, 2] * (config.zoom * s),
         flip=flips,
     )
+    if config.shift:
+        # Drawn after the others, so that configs without a shift keep their random stream.
+        matrices[:, :, 2] += rng.uniform(-config.shift, config.shift, size=(n, 2))
     return matrices, flips
+
+
+def _erase(images, rng, probability):
+    """Random erasing in place: each image, with ``probability``, gets one rectangle of
+    2-25% of its area (aspect 0.3-3.3, log-uniform) filled with uniform noise."""
+    n = len(images)
+    hit = rng.random(n) < probability
+    area = rng.uniform(0.02, 0.25, n) * IMAGE_SIZE * IMAGE_SIZE
+    aspect = np.exp(rng.uniform(np.log(0.3), np.log(1 / 0.3), n))
+    h = np.clip(np.round(np.sqrt(area * aspect)), 1, IMAGE_SIZE).astype(int)
+    w = np.clip(np.round(np.sqrt(area / aspect)), 1, IMAGE_SIZE).astype(int)
+    top = (rng.random(n) * (IMAGE_SIZE - h + 1)).astype(int)
+    left = (rng.random(n) * (IMAGE_SIZE - w + 1)).astype(int)
+    noise = rng.integers(0, 256, size=images.shape, dtype=np.uint8)
+    for i in np.flatnonzero(hit):
+        images[i, top[i]:top[i] + h[i], left[i]:left[i] + w[i]] = noise[i, top[i]:top[i] + h[i], left[i]:left[i] + w[i]]
+    return images
 
 
 def _check_rng(rng) -> np.random.Generator:
@@ -284,8 +317,13 @@ def augment_batch(images, landmarks, rng, config: AugmentConfig | None = None):
         sliding-window HOG of the new image.
     """
     images, landmarks = _check_batch(images, landmarks)
-    matrices, flips = _draw(_check_rng(rng), len(images), _check_config(config))
-    return transform_batch(images, landmarks, matrices, flips)
+    rng, config = _check_rng(rng), _check_config(config)
+    matrices, flips = _draw(rng, len(images), config)
+    if not config.erase:
+        return transform_batch(images, landmarks, matrices, flips)
+    images, landmarks, _ = transform_batch(images, landmarks, matrices, flips)
+    images = _erase(images, rng, config.erase)
+    return images, landmarks, assemble_bovw(landmarks, sliding_hog(images))
 
 
 TTA_VIEWS = (

@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from . import faces, hog, sharpness
+from . import faces, hog
 from .landmarks import N_LANDMARKS
 
 IMAGE_SIZE = 48
@@ -41,10 +41,6 @@ class ExtractorConfig:
     frame has the context the detectors were trained with."""
     blank_std: float = 3.0
     """Crops whose pixel standard deviation is below this are near-blank (no face at all)."""
-    blur_sigma: float | None = None
-    """Gaussian blur applied to every crop that is not training data, so that it is as sharp
-    as the training crops (see :mod:`ensemble_fer.sharpness`); ``None`` until the feature
-    store estimates it from the data."""
     hog_window: int = hog.WINDOW
     hog_step: int = hog.STEP
     hog_orientations: int = hog.ORIENTATIONS
@@ -53,13 +49,30 @@ class ExtractorConfig:
     def __post_init__(self):
         if self.detector not in DETECTORS:
             raise ValueError(f"detector must be one of {DETECTORS}; got {self.detector!r}")
-        if self.blur_sigma is not None and self.blur_sigma < 0:
-            raise ValueError(f"blur_sigma must be >= 0 or None (estimate); got {self.blur_sigma}")
         if self.upsample < 0 or self.pad < 0:
             raise ValueError(f"upsample and pad must be >= 0; got {self.upsample}, {self.pad}")
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict, where) -> "ExtractorConfig":
+        """The config recorded in a feature store or beside a model; ``where`` names the file.
+
+        Stores and models made while the training split of FER2013 was blurred recorded a
+        ``blur_sigma`` and blurred every held-out crop (and photo) to match: they describe
+        data that no longer exists and are refused. A recorded 0 (nothing blurred) is accepted.
+        """
+        data = dict(data)
+        blur_sigma = data.pop("blur_sigma", 0.0)
+        if blur_sigma is None or blur_sigma > 0:
+            raise ValueError(f"{where}: made with blur_sigma {blur_sigma} (held-out crops blurred to match a "
+                             f"blurred training copy); this version never alters inputs: re-extract the features "
+                             f"(python -m pipelines.extract_features --force) and retrain the model")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"{where}: the extractor config is not one this code knows ({exc})") from None
 
 
 def assemble_bovw(landmarks: np.ndarray, hog_values: np.ndarray) -> np.ndarray:
@@ -83,20 +96,15 @@ def locate_faces_in_crop(image: np.ndarray, config: ExtractorConfig) -> list[fac
             for l, t, r, b in boxes]
 
 
-def analyse_crops(images: np.ndarray, config: ExtractorConfig, training: bool = False) -> dict[str, np.ndarray]:
+def analyse_crops(images: np.ndarray, config: ExtractorConfig) -> dict[str, np.ndarray]:
     """Detection, landmarks, HOG and BOVW for a batch of 48x48 uint8 crops.
 
-    Crops that are not ``training`` data are first blurred by ``config.blur_sigma``.
+    Every crop is analysed as given (no input is altered to look like the training data).
     Returns ``images`` (N, 48, 48): the crops as the model sees them, ``landmarks``
     (N, 68, 2), ``hog`` (N, 2592), ``bovw`` (N, 2728), ``n_faces`` (N,) (-1 when no detector
     runs), ``boxes`` (N, 4) (the box landmarks were predicted in) and ``blank`` (N,) bool.
     """
     images = check_crops(images)
-    if not training:
-        if config.blur_sigma is None:
-            raise ValueError("config.blur_sigma is None: resolve it (feature_store.extract does) before "
-                             "analysing held-out crops")
-        images = sharpness.blur(images, config.blur_sigma)
     n = len(images)
     landmarks = np.empty((n, N_LANDMARKS, 2), dtype=np.float32)
     n_faces = np.full(n, -1, dtype=np.int16)
@@ -143,15 +151,13 @@ class BOVWExtractor(TransformerMixin, BaseEstimator):
     transformer composes in a ``Pipeline`` (e.g. before a ``StandardScaler`` and a classifier).
     """
 
-    def __init__(self, detector: str = "hog", upsample: int = 1, pad: int = 12, blur_sigma: float = 0.0):
+    def __init__(self, detector: str = "hog", upsample: int = 1, pad: int = 12):
         self.detector = detector
         self.upsample = upsample
         self.pad = pad
-        self.blur_sigma = blur_sigma
 
     def _config(self) -> ExtractorConfig:
-        return ExtractorConfig(detector=self.detector, upsample=self.upsample, pad=self.pad,
-                               blur_sigma=self.blur_sigma)
+        return ExtractorConfig(detector=self.detector, upsample=self.upsample, pad=self.pad)
 
     def fit(self, X, y=None):
         self._config()  # validates the parameters

@@ -543,13 +543,12 @@ def _left_out(codes: np.ndarray) -> dict[str, int]:
     return {names.get(int(c), str(int(c))): int(n) for c, n in zip(*np.unique(codes, return_counts=True))}
 
 
-def _analyse_for_eval(images, config, face_config, training):
-    found = bovw.analyse_crops(images, config, training=training)
+def _analyse_for_eval(images, config, face_config):
+    found = bovw.analyse_crops(images, config)
     if face_config.detector == config.detector:
         face_count = found["n_faces"]
     else:
         face_count = _count_faces(found["images"], face_config)
-    # images: the crops as the model sees them (held-out crops blurred to the training sharpness)
     return {"images": found["images"], "landmarks": found["landmarks"], "bovw": found["bovw"],
             "n_faces": found["n_faces"], "face_count": face_count}
 
@@ -574,24 +573,13 @@ def _parallel_chunks(function, images, n_jobs, progress, *args) -> list:
 
 def extract_records(records, crop_faces: bool, config: bovw.ExtractorConfig, face_config: bovw.ExtractorConfig,
                     n_jobs: int = -1, progress: bool = False) -> dict[str, np.ndarray]:
-    """Decode ``records`` and extract what evaluation needs, in parallel chunks. Training
-    records are analysed as training crops (not blurred), the others as held-out ones, as the
-    feature store does."""
+    """Decode ``records`` and extract what evaluation needs, in parallel chunks, as the
+    feature store does (every split alike)."""
     images = np.empty((len(records), bovw.IMAGE_SIZE, bovw.IMAGE_SIZE), dtype=np.uint8)
     for i, record in enumerate(records):
         images[i] = datasets.load_image(record, crop_faces=crop_faces)
-    training = np.array([r.split == "train" for r in records], dtype=bool)
-    arrays = {}
-    for flag in (False, True):
-        rows = np.flatnonzero(training == flag)
-        if not len(rows):
-            continue
-        parts = _parallel_chunks(_analyse_for_eval, images[rows], n_jobs, progress, config, face_config, flag)
-        for key in parts[0]:
-            if key not in arrays:
-                arrays[key] = np.empty((len(records),) + parts[0][key].shape[1:], parts[0][key].dtype)
-            arrays[key][rows] = np.concatenate([p[key] for p in parts])
-    return arrays
+    parts = _parallel_chunks(_analyse_for_eval, images, n_jobs, progress, config, face_config)
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
 def _eval_data_from_store(path: Path, predictor: Predictor, split, detector, n_jobs, progress, say) -> EvalData:

@@ -11,7 +11,6 @@ Layout of ``features/<name>/`` (see docs/ARCHITECTURE.md for every array):
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -53,8 +52,7 @@ def extract(dataset: datasets.Dataset, out_dir, config: bovw.ExtractorConfig, *,
     crop_faces = dataset.format == "folders"
     images = {split: _load_images(records, crop_faces, progress, split) for split, records in splits.items()}
     read_seconds = time.time() - started
-    sharpness_report = _resolve_blur(config, images)
-    config = dataclasses.replace(config, blur_sigma=sharpness_report["blur_sigma"])
+    sharpness_report = sharpness.compare_splits(images)
 
     state = {"format_version": FORMAT_VERSION, "config": config.to_json(), "filter": filter,
              "chunk_size": chunk_size,
@@ -119,16 +117,6 @@ def extract(dataset: datasets.Dataset, out_dir, config: bovw.ExtractorConfig, *,
     return manifest
 
 
-def _resolve_blur(config: bovw.ExtractorConfig, images: dict[str, np.ndarray]) -> dict:
-    """Sharpness of each split, and the blur that makes held-out crops look like training ones."""
-    medians = {split: round(float(np.median(sharpness.laplacian_variance(a[:1000]))), 2) for split, a in images.items()}
-    if config.blur_sigma is not None:
-        sigma, how = config.blur_sigma, "given"
-    else:
-        sigma, how = sharpness.estimate_blur_sigma(images["train"], images["val"]), "estimated"
-    return {"median_laplacian_variance": medians, "blur_sigma": sigma, "blur_sigma_source": how}
-
-
 def config_hash(config: bovw.ExtractorConfig) -> str:
     return artifacts.sha256_json(config.to_json())[:16]
 
@@ -187,7 +175,7 @@ def _chunk_name(split: str, index: int) -> str:
 
 
 def _analyse_chunk(split, index, images, config):
-    return split, index, bovw.analyse_crops(images, config, training=split == "train")
+    return split, index, bovw.analyse_crops(images, config)
 
 
 def _run_chunks(jobs, images, config, chunk_size, partial, n_jobs, progress):
@@ -246,7 +234,7 @@ class FeatureStore:
                                     f"make one with `python -m pipelines.extract_features`")
         self.manifest = artifacts.read_json(manifest)
         self.manifest_hash = artifacts.sha256_file(manifest)[:16]
-        self.config = bovw.ExtractorConfig(**self.manifest["config"])
+        self.config = bovw.ExtractorConfig.from_json(self.manifest["config"], self.path / "manifest.json")
         self.config_hash = self.manifest["config_hash"]
 
     @property

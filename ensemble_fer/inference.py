@@ -159,8 +159,7 @@ class Predictor:
 
     def analyse(self, images) -> dict[str, np.ndarray]:
         """Faces, landmarks, HOG and BOVW of 48x48 uint8 held-out crops with this model's
-        extractor config; ``images`` in the result are the crops as the model sees them
-        (blurred to the training crops' sharpness, see :mod:`ensemble_fer.sharpness`)."""
+        extractor config; ``images`` in the result are the crops as the model sees them."""
         return bovw.analyse_crops(images, self.extractor_config)
 
     def predict_proba(self, images, tta: int = 0, batch_size: int = 256) -> np.ndarray:
@@ -298,18 +297,7 @@ def read_variant_config(folder) -> dict:
 
 def extractor_config(data: dict, where) -> bovw.ExtractorConfig:
     """An :class:`~ensemble_fer.bovw.ExtractorConfig` from its JSON, as recorded with a model."""
-    data = dict(data)
-    # Stores made before sharpness matching have no blur_sigma: they never blurred held-out
-    # crops, so 0 reproduces the features those models were trained and validated on.
-    data.setdefault("blur_sigma", 0.0)
-    try:
-        config = bovw.ExtractorConfig(**data)
-    except TypeError as exc:
-        raise ValueError(f"{where}: the extractor config is not one this code knows ({exc})") from None
-    if config.blur_sigma is None:
-        raise ValueError(f"{where}: the extractor config's blur_sigma was never resolved (null); the feature "
-                         f"store should have estimated it")
-    return config
+    return bovw.ExtractorConfig.from_json(data, where)
 
 
 def extractor_of(config: dict, where) -> bovw.ExtractorConfig:

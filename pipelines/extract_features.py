@@ -31,9 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", choices=feature_store.FILTERS, default="blank",
                    help="blank: drop near-blank train crops; paper: also drop train crops with zero or "
                         "several faces (EmoNet). Val/test are never dropped, only flagged.")
-    p.add_argument("--blur-sigma", default="auto",
-                   help="Gaussian blur for every non-training crop, to match the training crops' sharpness "
-                        "(auto: estimated from train vs val, 0 when they are alike; or a number)")
     p.add_argument("--n-jobs", type=int, default=-1, help="worker processes (-1: all cores)")
     p.add_argument("--limit", type=int, help="at most this many images per split (seeded sample)")
     p.add_argument("--seed", type=int, default=0, help="seed for --limit and the held-out val split")
@@ -49,7 +46,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     dataset = datasets.open_dataset(args.data, args.format, ignore_unknown_labels=args.ignore_unknown_labels)
     out = args.out or REPO / "features" / dataset.name
-    config = bovw.ExtractorConfig(detector=args.detector, blur_sigma=_blur_sigma(args.blur_sigma))
+    config = bovw.ExtractorConfig(detector=args.detector)
     manifest = feature_store.extract(dataset, out, config, filter=args.filter, n_jobs=args.n_jobs,
                                      limit=args.limit, force=args.force, seed=args.seed,
                                      progress=not args.quiet)
@@ -58,15 +55,6 @@ def main(argv=None) -> int:
     print(summary_table(manifest))
     print(f"wrote {out}")
     return 0
-
-
-def _blur_sigma(text: str) -> float | None:
-    if text == "auto":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"--blur-sigma must be 'auto' or a number >= 0; got {text!r}") from None
 
 
 def summary_table(manifest: dict) -> str:
@@ -81,10 +69,8 @@ def summary_table(manifest: dict) -> str:
     rows.append(f"{t['images']} images, read {t['read_seconds']} s, extract {t['extract_seconds']} s{rate} "
                 f"(detector {manifest['config']['detector']}, filter {manifest['filter']})")
     sharp = manifest["sharpness"]
-    if sharp["blur_sigma"]:
-        rows.append(f"sharpness (median Laplacian variance) {sharp['median_laplacian_variance']}: non-training "
-                    f"crops are blurred with sigma {sharp['blur_sigma']} ({sharp['blur_sigma_source']}) to match "
-                    f"the training crops")
+    rows.append(f"sharpness (median Laplacian variance): {sharp['median_laplacian_variance']}")
+    rows += [f"warning: {warning}" for warning in sharp["warnings"]]
     return "\n".join(rows)
 
 

@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="blend each training row with another (images, BOVW and labels alike) by a "
                         "Beta(ALPHA, ALPHA) weight; 0 (default) is off, 0.2 is usual")
+    p.add_argument("--augment-shift", type=float, default=0.0, metavar="PX",
+                   help="largest random translation in pixels (random crops); default 0")
+    p.add_argument("--random-erase", type=float, default=0.0, metavar="P",
+                   help="probability of erasing a random rectangle of each training image; default 0")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="decoupled weight decay (w -= lr * wd * w each step); default 0")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (val_loss)")
     p.add_argument("--lr-schedule", choices=training.LR_SCHEDULES, default="plateau",
                    help="plateau: drop the rate when val_loss stalls (the paper's); cosine: decay it to ~0 over "
@@ -89,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{','.join(map(str, networks.BOVW_UNITS))})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=training.PRECISIONS, default="auto",
-                   help="auto: mixed_float16 on a GPU, float32 on the CPU")
+                   help="auto (default): mixed_float16 on a GPU; on the CPU mixed_bfloat16 where it has "
+                        "native bfloat16 (avx512_bf16 / amx_bf16), else float32")
     p.add_argument("--aux-targets", type=Path, metavar="CSV",
                    help="per-image 0/1 targets (image,<target>,...; e.g. action units): adds a multi-label "
                         "sigmoid output 'aux' beside the emotion softmax")
@@ -106,12 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _augment_config(args):
     from ensemble_fer.augment import AugmentConfig
 
-    if args.augment_strength != 1.0 and not args.augment:
-        raise ValueError(f"--augment-strength {args.augment_strength} has no effect with --no-augment")
+    given = {"--augment-strength": (args.augment_strength, 1.0), "--augment-shift": (args.augment_shift, 0.0),
+             "--random-erase": (args.random_erase, 0.0)}
+    for flag, (value, default) in given.items():
+        if value != default and not args.augment:
+            raise ValueError(f"{flag} {value} has no effect with --no-augment")
     try:
-        return AugmentConfig(strength=args.augment_strength)
+        return AugmentConfig(strength=args.augment_strength, shift=args.augment_shift, erase=args.random_erase)
     except ValueError as exc:
-        raise ValueError(f"--augment-strength: {exc}") from None
+        raise ValueError(f"--augment-strength/--augment-shift/--random-erase: {exc}") from None
 
 
 @reports_errors
@@ -130,7 +140,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size, lr=args.lr, frozen_lr=args.frozen_lr,
         scratch_optimizer=args.scratch_optimizer, class_weight=args.class_weight,
         label_smoothing=args.label_smoothing, augment=args.augment, augment_config=augment_config,
-        mixup=args.mixup, patience=args.patience,
+        mixup=args.mixup, weight_decay=args.weight_decay, patience=args.patience,
         lr_schedule=args.lr_schedule, lr_patience=args.lr_patience, lr_factor=args.lr_factor,
         dropout=args.dropout, bovw_units=args.bovw_units, seed=args.seed,
         precision=args.precision, aux_targets=args.aux_targets, aux_loss_weight=args.aux_loss_weight,

@@ -60,7 +60,7 @@ def test_predictor_reproduces_the_saved_predictions(variant_pair, sample_store, 
 
 
 def test_predict_proba_on_raw_crops_matches_the_store_path(variant_pair, sample_store):
-    """Extraction inside the predictor (blur of held-out crops included) gives the store's features."""
+    """Extraction inside the predictor gives the store's features."""
     predictor = inference.load_predictor(variant_pair / "cnn5+bovw")
     val = FeatureStore(sample_store).load("val")
     records = {r.id: r for r in datasets.open_dataset(SAMPLE).splits["val"]}

@@ -38,7 +38,10 @@ def test_landmarks_follow_the_face_not_a_fixed_template(sample_store):
     train = FeatureStore(sample_store).load("train")
     spread = train["landmarks"].std(axis=0).mean()
     assert spread > 0.5  # the predictor moves with each face
-    assert (train["landmarks"] > -5).all() and (train["landmarks"] < 53).all()
+    # inside the frame, give or take the jaw of a face cut by it (on the full training split
+    # 0.02% of the points fall outside [-5, 53], none outside [-16, 60])
+    outside = (train["landmarks"] < -5) | (train["landmarks"] > 53)
+    assert outside.mean() < 0.002 and (train["landmarks"] > -16).all() and (train["landmarks"] < 60).all()
 
 
 def test_hog_detector_records_faces_and_boxes(tmp_path):
@@ -181,20 +184,45 @@ def test_bovw_extractor_is_a_sklearn_transformer():
         bovw.BOVWExtractor(detector="haar").fit(crops)
 
 
-def test_held_out_crops_are_blurred_to_the_training_sharpness(sample_store):
-    """The sample's training crops are soft and its PublicTest crops sharp (as in the FER2013
-    copy it comes from): the store estimates the blur and applies it to val only."""
-    from ensemble_fer import sharpness
-
+def test_no_crop_is_altered_and_sharpness_is_recorded(sample_store):
+    """Every split's crops are stored exactly as decoded (no input is altered to match the
+    training data); the manifest records each split's median Laplacian variance."""
     store = FeatureStore(sample_store)
     report = store.manifest["sharpness"]
-    assert report["blur_sigma_source"] == "estimated" and 2.0 <= report["blur_sigma"] <= 4.0
-    assert store.config.blur_sigma == report["blur_sigma"]
-    train, val = store.load("train")["images"], store.load("val")["images"]
-    raw_val = np.stack([datasets.load_image(r) for r in datasets.open_dataset(SAMPLE).splits["val"]])
-    assert np.median(sharpness.laplacian_variance(raw_val)) > 20 * np.median(sharpness.laplacian_variance(train))
-    ratio = np.median(sharpness.laplacian_variance(val)) / np.median(sharpness.laplacian_variance(train))
-    assert 0.5 < ratio < 2.0
-    np.testing.assert_array_equal(val, sharpness.blur(raw_val, report["blur_sigma"]))
-    # splits that are alike are left alone
-    assert sharpness.estimate_blur_sigma(raw_val, raw_val) == 0.0
+    dataset = datasets.open_dataset(SAMPLE)
+    for split in ("train", "val"):
+        raw = np.stack([datasets.load_image(r) for r in dataset.splits[split]])
+        np.testing.assert_array_equal(store.load(split)["images"], raw)
+        assert report["median_laplacian_variance"][split] > 500   # the sample's crops are sharp
+    assert report["warnings"] == []
+    assert "blur_sigma" not in store.manifest["config"]
+
+
+def test_a_held_out_split_much_softer_than_training_is_warned_about():
+    import cv2
+
+    from ensemble_fer import sharpness
+
+    crops, _ = sample_crops(24)
+    soft = np.stack([cv2.GaussianBlur(c, (0, 0), 3.0) for c in crops])
+    report = sharpness.compare_splits({"train": crops, "val": soft})
+    assert len(report["warnings"]) == 1 and "val crops are" in report["warnings"][0] and "softer" in report["warnings"][0]
+    assert sharpness.compare_splits({"train": crops, "val": crops})["warnings"] == []
+    assert "sharper" in sharpness.compare_splits({"train": soft, "val": crops})["warnings"][0]
+
+
+@pytest.mark.parametrize("blur_sigma", [3.0, None])
+def test_stores_made_with_the_blur_workaround_are_refused(sample_store, tmp_path, blur_sigma):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(sample_store, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["config"]["blur_sigma"] = blur_sigma
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="blur_sigma .*re-extract the features"):
+        FeatureStore(old)
+    manifest["config"]["blur_sigma"] = 0.0     # nothing was blurred: still valid
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert FeatureStore(old).config == FeatureStore(sample_store).config
