@@ -3,15 +3,29 @@
 Every file a stage produces goes through here, so that an interrupted run never leaves
 a half-written file behind (write to a temporary file in the same folder, then rename)
 and nothing is ever unpickled.
+
+Every stage that writes a folder or file also:
+
+* holds :func:`output_lock` on it, so that two runs never write the same output at once;
+* builds it with :func:`replacing`: into a temporary sibling that is swapped in only once
+  complete, so ``--force`` never destroys the old result before the new one exists.
+
+Temporaries are named ``.<name>.tmp-<pid>...`` (and an old result being swapped out
+``.<name>.old-<pid>``), so :func:`clean_stale_temporaries` can tell those of a dead
+process (``kill -9``, power loss) from those of a run still going.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import sys
 import tempfile
 from importlib import metadata
@@ -19,16 +33,21 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError, MissingInputError
+
 PACKAGES = ("ensemble_fer", "tensorflow", "keras", "dlib-bin", "face_recognition_models",
             "numpy", "scipy", "scikit-learn", "scikit-image", "opencv-python-headless", "joblib")
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+def atomic_path(path, suffix: str = ".tmp"):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    ``suffix`` ends the temporary name (Keras, for one, insists on ``.keras``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The pid in the name lets clean_stale_temporaries remove it after a kill -9.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=suffix)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -38,6 +57,169 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- locks
+@contextlib.contextmanager
+def output_lock(path):
+    """Hold an exclusive lock on the output ``path`` (a folder or file) for the block.
+
+    The lock is ``<path>.lock`` beside it, holding the holder's pid. It is an ``flock`` on
+    that file, so the kernel releases it when the holder dies, however it dies: a lock file
+    left by a dead process is simply taken over. A live holder (another process, or this one
+    through another ``output_lock``) makes this raise :class:`InputError` at once, naming the
+    path and the holder's pid; it never waits, because a second run of a stage on the same
+    output is a mistake to report, not a queue. (``flock`` is per host: two machines sharing
+    an NFS folder are not guarded against each other.)
+    """
+    path = Path(path)
+    lock = path.parent / f"{path.name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path.parent}: cannot create the output folder ({exc.strerror})") from None
+    fd = _acquire(lock, path)
+    try:
+        yield lock
+    finally:
+        # Unlink while still holding the lock, so a process that opened the old file and
+        # locks it after us sees it is no longer the lock file (see _acquire) and retries.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _acquire(lock: Path, path: Path) -> int:
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(f"{lock}: cannot create the lock file for {path} ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(f"{path}: another run (pid {holder}) is writing it (lock {lock}); wait for it "
+                             f"to finish or choose another output") from None
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        if current is None or current.st_ino != os.fstat(fd).st_ino:
+            # The previous holder removed the file between our open and our lock: retry on
+            # the file that is now (or will be) at that path.
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a zombie counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- replacing
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:-.*)?$")
+
+
+@contextlib.contextmanager
+def replacing(path, force: bool = False):
+    """Yield a temporary sibling of ``path`` to build a new folder or file into; swap it
+    into place only when the block ends without an exception.
+
+    * Without ``force`` an existing ``path`` raises :class:`InputError` at once, before any
+      work is done.
+    * On success the new result replaces the old one atomically for a file (``os.replace``);
+      for a folder the old one is renamed aside, the new one renamed in, then the old one
+      deleted, so the old result is gone only once the new one is complete. (A crash between
+      the two renames leaves the old result as ``.<name>.old-<pid>``;
+      :func:`clean_stale_temporaries` puts it back.)
+    * On an exception (Ctrl-C included) the temporary is removed and ``path`` is untouched.
+
+    Hold :func:`output_lock` on ``path`` around it when another run could write it too.
+    """
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not force:
+        raise InputError(f"{path}: exists; pass --force to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(path.parent)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    _remove(tmp)  # left by an earlier failed block of this very process
+    try:
+        yield tmp
+        if not (tmp.exists() or tmp.is_symlink()):
+            raise RuntimeError(f"replacing({path}): the block wrote nothing at {tmp}")
+        _swap_in(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    if not tmp.is_dir() and not path.is_dir():
+        os.replace(tmp, path)
+        return
+    if not (path.exists() or path.is_symlink()):
+        os.rename(tmp, path)
+        return
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    _remove(old)
+    os.rename(path, old)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def clean_stale_temporaries(folder) -> list[Path]:
+    """Remove the temporaries that dead processes left in ``folder``; returns what it removed.
+
+    ``.<name>.tmp-<pid>...`` of a pid that is no longer running are deleted. An old result
+    ``.<name>.old-<pid>`` is deleted when ``<name>`` exists again and otherwise renamed back
+    to ``<name>`` (the process died between the two renames of a swap). Temporaries of live
+    processes are left alone. A missing or unlistable folder cleans nothing.
+    """
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if not match or pid_alive(int(match["pid"])):
+            continue
+        path = Path(entry.path)
+        original = folder / match["name"]
+        if match["kind"] == "old" and not (original.exists() or original.is_symlink()):
+            os.rename(path, original)
+            continue
+        _remove(path)
+        removed.append(path)
+    return removed
 
 
 def _umask() -> int:
@@ -56,9 +238,9 @@ def read_json(path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+        raise MissingInputError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
 
 
 def save_npz(path, **arrays) -> None:
@@ -75,14 +257,14 @@ def load_npz(path) -> dict[str, np.ndarray]:
     """Load every array of an ``.npz`` file, never unpickling."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
+        raise MissingInputError(f"{path}: file not found")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except ValueError as exc:
-        raise ValueError(f"{path}: cannot be read without pickle ({exc})") from None
+        raise InputError(f"{path}: cannot be read without pickle ({exc})") from None
     except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError ...
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
+        raise InputError(f"{path}: not a readable .npz file ({exc})") from None
 
 
 def sha256_file(path, chunk_size: int = 1 << 20) -> str:

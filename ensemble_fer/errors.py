@@ -12,3 +12,8 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """A user-facing problem: bad input, a refused overwrite, a locked output, a stale model."""
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """A file or folder the user named does not exist. Also a ``FileNotFoundError``, so that
+    callers (and tests) that catch that keep working."""

@@ -1,0 +1,176 @@
+"""The output primitives every stage uses: the lock on an output, replace-only-when-complete,
+and cleaning what a killed process left behind. Real processes, real files, no Keras."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ensemble_fer import artifacts
+from ensemble_fer.errors import InputError, MissingInputError
+
+
+def _holder(code: str) -> subprocess.Popen:
+    """A child process running ``code`` that prints 'ready' once it holds what it takes."""
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_second_lock_in_this_process_is_refused_at_once(tmp_path):
+    out = tmp_path / "store"
+    with artifacts.output_lock(out) as lock:
+        assert lock.read_text().strip() == str(os.getpid())
+        with pytest.raises(InputError, match=rf"store: another run \(pid {os.getpid()}\) is writing it"):
+            with artifacts.output_lock(out):
+                pass
+    assert not lock.exists()  # released and removed
+    with artifacts.output_lock(out):  # free again
+        pass
+
+
+def test_a_lock_held_by_another_process_names_its_pid(tmp_path):
+    out = tmp_path / "model.json"
+    child = _holder(f"""
+        import time
+        from ensemble_fer import artifacts
+        with artifacts.output_lock({str(out)!r}):
+            print("ready", flush=True)
+            time.sleep(60)
+    """)
+    try:
+        with pytest.raises(InputError, match=rf"model.json: another run \(pid {child.pid}\)"):
+            with artifacts.output_lock(out):
+                pass
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
+    out = tmp_path / "store"
+    child = _holder(f"""
+        import time
+        from ensemble_fer import artifacts
+        with artifacts.output_lock({str(out)!r}):
+            print("ready", flush=True)
+            time.sleep(60)
+    """)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    lock = tmp_path / "store.lock"
+    assert lock.read_text().strip() == str(child.pid)  # left behind by kill -9
+    with artifacts.output_lock(out):
+        assert lock.read_text().strip() == str(os.getpid())
+    assert not lock.exists()
+
+
+def test_replacing_refuses_an_existing_output_before_any_work(tmp_path):
+    out = tmp_path / "store"
+    out.mkdir()
+    (out / "a.npz").write_text("old")
+    ran = []
+    with pytest.raises(InputError, match=r"store: exists; pass --force to replace it"):
+        with artifacts.replacing(out):
+            ran.append(True)
+    assert not ran and (out / "a.npz").read_text() == "old"
+
+
+def test_replacing_a_folder_swaps_in_the_new_one_only_when_complete(tmp_path):
+    out = tmp_path / "store"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with artifacts.replacing(out, force=True) as tmp:
+        assert tmp.parent == tmp_path and tmp.name == f".store.tmp-{os.getpid()}"
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("new")
+        assert (out / "old.txt").read_text() == "old"  # the old result is intact while building
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # nothing left beside it
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("crash"), KeyboardInterrupt()])
+def test_a_failed_build_leaves_the_old_result_untouched(tmp_path, failure):
+    folder, file = tmp_path / "store", tmp_path / "ensemble.json"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+    file.write_text("old")
+    for out in (folder, file):
+        with pytest.raises(type(failure)):
+            with artifacts.replacing(out, force=True) as tmp:
+                if out is folder:
+                    tmp.mkdir()
+                    (tmp / "half.txt").write_text("half")
+                else:
+                    tmp.write_text("half")
+                raise failure
+    assert (folder / "old.txt").read_text() == "old" and file.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble.json", "store"]
+
+
+def test_replacing_a_file_and_making_a_new_output(tmp_path):
+    file = tmp_path / "ensemble.json"
+    with artifacts.replacing(file) as tmp:  # nothing there yet: no --force needed
+        tmp.write_text("first")
+    with artifacts.replacing(file, force=True) as tmp:
+        tmp.write_text("second")
+    assert file.read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble.json"]
+
+
+def test_temporaries_of_dead_processes_are_cleaned_and_live_ones_kept(tmp_path):
+    dead = _dead_pid()
+    (tmp_path / f".store.tmp-{dead}").mkdir()                       # a half-built folder
+    (tmp_path / f".store.tmp-{dead}" / "train.npz").write_text("half")
+    (tmp_path / f".a.json.tmp-{dead}-x1y2.tmp").write_text("half")   # an atomic_path temporary
+    (tmp_path / f".gone.old-{dead}").mkdir()                         # killed between the swap's renames
+    (tmp_path / f".gone.old-{dead}" / "keep.txt").write_text("old result")
+    (tmp_path / "kept").mkdir()
+    (tmp_path / f".kept.old-{dead}").mkdir()                         # swap finished, old not yet deleted
+    live = tmp_path / f".other.tmp-{os.getpid()}"
+    live.mkdir()
+    removed = artifacts.clean_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f".store.tmp-{dead}", f".a.json.tmp-{dead}-x1y2.tmp",
+                                                      f".kept.old-{dead}"])
+    assert (tmp_path / "gone" / "keep.txt").read_text() == "old result"  # put back, never deleted
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["gone", "kept", live.name])
+
+
+def test_atomic_write_killed_mid_write_is_cleaned_on_the_next_run(tmp_path):
+    target = tmp_path / "big.npz"
+    child = _holder(f"""
+        import time
+        from ensemble_fer import artifacts
+        with artifacts.atomic_path({str(target)!r}) as tmp:
+            tmp.write_text("half")
+            print("ready", flush=True)
+            time.sleep(60)
+    """)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".big.npz.tmp-{child.pid}-")
+    with artifacts.replacing(tmp_path / "other") as tmp:  # any later stage writing here cleans it
+        tmp.write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
+
+
+def test_missing_and_bad_files_are_input_errors(tmp_path):
+    with pytest.raises(MissingInputError, match="nope.json: file not found"):
+        artifacts.read_json(tmp_path / "nope.json")
+    with pytest.raises(FileNotFoundError):  # still what callers that predate InputError catch
+        artifacts.load_npz(tmp_path / "nope.npz")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(InputError, match="bad.json: not valid JSON"):
+        artifacts.read_json(tmp_path / "bad.json")
