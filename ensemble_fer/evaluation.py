@@ -7,15 +7,27 @@ Fitting (:func:`fit_ensemble`)
     the members were trained on one feature store (``config_hash`` and ``manifest_hash``) with
     one label set and that their ``val_``/``test_`` ids and labels line up row for row, fits a
     :class:`~ensemble_fer.ensemble.WeightedEnsemble` on the validation probabilities only, and
-    writes ``ensemble.json`` with ``ensemble_report.{md,json}`` and
-    ``ensemble_confusion_matrix.png`` beside it.
+    writes ``<name>.json`` (``ensemble.json`` by default) with ``<name>_report.{md,json}`` and
+    ``<name>_confusion_matrix.png`` beside it. The members must lie inside the folder of the
+    JSON file (it names them by relative paths without ``..``), and the SHA-256 of each one's
+    ``config.json`` and ``model.keras`` is recorded so that loading refuses a swapped model.
+    Existing outputs are refused unless ``force``; the four files are built as temporary
+    siblings and swapped in together at the end, the JSON last.
 
 Evaluating (:func:`load_eval_data`, :func:`evaluate_predictor`, :func:`write_evaluation`)
     Features of the requested split are extracted with the *model's* extractor config, in
     parallel chunks, into a cache file (``<cache>/eval-<dataset>-<hash>/<split>.npz``, the hash
     over the data's location and format, the extractor config and the face detector; each
-    file also holds the ids and labels it was made from, and is remade when they change).
-    Only the split asked for is extracted, never the whole dataset. A feature store folder is
+    file also holds the fingerprint of the records it was made from: ids, labels and each
+    file's size and modification time (CSV rows: their pixels), see
+    :func:`ensemble_fer.datasets.record_fingerprint`, and is remade when it changes, so
+    pictures replaced under the same names are re-extracted).
+    Only the split asked for is extracted, never the whole dataset. A class-folder set
+    without split folders is scored whole by default (``all``). In class-folder sets, whose
+    pictures may be whole frames, each picture's face is found exactly as
+    ``pipelines.predict`` finds it (dlib HOG, upsampled once, the largest face; a 48x48
+    picture is the face itself), so that every split scores what ``predict`` says about the
+    same pictures; pictures where predict finds no face are left out and counted (``no_face``). A feature store folder is
     accepted as data too (its arrays are used as they are, when its extractor config is the
     model's). Metrics are reported on the whole split and on its face-found subset (exactly one
     face detected: the EmoNet paper's filtered protocol). Face counts come from the model's
@@ -25,6 +37,7 @@ Evaluating (:func:`load_eval_data`, :func:`evaluate_predictor`, :func:`write_eva
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -36,7 +49,8 @@ import numpy as np
 
 from . import artifacts, bovw, datasets, metrics
 from .ensemble import OBJECTIVES, WeightedEnsemble
-from .inference import ENSEMBLE_FORMAT, ENSEMBLE_VERSION, Predictor, config_fingerprint, read_variant_config
+from .errors import InputError, MissingInputError
+from .inference import ENSEMBLE_FORMAT, ENSEMBLE_VERSION, Predictor, member_hashes, read_variant_config
 from .labels import ALL_CODES, label_set_from_json
 
 PREDICTION_KEYS = ("ids", "y", "proba", "face_found")
@@ -72,7 +86,7 @@ def discover_variants(models_dir, say=_say_nothing) -> list[Path]:
     by training). Folders of unfinished runs are mentioned through ``say`` and skipped."""
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
-        raise FileNotFoundError(f"{models_dir}: no such folder of trained variants")
+        raise MissingInputError(f"{models_dir}: no such folder of trained variants")
     found = []
     for folder in sorted(p for p in models_dir.iterdir() if p.is_dir()):
         if (folder / "config.json").is_file():
@@ -80,7 +94,7 @@ def discover_variants(models_dir, say=_say_nothing) -> list[Path]:
         elif (folder / ".run").exists() or (folder / "model.keras").exists():
             say(f"note: {folder} skipped: no config.json (training unfinished or interrupted)")
     if not found:
-        raise FileNotFoundError(f"{models_dir}: holds no trained variant (no sub-folder with config.json); "
+        raise MissingInputError(f"{models_dir}: holds no trained variant (no sub-folder with config.json); "
                                 f"train some with `python -m pipelines.train_variant`")
     return found
 
@@ -92,7 +106,7 @@ def read_member(folder, say=_say_nothing) -> MemberPredictions:
     n_classes = len(config["labels"]["classes"])
     path = folder / "predictions.npz"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found; the variant's probabilities are missing "
+        raise MissingInputError(f"{path}: file not found; the variant's probabilities are missing "
                                 f"(retrain it, or leave it out with --variants)")
     arrays = artifacts.load_npz(path)
     member = MemberPredictions(folder.name, folder, config)
@@ -102,61 +116,61 @@ def read_member(folder, say=_say_nothing) -> MemberPredictions:
         if not present:
             continue
         if len(present) != len(keys):
-            raise ValueError(f"{path}: has {present} but lacks {sorted(set(keys) - set(present))}")
+            raise InputError(f"{path}: has {present} but lacks {sorted(set(keys) - set(present))}")
         ids, y, proba, face = (arrays[key] for key in keys)
         n = len(ids)
         if proba.ndim != 2 or proba.shape != (n, n_classes) or y.shape != (n,) or face.shape != (n,):
-            raise ValueError(f"{path}: {split} arrays disagree: {n} ids, y {y.shape}, proba {proba.shape}, "
+            raise InputError(f"{path}: {split} arrays disagree: {n} ids, y {y.shape}, proba {proba.shape}, "
                              f"face_found {face.shape} (config.json lists {n_classes} classes)")
         if n == 0:
             if split == "val":
-                raise ValueError(f"{path}: the val split is empty (0 rows); the ensemble is fitted on val")
+                raise InputError(f"{path}: the val split is empty (0 rows); the ensemble is fitted on val")
             say(f"warning: {path}: the test split is empty; reporting without test")
             continue
         finite = np.isfinite(proba).all(axis=1)
         if not finite.all():
             row = int(np.flatnonzero(~finite)[0])
-            raise ValueError(f"{path}: {split}_proba holds NaN or inf ({int((~finite).sum())} rows, first row "
+            raise InputError(f"{path}: {split}_proba holds NaN or inf ({int((~finite).sum())} rows, first row "
                              f"{row}, id {ids[row]}); retrain the variant or leave it out")
         sums = proba.sum(axis=1)
         if proba.min() < -1e-6 or proba.max() > 1 + 1e-6 or np.abs(sums - 1).max() > 1e-3:
             row = int(np.argmax(np.abs(sums - 1)))
-            raise ValueError(f"{path}: {split}_proba is not probabilities (values in [{proba.min():.3g}, "
+            raise InputError(f"{path}: {split}_proba is not probabilities (values in [{proba.min():.3g}, "
                              f"{proba.max():.3g}], row {row} sums to {sums[row]:.4g})")
         if y.min() < 0 or y.max() >= n_classes:
-            raise ValueError(f"{path}: {split}_y holds class indices outside 0..{n_classes - 1}")
+            raise InputError(f"{path}: {split}_y holds class indices outside 0..{n_classes - 1}")
         member.splits[split] = {"ids": ids.astype(str), "y": y.astype(np.int64),
                                 "proba": proba.astype(np.float64), "face_found": face.astype(bool)}
     if "val" not in member.splits:
-        raise ValueError(f"{path}: has no val_ predictions; the ensemble is fitted on val")
+        raise InputError(f"{path}: has no val_ predictions; the ensemble is fitted on val")
     return member
 
 
 def check_members(members: list[MemberPredictions]) -> list[str]:
     """Refuse members that cannot be combined; returns the splits they all have."""
     if not members:
-        raise ValueError("no members to combine")
+        raise InputError("no members to combine")
     names = [m.name for m in members]
     if len(set(names)) != len(names):
-        raise ValueError(f"two members share a folder name ({names}); rename one")
+        raise InputError(f"two members share a folder name ({names}); rename one")
     first = members[0]
     ref_store, ref_labels = first.config["feature_store"], first.config["labels"]
     for member in members[1:]:
         store = member.config["feature_store"]
         for key in ("config_hash", "manifest_hash"):
             if store.get(key) != ref_store.get(key):
-                raise ValueError(
+                raise InputError(
                     f"{member.folder}: trained on feature store {store.get('path')} ({key} {store.get(key)}) but "
                     f"{first.folder} on {ref_store.get('path')} ({key} {ref_store.get(key)}); members of an "
                     f"ensemble must share one store (choose members with --variants, or retrain)")
         if label_set_from_json(member.config["labels"]) != label_set_from_json(ref_labels):
-            raise ValueError(f"{member.folder}: label set {member.config['labels']['name']!r} "
+            raise InputError(f"{member.folder}: label set {member.config['labels']['name']!r} "
                              f"{member.config['labels']['classes']} differs from {first.folder}'s "
                              f"{ref_labels['name']!r} {ref_labels['classes']}; members must share one")
         for split in ("val", "test"):
             if (split in member.splits) != (split in first.splits):
                 has, lacks = (member, first) if split in member.splits else (first, member)
-                raise ValueError(f"{lacks.folder}: has no {split} predictions but {has.folder} has; members "
+                raise InputError(f"{lacks.folder}: has no {split} predictions but {has.folder} has; members "
                                  f"must be scored on the same splits")
             if split not in member.splits:
                 continue
@@ -170,11 +184,11 @@ def check_members(members: list[MemberPredictions]) -> list[str]:
                     detail = (f"{len(ours['ids'])} vs {len(theirs['ids'])} rows; "
                               f"{len(extra)} ids only here{f' (e.g. {extra[0]})' if extra else ''}, "
                               f"{len(lacking)} missing{f' (e.g. {lacking[0]})' if lacking else ''}")
-                raise ValueError(f"{member.folder / 'predictions.npz'}: {split} ids do not line up with "
+                raise InputError(f"{member.folder / 'predictions.npz'}: {split} ids do not line up with "
                                  f"{first.folder}'s ({detail}); members must be scored on the same rows")
             if not np.array_equal(ours["y"], theirs["y"]):
                 row = int(np.flatnonzero(ours["y"] != theirs["y"])[0])
-                raise ValueError(f"{member.folder / 'predictions.npz'}: {split}_y differs from {first.folder}'s "
+                raise InputError(f"{member.folder / 'predictions.npz'}: {split}_y differs from {first.folder}'s "
                                  f"at id {ours['ids'][row]}; members must share labels")
     return [split for split in ("val", "test") if split in first.splits]
 
@@ -194,16 +208,55 @@ def _score_rows(probas: np.ndarray, y: np.ndarray, names: list[str], fitted: Wei
     return rows
 
 
+def ensemble_outputs(out) -> dict[str, Path]:
+    """The files :func:`fit_ensemble` writes for the ensemble file ``out``: the JSON itself and,
+    named after it so that two ensembles in one folder never share a report, its report
+    (``<stem>_report.md``, ``<stem>_report.json``) and figure (``<stem>_confusion_matrix.png``)."""
+    out = Path(out)
+    return {"ensemble": out, "markdown": out.with_name(f"{out.stem}_report.md"),
+            "json": out.with_name(f"{out.stem}_report.json"),
+            "confusion_matrix": out.with_name(f"{out.stem}_confusion_matrix.png")}
+
+
+def check_ensemble_outputs(out, force: bool) -> None:
+    """Refuse, before any work, to replace an existing ensemble or report without ``force``."""
+    existing = [str(path) for path in ensemble_outputs(out).values() if path.exists() or path.is_symlink()]
+    if existing and not force:
+        raise InputError(f"{existing[0]}: exists{f' (and {len(existing) - 1} more of its files)' if len(existing) > 1 else ''}; "
+                         f"pass --force to replace the ensemble and its report, or choose another --out")
+    if Path(out).is_dir():
+        raise InputError(f"{out}: is a folder; --out names the ensemble's .json file")
+
+
+def member_path(folder, out) -> str:
+    """``folder`` relative to the ensemble file ``out``'s folder; refused when it is not inside
+    it (an ensemble names only models that ship with it: see :func:`inference.member_folder`).
+    Compared without resolving links, so a member may be a link placed in that folder."""
+    base = os.path.abspath(Path(out).parent)
+    relative = os.path.relpath(os.path.abspath(folder), base)
+    if relative == os.curdir or relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        raise InputError(f"{folder}: not inside {base}, the folder of the ensemble file {out}; members must be "
+                         f"sub-folders of it (write --out into the folder that holds the variants, as the default "
+                         f"<models>/ensemble.json does)")
+    return relative
+
+
 def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_splits: int = CV_SPLITS,
-                 say=print) -> dict:
+                 say=print, force: bool = False) -> dict:
     """Fit the weighted ensemble of the variants in ``folders`` on their val predictions and
-    write ``out`` (``ensemble.json``) with its report beside it. Returns the report dict."""
+    write ``out`` (``ensemble.json``) with its report beside it (see :func:`ensemble_outputs`).
+    Returns the report dict. Existing outputs are refused unless ``force``, before any work;
+    replaced ones stay in place until the new files are complete."""
     if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+        raise InputError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
     started = time.time()
     out = Path(out)
+    check_ensemble_outputs(out, force)
+    paths = {Path(folder): member_path(folder, out) for folder in folders}
     members = [read_member(folder, say) for folder in folders]
     splits = check_members(members)
+    # hashed now, before the fit, so that a file replaced during the fit is noticed at load
+    hashes = {m.name: member_hashes(m.folder) for m in members}
     names = [m.name for m in members]
     first = members[0]
     label_set = label_set_from_json(first.config["labels"])
@@ -289,19 +342,13 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
         "seconds": None,
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure = out.parent / "ensemble_confusion_matrix.png"
-    cm_metrics = results[detail_split][ENSEMBLE]
-    metrics.plot_confusion_matrix(cm_metrics["confusion_matrix"], classes, figure,
-                                  title=f"ensemble: {detail_split} (n = {cm_metrics['n']})")
-    report["seconds"] = round(time.time() - started, 2)
-    files = {"markdown": "ensemble_report.md", "json": "ensemble_report.json",
-             "confusion_matrix": figure.name}
+    outputs = ensemble_outputs(out)
+    files = {key: path.name for key, path in outputs.items() if key != "ensemble"}
     ensemble_json = {
         "format": ENSEMBLE_FORMAT,
         "version": ENSEMBLE_VERSION,
-        "members": [{"name": m.name, "path": os.path.relpath(m.folder.resolve(), out.parent.resolve()),
-                     "variant": m.config["variant"], "weight": float(w), "config_sha256": config_fingerprint(m.folder)}
+        "members": [{"name": m.name, "path": paths[m.folder], "variant": m.config["variant"], "weight": float(w),
+                     **hashes[m.name]}
                     for m, w in zip(members, fitted.weights_)],
         "objective": objective,
         "seed": seed,
@@ -314,10 +361,21 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
         "report": files,
         "versions": artifacts.package_versions(),
     }
-    artifacts.write_json(out.parent / files["json"], report)
-    with artifacts.atomic_path(out.parent / files["markdown"]) as tmp:
-        tmp.write_text(ensemble_report_markdown(report, figure.name))
-    artifacts.write_json(out, ensemble_json)   # last: the report it points to exists
+    cm_metrics = results[detail_split][ENSEMBLE]
+    # Each file is built as a temporary sibling; the swaps happen together when the block
+    # ends, in reverse order of entry, so the ensemble JSON (entered first) comes last and the
+    # report it points to exists by then. An error before that leaves every old file as it was.
+    with contextlib.ExitStack() as stack:
+        for path in outputs.values():
+            stack.enter_context(artifacts.output_lock(path))
+        building = {key: stack.enter_context(artifacts.replacing(path, force=force))
+                    for key, path in outputs.items()}
+        metrics.plot_confusion_matrix(cm_metrics["confusion_matrix"], classes, building["confusion_matrix"],
+                                      title=f"ensemble: {detail_split} (n = {cm_metrics['n']})")
+        report["seconds"] = round(time.time() - started, 2)
+        artifacts.write_json(building["json"], report)
+        building["markdown"].write_text(ensemble_report_markdown(report, files["confusion_matrix"]))
+        artifacts.write_json(building["ensemble"], ensemble_json)
     return report
 
 
@@ -434,7 +492,7 @@ class EvalData:
     face_found: np.ndarray | None  # None: no face detector ran
     face_detector: str
     source: dict                  # path, format, name, kind ("data" or "feature store")
-    counts: dict                  # images, evaluated, left_out
+    counts: dict                  # images, evaluated, no_face, left_out
     features: dict                # where the features came from, seconds
 
 
@@ -443,11 +501,16 @@ def resolve_face_detector(face_detector: str, features_detector: str) -> str:
     if face_detector == "auto":
         return features_detector if features_detector != "none" else "hog"
     if face_detector not in bovw.DETECTORS:
-        raise ValueError(f"face detector must be auto or one of {bovw.DETECTORS}; got {face_detector!r}")
+        raise InputError(f"face detector must be auto or one of {bovw.DETECTORS}; got {face_detector!r}")
     return face_detector
 
 
-def default_split(available: list[str], has_train: bool) -> tuple[str, str]:
+def default_split(available: list[str], has_train: bool, split_folders: bool = True) -> tuple[str, str]:
+    """The split scored when none is asked for, and why. ``split_folders``: False for a
+    class-folder set without split folders, which is scored whole: nothing in it was set
+    aside for testing, and holding out a hidden tenth would score only that tenth."""
+    if not split_folders:
+        return "all", "default: the data has no split folders, so every image"
     if "test" in available:
         return "test", "default: the data has a test split"
     if "val" in available:
@@ -455,7 +518,7 @@ def default_split(available: list[str], has_train: bool) -> tuple[str, str]:
     if has_train:
         return "val", ("default: the data has neither test nor val, so val is held out of train as the feature "
                        "store does (10 %, stratified, seed 0); --split all scores every image")
-    raise ValueError("the data has no train, val or test split")
+    raise InputError("the data has no train, val or test split")
 
 
 def load_eval_data(data, predictor: Predictor, split: str | None = None, format: str = "auto",
@@ -466,7 +529,7 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
     counted. ``cache``: folder of the extraction cache (None: extract in memory only)."""
     data = Path(data)
     if not data.exists():
-        raise FileNotFoundError(f"{data}: no such file or folder")
+        raise MissingInputError(f"{data}: no such file or folder")
     config = predictor.extractor_config
     detector = resolve_face_detector(face_detector, config.detector)
     if data.is_dir() and (data / "manifest.json").is_file():
@@ -475,7 +538,7 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
     dataset = datasets.open_dataset(data, format, ignore_unknown_labels=ignore_unknown_labels)
     available = [s for s in datasets.SPLITS if dataset.splits.get(s)]
     if split is None:
-        split, note = default_split(available, "train" in available)
+        split, note = default_split(available, "train" in available, has_split_folders(dataset))
     elif split == "all":
         note = "every image of the data, all splits together"
     elif split in available:
@@ -484,7 +547,7 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
         note = ("asked for; the data has no val split, so val is held out of train as the feature store does "
                 "(10 %, stratified, seed 0)")
     else:
-        raise ValueError(f"{data}: has no {split!r} split; it has {available}")
+        raise InputError(f"{data}: has no {split!r} split; it has {available}")
     if split == "all":
         records = [r for s in available for r in dataset.splits[s]]
     elif split in available and not (split == "train" and "val" not in available):
@@ -500,7 +563,7 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
     inside = y >= 0
     left_out = _left_out(codes[~inside])
     if not inside.any():
-        raise ValueError(f"{data}: none of the {len(records)} images of split {split!r} has a label in the model's "
+        raise InputError(f"{data}: none of the {len(records)} images of split {split!r} has a label in the model's "
                          f"label set {list(label_set.classes)}")
     if left_out:
         say(f"note: {int((~inside).sum())} images left out, their labels are outside the model's label set: "
@@ -508,34 +571,66 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
     records = [r for r, keep in zip(records, inside) if keep]
 
     started = time.time()
-    crop_faces = dataset.format == "folders"
+    # Class-folder sets may hold whole frames: their faces are found as predict finds them.
+    frames = dataset.format == "folders"
     face_config = bovw.ExtractorConfig(**{**config.to_json(), "detector": detector})
     key = artifacts.sha256_json({"root": str(Path(dataset.root).resolve()), "format": dataset.format,
-                                 "config": config.to_json(), "face_detector": detector})[:12]
+                                 "config": config.to_json(), "face_detector": detector,
+                                 "faces": FRAME_FACES if frames else "as stored"})[:12]
     cache_file = None if cache is None else Path(cache) / f"eval-{dataset.name}-{key}" / f"{split}.npz"
-    fingerprint = artifacts.sha256_json([(r.id, r.label) for r in records])
+    # Keyed on content (sizes and modification times, CSV pixels), not only on names and
+    # labels: other pictures under the same names must not reuse the old features.
+    fingerprint = datasets.record_fingerprint(records)
     arrays = None
     if cache_file is not None and cache_file.is_file():
         cached = artifacts.load_npz(cache_file)
-        if str(cached.get("fingerprint", "")) == fingerprint:
+        if str(cached.get("fingerprint", "")) == fingerprint and "found" in cached:
             arrays = cached
             say(f"features: reusing {cache_file}")
     if arrays is None:
-        arrays = extract_records(records, crop_faces, config, face_config, n_jobs=n_jobs, progress=progress)
+        arrays = extract_records(records, frames, config, face_config, n_jobs=n_jobs, progress=progress)
         if cache_file is not None:
-            artifacts.save_npz(cache_file, fingerprint=np.array(fingerprint), **arrays)
+            with artifacts.output_lock(cache_file):
+                artifacts.save_npz(cache_file, fingerprint=np.array(fingerprint), **arrays)
             say(f"features: extracted {len(records)} images into {cache_file}")
+    found = arrays["found"].astype(bool)
+    if not found.any():
+        raise InputError(f"{data}: no face found in any of the {len(records)} images of split {split!r} (as "
+                         f"pipelines.predict finds faces: dlib HOG, upsampled once)")
+    if not found.all():
+        say(f"note: {int((~found).sum())} images left out: no face found in them (predict says no_face), e.g. "
+            f"{records[int(np.flatnonzero(~found)[0])].id}")
     face_found = None if detector == "none" else arrays["face_count"] == 1
     return EvalData(
-        split=split, split_note=note, ids=np.array([r.id for r in records]), y=y[inside],
+        split=split, split_note=note, ids=np.array([r.id for r in records])[found], y=y[inside][found],
         images=arrays["images"], landmarks=arrays["landmarks"], bovw=arrays["bovw"], face_found=face_found,
         face_detector=detector,
         source={"path": str(data), "format": dataset.format, "name": dataset.name, "kind": "data",
                 "ignored_label_folders": dataset.ignored_labels},
-        counts={"images": len(codes), "evaluated": int(inside.sum()),
+        counts={"images": len(codes), "evaluated": int(found.sum()), "no_face": int((~found).sum()),
                 "left_out": {"outside_label_set": int((~inside).sum()), "by_label": left_out}},
         features={"cache": None if cache_file is None else str(cache_file),
                   "seconds": round(time.time() - started, 2), "extractor": config.to_json()})
+
+
+FRAME_FACES = "the largest face dlib's HOG detector finds, upsampled once (as pipelines.predict); 48x48: itself"
+
+
+def has_split_folders(dataset) -> bool:
+    """False for a class-folder set whose class folders sit directly in its root (no train/,
+    test/ ... folders): its record ids then start with an emotion folder's name."""
+    if dataset.format != "folders" or set(dataset.splits) - {"train"}:
+        return True
+    records = dataset.splits.get("train") or []
+    if not records:
+        return True
+    from .labels import code_for_name
+
+    try:
+        code_for_name(Path(records[0].id).parts[0])
+    except KeyError:
+        return True
+    return False
 
 
 def _left_out(codes: np.ndarray) -> dict[str, int]:
@@ -571,15 +666,41 @@ def _parallel_chunks(function, images, n_jobs, progress, *args) -> list:
     return Parallel(n_jobs=n_jobs, verbose=5 if progress else 0)(delayed(function)(c, *args) for c in chunks)
 
 
-def extract_records(records, crop_faces: bool, config: bovw.ExtractorConfig, face_config: bovw.ExtractorConfig,
+def frame_face(path) -> np.ndarray | None:
+    """The 48x48 crop of the face ``pipelines.predict`` reports first for the picture at
+    ``path`` (the largest one dlib's HOG detector finds, upsampled once, framed like FER2013;
+    a 48x48 picture is the face itself), or None where predict finds no face."""
+    from . import faces
+
+    gray = datasets.to_gray(datasets.read_image_file(path))
+    if gray.shape == (bovw.IMAGE_SIZE, bovw.IMAGE_SIZE):
+        return gray
+    boxes = faces.detect_faces(gray, detector="hog", upsample=1)
+    return faces.crop_face(gray, boxes[0]) if boxes else None
+
+
+def extract_records(records, frames: bool, config: bovw.ExtractorConfig, face_config: bovw.ExtractorConfig,
                     n_jobs: int = -1, progress: bool = False) -> dict[str, np.ndarray]:
-    """Decode ``records`` and extract what evaluation needs, in parallel chunks, as the
-    feature store does (every split alike)."""
+    """Decode ``records`` and extract what evaluation needs, in parallel chunks.
+
+    ``frames``: the records are pictures whose face is found as predict finds it
+    (:func:`frame_face`); ``found`` (one bool per record) is False where there is none, and
+    the other arrays hold the found rows only. Otherwise each record is a face crop, decoded
+    as the feature store does (every split alike)."""
     images = np.empty((len(records), bovw.IMAGE_SIZE, bovw.IMAGE_SIZE), dtype=np.uint8)
+    found = np.ones(len(records), dtype=bool)
     for i, record in enumerate(records):
-        images[i] = datasets.load_image(record, crop_faces=crop_faces)
-    parts = _parallel_chunks(_analyse_for_eval, images, n_jobs, progress, config, face_config)
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        if frames and record.path is not None:
+            crop = frame_face(record.path)
+            found[i] = crop is not None
+            if crop is not None:
+                images[i] = crop
+        else:
+            images[i] = datasets.load_image(record)
+    images = images[found]
+    parts = _parallel_chunks(_analyse_for_eval, images, n_jobs, progress, config, face_config) if len(images) else []
+    arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
+    return {"found": found, **arrays}
 
 
 def _eval_data_from_store(path: Path, predictor: Predictor, split, detector, n_jobs, progress, say) -> EvalData:
@@ -587,20 +708,20 @@ def _eval_data_from_store(path: Path, predictor: Predictor, split, detector, n_j
 
     store = FeatureStore(path)
     if store.config != predictor.extractor_config:
-        raise ValueError(f"{path}: feature store made with extractor config {store.config.to_json()}, but "
+        raise InputError(f"{path}: feature store made with extractor config {store.config.to_json()}, but "
                          f"{predictor.source} needs {predictor.extractor_config.to_json()}; give the raw data instead")
     if split is None:
         split, note = default_split(store.splits, False)
     elif split in store.splits:
         note = f"asked for (--split {split})"
     else:
-        raise ValueError(f"{path}: the feature store has no {split!r} split; it has {store.splits}")
+        raise InputError(f"{path}: the feature store has no {split!r} split; it has {store.splits}")
     started = time.time()
     arrays = store.load(split)
     y = predictor.label_set.encode(arrays["labels"])
     inside = y >= 0
     if not inside.any():
-        raise ValueError(f"{path}: none of the {len(y)} rows of split {split!r} has a label in the model's label "
+        raise InputError(f"{path}: none of the {len(y)} rows of split {split!r} has a label in the model's label "
                          f"set {list(predictor.classes)}")
     left_out = _left_out(arrays["labels"][~inside].astype(np.int64))
     if left_out:
@@ -619,7 +740,7 @@ def _eval_data_from_store(path: Path, predictor: Predictor, split, detector, n_j
         bovw=arrays["bovw"][inside], face_found=face_found, face_detector=detector,
         source={"path": str(path), "format": "feature store", "name": store.manifest["dataset"]["name"],
                 "kind": "feature store", "ignored_label_folders": store.manifest["dataset"].get("ignored_labels", {})},
-        counts={"images": len(y), "evaluated": int(inside.sum()),
+        counts={"images": len(y), "evaluated": int(inside.sum()), "no_face": 0,
                 "left_out": {"outside_label_set": int((~inside).sum()), "by_label": left_out}},
         features={"cache": None, "store": str(path), "seconds": round(time.time() - started, 2),
                   "extractor": store.config.to_json()})
@@ -682,6 +803,8 @@ def evaluation_summary(result: dict) -> str:
     left = result["counts"]["left_out"]
     if left["outside_label_set"]:
         lines.append(f"left out {left['outside_label_set']} images outside the label set: {left['by_label']}")
+    if result["counts"].get("no_face"):
+        lines.append(f"left out {result['counts']['no_face']} images without a face (predict says no_face for them)")
     lines.append(f"{'subset':<44}{'n':>6}{'accuracy':>10}{'macro-F1':>10}")
     for subset, label in (("all", "whole split"), ("face_found", f"face-found subset ({result['face_detector']})")):
         m = result[subset]
@@ -708,6 +831,9 @@ def evaluation_markdown(result: dict, figures: dict[str, str]) -> str:
     if left["outside_label_set"]:
         lines.append(f"Left out: {left['outside_label_set']} images whose label is outside the label set "
                      f"({left['by_label']}).")
+    if counts.get("no_face"):
+        lines.append(f"Left out: {counts['no_face']} images in which no face was found ({FRAME_FACES}); "
+                     f"`pipelines.predict` reports them as `no_face`.")
     if result["data"].get("ignored_label_folders"):
         lines.append(f"Ignored label folders: {result['data']['ignored_label_folders']}.")
     lines.append(f"Test-time augmentation: {result['tta']} views averaged." if result["tta"] else

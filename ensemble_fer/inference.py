@@ -12,8 +12,12 @@
 A variant is a predictor with one member of weight 1. An ensemble (``ensemble.json``, written
 by ``pipelines.fit_ensemble``) lists its members as folders relative to the JSON file; all
 members must share the label set and the extractor config (the features they were trained
-on), so that one extraction feeds them all. A member whose ``config.json`` changed since the
-ensemble was fitted (it was retrained) is refused: its weight was learnt for the old model.
+on), so that one extraction feeds them all. Member folders must lie inside the ensemble's
+folder (a relative path without ``..``), and the SHA-256 of each member's ``config.json`` and
+``model.keras`` recorded at the fit is checked when the ensemble is loaded and again just before
+the model is: a member that was retrained or swapped is refused, since its weight was learnt for
+the old model. Ensemble files without those hashes (format version 1) are refused with a request
+to rerun ``pipelines.fit_ensemble``.
 
 Models load lazily (on the first prediction), in Keras safe mode and without an optimizer,
 through :func:`ensemble_fer.training.load_variant`.
@@ -29,7 +33,9 @@ probabilities are the members' averaged with the learnt weights
 
 from __future__ import annotations
 
+import os
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +43,12 @@ import numpy as np
 
 from . import artifacts, bovw
 from .ensemble import WeightedEnsemble
+from .errors import InputError, MissingInputError
 from .labels import LabelSet, label_set_from_json
 
 ENSEMBLE_FORMAT = "ensemble_fer.ensemble"
-ENSEMBLE_VERSION = 1
+ENSEMBLE_VERSION = 2
+"""2: members carry ``config_sha256`` and ``model_sha256`` (full SHA-256), checked at load."""
 MAX_TTA = 10
 """Most test-time views (the length of ``augment.TTA_VIEWS``)."""
 
@@ -56,6 +64,39 @@ def config_fingerprint(folder) -> str:
     return artifacts.sha256_file(Path(folder) / "config.json")[:16]
 
 
+MEMBER_FILES = {"config_sha256": "config.json", "model_sha256": "model.keras"}
+"""What an ensemble records of each member: the SHA-256 of the files that decide its predictions."""
+
+
+def member_hashes(folder) -> dict[str, str]:
+    """``{"config_sha256": ..., "model_sha256": ...}`` of a variant folder's two files."""
+    folder = Path(folder)
+    hashes = {}
+    for key, name in MEMBER_FILES.items():
+        if not (folder / name).is_file():
+            raise MissingInputError(f"{folder / name}: file not found; an ensemble member needs its "
+                                    f"config.json and model.keras")
+        hashes[key] = artifacts.sha256_file(folder / name)
+    return hashes
+
+
+def check_keras_file(path) -> None:
+    """Refuse a ``model.keras`` that is not a Keras archive (truncated, or another kind of file)
+    before Keras reads it: Keras would report such a file as "File not found"."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: file not found")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"{path}: not a valid Keras model (not a .keras zip archive: {exc}); the file is "
+                         f"truncated or of another kind: retrain the variant or restore the file") from None
+    if "config.json" not in names or not names & {"model.weights.h5", "model.weights.npz"}:
+        raise InputError(f"{path}: not a valid Keras model (the archive lacks config.json or the weights; it "
+                         f"holds {sorted(names)[:5]}); retrain the variant or restore the file")
+
+
 @dataclass
 class Member:
     """One trained variant of a predictor; its Keras model is loaded on first use."""
@@ -63,6 +104,9 @@ class Member:
     name: str
     folder: Path
     config: dict
+    hashes: dict | None = None
+    """What the ensemble recorded (see :data:`MEMBER_FILES`); None for a variant loaded alone."""
+    source: Path | None = None
     _model: object = field(default=None, repr=False)
 
     @property
@@ -75,7 +119,19 @@ class Member:
         if self._model is None:
             from . import training
 
-            self._model, _ = training.load_variant(self.folder)
+            if self.hashes is not None:
+                # again now: the files may have been replaced since the ensemble was loaded
+                check_member_hashes(self.folder, self.hashes, self.source)
+            path = self.folder / "model.keras"
+            check_keras_file(path)
+            try:
+                self._model, _ = training.load_variant(self.folder)
+            except (ValueError, TypeError, KeyError, OSError) as exc:
+                # A zip with the right names but content Keras cannot rebuild (crafted, or
+                # corrupted inside): a problem with the file, not with this code.
+                raise InputError(f"{path}: not a valid Keras model ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); retrain the variant or "
+                                 f"restore the file") from None
         return self._model
 
     def predict(self, images, bovw_rows, batch_size: int) -> np.ndarray:
@@ -85,10 +141,10 @@ class Member:
                                        batch_size=batch_size)
         n_classes = len(self.config["labels"]["classes"])
         if proba.ndim != 2 or proba.shape[1] != n_classes:
-            raise ValueError(f"{self.folder / 'model.keras'}: outputs shape {proba.shape[1:]} but "
+            raise InputError(f"{self.folder / 'model.keras'}: outputs shape {proba.shape[1:]} but "
                              f"config.json lists {n_classes} classes")
         if not np.all(np.isfinite(proba)):
-            raise ValueError(f"{self.folder / 'model.keras'}: predicted NaN or inf probabilities")
+            raise InputError(f"{self.folder / 'model.keras'}: predicted NaN or inf probabilities")
         return proba
 
 
@@ -252,7 +308,7 @@ class Predictor:
 
 def check_tta(tta) -> None:
     if isinstance(tta, bool) or not isinstance(tta, (int, np.integer)) or not 0 <= tta <= MAX_TTA:
-        raise ValueError(f"tta must be an integer from 0 (none) to {MAX_TTA} views; got {tta!r}")
+        raise InputError(f"tta must be an integer from 0 (none) to {MAX_TTA} views; got {tta!r}")
 
 
 # ---------------------------------------------------------------------- loading
@@ -263,18 +319,18 @@ def load_predictor(path) -> Predictor:
     Keras yet; every file and the members' agreement are checked now."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise MissingInputError(f"{path}: no such file or folder")
     if path.is_dir():
         if (path / "config.json").is_file():
             return _variant_predictor(path)
         if (path / "ensemble.json").is_file():
             return _ensemble_predictor(path / "ensemble.json")
-        raise FileNotFoundError(f"{path}: neither a trained variant (no config.json) nor a folder with an "
+        raise MissingInputError(f"{path}: neither a trained variant (no config.json) nor a folder with an "
                                 f"ensemble.json")
     if path.suffix == ".keras" or path.name == "config.json":
         return _variant_predictor(path.parent)
     if path.suffix != ".json":
-        raise ValueError(f"{path}: expected a variant folder or an ensemble .json file")
+        raise InputError(f"{path}: expected a variant folder or an ensemble .json file")
     return _ensemble_predictor(path)
 
 
@@ -283,15 +339,17 @@ def read_variant_config(folder) -> dict:
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{folder}: not a trained variant (no config.json); train one with "
+        raise MissingInputError(f"{folder}: not a trained variant (no config.json); train one with "
                                 f"`python -m pipelines.train_variant`")
     config = artifacts.read_json(config_path)
+    if not isinstance(config, dict):
+        raise InputError(f"{config_path}: not a variant's config (a JSON {type(config).__name__}, not an object)")
     missing = [key for key in _REQUIRED_CONFIG if key not in config]
     store = config.get("feature_store")
     if not missing and (not isinstance(store, dict) or "extractor" not in store or "config_hash" not in store):
         missing = ["feature_store.extractor/config_hash"]
     if missing:
-        raise ValueError(f"{config_path}: missing {missing}; not a variant written by pipelines.train_variant")
+        raise InputError(f"{config_path}: missing {missing}; not a variant written by pipelines.train_variant")
     return config
 
 
@@ -308,13 +366,12 @@ def _label_set(data, where) -> LabelSet:
     try:
         return label_set_from_json(data)
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"{where}: labels is not a label set ({exc!r})") from None
+        raise InputError(f"{where}: labels is not a label set ({exc!r})") from None
 
 
 def _variant_predictor(folder: Path) -> Predictor:
     config = read_variant_config(folder)
-    if not (folder / "model.keras").is_file():
-        raise FileNotFoundError(f"{folder / 'model.keras'}: file not found")
+    check_keras_file(folder / "model.keras")
     member = Member(name=folder.name, folder=folder, config=config)
     return Predictor(folder, "variant", [member], [1.0], _label_set(config["labels"], folder / "config.json"),
                      extractor_of(config, folder / "config.json"), _store_summary(config["feature_store"]),
@@ -325,57 +382,89 @@ def _store_summary(store: dict) -> dict:
     return {key: store.get(key) for key in ("path", "dataset", "config_hash", "manifest_hash")}
 
 
+def member_folder(ensemble_path, entry_path, where: str) -> Path:
+    """The folder of an ensemble member, from the ``path`` recorded for it: relative to the
+    ensemble's folder and inside it, so that an ensemble file can only name the models that
+    ship with it (no ``..``, no absolute path)."""
+    if not isinstance(entry_path, str) or not entry_path:
+        raise InputError(f"{ensemble_path}: {where}.path must be a non-empty string; got {entry_path!r}")
+    normal = os.path.normpath(entry_path)
+    if os.path.isabs(entry_path) or normal == ".." or normal.startswith(".." + os.sep) or normal == ".":
+        raise InputError(f"{ensemble_path}: {where}.path {entry_path!r} leaves the ensemble's folder; members must "
+                         f"be sub-folders of {Path(ensemble_path).parent} (refit with "
+                         f"`python -m pipelines.fit_ensemble`)")
+    return Path(ensemble_path).parent / normal
+
+
+def check_member_hashes(folder: Path, recorded: dict, source) -> None:
+    """Refuse a member whose config.json or model.keras is not the one the ensemble was fitted with."""
+    for key, name in MEMBER_FILES.items():
+        file = Path(folder) / name
+        if not file.is_file():
+            raise MissingInputError(f"{file}: file not found (member of {source})")
+        if artifacts.sha256_file(file) != recorded[key]:
+            raise InputError(f"{source}: member {folder} changed since the ensemble was fitted (its {name} "
+                             f"differs: retrained or replaced?); refit with `python -m pipelines.fit_ensemble`")
+
+
 def _ensemble_predictor(path: Path) -> Predictor:
     data = artifacts.read_json(path)
     if not isinstance(data, dict) or data.get("format") != ENSEMBLE_FORMAT:
-        raise ValueError(f"{path}: not an ensemble file (format is not {ENSEMBLE_FORMAT!r}); make one with "
+        raise InputError(f"{path}: not an ensemble file (format is not {ENSEMBLE_FORMAT!r}); make one with "
                          f"`python -m pipelines.fit_ensemble`")
-    if data.get("version", 0) > ENSEMBLE_VERSION:
-        raise ValueError(f"{path}: ensemble format version {data['version']} is newer than this code "
-                         f"reads ({ENSEMBLE_VERSION})")
+    version = data.get("version", 0)
+    if not isinstance(version, int) or version > ENSEMBLE_VERSION:
+        raise InputError(f"{path}: ensemble format version {version!r} is newer than this code reads "
+                         f"({ENSEMBLE_VERSION})")
     missing = [key for key in ("members", "ensemble", "labels", "extractor") if key not in data]
     if missing or not isinstance(data["members"], list) or not data["members"]:
-        raise ValueError(f"{path}: missing {missing or ['members']}; not a complete ensemble file")
+        raise InputError(f"{path}: missing {missing or ['members']}; not a complete ensemble file")
+    for i, entry in enumerate(data["members"]):
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise InputError(f"{path}: members[{i}] must be an object with a path; got {entry!r}")
+    unhashed = [entry.get("name", i) for i, entry in enumerate(data["members"])
+                if any(not isinstance(entry.get(key), str) or len(entry[key]) != 64
+                                                      for key in MEMBER_FILES)]
+    if version < ENSEMBLE_VERSION or unhashed:
+        raise InputError(f"{path}: written by an older fit_ensemble (format version {version}): it does not record "
+                         f"the SHA-256 of its members' config.json and model.keras (members {unhashed}), so a "
+                         f"replaced model would go unnoticed; rerun `python -m pipelines.fit_ensemble` to refit it")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fitted = WeightedEnsemble.from_json(data["ensemble"])
     except ValueError as exc:
-        raise ValueError(f"{path}: ensemble: {exc}") from None
+        raise InputError(f"{path}: ensemble: {exc}") from None
     if fitted.n_members_ != len(data["members"]):
-        raise ValueError(f"{path}: lists {len(data['members'])} members but {fitted.n_members_} weights")
+        raise InputError(f"{path}: lists {len(data['members'])} members but {fitted.n_members_} weights")
 
     label_set = _label_set(data["labels"], path)
     extractor = extractor_config(data["extractor"], path)
     members = []
     for i, entry in enumerate(data["members"]):
-        if not isinstance(entry, dict) or "path" not in entry:
-            raise ValueError(f"{path}: members[{i}] must be an object with a path")
-        folder = (path.parent / entry["path"]).resolve()
+        folder = member_folder(path, entry.get("path"), f"members[{i}]")
         if not folder.is_dir():
-            raise FileNotFoundError(f"{path}: member {entry.get('name', i)!r} is missing: no folder {folder}")
+            raise MissingInputError(f"{path}: member {entry.get('name', i)!r} is missing: no folder {folder}")
         config = read_variant_config(folder)
-        if not (folder / "model.keras").is_file():
-            raise FileNotFoundError(f"{folder / 'model.keras'}: file not found (member of {path})")
-        recorded = entry.get("config_sha256")
-        if recorded is not None and recorded != config_fingerprint(folder):
-            raise ValueError(f"{path}: member {folder} changed since the ensemble was fitted (its config.json "
-                             f"differs: retrained?); refit with `python -m pipelines.fit_ensemble`")
+        hashes = {key: entry[key] for key in MEMBER_FILES}
+        check_member_hashes(folder, hashes, path)
+        check_keras_file(folder / "model.keras")
         if label_set_from_json(config["labels"]) != label_set:
-            raise ValueError(f"{path}: member {folder} predicts {config['labels']['classes']} but the ensemble "
+            raise InputError(f"{path}: member {folder} predicts {config['labels']['classes']} but the ensemble "
                              f"{list(label_set.classes)}; members must share the label set")
         member_extractor = extractor_of(config, folder / "config.json")
         if member_extractor != extractor:
             differ = {k: (v, extractor.to_json()[k]) for k, v in member_extractor.to_json().items()
                       if extractor.to_json()[k] != v}
-            raise ValueError(f"{path}: member {folder} was trained on features of another extractor config "
+            raise InputError(f"{path}: member {folder} was trained on features of another extractor config "
                              f"(member vs ensemble: {differ}); members must share one")
         if "weight" in entry and abs(float(entry["weight"]) - fitted.weights_[i]) > 1e-9:
-            raise ValueError(f"{path}: members[{i}].weight {entry['weight']} disagrees with ensemble.weights "
+            raise InputError(f"{path}: members[{i}].weight {entry['weight']} disagrees with ensemble.weights "
                              f"{fitted.weights_[i]}; edit neither by hand, refit instead")
-        members.append(Member(name=str(entry.get("name", folder.name)), folder=folder, config=config))
+        members.append(Member(name=str(entry.get("name", folder.name)), folder=folder, config=config,
+                              hashes=hashes, source=path))
     names = [m.name for m in members]
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: two members share a name ({names})")
+        raise InputError(f"{path}: two members share a name ({names})")
     return Predictor(path, "ensemble", members, fitted.weights_, label_set, extractor,
                      data.get("feature_store") or _store_summary(members[0].config["feature_store"]), data)

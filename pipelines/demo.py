@@ -112,7 +112,8 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
     say("3/4 fitting the ensemble weights on val")
     t = time.time()
     ensemble_path = out / "models" / "ensemble.json"
-    fit = evaluation.fit_ensemble(folders, ensemble_path, say=say)
+    # the demo refits into its own folder on every run (its documented rerun behaviour)
+    fit = evaluation.fit_ensemble(folders, ensemble_path, say=say, force=True)
     timings["fit ensemble"] = round(time.time() - t, 1)
 
     say("4/4 evaluating the ensemble on the sample's val split (features from the raw images)")

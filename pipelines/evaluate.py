@@ -2,7 +2,7 @@
 
     python -m pipelines.evaluate --model PATH --data PATH [--format auto|fer2013-csv|fer2013-folders|folders]
         [--split train|val|test|all] [--tta N] [--ignore-unknown-labels] [--face-detector auto|hog|mmod|none]
-        [--cache DIR | --no-cache] [--n-jobs N] [--json FILE] [--out DIR]
+        [--cache DIR | --no-cache] [--n-jobs N] [--json FILE] [--out DIR] [--force]
 
 --model: a variant folder (models/cnn5) or an ensemble.json. --data: a dataset (CSV, FER2013
 folders, class folders) or a feature store folder made with the model's extractor config.
@@ -10,9 +10,15 @@ folders, class folders) or a feature store folder made with the model's extracto
 Features of the split are extracted with the model's own extractor config (only that split,
 in parallel) and cached in ``<cache>/eval-<dataset>-<hash>/<split>.npz`` (default cache:
 features/), so a rerun or another model with the same features skips the extraction.
---split defaults to test when the data has it, else val (printed either way); a dataset
-without a val split gets the feature store's held-out val (10 % of train, seed 0), and
-``all`` scores every image. Labels outside the model's label set are left out and counted;
+The cache is keyed on the files' content (sizes and modification times), so pictures replaced
+under the same names are extracted again.
+--split defaults to test when the data has it, else val (printed either way); a class-folder
+set without split folders (happy/, sad/, ... directly inside it) is scored whole (``all``); any
+other dataset without a val split gets the feature store's held-out val (10 % of train, seed
+0) for --split val or train, and ``all`` scores every image. In class-folder sets each
+picture's face is the one ``pipelines.predict`` reports first (dlib HOG, upsampled once, the
+largest; a 48x48 picture is the face itself), so every split scores what predict says about
+the same pictures; pictures without a face are left out and counted (counts.no_face). Labels outside the model's label set are left out and counted;
 label folders that are not emotions stop the run unless --ignore-unknown-labels.
 
 Reported: accuracy, macro-F1, log-loss, per-class precision/recall/F1 and the confusion
@@ -23,21 +29,26 @@ when the model was trained without one), each labelled; for an ensemble also eac
 
 --json FILE writes the result; its keys: model {path, kind, members, member_folders, weights,
 classes, label_set, extractor, feature_store}, data {path, format, name, kind,
-ignored_label_folders}, split, split_note, tta, classes, counts {images, evaluated,
+ignored_label_folders}, split, split_note, tta, classes, counts {images, evaluated, no_face,
 left_out {outside_label_set, by_label}, face_found}, face_detector, subsets, all (metrics of
 the whole split: n, accuracy, macro_f1, weighted_f1, log_loss, classes, per_class,
 confusion_matrix), face_found (the same for the subset, or null), face_found_note, members
 {name: {all, face_found: {n, accuracy, macro_f1}}}, features, seconds.
 --out DIR writes evaluation.md, evaluation.json and confusion_matrix[_face_found].png.
+An existing --json FILE or --out DIR is refused before any work unless --force; with --force
+the new result is built beside it and replaces it only once complete (an interrupted run
+leaves the old one as it was).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import contextlib
 from pathlib import Path
 
 from ensemble_fer import artifacts, bovw, datasets, evaluation, inference
+from ensemble_fer.errors import InputError
 from ensemble_fer.recognizer import DEFAULT_MODEL
 
 from .cli_errors import reports_errors
@@ -65,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="extract in memory only")
     p.add_argument("--n-jobs", type=int, default=-1, help="worker processes for extraction (-1: all cores)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--json", type=Path, help="write the result as JSON here")
-    p.add_argument("--out", type=Path, help="write evaluation.md, evaluation.json and figures into this folder")
+    p.add_argument("--json", type=Path, help="write the result as JSON here (refused if it exists, unless --force)")
+    p.add_argument("--out", type=Path, help="write evaluation.md, evaluation.json and figures into this folder "
+                                            "(refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --json file or --out folder; the old one stays until the new one "
+                        "is complete")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -75,20 +90,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     inference.check_tta(args.tta)   # fail before any extraction, not after it
+    if args.json is not None and args.json.is_dir():
+        raise InputError(f"--json {args.json}: is a folder; give the path of a .json file")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out}: is a file; give a folder for evaluation.md, evaluation.json and figures")
     say = (lambda *a, **k: None) if args.quiet else print
-    predictor = inference.load_predictor(args.model)
-    data = evaluation.load_eval_data(args.data, predictor, split=args.split, format=args.format,
-                                     ignore_unknown_labels=args.ignore_unknown_labels,
-                                     cache=None if args.no_cache else args.cache, n_jobs=args.n_jobs,
-                                     face_detector=args.face_detector, progress=not args.quiet, say=say)
-    result = evaluation.evaluate_predictor(predictor, data, tta=args.tta, batch_size=args.batch_size)
-    print(evaluation.evaluation_summary(result))
+    outputs = {key: path for key, path in (("json", args.json), ("out", args.out)) if path is not None}
+    with contextlib.ExitStack() as stack:
+        # Locked and checked before the model is loaded or anything extracted: a refused
+        # overwrite costs nothing, and nothing is replaced until the new result is complete.
+        for path in outputs.values():
+            stack.enter_context(artifacts.output_lock(path))
+        building = {key: stack.enter_context(artifacts.replacing(path, force=args.force))
+                    for key, path in outputs.items()}
+        predictor = inference.load_predictor(args.model)
+        data = evaluation.load_eval_data(args.data, predictor, split=args.split, format=args.format,
+                                         ignore_unknown_labels=args.ignore_unknown_labels,
+                                         cache=None if args.no_cache else args.cache, n_jobs=args.n_jobs,
+                                         face_detector=args.face_detector, progress=not args.quiet, say=say)
+        result = evaluation.evaluate_predictor(predictor, data, tta=args.tta, batch_size=args.batch_size)
+        print(evaluation.evaluation_summary(result))
+        if args.json:
+            artifacts.write_json(building["json"], result)
+        if args.out:
+            evaluation.write_evaluation(result, building["out"])
     if args.json:
-        artifacts.write_json(args.json, result)
         print(f"wrote {args.json}")
     if args.out:
-        paths = evaluation.write_evaluation(result, args.out)
-        print(f"wrote {paths['markdown']}")
+        print(f"wrote {args.out / 'evaluation.md'}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Stage 3: fit the weighted ensemble of trained variants on their validation predictions.
 
     python -m pipelines.fit_ensemble [--models DIR] [--variants NAME ...] [--objective accuracy|log-loss]
-        [--seed 0] [--cv-splits 5] [--out models/ensemble.json]
+        [--seed 0] [--cv-splits 5] [--out models/ensemble.json] [--force]
 
 Inputs: variant folders (``config.json`` + ``predictions.npz``; the models themselves are not
 loaded): every sub-folder of --models with a config.json, or the --variants named (folder
@@ -9,14 +9,21 @@ names under --models, or paths). They must share one feature store (config and m
 hash), one label set and the same val/test ids; otherwise nothing is written and the error
 names the variant and what differs.
 
-Outputs: ``ensemble.json`` (members as paths relative to it, weights, objective, seed,
-classes, label set, extractor config, feature store hashes, scores) and, beside it,
-``ensemble_report.md``, ``ensemble_report.json`` and ``ensemble_confusion_matrix.png``: every
+Outputs: ``ensemble.json`` (members as paths relative to it, the SHA-256 of each member's
+config.json and model.keras, weights, objective, seed, classes, label set, extractor config,
+feature store hashes, scores) and, beside it, ``ensemble_report.md``, ``ensemble_report.json``
+and ``ensemble_confusion_matrix.png`` (for ``--out NAME.json``: ``NAME_report.md``, ...): every
 member, the equal-weight average, the best single member and the learnt ensemble on val (and
 test when the store has it), the weights, the ensemble's per-class scores and confusion
 matrix, the cross-validated accuracy over val folds, and the face-found subset when the
 store flags faces. Weights are fitted on val only, so the ensemble's val figures are
 optimistic; the report says so.
+
+The members must be inside the folder of --out (the ensemble names them by relative paths
+and can only be loaded with them); loading refuses a member whose config.json or model.keras
+changed after the fit. An existing ensemble (or its report) is refused before any work
+unless --force; with --force the new files are built beside the old ones and replace them
+only once all are complete.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pathlib import Path
 
 from ensemble_fer import evaluation
 from ensemble_fer.ensemble import OBJECTIVES
+from ensemble_fer.errors import InputError, MissingInputError
 
 from .cli_errors import reports_errors
 
@@ -44,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of differential evolution and of the CV folds")
     p.add_argument("--cv-splits", type=int, default=evaluation.CV_SPLITS,
                    help="folds of the cross-validated estimate over val (default 5)")
-    p.add_argument("--out", type=Path, help="the ensemble file (default: <models>/ensemble.json)")
+    p.add_argument("--out", type=Path, help="the ensemble file, in the folder holding the members (default: "
+                                            "<models>/ensemble.json); refused if it exists, unless --force")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing ensemble and its report; the old files stay until the new ones are "
+                        "complete")
     return p
 
 
@@ -54,7 +66,7 @@ def resolve_variants(models: Path, names) -> list[Path]:
         candidate = models / name
         folder = candidate if candidate.is_dir() else Path(name)
         if not folder.is_dir():
-            raise FileNotFoundError(f"{candidate}: no such variant folder (nor {name} as a path)")
+            raise MissingInputError(f"{candidate}: no such variant folder (nor {name} as a path)")
         folders.append(folder)
     return folders
 
@@ -63,14 +75,15 @@ def resolve_variants(models: Path, names) -> list[Path]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.cv_splits < 2:
-        raise ValueError(f"--cv-splits must be at least 2; got {args.cv_splits}")
+        raise InputError(f"--cv-splits must be at least 2; got {args.cv_splits}")
+    out = args.out or args.models / "ensemble.json"
+    evaluation.check_ensemble_outputs(out, args.force)   # before any work
     folders = (resolve_variants(args.models, args.variants) if args.variants
                else evaluation.discover_variants(args.models, say=print))
-    out = args.out or args.models / "ensemble.json"
     report = evaluation.fit_ensemble(folders, out, objective=args.objective, seed=args.seed,
-                                     cv_splits=args.cv_splits, say=print)
+                                     cv_splits=args.cv_splits, say=print, force=args.force)
     print(summary(report))
-    print(f"wrote {out} and {out.parent / 'ensemble_report.md'}")
+    print(f"wrote {out} and {evaluation.ensemble_outputs(out)['markdown']}")
     return 0
 
 

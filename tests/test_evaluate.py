@@ -1,17 +1,21 @@
 """Inference (ensemble_fer.inference) and pipelines.evaluate on real trained variants
 (conftest ``variant_pair``) and the bundled sample."""
 
+import csv
 import json
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
 
 from ensemble_fer import artifacts, datasets, evaluation, inference, metrics
+from ensemble_fer.errors import InputError
 from ensemble_fer.feature_store import FeatureStore
 from pipelines import evaluate
+from pipelines import predict as predict_cli
 
-from conftest import SAMPLE
+from conftest import SAMPLE, TEST_DATA
 
 MEMBERS = ("bovw", "cnn5+bovw")
 JSON_KEYS = {"model", "data", "split", "split_note", "tta", "classes", "counts", "face_detector", "subsets", "all",
@@ -21,8 +25,12 @@ METRIC_KEYS = {"n", "accuracy", "macro_f1", "weighted_f1", "log_loss", "classes"
 
 @pytest.fixture(scope="module")
 def ensemble_json(variant_pair, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ensemble") / "ensemble.json"
-    evaluation.fit_ensemble([variant_pair / n for n in MEMBERS], out, say=lambda *a: None)
+    """An ensemble fitted in a folder of links to the members (members must be inside it)."""
+    folder = tmp_path_factory.mktemp("ensemble")
+    for name in MEMBERS:
+        (folder / name).symlink_to(variant_pair / name, target_is_directory=True)
+    out = folder / "ensemble.json"
+    evaluation.fit_ensemble([folder / n for n in MEMBERS], out, say=lambda *a: None)
     return out
 
 
@@ -116,15 +124,15 @@ def test_load_predictor_refuses_what_cannot_be_combined(variant_pair, ensemble_j
     config = json.loads(original)
     config["feature_store"]["extractor"]["pad"] = 3
     config_path.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="changed since the ensemble was fitted"):
+    with pytest.raises(ValueError, match="changed since the ensemble was fitted .its config.json differs"):
         inference.load_predictor(path)
-    data["members"][0]["config_sha256"] = inference.config_fingerprint(models / "bovw")
+    data["members"][0]["config_sha256"] = artifacts.sha256_file(config_path)
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="another extractor config"):
         inference.load_predictor(path)
 
     config_path.write_text(original)
-    data["members"][0]["config_sha256"] = inference.config_fingerprint(models / "bovw")
+    data["members"][0]["config_sha256"] = artifacts.sha256_file(config_path)
     data["members"][0]["weight"] = 0.123
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="disagrees with ensemble.weights"):
@@ -260,3 +268,167 @@ def test_evaluate_bad_arguments(variant_pair, tmp_path, capsys):
     assert code == 2 and "tta must be an integer from 0" in stderr
     code, _, stderr = _cli(["--model", tmp_path / "nope", "--data", SAMPLE], capsys)
     assert code == 2 and "no such file or folder" in stderr
+
+
+def test_ensemble_members_are_hashed_and_stay_inside_its_folder(variant_pair, ensemble_json, tmp_path):
+    models = tmp_path / "models"
+    for name in MEMBERS:
+        shutil.copytree(variant_pair / name, models / name, ignore=shutil.ignore_patterns(".run"))
+    data = json.loads(ensemble_json.read_text())
+    path = models / "ensemble.json"
+    path.write_text(json.dumps(data))
+    assert inference.load_predictor(path).members == MEMBERS
+
+    # another model under the member's name: same config.json, other model.keras
+    model = models / "bovw" / "model.keras"
+    original = model.read_bytes()
+    shutil.copy(models / "cnn5+bovw" / "model.keras", model)
+    with pytest.raises(InputError, match=r"member .*bovw changed since the ensemble was fitted \(its model.keras"):
+        inference.load_predictor(path)
+    # swapped after loading, before the model is read: refused when it is
+    model.write_bytes(original)
+    predictor = inference.load_predictor(path)
+    shutil.copy(models / "cnn5+bovw" / "model.keras", model)
+    with pytest.raises(InputError, match="its model.keras differs"):
+        predictor.load_models()
+    model.write_bytes(original)
+
+    # member paths that leave the ensemble's folder
+    outside = tmp_path / "outside"
+    shutil.copytree(models / "bovw", outside)
+    for where in ("../outside", str(outside), "bovw/../../outside"):
+        edited = json.loads(json.dumps(data))
+        edited["members"][0]["path"] = where
+        path.write_text(json.dumps(edited))
+        with pytest.raises(InputError, match=f"members\\[0\\].path .* leaves the ensemble's folder"):
+            inference.load_predictor(path)
+
+    # an ensemble written before model hashes existed
+    old = json.loads(json.dumps(data))
+    old["version"] = 1
+    for member in old["members"]:
+        member["config_sha256"] = member["config_sha256"][:16]
+        del member["model_sha256"]
+    path.write_text(json.dumps(old))
+    with pytest.raises(InputError, match="older fit_ensemble .* rerun `python -m pipelines.fit_ensemble`"):
+        inference.load_predictor(path)
+
+
+def test_a_model_file_keras_cannot_read_is_named_as_such(variant_pair, tmp_path, capsys):
+    folder = tmp_path / "variant"
+    shutil.copytree(variant_pair / "bovw", folder, ignore=shutil.ignore_patterns(".run"))
+    model = folder / "model.keras"
+    original = model.read_bytes()
+    model.write_bytes(original[: len(original) // 2])          # truncated: Keras says "File not found"
+    with pytest.raises(InputError, match="model.keras: not a valid Keras model"):
+        inference.load_predictor(folder)
+    code, _, stderr = _cli(["--model", folder, "--data", SAMPLE, "--no-cache"], capsys)
+    assert code == 2 and stderr.count("\n") == 1 and "not a valid Keras model" in stderr
+    assert "File not found" not in stderr
+
+    # a crafted archive with the right names but nothing Keras can build
+    with zipfile.ZipFile(model, "w") as archive:
+        archive.writestr("config.json", '{"class_name": "Functional", "config": {}}')
+        archive.writestr("metadata.json", "{}")
+        archive.writestr("model.weights.h5", b"not hdf5")
+    predictor = inference.load_predictor(folder)
+    with pytest.raises(InputError, match="model.keras: not a valid Keras model"):
+        predictor.load_models()
+
+
+def _copy_pictures(files, folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        shutil.copy(file, folder / file.name)
+
+
+def test_a_plain_class_folder_is_scored_whole_and_as_predict_sees_it(variant_pair, tmp_path, capsys):
+    """No split folders: every image is scored by default, and whatever the split, each image
+    is scored on the face predict reports first; images without a face are left out."""
+    data = tmp_path / "data"
+    for name in ("happy", "sad"):
+        _copy_pictures(sorted((SAMPLE / "train" / name).glob("*.jpg"))[:12], data / name)
+    _copy_pictures([TEST_DATA / "photos" / "2008_002506.jpg"], data / "happy")     # whole photos
+    _copy_pictures([TEST_DATA / "photos" / "2009_004587.jpg", TEST_DATA / "photos" / "dogs.jpg"], data / "sad")
+    model = variant_pair / "bovw"
+    out_json = tmp_path / "r.json"
+    code, stdout, stderr = _cli(["--model", model, "--data", data, "--no-cache", "--n-jobs", "1",
+                                 "--json", out_json], capsys)
+    assert code == 0, stderr
+    result = json.loads(out_json.read_text())
+    assert result["split"] == "all" and "no split folders" in result["split_note"]
+    assert result["counts"]["images"] == 27 and result["counts"]["no_face"] == 1      # the dogs
+    assert result["all"]["n"] == result["counts"]["evaluated"] == 26
+    assert "1 images without a face" in stdout
+
+    # predict on the same folder: face 0 of each photo, its probabilities
+    predictions = tmp_path / "faces.csv"
+    assert predict_cli.main([str(data), "--recursive", "--model", str(model), "--csv", str(predictions),
+                             "--quiet"]) == 0
+    with open(predictions, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    predictor = inference.load_predictor(model)
+    first_face = {r["path"]: [float(r[c]) for c in predictor.classes] for r in rows if r["face"] == "0"}
+    assert {r["path"] for r in rows if r["status"] == "no_face"} == {str(data / "sad" / "dogs.jpg")}
+    for split in ("all", "train", "val"):
+        loaded = evaluation.load_eval_data(data, predictor, split=split, n_jobs=1)
+        expected = np.array([first_face[str(data / ident)] for ident in loaded.ids])
+        proba = predictor.predict_features(loaded.images, loaded.landmarks, loaded.bovw)
+        np.testing.assert_allclose(proba, expected, atol=2e-6)
+        scored = evaluation.evaluate_predictor(predictor, loaded)
+        labels = np.array([predictor.classes.index(ident.split("/")[0]) for ident in loaded.ids])
+        assert scored["all"]["accuracy"] == pytest.approx(float((expected.argmax(1) == labels).mean()))
+        if split == "all":
+            assert scored["all"]["accuracy"] == pytest.approx(result["all"]["accuracy"])
+
+
+def test_the_feature_cache_keys_on_content_not_names(variant_pair, tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    happy = sorted((SAMPLE / "train" / "happy").glob("*.jpg"))[:6]
+    sad = sorted((SAMPLE / "train" / "sad").glob("*.jpg"))[:6]
+    _copy_pictures(happy, data / "happy")
+    _copy_pictures(sad, data / "sad")
+    predictor = inference.load_predictor(variant_pair / "bovw")
+    first = evaluation.load_eval_data(data, predictor, cache=cache, n_jobs=1)
+    # other pictures under the same names and labels
+    for old, new in zip(happy + sad, sad + happy):
+        target = data / ("happy" if old in happy else "sad") / old.name
+        shutil.copy(new, target)
+    again = evaluation.load_eval_data(data, predictor, cache=cache, n_jobs=1)
+    fresh = evaluation.load_eval_data(data, predictor, cache=None, n_jobs=1)
+    assert list(again.ids) == list(first.ids)
+    assert not np.array_equal(again.images, first.images)
+    np.testing.assert_array_equal(again.images, fresh.images)
+    np.testing.assert_array_equal(again.bovw, fresh.bovw)
+
+
+def test_evaluate_refuses_existing_outputs_and_replaces_them_only_when_complete(variant_pair, tmp_path, capsys):
+    out_json, out_dir = tmp_path / "result.json", tmp_path / "report"
+    out_json.write_text("an earlier result\n")
+    out_dir.mkdir()
+    (out_dir / "evaluation.md").write_text("an earlier report\n")
+    # refused before any work: the missing model is not even looked at
+    code, _, stderr = _cli(["--model", tmp_path / "nope", "--data", SAMPLE, "--json", out_json], capsys)
+    assert code == 2 and stderr == f"error: {out_json}: exists; pass --force to replace it\n"
+    code, _, stderr = _cli(["--model", tmp_path / "nope", "--data", SAMPLE, "--out", out_dir], capsys)
+    assert code == 2 and f"{out_dir}: exists; pass --force" in stderr
+    code, _, stderr = _cli(["--model", tmp_path / "nope", "--data", SAMPLE, "--json", tmp_path], capsys)
+    assert code == 2 and "is a folder" in stderr
+    assert "--force" in evaluate.build_parser().format_help()
+
+    # --force on a run that fails after it started: the old results are untouched
+    no_faces = tmp_path / "no_faces"
+    _copy_pictures([TEST_DATA / "photos" / "dogs.jpg"], no_faces / "happy")
+    code, _, stderr = _cli(["--model", variant_pair / "bovw", "--data", no_faces, "--no-cache", "--force",
+                            "--json", out_json, "--out", out_dir], capsys)
+    assert code == 2 and "no face found in any" in stderr
+    assert out_json.read_text() == "an earlier result\n"
+    assert (out_dir / "evaluation.md").read_text() == "an earlier report\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["no_faces", "report", "result.json"]
+
+    code, _, stderr = _cli(["--model", variant_pair / "bovw", "--data", SAMPLE, "--no-cache", "--force",
+                            "--json", out_json, "--out", out_dir, "--quiet", "--n-jobs", "1"], capsys)
+    assert code == 0, stderr
+    assert json.loads(out_json.read_text())["split"] == "val"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["confusion_matrix.png", "confusion_matrix_face_found.png",
+                                                         "evaluation.json", "evaluation.md"]

@@ -1,10 +1,13 @@
 """pipelines.fit_ensemble on real trained variants (conftest ``variant_pair``), and every refusal.
 
 Refusal cases change copies of the members' ``config.json`` / ``predictions.npz``: those two
-files are all that fit_ensemble reads.
+files are all that fit_ensemble reads (``model.keras`` is only hashed, so it is linked).
+Ensembles are written into a folder holding (links to) the members: an ensemble may only name
+members inside its own folder.
 """
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -17,13 +20,23 @@ MEMBERS = ("bovw", "cnn5+bovw")
 
 
 def _copy_members(models, tmp_path):
-    """config.json + predictions.npz of each member, in a fresh models folder."""
+    """config.json + predictions.npz of each member, in a fresh models folder (model.keras,
+    which fit_ensemble only hashes, is a hard link)."""
     out = tmp_path / "models"
     for name in MEMBERS:
         (out / name).mkdir(parents=True)
         for file in ("config.json", "predictions.npz"):
             shutil.copy(models / name / file, out / name / file)
+        os.link(models / name / "model.keras", out / name / "model.keras")
     return out
+
+
+def _linked_members(models, folder):
+    """A folder holding symbolic links to the trained members (which tests must not write into)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in MEMBERS:
+        (folder / name).symlink_to(models / name, target_is_directory=True)
+    return folder
 
 
 def _edit_config(folder, change):
@@ -45,16 +58,20 @@ def _run(args, capsys):
 
 
 def test_fits_and_reports_on_trained_variants(variant_pair, tmp_path, capsys):
-    out = tmp_path / "ens" / "ensemble.json"
-    code, stdout, stderr = _run(["--models", variant_pair, "--out", out], capsys)
+    models = _linked_members(variant_pair, tmp_path / "ens")
+    out = models / "ensemble.json"
+    code, stdout, stderr = _run(["--models", models], capsys)
     assert code == 0, stderr
     assert "optimistic" in stdout
 
     data = json.loads(out.read_text())
     assert [m["name"] for m in data["members"]] == list(MEMBERS)
     for member in data["members"]:
-        assert not member["path"].startswith("/")          # relative to the json
+        assert member["path"] == member["name"]             # relative to the json, inside its folder
         assert (out.parent / member["path"]).resolve() == (variant_pair / member["name"]).resolve()
+        # both files that decide a member's predictions are hashed in full
+        for key, file in (("config_sha256", "config.json"), ("model_sha256", "model.keras")):
+            assert member[key] == artifacts.sha256_file(variant_pair / member["name"] / file)
     weights = np.array([m["weight"] for m in data["members"]])
     assert weights.sum() == pytest.approx(1.0) and (weights >= 0).all()
     assert data["ensemble"]["weights"] == pytest.approx(weights.tolist())
@@ -96,10 +113,15 @@ def test_fits_and_reports_on_trained_variants(variant_pair, tmp_path, capsys):
 
 
 def test_same_seed_same_weights_and_log_loss_objective(variant_pair, tmp_path, capsys):
+    models = _linked_members(variant_pair, tmp_path)
     first, second, log_loss = (tmp_path / f"{n}.json" for n in ("a", "b", "c"))
     for out, extra in ((first, []), (second, []), (log_loss, ["--objective", "log-loss"])):
-        code, _, stderr = _run(["--models", variant_pair, "--out", out, *extra], capsys)
+        code, _, stderr = _run(["--models", models, "--out", out, *extra], capsys)
         assert code == 0, stderr
+    # each ensemble has its own report: none overwrote another's
+    for name in ("a", "b", "c"):
+        assert json.loads((tmp_path / f"{name}_report.json").read_text())["objective"] == \
+            ("log-loss" if name == "c" else "accuracy")
     weights = lambda path: json.loads(path.read_text())["ensemble"]["weights"]
     assert weights(first) == weights(second)
     data = json.loads(log_loss.read_text())
@@ -135,7 +157,8 @@ def test_face_found_subset_when_the_store_flags_faces(variant_pair, tmp_path, ca
 
 def test_single_member_is_said_plainly(variant_pair, tmp_path, capsys):
     out = tmp_path / "ensemble.json"
-    code, stdout, stderr = _run(["--models", variant_pair, "--variants", "bovw", "--out", out], capsys)
+    models = _linked_members(variant_pair, tmp_path)
+    code, stdout, stderr = _run(["--models", models, "--variants", "bovw", "--out", out], capsys)
     assert code == 0, stderr
     assert "only one member" in stdout
     data = json.loads(out.read_text())
@@ -250,3 +273,49 @@ def test_refuses_empty_models_folder_and_unknown_variant(tmp_path, capsys):
     code, _, stderr = _run(["--models", tmp_path / "empty", "--variants", "nope"], capsys)
     assert code == 2 and "no such variant folder" in stderr
 
+
+
+def test_refuses_to_overwrite_without_force_and_replaces_only_when_complete(variant_pair, tmp_path, capsys):
+    models = _copy_members(variant_pair, tmp_path)
+    out = models / "ensemble.json"
+    out.write_text("the shipped ensemble\n")
+    # refused before any work: the models folder is not even read (an empty one would say so)
+    (tmp_path / "empty").mkdir()
+    code, _, stderr = _run(["--models", tmp_path / "empty", "--out", out], capsys)
+    assert code == 2 and stderr == f"error: {out}: exists; pass --force to replace the ensemble and its report, " \
+                                   f"or choose another --out\n"
+    assert out.read_text() == "the shipped ensemble\n"
+    assert "--force" in fit_ensemble.build_parser().format_help()
+
+    # --force with a member that fails the checks: nothing is replaced
+    _edit_predictions(models / "bovw", lambda a: a.update(val_proba=a["val_proba"] * 3))
+    code, _, stderr = _run(["--models", models, "--out", out, "--force"], capsys)
+    assert code == 2 and "not probabilities" in stderr
+    assert out.read_text() == "the shipped ensemble\n"
+    assert sorted(p.name for p in models.iterdir()) == ["bovw", "cnn5+bovw", "ensemble.json"]   # no temporaries
+
+    shutil.copy(variant_pair / "bovw" / "predictions.npz", models / "bovw" / "predictions.npz")
+    code, _, stderr = _run(["--models", models, "--out", out, "--force"], capsys)
+    assert code == 0, stderr
+    assert json.loads(out.read_text())["members"][0]["name"] == "bovw"
+    assert sorted(p.name for p in models.iterdir()) == ["bovw", "cnn5+bovw", "ensemble.json",
+                                                        "ensemble_confusion_matrix.png", "ensemble_report.json",
+                                                        "ensemble_report.md"]
+    # a report left without its ensemble is refused as well
+    out.unlink()
+    code, _, stderr = _run(["--models", models, "--out", out], capsys)
+    assert code == 2 and "ensemble_report" in stderr and "--force" in stderr
+
+
+def test_refuses_members_outside_the_ensembles_folder(variant_pair, tmp_path, capsys):
+    out = tmp_path / "elsewhere" / "ensemble.json"
+    code, _, stderr = _run(["--models", variant_pair, "--out", out], capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert f"{variant_pair / 'bovw'}: not inside {out.parent}" in stderr
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_refuses_a_member_without_its_model(variant_pair, tmp_path, capsys):
+    models = _copy_members(variant_pair, tmp_path)
+    (models / "cnn5+bovw" / "model.keras").unlink()
+    _refused(models, tmp_path, capsys, str(models / "cnn5+bovw" / "model.keras"), "file not found")
