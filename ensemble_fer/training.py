@@ -32,7 +32,11 @@ presence means the variant is complete), ``history.csv`` (rewritten after every 
 ``confusion_matrix.png`` -- every file written atomically. ``.run/`` holds what ``resume``
 needs (the full model with its optimizer state after the last epoch, the best weights of the
 current phase, ``state.json``); it is kept after the run so that a finished run can be
-continued with more epochs, and can be deleted when that is not wanted.
+continued with more epochs, and can be deleted when that is not wanted. A resumed run is
+bit-identical to an uninterrupted one (same machine): the data order, the augmentation and
+the dropout masks are functions of (seed, epoch, step), and the optimizer and the
+early-stopping / plateau counters are in the checkpoint. What a killed run (``kill -9``) left
+half-written is removed by the next run in the same folder.
 
 Public API::
 
@@ -50,7 +54,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -430,6 +433,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
         for name, split in splits.items():
             split.aux = aux.align(split.ids, name)
     state, stale = _check_out(out, settings, resume=resume, force=force, say=say)
+    _clean_after_kill(out, state)
     finish_only = False
     if state is not None and state["complete"] and (
             state["stopped"] == "early stopping" or state["args"]["epochs"] >= settings["epochs"]):
@@ -773,7 +777,8 @@ def _check_out(out: Path, settings: dict, *, resume: bool, force: bool, say) -> 
                 raise FileExistsError(f"resume: {out} holds a variant but no checkpoint to resume from "
                                       f"({RUN_DIR}/state.json); pass --force to replace it")
             say(f"{out}: nothing to resume; starting a new run")
-            return None, []
+            # A run killed before its first state leaves only half-written files in .run/.
+            return None, [RUN_DIR] if run_dir.exists() else []
         state = artifacts.read_json(state_path)
         saved, wanted = _comparable(state["args"]), _comparable(settings)
         differ = sorted(k for k in set(saved) | set(wanted)
@@ -794,6 +799,18 @@ def _check_out(out: Path, settings: dict, *, resume: bool, force: bool, say) -> 
                                   f"or --resume to continue it")
         return None, existing + [RUN_DIR]
     return None, []
+
+
+def _clean_after_kill(out: Path, state: dict | None) -> None:
+    """Remove what a killed run (``kill -9``) left in ``out``: the temporaries of its atomic writes
+    and, in ``.run/``, every file its state does not name (half-written or superseded checkpoints).
+
+    A new run replaces ``.run/`` whole (see :func:`_check_out`)."""
+    artifacts.clean_stale_temporaries(out)
+    if state is None:
+        return
+    keep = {"state.json", state["checkpoint"], state["best_weights"]}
+    _remove(out / RUN_DIR, [p.name for p in (out / RUN_DIR).iterdir() if p.name not in keep])
 
 
 def _remove(out: Path, names: list[str]) -> None:
@@ -879,7 +896,7 @@ class _Run:
                                # with aux targets the class weights are sample weights (train_dataset)
                                class_weight=None if self.has_aux else self.class_weights,
                                callbacks=callbacks + self.extra_callbacks, verbose=verbose)
-                early = callbacks[0].stopped_epoch > 0
+                early = callbacks[-1].stopping.stopped_epoch > 0
             elif state["best_weights"]:
                 # The phase ended just before an interruption: EarlyStopping had restored its
                 # best weights in memory, but the checkpoint holds the last epoch's.
@@ -935,14 +952,14 @@ class _Run:
 
     def _callbacks(self, phase: dict, resumed: bool) -> list:
         s, state = self.settings, self.state
-        stopping = _EarlyStopping(monitor="val_loss", patience=s["patience"], restore_best_weights=True,
-                                  saved=state["early_stopping"] if resumed else None,
-                                  best_weights_path=self._run_path(state["best_weights"]) if resumed else None)
-        reduce_lr = None
-        if phase["reduce_lr"]:
-            reduce_lr = _ReduceLROnPlateau(monitor="val_loss", factor=s["lr_factor"], patience=s["lr_patience"],
-                                           min_lr=s["min_lr"], saved=state["reduce_lr"] if resumed else None)
-        callbacks = [stopping] + ([reduce_lr] if reduce_lr else [])
+        stopping = _EarlyStopping(s["patience"])
+        reduce_lr = _ReduceLROnPlateau(s["lr_factor"], s["lr_patience"], s["min_lr"]) if phase["reduce_lr"] else None
+        if resumed and state["early_stopping"]:
+            best = self._run_path(state["best_weights"])
+            stopping.load_state(state["early_stopping"], _load_weights_npz(best) if best else None)
+        if resumed and reduce_lr is not None and state["reduce_lr"]:
+            reduce_lr.load_state(state["reduce_lr"])
+        callbacks = [_DropoutSeeds(s["seed"]), stopping] + ([reduce_lr] if reduce_lr else [])
         if s["max_minutes"] is not None:
             callbacks.append(_TimeBudget(self, s["max_minutes"] * 60.0))
         # Last: it saves the state the callbacks before it have just updated.
@@ -982,41 +999,90 @@ class _Run:
             _write_history(self.out / "history.csv", self.state["history"])
 
 
-class _EarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose counters and best weights survive an interruption."""
+class _DropoutSeeds(keras.callbacks.Callback):
+    """Reseeds every random layer (dropout) at the start of each epoch from ``(seed, epoch, i)``.
 
-    def __init__(self, *args, saved=None, best_weights_path=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.saved, self.best_weights_path = saved, best_weights_path
+    Keras keeps a dropout layer's random state in a SeedGenerator variable that ``model.save``
+    leaves out, and a loaded checkpoint draws fresh seeds: a resumed run would drop other units
+    than the run it continues. Reseeded per epoch (the counter then advances one per step), the
+    masks of a step are a function of (seed, epoch, step), interrupted or not.
+    """
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self.saved:
-            self.wait, self.best, self.best_epoch = self.saved["wait"], self.saved["best"], self.saved["best_epoch"]
-            if self.best_weights_path is not None:
-                self.best_weights = _load_weights_npz(self.best_weights_path)
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        states = [v for v in self.model.variables if v.name == "seed_generator_state"]
+        for i, variable in enumerate(states):
+            first = np.random.default_rng([self.seed, epoch, i]).integers(1, 2**31)
+            variable.assign(np.array([first, 0], dtype=variable.dtype))
+
+
+class _EarlyStopping(keras.callbacks.Callback):
+    """Keras's EarlyStopping on ``val_loss`` (min_delta 0, best weights restored at the end),
+    holding its state itself: ``state()`` / ``load_state()`` carry it across an interruption.
+
+    Subclassing Keras's and setting its private ``wait`` / ``best`` / ``best_epoch`` does not
+    survive Keras versions (3.3-3.5 reset them at the first epoch end of a ``fit``).
+    """
+
+    def __init__(self, patience: int):
+        super().__init__()
+        self.patience = patience
+        self.wait, self.best, self.best_epoch, self.best_weights, self.stopped_epoch = 0, None, 0, None, 0
 
     def state(self) -> dict:
-        return {"wait": int(self.wait), "best": None if self.best is None else float(self.best),
-                "best_epoch": int(self.best_epoch)}
+        return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state(self, saved: dict, best_weights=None) -> None:
+        self.wait, self.best, self.best_epoch = int(saved["wait"]), saved["best"], int(saved["best_epoch"])
+        self.best_weights = best_weights
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = float(logs["val_loss"])
+        self.wait += 1
+        if self.best is None or current < self.best:
+            self.wait, self.best, self.best_epoch = 0, current, epoch
+            self.best_weights = self.model.get_weights()
+        elif self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
 
 
-class _ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau whose counters survive an interruption (the rate is in the optimizer)."""
+class _ReduceLROnPlateau(keras.callbacks.Callback):
+    """Keras's ReduceLROnPlateau on ``val_loss`` (min_delta 1e-4, no cooldown), holding its state
+    itself as :class:`_EarlyStopping` does; the rate it set is in the optimizer's checkpoint."""
 
-    def __init__(self, *args, saved=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.saved = saved
+    MIN_DELTA = 1e-4
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self.saved:
-            self.wait, self.best, self.cooldown_counter = (self.saved["wait"], self.saved["best"],
-                                                           self.saved["cooldown_counter"])
+    def __init__(self, factor: float, patience: int, min_lr: float):
+        super().__init__()
+        self.factor, self.patience, self.min_lr = factor, patience, min_lr
+        self.wait, self.best = 0, None
 
     def state(self) -> dict:
-        return {"wait": int(self.wait), "best": None if self.best is None else float(self.best),
-                "cooldown_counter": int(self.cooldown_counter)}
+        return {"wait": self.wait, "best": self.best}
+
+    def load_state(self, saved: dict) -> None:
+        # States saved before this class also hold Keras's cooldown_counter, always 0 here.
+        self.wait, self.best = int(saved["wait"]), saved["best"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["learning_rate"] = lr   # the rate this epoch used, for the history row
+        current = float(logs["val_loss"])
+        if self.best is None or current + self.MIN_DELTA < self.best:
+            self.wait, self.best = 0, current
+            return
+        self.wait += 1
+        if self.wait >= self.patience and lr > np.float32(self.min_lr):
+            self.model.optimizer.learning_rate = max(lr * self.factor, self.min_lr)
+            self.wait = 0
 
 
 class _TimeBudget(keras.callbacks.Callback):
@@ -1085,15 +1151,8 @@ def _load_weights_npz(path) -> list[np.ndarray]:
 
 
 def _save_keras_atomic(model, path: Path) -> None:
-    # Keras insists on the .keras suffix, which artifacts.atomic_path's temporary name lacks.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
-    os.close(fd)
-    try:
+    with artifacts.atomic_path(path, suffix=".keras") as tmp:   # Keras insists on the .keras suffix
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:

@@ -431,3 +431,126 @@ def test_resume_accepts_a_run_saved_before_the_aux_arguments_existed(trained, sa
     assert _cli("--block", "cnn5", "--bovw", "--features", sample_store, "--out", out, "--epochs", 1,
                 "--class-weight", "balanced", "--seed", 3, "--resume") == 0
     assert json.loads((out / "config.json").read_text())["args"]["aux_loss_weight"] == 1.0
+
+
+def _kill_after_first_epoch(args, out):
+    """Start a training CLI, SIGKILL it once epoch 1's checkpoint is in its state; returns its pid."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.train_variant", *map(str, args), "--quiet"],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_path = out / ".run" / "state.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if state_path.is_file() and json.loads(state_path.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate()
+    assert process.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    return process.pid
+
+
+def test_a_run_killed_after_epoch_1_resumes_bit_identical_to_an_uninterrupted_run(sample_store, tmp_path):
+    # Dropout (cnn5's 0.25 and the head's 0.5) and augmentation on: every random draw of training.
+    args = ["--block", "cnn5", "--bovw", "--features", sample_store, "--epochs", 3, "--seed", 7,
+            "--dropout", 0.5, "--augment"]
+    whole = tmp_path / "whole"
+    assert _cli(*args, "--out", whole) == 0
+
+    killed = tmp_path / "killed"
+    pid = _kill_after_first_epoch([*args, "--out", killed], killed)
+    state = json.loads((killed / ".run" / "state.json").read_text())
+    assert not state["complete"] and not (killed / "config.json").exists()
+    # What a kill in the middle of an atomic save leaves behind (the pid is dead).
+    stale = [killed / f".model.keras.tmp-{pid}-x1y2.keras", killed / ".run" / f".state.json.tmp-{pid}-a1b2.tmp",
+             killed / ".run" / "scratch-0009.keras"]
+    for path in stale:
+        path.write_bytes(b"half-written")
+
+    assert _cli(*args, "--out", killed, "--resume") == 0
+    assert not [p for p in stale if p.exists()]
+    assert sorted(p.name for p in (killed / ".run").iterdir()) == sorted(p.name for p in (whole / ".run").iterdir())
+    for name in ("history.csv",):
+        assert [r.split(",")[:8] for r in (killed / name).read_text().splitlines()] == \
+               [r.split(",")[:8] for r in (whole / name).read_text().splitlines()]
+    assert np.array_equal(artifacts.load_npz(killed / "predictions.npz")["val_proba"],
+                          artifacts.load_npz(whole / "predictions.npz")["val_proba"])
+    resumed_weights = keras.models.load_model(killed / "model.keras", safe_mode=True, compile=False).get_weights()
+    whole_weights = keras.models.load_model(whole / "model.keras", safe_mode=True, compile=False).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(resumed_weights, whole_weights, strict=True))
+
+
+def test_resume_into_an_epoch_worse_than_the_best_keeps_the_stopping_and_plateau_counters(trained, sample_store,
+                                                                                          tmp_path):
+    out = tmp_path / "worse"
+    shutil.copytree(trained, out)
+    (out / "config.json").unlink()
+    state_path = out / ".run" / "state.json"
+    state = json.loads(state_path.read_text())
+    # A best val_loss of 0 that no epoch beats, one epoch short of the patience (10) and of the
+    # rate's patience (4); the plateau state in the format saved before (with cooldown_counter).
+    state["early_stopping"] = {"wait": 9, "best": 0.0, "best_epoch": 0}
+    state["reduce_lr"] = {"wait": 3, "best": 0.0, "cooldown_counter": 0}
+    state_path.write_text(json.dumps(state))
+    assert _cli("--block", "cnn5", "--bovw", "--features", sample_store, "--out", out, "--epochs", 5,
+                "--class-weight", "balanced", "--seed", 3, "--resume") == 0
+
+    config = json.loads((out / "config.json").read_text())["training"]
+    assert config["stopped"] == "early stopping" and config["epochs_run"] == 2
+    assert config["best_epoch"] == 1 and config["best_val_loss"] == 0.0
+    state = json.loads(state_path.read_text())
+    assert state["early_stopping"] == {"wait": 10, "best": 0.0, "best_epoch": 0}
+    assert state["reduce_lr"] == {"wait": 0, "best": 0.0}
+    checkpoint = keras.models.load_model(out / ".run" / state["checkpoint"], safe_mode=True)
+    assert float(checkpoint.optimizer.learning_rate) == pytest.approx(5e-4)   # dropped after epoch 2
+    rows = [r.split(",") for r in (out / "history.csv").read_text().splitlines()[1:]]
+    assert [float(r[7]) for r in rows] == pytest.approx([1e-3, 1e-3])         # the rates the epochs used
+    # The outputs hold the best epoch's weights (epoch 1's, saved before the interruption).
+    assert np.array_equal(artifacts.load_npz(out / "predictions.npz")["val_proba"],
+                          artifacts.load_npz(trained / "predictions.npz")["val_proba"])
+
+
+def test_stopping_and_plateau_state_round_trips_through_state_and_load_state():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(learning_rate=0.1), "mse")
+    best = [np.full_like(w, 7.0) for w in model.get_weights()]
+
+    stopping = training._EarlyStopping(patience=2)
+    stopping.set_model(model)
+    stopping.load_state({"wait": 1, "best": 0.5, "best_epoch": 3}, best)
+    stopping.on_epoch_end(5, {"val_loss": 0.7})
+    assert model.stop_training and stopping.stopped_epoch == 5
+    assert stopping.state() == {"wait": 2, "best": 0.5, "best_epoch": 3}
+    stopping.on_train_end()
+    assert all(np.array_equal(w, b) for w, b in zip(model.get_weights(), best))
+
+    plateau = training._ReduceLROnPlateau(factor=0.5, patience=2, min_lr=1e-6)
+    plateau.set_model(model)
+    plateau.load_state({"wait": 1, "best": 0.5})
+    logs = {"val_loss": 0.49995}                 # not better by min_delta (1e-4)
+    plateau.on_epoch_end(5, logs)
+    assert logs["learning_rate"] == pytest.approx(0.1)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.05)
+    assert plateau.state() == {"wait": 0, "best": 0.5}
+    plateau.on_epoch_end(6, {"val_loss": 0.3})
+    assert plateau.state() == {"wait": 0, "best": 0.3}
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over_without_its_leftovers(sample_store,
+                                                                                             tmp_path):
+    out = tmp_path / "early_kill"
+    (out / ".run").mkdir(parents=True)
+    leftover = out / ".run" / ".scratch-0001.keras.tmp-999999999-ab12.keras"   # no state.json yet
+    leftover.write_bytes(b"half-written")
+    assert _cli("--block", "none", "--bovw", "--features", sample_store, "--out", out, "--epochs", 1,
+                "--no-augment", "--resume") == 0
+    state = json.loads((out / ".run" / "state.json").read_text())
+    assert state["complete"] and (out / "config.json").is_file()
+    assert sorted(p.name for p in (out / ".run").iterdir()) == sorted(
+        ["state.json", state["checkpoint"], state["best_weights"]])
