@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"test-time augmentation: average N views per image (0 none, up to {inference.MAX_TTA})")
     p.add_argument("--ignore-unknown-labels", action="store_true",
                    help="leave out label folders that are not emotions instead of stopping")
-    p.add_argument("--face-detector", choices=("auto",) + tuple(sorted(bovw.DETECTORS)), default="auto",
+    # --detector as in every stage; --face-detector, its first name, still works
+    p.add_argument("--detector", "--face-detector", dest="face_detector",
+                   choices=("auto",) + tuple(sorted(bovw.DETECTORS)), default="auto",
                    help="detector that decides the face-found subset (auto: the model's, or hog if it has none; "
                         "none: no subset)")
     p.add_argument("--cache", type=Path, default=REPO / "features",
