@@ -180,8 +180,7 @@ def report_markdown(report: dict, fit: dict, result: dict, files: dict) -> str:
              "estimate below is the honest one.", "",
              "## What ran", "",
              "| step | what | seconds |", "| --- | --- | ---: |",
-             f"| 1 extract | `features/sample`: detector `{store['config']['detector']}`, blur of held-out crops "
-             f"sigma {store['config'].get('blur_sigma')}; " + ", ".join(
+             f"| 1 extract | `features/sample`: detector `{store['config']['detector']}`; " + ", ".join(
                  f"{s} {v['n']} images ({v['face_found'] if v['face_found'] is not None else '-'} with one face)"
                  for s, v in splits.items()) + f" | {_seconds(report, 'extract')} |"]
     for name, v in report["variants"].items():

@@ -121,7 +121,10 @@ def _augment_config(args):
     try:
         return AugmentConfig(strength=args.augment_strength, shift=args.augment_shift, erase=args.random_erase)
     except ValueError as exc:
-        raise ValueError(f"--augment-strength/--augment-shift/--random-erase: {exc}") from None
+        # AugmentConfig names its field first ("shift must be ...", "zoom * strength must be ...").
+        field = str(exc).split()[0]
+        flag = {"shift": "--augment-shift", "erase": "--random-erase"}.get(field, "--augment-strength")
+        raise ValueError(f"{flag}: {exc}") from None
 
 
 @reports_errors
