@@ -1,34 +1,55 @@
 """Predict: the emotion of every face in photos and folders, as CSV.
 
     python -m pipelines.predict PATH... [--model PATH] [--csv FILE] [--annotate DIR] [--gradcam DIR]
-        [--tta N] [--detector hog|mmod] [--upsample N] [--recursive] [--batch-size N] [--quiet]
+        [--force | --resume] [--tta N] [--detector hog|mmod] [--upsample N] [--recursive] [--batch-size N]
+        [--quiet]
 
 PATHs are image files or folders (a folder's image files, chosen by extension; --recursive
-descends into sub-folders). The CSV (to FILE, written atomically, or to stdout) has the columns
-``path, face, left, top, right, bottom, emotion`` and one probability column per class: one row
-per face (``face`` counts from 0, largest face first), and for a photo without a face one row
-with emotion ``no_face`` and the other columns empty. A 48x48 image is taken as a face crop
-(box = whole frame). Files that cannot be read are reported on stderr, one line each, and
-skipped; the exit status is non-zero only when no input could be read at all.
+descends into sub-folders). The CSV (to FILE, or to stdout) has the columns
+``path, face, left, top, right, bottom, emotion``, one probability column per class, then
+``status`` and ``reason``. Every input file gets at least one row, written as soon as it is
+done: one row per face (status ``ok``; ``face`` counts from 0, largest face first); for a
+photo without a face one row with emotion and status ``no_face``; for a file that cannot be
+read (corrupt, not an image, over Pillow's size limit, missing) one row with status ``error``
+and the reason, also reported on stderr. A 48x48 image is taken as a face crop (box = whole
+frame). The exit status is non-zero only when no input could be read at all.
 
 --annotate DIR writes every photo with its boxes and ``<emotion> <score>`` labels;
 --gradcam DIR writes, per face, the 48x48 crop the network saw overlaid with the Grad-CAM
 map of the predicted emotion (``<photo>_face<k>_<emotion>.png``).
+
+Existing outputs are never overwritten silently: an existing --csv FILE, --annotate DIR or
+--gradcam DIR is refused before any work, unless --force (start over) or --resume (continue).
+Rows and pictures go to ``FILE.partial`` and ``DIR.partial`` while the run goes, and replace
+FILE and DIR only when every input is done, so an interrupted run keeps what it did and an
+earlier result stays until the new one is complete. --resume continues from ``FILE.partial``
+(or from a finished FILE, to add new inputs), skipping every file that already has an ``ok``
+or ``no_face`` row; files with an ``error`` row are tried again.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
+import os
+import shutil
 import sys
+import warnings
 from collections import deque
 from pathlib import Path
+
+import numpy as np
 
 from .cli_errors import EXIT_BAD_INPUT, reports_errors
 
 NO_FACE = "no_face"
+OK, ERROR = "ok", "error"
 FIXED_COLUMNS = ("path", "face", "left", "top", "right", "bottom", "emotion")
+STATUS_COLUMNS = ("status", "reason")
+PARTIAL = ".partial"
+"""Suffix of the outputs of a run still going (or interrupted): FILE.partial, DIR.partial."""
 ANNOTATION_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
@@ -37,9 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
     p.add_argument("--model", type=Path, metavar="PATH",
                    help="a trained variant folder or an ensemble.json (default: models/release)")
-    p.add_argument("--csv", type=Path, metavar="FILE", help="write the CSV here (default: stdout)")
-    p.add_argument("--annotate", type=Path, metavar="DIR", help="write each photo with boxes and labels here")
-    p.add_argument("--gradcam", type=Path, metavar="DIR", help="write a Grad-CAM overlay per face here")
+    p.add_argument("--csv", type=Path, metavar="FILE",
+                   help="write the CSV here, row by row into FILE.partial, renamed to FILE when every input is "
+                        "done (default: stdout); an existing FILE is refused unless --force or --resume")
+    p.add_argument("--annotate", type=Path, metavar="DIR", help="write each photo with boxes and labels here "
+                                                                "(refused if it exists, unless --force or --resume)")
+    p.add_argument("--gradcam", type=Path, metavar="DIR", help="write a Grad-CAM overlay per face here "
+                                                               "(refused if it exists, unless --force or --resume)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--force", action="store_true",
+                       help="start over, replacing existing outputs (they stay until the new ones are complete) "
+                            "and discarding an interrupted run's FILE.partial")
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run (FILE.partial) or add to a finished FILE: files that "
+                            "already have an ok or no_face row are skipped, the rest predicted (needs --csv)")
     p.add_argument("--tta", type=int, default=0, metavar="N", help="test-time augmentation views (0: none, up to 10)")
     p.add_argument("--detector", choices=("hog", "mmod"), default="hog",
                    help="dlib face detector: hog (fast, frontal) or mmod (CNN, more poses, slow on a CPU)")
@@ -54,70 +86,110 @@ def build_parser() -> argparse.ArgumentParser:
 @reports_errors
 def main(argv=None) -> int:
     from ensemble_fer import EmotionRecognizer
-    from ensemble_fer.datasets import DatasetError, read_image_file
+    from ensemble_fer.errors import InputError
 
     args = build_parser().parse_args(argv)
     from ensemble_fer.inference import MAX_TTA
 
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
+        raise InputError(f"--batch-size must be >= 1; got {args.batch_size}")
     if not 0 <= args.tta <= MAX_TTA:
-        raise ValueError(f"--tta must be from 0 (none) to {MAX_TTA}; got {args.tta}")
+        raise InputError(f"--tta must be from 0 (none) to {MAX_TTA}; got {args.tta}")
+    if args.resume and not args.csv:
+        raise InputError("--resume needs --csv FILE: the CSV's rows say which inputs are done")
+    outputs = Outputs(args.csv, args.annotate, args.gradcam, force=args.force, resume=args.resume)
+    outputs.check()     # before the model loads: a refused output costs nothing
     files, problems = list_inputs(args.paths, args.recursive)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if not files:
+    if not files and not problems:
         print("error: no image files to read", file=sys.stderr)
         return EXIT_BAD_INPUT
     recognizer = EmotionRecognizer.load(args.model, detector=args.detector, upsample=args.upsample)
     classes = recognizer.classes
     if args.gradcam:
         recognizer.gradcam_model()      # a BOVW-only model fails here, before any work
+    # One blank crop through every member loads the models now, so that a model file Keras
+    # cannot read stops the run before any output is started.
+    recognizer.predict(np.zeros((48, 48), np.uint8))
 
-    read_ok: deque = deque()     # (path, output name) of the images handed to the recognizer, in order
-    unreadable = []
-
-    def images():
-        progress = files
-        if not args.quiet and (len(files) > 1 or any(p.is_dir() for p in args.paths)):
-            from tqdm import tqdm
-
-            progress = tqdm(files, desc="photos", unit="photo", file=sys.stderr)
-        for path, name in progress:
-            try:
-                image = read_image_file(path)
-            except DatasetError as exc:
-                unreadable.append(path)
-                _write_above_progress(progress, str(exc))
-                continue
-            read_ok.append((path, name))
-            yield image
-
-    rows = []
-    n_faces = 0
-    for faces in recognizer.iter_predict(images(), batch_size=args.batch_size, tta=args.tta):
-        path, name = read_ok.popleft()
-        rows.extend(csv_rows(path, faces, classes))
-        n_faces += len(faces)
-        if args.annotate or args.gradcam:
-            write_pictures(recognizer, read_image_file(path), faces, name, args.annotate, args.gradcam)
-
-    n_read = len(files) - len(unreadable)
-    text = format_csv(rows, classes)
-    if args.csv:
-        from ensemble_fer.artifacts import atomic_path
-
-        with atomic_path(args.csv) as tmp:
-            tmp.write_text(text, newline="")
-    else:
-        sys.stdout.write(text)
+    with outputs.open(classes) as sink:
+        counts = predict_files(recognizer, files, problems, sink, args)
     if not args.quiet:
         where = f"; wrote {args.csv}" if args.csv else ""
-        print(f"{n_read} photo(s) read, {n_faces} face(s), {len(unreadable)} unreadable{where}", file=sys.stderr)
-    if n_read == 0:
+        skipped = f", {counts['skipped']} done before (--resume)" if counts["skipped"] else ""
+        print(f"{counts['read']} photo(s) read, {counts['faces']} face(s), {counts['errors']} unreadable{skipped}"
+              f"{where}", file=sys.stderr)
+    if counts["read"] == 0 and counts["skipped"] == 0:
         print("error: no input could be read", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
+    """Predict every ``(path, output name)`` in ``files`` not done yet, writing each file's
+    rows (and pictures) through ``sink`` as soon as its batch has run, in input order."""
+    from ensemble_fer.datasets import read_image_file
+
+    classes = recognizer.classes
+    counts = {"read": 0, "faces": 0, "errors": 0, "skipped": 0}
+    for problem in problems:
+        print(problem, file=sys.stderr)
+        path, _, reason = problem.partition(": ")
+        sink.write(path, [error_row(path, reason, classes)])
+        counts["errors"] += 1
+    todo = [(path, name) for path, name in files if str(path) not in sink.done]
+    counts["skipped"] = len(files) - len(todo)
+    # Every input in order; error entries wait here until the files before them are written.
+    queue: deque = deque()      # (path, name, reason or None)
+
+    def images():
+        progress = todo
+        if not args.quiet and (len(todo) > 1 or any(p.is_dir() for p in args.paths)):
+            from tqdm import tqdm
+
+            progress = tqdm(todo, desc="photos", unit="photo", file=sys.stderr)
+        for path, name in progress:
+            try:
+                image = read_photo(path)
+            except ValueError as exc:       # DatasetError (an InputError): this file only
+                queue.append((path, name, str(exc)))
+                _write_above_progress(progress, str(exc))
+                continue
+            queue.append((path, name, None))
+            yield image
+
+    def flush_errors():
+        while queue and queue[0][2] is not None:
+            path, _, reason = queue.popleft()
+            sink.write(path, [error_row(path, reason.removeprefix(f"{path}: "), classes)])
+            counts["errors"] += 1
+
+    for faces in recognizer.iter_predict(images(), batch_size=args.batch_size, tta=args.tta):
+        flush_errors()
+        path, name, _ = queue.popleft()
+        if sink.pictures:
+            sink.write_pictures(recognizer, read_image_file(path), faces, name)
+        sink.write(path, csv_rows(path, faces, classes))
+        counts["read"] += 1
+        counts["faces"] += len(faces)
+    flush_errors()
+    return counts
+
+
+def read_photo(path):
+    """``datasets.read_image_file``, with pictures past Pillow's decompression-bomb limit
+    (about 89 megapixels) refused as unreadable like a corrupt file: decoding one would take
+    gigabytes, and face detection on it far more."""
+    from PIL import Image
+
+    from ensemble_fer.datasets import DatasetError, read_image_file
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; both are refused alike.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return read_image_file(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DatasetError(f"{path}: not read, too large ({exc})") from None
 
 
 def list_inputs(paths, recursive: bool = False) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -156,17 +228,167 @@ def list_inputs(paths, recursive: bool = False) -> tuple[list[tuple[Path, Path]]
 def csv_rows(path, faces, classes) -> list[list]:
     """The CSV rows of one photo (see the module doc)."""
     if not faces:
-        return [[str(path), "", "", "", "", "", NO_FACE] + [""] * len(classes)]
-    return [[str(path), k, *face.box, face.emotion] + [f"{face.scores[c]:.6f}" for c in classes]
+        return [[str(path), "", "", "", "", "", NO_FACE] + [""] * len(classes) + [NO_FACE, "no face found"]]
+    return [[str(path), k, *face.box, face.emotion] + [f"{face.scores[c]:.6f}" for c in classes] + [OK, ""]
             for k, face in enumerate(faces)]
+
+
+def error_row(path, reason: str, classes) -> list:
+    """The one row of an input that could not be read."""
+    return [str(path), "", "", "", "", "", ""] + [""] * len(classes) + [ERROR, reason]
+
+
+def csv_header(classes) -> list[str]:
+    return list(FIXED_COLUMNS) + list(classes) + list(STATUS_COLUMNS)
 
 
 def format_csv(rows, classes) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(list(FIXED_COLUMNS) + list(classes))
+    writer.writerow(csv_header(classes))
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+class Outputs:
+    """Where a run's rows and pictures go, and how they replace or continue earlier ones.
+
+    With a --csv FILE, rows are appended to ``FILE.partial`` (flushed after every input) and
+    pictures written into ``DIR.partial``; when every input is done they replace FILE and
+    DIR (an old DIR goes only once the new one is in place). Without --csv, rows go to
+    stdout as they come.
+    """
+
+    def __init__(self, csv_path, annotate, gradcam, force: bool, resume: bool):
+        self.csv = None if csv_path is None else Path(csv_path)
+        self.dirs = {key: Path(d) for key, d in (("annotate", annotate), ("gradcam", gradcam)) if d is not None}
+        self.force, self.resume = force, resume
+        self.done: set[str] = set()
+        self.pictures = bool(self.dirs)
+
+    @staticmethod
+    def partial(path: Path) -> Path:
+        return path.with_name(path.name + PARTIAL)
+
+    def check(self) -> None:
+        """Refuse outputs that would be overwritten, or that are of the wrong kind."""
+        from ensemble_fer.errors import InputError
+
+        if self.csv is not None and self.csv.is_dir():
+            raise InputError(f"--csv {self.csv}: is a folder; give the path of the CSV file to write")
+        for key, folder in self.dirs.items():
+            if folder.exists() and not folder.is_dir():
+                raise InputError(f"--{key} {folder}: is a file; give a folder for the pictures")
+        if self.force or self.resume:
+            return
+        for path in [self.csv] * (self.csv is not None) + list(self.dirs.values()):
+            if self.partial(path).exists():
+                raise InputError(f"{self.partial(path)}: holds what an interrupted run wrote; pass --resume to "
+                                 f"continue it or --force to start over")
+            if path.exists():
+                raise InputError(f"{path}: exists; pass --force to replace it, --resume to add the inputs it "
+                                 f"lacks, or choose another output")
+
+    @contextlib.contextmanager
+    def open(self, classes):
+        """Lock the outputs, prepare FILE.partial and DIR.partial (fresh, or continued with
+        --resume), yield self to write through, and swap the results in when the block ends
+        without an exception."""
+        from ensemble_fer import artifacts
+
+        header = self.header = csv_header(classes)
+        finals = ([self.csv] if self.csv is not None else []) + list(self.dirs.values())
+        with contextlib.ExitStack() as stack:
+            for path in finals:
+                stack.enter_context(artifacts.output_lock(path))
+            self.building = {key: self.partial(folder) for key, folder in self.dirs.items()}
+            rows = self._start(header)
+            if self.csv is None:
+                handle = sys.stdout
+            else:
+                handle = stack.enter_context(open(self.partial(self.csv), "a" if self.resume else "w", newline=""))
+            self._handle, self._writer = handle, csv.writer(handle, lineterminator="\n")
+            if rows is None:
+                self._writer.writerow(header)
+                handle.flush()
+            yield self
+            handle.flush()
+            if self.csv is not None:
+                handle.close()
+            # every input is done: swap the new results in, pictures first, the CSV (which
+            # says what is done) last
+            for key, folder in self.dirs.items():
+                with artifacts.replacing(folder, force=True) as tmp:
+                    os.rename(self.building[key], tmp)
+            if self.csv is not None:
+                os.replace(self.partial(self.csv), self.csv)
+
+    def _start(self, header) -> list | None:
+        """Prepare FILE.partial and DIR.partial; the rows kept from before (None: a fresh start)."""
+        from ensemble_fer import artifacts
+
+        partial = None if self.csv is None else self.partial(self.csv)
+        if not self.resume:
+            # A fresh start (--force, or nothing there): an interrupted run's scratch is
+            # discarded; finished outputs stay until this run's replace them.
+            for path in [partial, *self.building.values()]:
+                if path is not None and path.is_dir():
+                    shutil.rmtree(path)
+                elif path is not None and path.exists():
+                    path.unlink()
+            for folder in self.building.values():
+                folder.mkdir(parents=True)
+            return None
+        source = partial if partial.exists() else self.csv if self.csv.exists() else None
+        rows = [] if source is None else self._kept_rows(source, header)
+        # The rows kept go into a fresh FILE.partial (atomically); the rest is appended to it.
+        with artifacts.atomic_path(partial) as tmp:
+            tmp.write_text(format_csv(rows, header[len(FIXED_COLUMNS):header.index(STATUS_COLUMNS[0])]), newline="")
+        for key, folder in self.dirs.items():
+            building = self.building[key]
+            if not building.exists():
+                if folder.is_dir():     # continue a finished folder: links, not copies, of its files
+                    shutil.copytree(folder, building, copy_function=_link_or_copy)
+                else:
+                    building.mkdir(parents=True)
+        self.done = {row[0] for row in rows}
+        return rows
+
+    def _kept_rows(self, source: Path, header) -> list[list[str]]:
+        """The rows of ``source`` for files that are done: ``ok`` or ``no_face`` rows. The last
+        file's rows are dropped (an interruption may have cut them short), and so is every
+        file with an ``error`` row or a malformed one: those are done again."""
+        from ensemble_fer.errors import InputError
+
+        with open(source, newline="") as handle:
+            rows = list(csv.reader(handle))
+        if not rows or rows[0] != header:
+            raise InputError(f"{source}: its columns {rows[0] if rows else []} are not this model's {header}; "
+                             f"resume with the model that wrote it, or pass --force to start over")
+        rows = rows[1:]
+        status = header.index("status")
+        bad = {row[0] for row in rows if len(row) != len(header) or row[status] not in (OK, NO_FACE)}
+        if source.name.endswith(PARTIAL) and rows:
+            bad.add(rows[-1][0])
+        return [row for row in rows if row[0] not in bad]
+
+    def write(self, path, rows) -> None:
+        """The rows of one input, flushed so that an interruption keeps them."""
+        self._writer.writerows(rows)
+        self._handle.flush()
+        self.done.add(str(path))
+
+    def write_pictures(self, recognizer, image, faces, name: Path) -> None:
+        write_pictures(recognizer, image, faces, name, self.building.get("annotate"), self.building.get("gradcam"))
+
+
+def _link_or_copy(source, target):
+    """Pictures are written through atomic renames, never in place, so a hard link to a
+    finished folder's file is as safe as a copy and costs nothing."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def write_pictures(recognizer, image, faces, name: Path, annotate_dir, gradcam_dir) -> None:

@@ -6,12 +6,21 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import SAMPLE, TEST_DATA
+from conftest import REPO, SAMPLE, TEST_DATA
 from ensemble_fer import EmotionRecognizer
 from ensemble_fer.datasets import read_image_file, to_gray
 from ensemble_fer.recognizer import FaceResult
@@ -179,13 +188,21 @@ def test_cli_writes_the_documented_csv_and_skips_unreadable_files(cli_run, recog
         reader = csv.reader(handle)
         header = next(reader)
         rows = list(reader)
-    assert header == ["path", "face", "left", "top", "right", "bottom", "emotion", *recognizer.classes]
+    n = len(recognizer.classes)
+    assert header == ["path", "face", "left", "top", "right", "bottom", "emotion", *recognizer.classes,
+                      "status", "reason"]
     by_photo = {}
     for row in rows:
         by_photo.setdefault(row[0], []).append(row)
-    assert set(by_photo) == {str(photos / n) for n in ("2008_002506.jpg", "2009_004587.jpg", "dogs.jpg")}
+    # one row per input file at least, unreadable ones included (with the reason)
+    assert set(by_photo) == {str(photos / n) for n in ("2008_002506.jpg", "2009_004587.jpg", "dogs.jpg",
+                                                       "broken.jpg")} | {str(notes)}
     assert by_photo[str(photos / "dogs.jpg")] == [[str(photos / "dogs.jpg"), "", "", "", "", "", "no_face"]
-                                                  + [""] * len(recognizer.classes)]
+                                                  + [""] * n + ["no_face", "no face found"]]
+    for path in (photos / "broken.jpg", notes):
+        [row] = by_photo[str(path)]
+        assert row[:7 + n] == [str(path)] + [""] * (6 + n)
+        assert row[-2] == "error" and row[-1].startswith("not a readable image (")
     for name in ("2008_002506.jpg", "2009_004587.jpg"):
         expected = recognizer.predict(photos / name)
         got = by_photo[str(photos / name)]
@@ -193,7 +210,8 @@ def test_cli_writes_the_documented_csv_and_skips_unreadable_files(cli_run, recog
         for k, (row, face) in enumerate(zip(got, expected)):
             assert row[1] == str(k)
             assert tuple(int(v) for v in row[2:6]) == face.box
-            scores = [float(v) for v in row[7:]]
+            scores = [float(v) for v in row[7:7 + n]]
+            assert row[7 + n:] == ["ok", ""]
             assert sum(scores) == pytest.approx(1.0, abs=1e-5)
             np.testing.assert_allclose(scores, list(face.scores.values()), atol=2e-6)
             assert row[6] == face.emotion
@@ -228,7 +246,7 @@ def test_cli_prints_csv_without_csv_option_and_recurses_on_request(tiny_variant,
     assert cli.main([str(tmp_path), "--model", str(tiny_variant), "--quiet", "--recursive", "--tta", "2"]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert [r[0] for r in rows[1:]] == [str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "b.jpg")]
-    assert all(sum(float(v) for v in r[7:]) == pytest.approx(1.0, abs=1e-5) for r in rows[1:])
+    assert all(sum(float(v) for v in r[7:-2]) == pytest.approx(1.0, abs=1e-5) for r in rows[1:])
 
 
 def test_cli_fails_only_when_nothing_could_be_read(tiny_variant, tmp_path, capsys):
@@ -241,3 +259,131 @@ def test_cli_fails_only_when_nothing_could_be_read(tiny_variant, tmp_path, capsy
     assert "broken.jpg: not a readable image" in err and "notes.txt: not a readable image" in err
     assert "missing.png: no such file or folder" in err and "no input could be read" in err
     assert cli.main([str(tmp_path / "empty_dir_missing"), "--model", str(tiny_variant)]) != 0
+
+
+# ----------------------------------------------------------------------------- one row per file, resume, outputs
+
+def _black_png(path, width, height):
+    """A real (valid) grayscale PNG, written row by row so it costs no memory to make."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor, row = zlib.compressobj(9), b"\x00" * (width + 1)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_an_oversized_or_unreadable_file_gets_its_row_and_the_batch_goes_on(tiny_variant, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(sorted(SAMPLE.glob("train/happy/*.jpg"))[0], photos / "a.jpg")
+    _black_png(photos / "huge.png", 14000, 14000)               # over Pillow's decompression-bomb limit
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is no JPEG")
+    shutil.copy(sorted(SAMPLE.glob("train/sad/*.jpg"))[0], photos / "z.jpg")
+    out = tmp_path / "faces.csv"
+    assert cli.main([str(photos), "--model", str(tiny_variant), "--csv", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"{photos / 'huge.png'}: not read, too large (Image size (196000000 pixels) exceeds limit" in err
+    rows = _read_csv(out)
+    assert [(Path(r["path"]).name, r["status"]) for r in rows] == [("a.jpg", "ok"), ("broken.jpg", "error"),
+                                                                   ("huge.png", "error"), ("z.jpg", "ok")]
+    assert rows[2]["reason"].startswith("not read, too large") and rows[2]["emotion"] == ""
+    assert not out.with_name("faces.csv.partial").exists()
+
+
+def test_an_interrupted_run_keeps_its_rows_and_resume_skips_them(tiny_variant, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    crops = sorted(SAMPLE.glob("train/*/*.jpg"))
+    for k, crop in enumerate(crops):
+        shutil.copy(crop, photos / f"{k:03d}.jpg")
+    out = tmp_path / "faces.csv"
+    out.write_text("an earlier result\n")
+    partial = tmp_path / "faces.csv.partial"
+    # a real run, stopped by Ctrl-C once it has written a few rows; --force must not have
+    # touched the earlier result
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.predict", str(photos), "--model", str(tiny_variant),
+                                "--csv", str(out), "--force", "--batch-size", "1", "--quiet"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if partial.exists() and partial.read_text().count("\n") >= 6:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert out.read_text() == "an earlier result\n"
+    kept = _read_csv(partial)
+    assert 5 <= len(kept) < len(crops) and all(r["status"] == "ok" for r in kept)
+
+    # without --resume (or --force) the interrupted run is not overwritten
+    assert cli.main([str(photos), "--model", str(tiny_variant), "--csv", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {partial}: holds what an interrupted run wrote; pass --resume to continue it or " \
+                          f"--force to start over"
+
+    assert cli.main([str(photos), "--model", str(tiny_variant), "--csv", str(out), "--resume", "--batch-size", "8"]) == 0
+    err = capsys.readouterr().err
+    assert f"{len(kept) - 1} done before (--resume)" in err     # the last row written is redone: it may be cut short
+    rows = _read_csv(out)
+    assert [r["path"] for r in rows] == [str(photos / f"{k:03d}.jpg") for k in range(len(crops))]
+    assert rows[:len(kept) - 1] == kept[:-1]                   # the rows from before, unchanged
+    assert all(r["status"] == "ok" for r in rows) and not partial.exists()
+
+    # --resume on a finished CSV adds what it lacks and keeps the rest
+    shutil.copy(crops[0], photos / "new.jpg")
+    assert cli.main([str(photos), "--model", str(tiny_variant), "--csv", str(out), "--resume", "--quiet"]) == 0
+    again = _read_csv(out)
+    assert again[:-1] == rows and again[-1]["path"] == str(photos / "new.jpg")
+
+
+def test_existing_outputs_are_refused_before_any_work(tiny_variant, tmp_path, capsys):
+    photo = DOGS
+    out = tmp_path / "faces.csv"
+    out.write_text("an earlier result\n")
+    annotated = tmp_path / "annotated"
+    annotated.mkdir()
+    (annotated / "keep.png").write_bytes(b"earlier")
+    # the model is never looked at: a missing one is not what is reported
+    missing_model = tmp_path / "no-model"
+    for args, message in (
+            (["--csv", str(out)], f"error: {out}: exists; pass --force to replace it, --resume to add the inputs it "
+                                  f"lacks, or choose another output"),
+            (["--annotate", str(annotated)], f"error: {annotated}: exists; pass --force"),
+            (["--csv", str(tmp_path)], f"error: --csv {tmp_path}: is a folder; give the path of the CSV file"),
+            (["--resume"], "error: --resume needs --csv FILE"),
+    ):
+        assert cli.main([str(photo), "--model", str(missing_model), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err
+    assert out.read_text() == "an earlier result\n" and (annotated / "keep.png").read_bytes() == b"earlier"
+    help_text = " ".join(cli.build_parser().format_help().split())
+    assert "--force" in help_text and "--resume" in help_text and "refused if it exists" in help_text
+
+    # --force replaces them, once the new ones are complete
+    assert cli.main([str(photo), "--model", str(tiny_variant), "--csv", str(out), "--annotate", str(annotated),
+                     "--force", "--quiet"]) == 0
+    assert [r["status"] for r in _read_csv(out)] == ["no_face"]
+    assert sorted(p.name for p in annotated.iterdir()) == ["dogs.jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated", "faces.csv"]
+
+
+def test_a_model_file_keras_cannot_read_stops_the_run_before_any_output(tiny_variant, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_variant, model, ignore=shutil.ignore_patterns(".run"))
+    data = (model / "model.keras").read_bytes()
+    (model / "model.keras").write_bytes(data[: len(data) // 3])
+    out = tmp_path / "faces.csv"
+    assert cli.main([str(DOGS), "--model", str(model), "--csv", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{model / 'model.keras'}: not a valid Keras model" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
