@@ -29,11 +29,14 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"image must be (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}")
 
 
-def draw_faces(image: np.ndarray, faces) -> np.ndarray:
-    """A copy of ``image`` (RGB) with each face's box and ``"<emotion> <score>"`` label drawn.
+def draw_faces(image: np.ndarray, faces, labels=None) -> np.ndarray:
+    """A copy of ``image`` (RGB) with each face's box and its top emotion and score drawn.
 
     ``faces`` is a list of :class:`ensemble_fer.recognizer.FaceResult` (anything with ``box``,
-    ``emotion`` and ``scores``). With no face, ``no face`` is written in the top-left corner.
+    ``emotion`` and ``scores``); ``labels`` optionally replaces the default
+    ``"<emotion> <score>"`` texts, one per face (video annotation prefixes the track id).
+    Labels stay inside the image and do not cover each other (see :func:`place_labels`).
+    With no face, ``no face`` is written in the top-left corner.
     """
     import cv2
 
@@ -45,16 +48,68 @@ def draw_faces(image: np.ndarray, faces) -> np.ndarray:
     if not faces:
         _label(out, "no face", (2, 2), NO_FACE_COLOUR, font, scale, thickness)
         return out
-    for face in faces:
-        left, top, right, bottom = (int(v) for v in face.box)
+    if labels is None:
+        labels = ["{} {:.2f}".format(*_top(face)) for face in faces]
+    if len(labels) != len(faces):
+        raise ValueError(f"labels: {len(labels)} texts for {len(faces)} faces")
+    boxes = [tuple(int(v) for v in face.box) for face in faces]
+    sizes = [_label_size(text, font, scale, thickness) for text in labels]
+    for left, top, right, bottom in boxes:
         cv2.rectangle(out, (left, top), (right, bottom), BOX_COLOUR, thickness)
-        text = f"{face.emotion} {face.scores[face.emotion]:.2f}"
-        (_, text_h), baseline = cv2.getTextSize(text, font, scale, thickness)
-        label_h = text_h + baseline + 4
-        # above the box when there is room, else inside its top edge
-        y = top - label_h if top - label_h >= 0 else top
-        _label(out, text, (left, y), BOX_COLOUR, font, scale, thickness)
+    for text, origin in zip(labels, place_labels(boxes, sizes, (height, width))):
+        _label(out, text, origin, BOX_COLOUR, font, scale, thickness)
     return out
+
+
+def _top(face) -> tuple[str, float]:
+    top = getattr(face, "top_emotion", None)
+    return top if top is not None else (face.emotion, face.scores[face.emotion])
+
+
+def place_labels(boxes, sizes, shape) -> list[tuple[int, int]]:
+    """Top-left corners of one label per face box: inside the image, not over each other.
+
+    ``boxes`` are ``(left, top, right, bottom)``, ``sizes`` the labels' ``(width, height)``,
+    ``shape`` the image's ``(height, width)``. Each label tries, in order: above its box,
+    below it, inside its top edge, inside its bottom edge (left-aligned with the box, moved
+    sideways to stay in the image); the first spot that covers no label placed before it and
+    no other face wins, else the one covering the least. Larger faces are placed first, so
+    in a crowd the smaller faces' labels give way.
+    """
+    height, width = shape
+    placed: list[tuple[int, int, int, int]] = []
+    origins: list[tuple[int, int] | None] = [None] * len(boxes)
+    order = sorted(range(len(boxes)), key=lambda i: -(boxes[i][2] - boxes[i][0]) * (boxes[i][3] - boxes[i][1]))
+    for i in order:
+        left, top, right, bottom = boxes[i]
+        w, h = sizes[i]
+        candidates = [(left, top - h), (left, bottom + 1), (left, top), (left, bottom - h),
+                      (right - w, top - h), (right - w, bottom + 1)]
+        best, best_cost = None, None
+        for x, y in candidates:
+            x = min(max(0, x), max(0, width - w))
+            y = min(max(0, y), max(0, height - h))
+            rect = (x, y, x + w, y + h)
+            cost = (sum(_overlap(rect, other) for other in placed) * 4
+                    + sum(_overlap(rect, boxes[j]) for j in range(len(boxes)) if j != i))
+            if best_cost is None or cost < best_cost:
+                best, best_cost = (x, y), cost
+            if cost == 0:
+                break
+        origins[i] = best
+        placed.append((best[0], best[1], best[0] + w, best[1] + h))
+    return origins
+
+
+def _overlap(a, b) -> int:
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _label_size(text, font, scale, thickness) -> tuple[int, int]:
+    import cv2
+
+    (text_w, text_h), baseline = cv2.getTextSize(text, font, scale, thickness)
+    return text_w + 4, text_h + baseline + 4
 
 
 def _label(image, text, origin, colour, font, scale, thickness) -> None:
@@ -81,6 +136,31 @@ def heatmap_overlay(crop: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) 
     colours = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     blended = (1.0 - alpha) * crop.astype(np.float32) + alpha * colours.astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def gradcam_figure(crop: np.ndarray, heatmap: np.ndarray, caption: str, size: int = 192) -> np.ndarray:
+    """A picture to look at: the face crop and its Grad-CAM overlay side by side, each
+    ``size`` pixels square (the 48x48 crop upscaled smoothly), with ``caption`` below.
+
+    uint8 RGB, shape ``(size + caption bar, 2 * size, 3)``.
+    """
+    import cv2
+
+    crop = to_rgb(crop)
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.shape != crop.shape[:2]:
+        raise ValueError(f"heatmap shape {heatmap.shape} differs from the crop's {crop.shape[:2]}")
+    face = cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
+    smooth = np.clip(cv2.resize(heatmap, (size, size), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+    panels = np.concatenate([face, heatmap_overlay(face, smooth)], axis=1)
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, size / 400, max(1, round(size / 200))
+    # shrink the caption until it fits the figure's width
+    while scale > 0.3 and cv2.getTextSize(caption, font, scale, thickness)[0][0] > panels.shape[1] - 8:
+        scale *= 0.9
+    (_, text_h), baseline = cv2.getTextSize(caption, font, scale, thickness)
+    bar = np.full((text_h + baseline + 12, panels.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, caption, (4, text_h + 6), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return np.concatenate([panels, bar], axis=0)
 
 
 def write_image(path, image: np.ndarray) -> Path:

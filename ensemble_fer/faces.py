@@ -13,6 +13,8 @@ import functools
 
 import numpy as np
 
+from .errors import InputError
+
 DETECTORS = ("hog", "mmod")
 
 Box = tuple[int, int, int, int]
@@ -50,15 +52,27 @@ def detect_faces(image: np.ndarray, detector: str = "hog", upsample: int = 1,
     to find faces smaller than about 80 pixels. ``threshold`` shifts the HOG detector's
     decision threshold (negative finds more, less certain faces); MMOD ignores it.
     """
+    return [box for box, _ in detect_scored_faces(image, detector, upsample, threshold)]
+
+
+def detect_scored_faces(image: np.ndarray, detector: str = "hog", upsample: int = 1,
+                        threshold: float = 0.0) -> list[tuple[Box, float]]:
+    """:func:`detect_faces` with each box's detection score: ``[(box, score), ...]``, largest first.
+
+    The score is the detector's own confidence: for ``hog`` the SVM margin (0 at the decision
+    threshold, above about 1 for clear frontal faces), for ``mmod`` the CNN's output (above
+    about 0.5 for clear faces). Scores of the two detectors are not on one scale.
+    """
     image = _as_dlib_image(image)
     if detector == "hog":
-        rects, _scores, _ = _hog_detector().run(image, upsample, threshold)
+        rects, scores, _ = _hog_detector().run(image, upsample, threshold)
     elif detector == "mmod":
-        rects = [d.rect for d in _mmod_detector()(image, upsample)]
+        found = _mmod_detector()(image, upsample)
+        rects, scores = [d.rect for d in found], [d.confidence for d in found]
     else:
         raise ValueError(f"detector must be one of {DETECTORS}; got {detector!r}")
-    boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
-    return sorted(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
+    scored = [((r.left(), r.top(), r.right(), r.bottom()), float(score)) for r, score in zip(rects, scores)]
+    return sorted(scored, key=lambda item: (item[0][2] - item[0][0]) * (item[0][3] - item[0][1]), reverse=True)
 
 
 def face_landmarks(image: np.ndarray, box: Box) -> np.ndarray:

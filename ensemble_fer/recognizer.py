@@ -11,8 +11,8 @@
 
 How a photo becomes results
 ---------------------------
-1. The input (a path, or a uint8 array: grayscale (H, W), RGB or RGBA (H, W, 3|4), any size)
-   is turned into grayscale once, by :func:`ensemble_fer.datasets.to_gray` (ITU-R 601 luma,
+1. The input (a path, or a uint8 array: grayscale (H, W), RGB or RGBA (H, W, 3|4), any size;
+   ``color="bgr"`` for arrays from OpenCV, which are BGR or BGRA) is turned into grayscale once, by :func:`ensemble_fer.datasets.to_gray` (ITU-R 601 luma,
    alpha dropped). Detection and cropping both work on that gray image, so a photo given as
    RGB, RGBA or grayscale gives the same faces and the same scores.
 2. Faces are found by dlib (:func:`ensemble_fer.faces.detect_faces`; HOG detector by default,
@@ -40,14 +40,16 @@ from pathlib import Path
 
 import numpy as np
 
+from . import release
 from .datasets import IMAGE_SIZE, read_image_file, to_gray
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO / "models" / "release"
-"""Where :meth:`EmotionRecognizer.load` looks without a path: the shipped release model."""
+DEFAULT_MODEL = release.PACKAGED if release.is_model_folder(release.PACKAGED) else release.WORKING_COPY
+"""Where :meth:`EmotionRecognizer.load` looks without a path: the release model packaged in
+the installed wheel, or ``models/release`` in a clone (see :mod:`ensemble_fer.release`)."""
 
 WHOLE_FRAME = (0, 0, IMAGE_SIZE - 1, IMAGE_SIZE - 1)
 DETECTORS = ("hog", "mmod")
+COLOR_ORDERS = ("rgb", "bgr")
 
 Box = tuple[int, int, int, int]
 
@@ -58,12 +60,20 @@ class FaceResult:
 
     ``box`` is ``(left, top, right, bottom)`` in pixels (right and bottom inclusive, dlib's
     convention); ``scores`` maps each class name to its probability, in the model's class
-    order (see :attr:`EmotionRecognizer.classes`), summing to 1.
+    order (see :attr:`EmotionRecognizer.classes`), summing to 1. ``detection_score`` is the
+    face detector's confidence in the box (see :func:`ensemble_fer.faces.detect_scored_faces`;
+    HOG and MMOD scores are on different scales), ``None`` for an input taken as a face crop.
     """
 
     box: Box
     emotion: str
     scores: dict[str, float] = field(hash=False)
+    detection_score: float | None = None
+
+    @property
+    def top_emotion(self) -> tuple[str, float]:
+        """``(emotion, probability)`` of the most likely class, e.g. ``("happy", 0.82)``."""
+        return self.emotion, self.scores[self.emotion]
 
 
 class EmotionRecognizer:
@@ -87,12 +97,15 @@ class EmotionRecognizer:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path=None, *, detector: str = "hog", upsample: int = 1) -> "EmotionRecognizer":
-        """Load a model: a trained variant folder, an ``ensemble.json``, or a folder holding
-        one; ``None`` for the release model in ``models/release``."""
-        from . import inference
+        """Load a model: a trained variant folder, an ``ensemble.json``, a folder holding one,
+        or one format's folder of a TFLite export (``ensemble-fer export``); ``None`` for the
+        release model (see :data:`DEFAULT_MODEL`)."""
+        from . import export, inference
 
         resolved = resolve_model_path(path)
-        return cls(inference.load_predictor(resolved), detector=detector, upsample=upsample, source=resolved)
+        # a TFLite export (ensemble_fer.export) predicts through the same Predictor
+        load = export.load_predictor if export.is_export(resolved) else inference.load_predictor
+        return cls(load(resolved), detector=detector, upsample=upsample, source=resolved)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -104,14 +117,14 @@ class EmotionRecognizer:
                 f"detector={self.detector!r}, upsample={self.upsample})")
 
     # ------------------------------------------------------------------ faces
-    def locate_faces(self, image) -> list[Box]:
+    def locate_faces(self, image, color: str = "rgb") -> list[Box]:
         """Boxes of the faces the recognizer would classify, largest first (see the module doc)."""
-        return self._faces(self._gray(image))[0]
+        return self._faces(self._gray(image, color))[0]
 
-    def face_crop(self, image, face) -> np.ndarray:
+    def face_crop(self, image, face, color: str = "rgb") -> np.ndarray:
         """The 48x48 uint8 grayscale crop of ``face`` (a :class:`FaceResult` or a box), framed
-        like FER2013 (before any blur the model's extractor config applies)."""
-        gray = self._gray(image)
+        like FER2013."""
+        gray = self._gray(image, color)
         box = _box_of(face)
         if gray.shape == (IMAGE_SIZE, IMAGE_SIZE) and box == WHOLE_FRAME:
             return gray
@@ -120,38 +133,43 @@ class EmotionRecognizer:
         return faces.crop_face(gray, box)
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, image, tta: int = 0) -> list[FaceResult]:
+    def predict(self, image, tta: int = 0, color: str = "rgb") -> list[FaceResult]:
         """Every face in ``image`` (a path or an array) with its emotion; ``[]`` when none.
 
         ``tta``: test-time augmentation passes averaged by the predictor (0: none).
+        ``color``: channel order of a colour array, ``"rgb"`` (PIL, imageio, matplotlib) or
+        ``"bgr"`` (OpenCV's ``cv2.imread`` and ``VideoCapture``); files are always read right.
         """
-        return self.predict_many([image], tta=tta)[0]
+        return self.predict_many([image], tta=tta, color=color)[0]
 
-    def predict_many(self, images: Iterable, batch_size: int = 64, tta: int = 0) -> list[list[FaceResult]]:
+    def predict_many(self, images: Iterable, batch_size: int = 64, tta: int = 0,
+                     color: str = "rgb") -> list[list[FaceResult]]:
         """:meth:`predict` for many photos (paths or arrays, or one stacked array such as
         (N, 48, 48) crops), one result list per input, in order.
 
         The faces of all photos are classified together, ``batch_size`` crops per batch.
         """
-        return list(self.iter_predict(images, batch_size=batch_size, tta=tta))
+        return list(self.iter_predict(images, batch_size=batch_size, tta=tta, color=color))
 
-    def iter_predict(self, images: Iterable, batch_size: int = 64, tta: int = 0) -> Iterator[list[FaceResult]]:
+    def iter_predict(self, images: Iterable, batch_size: int = 64, tta: int = 0,
+                     color: str = "rgb") -> Iterator[list[FaceResult]]:
         """Lazy :meth:`predict_many`: yields each input's faces, in input order, as soon as
         the batch holding them has run. It reads ``images`` only as far as it needs to fill a
         batch, so any number of photos can stream through it."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+        check_color(color)
         if isinstance(images, np.ndarray) and (images.ndim == 4 or (images.ndim == 3 and images.shape[-1] > 4)):
             images = iter(images)               # a stack of images: (N, H, W) or (N, H, W, C)
         elif isinstance(images, (str, os.PathLike, np.ndarray)):
             raise TypeError("predict_many takes a list (or a stacked array) of images or paths; "
                             "use predict for one image")
-        pending: deque = deque()        # boxes of the inputs not yielded yet, in order
+        pending: deque = deque()        # (box, detection score) of the inputs not yielded yet, in order
         crops: list[np.ndarray] = []    # crops of their faces not classified yet
         proba: list[np.ndarray] = []    # rows of their faces classified already
         for image in images:
-            boxes, face_crops = self._faces(self._gray(image))
-            pending.append(boxes)
+            boxes, scores, face_crops = self._faces(self._gray(image, color))
+            pending.append(list(zip(boxes, scores)))
             crops.extend(face_crops)
             while len(crops) >= batch_size:     # full batches only: the rest waits for more faces
                 proba.extend(self._predict_proba(np.stack(crops[:batch_size]), tta))
@@ -165,7 +183,7 @@ class EmotionRecognizer:
         """Yield (and drop) the leading inputs whose faces are all classified."""
         while pending and len(pending[0]) <= len(proba):
             boxes = pending.popleft()
-            yield [self._result(box, proba[k]) for k, box in enumerate(boxes)]
+            yield [self._result(box, score, proba[k]) for k, (box, score) in enumerate(boxes)]
             del proba[:len(boxes)]
 
     def _predict_proba(self, crops: np.ndarray, tta: int) -> np.ndarray:
@@ -175,20 +193,24 @@ class EmotionRecognizer:
                                f"and {len(self.classes)} classes")
         return proba
 
-    def _result(self, box: Box, proba: np.ndarray) -> FaceResult:
+    def _result(self, box: Box, detection_score, proba: np.ndarray) -> FaceResult:
         classes = self.classes
         scores = {name: float(p) for name, p in zip(classes, proba)}
-        return FaceResult(box=tuple(int(v) for v in box), emotion=classes[int(np.argmax(proba))], scores=scores)
+        return FaceResult(box=tuple(int(v) for v in box), emotion=classes[int(np.argmax(proba))], scores=scores,
+                          detection_score=None if detection_score is None else float(detection_score))
 
     # ------------------------------------------------------------------ Grad-CAM
-    def grad_cam(self, image, face, emotion: str | None = None) -> np.ndarray:
-        """Grad-CAM heat map, float32 (48, 48) in [0, 1], over the face's 48x48 crop.
+    def grad_cam(self, image, face, emotion: str | None = None, color: str = "rgb") -> np.ndarray:
+        """Grad-CAM heat map of the whole model, float32 (48, 48) in [0, 1], over the face's crop.
 
         ``face`` is a :class:`FaceResult` (or a box) of ``image``; ``emotion`` defaults to the
-        face's predicted one. The map explains the image branch of the model; for an
-        ensemble, of the member with the largest weight among those that have an image
-        branch (ties: the first listed). A model without any image branch (BOVW only) raises
-        ``ValueError``. See :mod:`ensemble_fer.gradcam` for the method.
+        face's predicted one. Each member with an image branch gets its Grad-CAM map (see
+        :mod:`ensemble_fer.gradcam`); the maps are averaged with the weights that member
+        contributes to the ensemble's probability of ``emotion``: ensemble weight times the
+        member's own probability of it. The ensemble's probability is that same weighted sum,
+        so a member that speaks for the emotion shapes the map as much as it shapes the score.
+        BOVW-only members have no image map and are left out; a model with no image branch
+        at all raises ``ValueError``.
         """
         from . import gradcam
 
@@ -198,47 +220,65 @@ class EmotionRecognizer:
             emotion = face.emotion
         if emotion not in self.classes:
             raise ValueError(f"emotion {emotion!r} is not one of the model's classes {list(self.classes)}")
-        model = self.gradcam_model()
-        # The crop as the model sees it (the predictor may blur it to the training crops'
-        # sharpness) and its BOVW vector, from the predictor's own extraction.
-        features = self._predictor.analyse(self.face_crop(image, face)[None])
-        vector = features["bovw"][0] if "bovw" in gradcam.input_names(model) else None
-        return gradcam.grad_cam(model, features["images"][0], vector, self.classes.index(emotion))
+        explained = self.gradcam_models()
+        class_index = self.classes.index(emotion)
+        # The crop as the model sees it and its features, from the predictor's own extraction.
+        features = self._predictor.analyse(self.face_crop(image, face, color)[None])
+        member_proba = self._predictor.member_probas(features["images"], features["landmarks"],
+                                                     features["bovw"])[:, 0, class_index]
+        total = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float64)
+        weight_sum = 0.0
+        for index, model in explained.items():
+            weight = float(self._predictor.weights[index]) * float(member_proba[index])
+            vector = features["bovw"][0] if "bovw" in gradcam.input_names(model) else None
+            total += weight * gradcam.grad_cam(model, features["images"][0], vector, class_index)
+            weight_sum += weight
+        if weight_sum <= 0:
+            return np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+        total /= weight_sum
+        peak = float(total.max())
+        return (total / peak if peak > 0 else total).astype(np.float32)
 
-    def gradcam_model(self):
-        """The Keras network :meth:`grad_cam` explains (loaded on first use): the variant's,
-        or the ensemble member's with the largest weight among those with an image block."""
-        if getattr(self, "_gradcam_model", None) is None:
+    def gradcam_models(self) -> dict:
+        """The Keras networks :meth:`grad_cam` explains, by member index (loaded on first use):
+        every member with an image branch. ``ValueError`` when there is none."""
+        if getattr(self, "_gradcam_models", None) is None:
             from . import inference, training
 
-            candidates = [(-float(weight), order, folder) for order, (folder, weight)
-                          in enumerate(zip(self._predictor.member_folders, self._predictor.weights))
-                          if inference.read_variant_config(folder).get("block") is not None]
-            if not candidates:
+            folders = {index: folder for index, folder in enumerate(self._predictor.member_folders)
+                       if inference.read_variant_config(folder).get("block") is not None}
+            if not folders:
                 raise ValueError(f"{self.source}: Grad-CAM needs an image branch, and no member of this model "
                                  f"has one (BOVW-only: {list(self._predictor.members)})")
-            folder = min(candidates)[2]
-            self._gradcam_model, _ = training.load_variant(folder)
-        return self._gradcam_model
+            if any(not (folder / "model.keras").is_file() for folder in folders.values()):
+                raise ValueError(f"{self.source}: Grad-CAM needs the Keras networks (model.keras), and this is "
+                                 f"an exported model; explain the model it was exported from")
+            self._gradcam_models = {index: training.load_variant(folder)[0] for index, folder in folders.items()}
+        return self._gradcam_models
 
     # ------------------------------------------------------------------ helpers
-    def _gray(self, image) -> np.ndarray:
+    def _gray(self, image, color: str = "rgb") -> np.ndarray:
+        check_color(color)
         if isinstance(image, (str, os.PathLike)):
-            image = read_image_file(image)
+            return to_gray(read_image_file(image))      # decoded as RGB whatever ``color`` says
         image = np.asarray(image)
         if image.dtype != np.uint8:
             raise ValueError(f"image must be a uint8 array or a path; got an array of dtype {image.dtype}")
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[..., 0]
+        if color == "bgr" and image.ndim == 3 and image.shape[2] in (3, 4):
+            image = image[..., 2::-1]                     # BGR(A) -> RGB; alpha is dropped anyway
         return to_gray(image)
 
-    def _faces(self, gray: np.ndarray) -> tuple[list[Box], list[np.ndarray]]:
+    def _faces(self, gray: np.ndarray) -> tuple[list[Box], list, list[np.ndarray]]:
+        """Boxes, detection scores and crops of the faces of a gray image."""
         if gray.shape == (IMAGE_SIZE, IMAGE_SIZE):
-            return [WHOLE_FRAME], [gray]
+            return [WHOLE_FRAME], [None], [gray]
         from . import faces
 
-        boxes = faces.detect_faces(gray, detector=self.detector, upsample=self.upsample)
-        return boxes, [faces.crop_face(gray, box) for box in boxes]
+        scored = faces.detect_scored_faces(gray, detector=self.detector, upsample=self.upsample)
+        boxes = [box for box, _ in scored]
+        return boxes, [score for _, score in scored], [faces.crop_face(gray, box) for box in boxes]
 
 
 def resolve_model_path(path=None) -> Path:
@@ -252,6 +292,11 @@ def resolve_model_path(path=None) -> Path:
             f"python -m pipelines.train_variant --block cnn5 --bovw, optionally python -m pipelines.fit_ensemble) "
             f"and pass it with --model PATH (a variant folder or an ensemble.json), or put it in {release}")
     return release
+
+
+def check_color(color) -> None:
+    if color not in COLOR_ORDERS:
+        raise ValueError(f"color must be one of {COLOR_ORDERS} (the channel order of colour arrays); got {color!r}")
 
 
 def _box_of(face) -> Box:
