@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from . import faces, hog
+from .errors import InputError
 from .landmarks import N_LANDMARKS
 
 IMAGE_SIZE = 48
@@ -48,9 +49,9 @@ class ExtractorConfig:
 
     def __post_init__(self):
         if self.detector not in DETECTORS:
-            raise ValueError(f"detector must be one of {DETECTORS}; got {self.detector!r}")
+            raise InputError(f"detector must be one of {DETECTORS}; got {self.detector!r}")
         if self.upsample < 0 or self.pad < 0:
-            raise ValueError(f"upsample and pad must be >= 0; got {self.upsample}, {self.pad}")
+            raise InputError(f"upsample and pad must be >= 0; got {self.upsample}, {self.pad}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -66,13 +67,13 @@ class ExtractorConfig:
         data = dict(data)
         blur_sigma = data.pop("blur_sigma", 0.0)
         if blur_sigma is None or blur_sigma > 0:
-            raise ValueError(f"{where}: made with blur_sigma {blur_sigma} (held-out crops blurred to match a "
+            raise InputError(f"{where}: made with blur_sigma {blur_sigma} (held-out crops blurred to match a "
                              f"blurred training copy); this version never alters inputs: re-extract the features "
                              f"(python -m pipelines.extract_features --force) and retrain the model")
         try:
             return cls(**data)
         except TypeError as exc:
-            raise ValueError(f"{where}: the extractor config is not one this code knows ({exc})") from None
+            raise InputError(f"{where}: the extractor config is not one this code knows ({exc})") from None
 
 
 def assemble_bovw(landmarks: np.ndarray, hog_values: np.ndarray) -> np.ndarray:
@@ -127,9 +128,9 @@ def check_crops(images) -> np.ndarray:
     if images.ndim == 2:
         images = images[None]
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"images must be 48x48 crops, shape (N, 48, 48); got shape {images.shape}")
+        raise InputError(f"images must be 48x48 crops, shape (N, 48, 48); got shape {images.shape}")
     if images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 grayscale; got dtype {images.dtype}")
+        raise InputError(f"images must be uint8 grayscale; got dtype {images.dtype}")
     return images
 
 

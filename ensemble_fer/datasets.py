@@ -5,12 +5,16 @@ Each reader turns a dataset into :class:`ImageRecord` lists per split (``train``
 :func:`load_image`, which always returns a 48x48 uint8 grayscale face crop.
 
 Every problem with the input is a :class:`DatasetError` whose message starts with the file
-(and row) it is about, so that a CLI can print it as one line.
+(and row) it is about, so that a CLI can print it as one line. A folder or file that cannot be
+read is such an error, never a silent omission; only files that are not images by their
+suffix (``Thumbs.db``, ``README.txt``) are left out, and counted in ``Dataset.skipped_files``.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from . import labels as L
+from .errors import InputError, MissingInputError
 
 IMAGE_SIZE = 48
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm",
+                  ".ppm", ".pbm", ".pnm"}
+"""Files in class folders with another suffix (``Thumbs.db``, ``README.txt``, ``.csv``) are not
+images: they are skipped and counted, not decoded."""
 FORMATS = ("auto", "fer2013-csv", "fer2013-folders", "folders")
 SPLITS = ("train", "val", "test")
 
@@ -33,8 +41,12 @@ _SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": 
 _FER_PREFIX = re.compile(r"^(Training|PublicTest|PrivateTest)_", re.IGNORECASE)
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """Bad input data; the message names the file (and row) and the problem."""
+
+
+class MissingDatasetError(DatasetError, MissingInputError):
+    """The dataset path does not exist (also a ``FileNotFoundError`` for callers that catch that)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,8 @@ class Dataset:
     splits: dict[str, list[ImageRecord]]
     ignored_labels: dict[str, int] = field(default_factory=dict)
     """Label folders left out with ``ignore_unknown_labels``, with their file counts."""
+    skipped_files: list[str] = field(default_factory=list)
+    """Files inside class folders that are not images by their suffix, relative to ``root``."""
 
     def counts(self) -> dict[str, dict[str, int]]:
         out = {}
@@ -69,9 +83,9 @@ def open_dataset(path, format: str = "auto", ignore_unknown_labels: bool = False
     """Read a dataset's index (labels, splits, where each image is) without decoding images."""
     path = Path(path)
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}; got {format!r}")
+        raise InputError(f"format must be one of {FORMATS}; got {format!r}")
     if not path.exists():
-        raise DatasetError(f"{path}: no such file or folder")
+        raise MissingDatasetError(f"{path}: no such file or folder")
     if format == "auto":
         format = detect_format(path)
     if format == "fer2013-csv":
@@ -90,47 +104,117 @@ def detect_format(path: Path) -> str:
         if path.suffix.lower() == ".csv":
             return "fer2013-csv"
         raise DatasetError(f"{path}: a file must be a FER2013-style .csv; give a folder for images")
-    for child in path.iterdir():
+    for child in list_folder(path):
         if child.is_dir() and child.name.lower() in _SPLIT_FOLDERS:
-            for sub in child.iterdir():
-                if sub.is_dir() and any(_FER_PREFIX.match(f.name) for f in sub.iterdir()):
+            for sub in list_folder(child):
+                if sub.is_dir() and any(_FER_PREFIX.match(f.name) for f in list_folder(sub)):
                     return "fer2013-folders"
     return "folders"
+
+
+def list_folder(folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted; DatasetError when it cannot be listed.
+
+    ``Path.iterdir`` raises a bare PermissionError (a traceback), and ``Path.rglob`` silently
+    skips a folder it cannot list, which dropped a whole class without a word: every folder
+    of a dataset is listed here instead.
+    """
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(Path(entry.path) for entry in entries)
+    except FileNotFoundError:
+        raise DatasetError(f"{folder}: folder not found (removed while reading the dataset?)") from None
+    except NotADirectoryError:
+        raise DatasetError(f"{folder}: expected a folder, found a file") from None
+    except OSError as exc:
+        raise DatasetError(f"{folder}: cannot list this folder ({exc.strerror}); check its permissions") from None
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every non-hidden file below ``folder`` (recursively, sorted); unreadable folders raise."""
+    files = []
+    for entry in list_folder(folder):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            files.extend(_files_under(entry))
+        else:
+            files.append(entry)
+    return files
+
+
+def record_fingerprint(records) -> str:
+    """A hex digest that changes when any record's label, id or content changes.
+
+    Files are keyed on id, label, size and modification time (``st_mtime_ns``): replacing
+    every picture of a folder under the same names changes it, without reading the images.
+    CSV rows are keyed on their pixels (already in memory). Caches of anything computed from
+    the records (features, predictions) should key on this rather than on names and labels.
+    """
+    digest = hashlib.sha256()
+    for record in records:
+        if record.pixels is not None:
+            content = hashlib.sha256(np.ascontiguousarray(record.pixels).tobytes()).hexdigest()
+        else:
+            try:
+                st = os.stat(record.path)
+            except OSError as exc:
+                raise DatasetError(f"{record.path}: cannot be read ({exc.strerror})") from None
+            content = f"{st.st_size}:{st.st_mtime_ns}"
+        digest.update(f"{record.split}\t{record.id}\t{record.label}\t{content}\n".encode())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- CSV
 def _read_csv(path: Path) -> Dataset:
     splits: dict[str, list[ImageRecord]] = {}
     try:
-        handle = open(path, newline="")
+        with open(path, "rb") as raw:
+            head = raw.read(4096)
     except OSError as exc:
         raise DatasetError(f"{path}: cannot be opened ({exc.strerror})") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("emotion", "pixels") if c not in columns]
-        if missing:
-            raise DatasetError(f"{path}: missing column(s) {missing}; expected emotion,pixels[,Usage], "
-                               f"found {columns}")
-        reader.fieldnames = columns
-        has_usage = "Usage" in columns
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}:{line}"
-            try:
-                code = int(row["emotion"])
-            except (TypeError, ValueError):
-                raise DatasetError(f"{where}: emotion {row['emotion']!r} is not an integer code") from None
-            if not 0 <= code < len(L.EMOTIONS):
-                raise DatasetError(f"{where}: emotion code {code} is not one of 0..{len(L.EMOTIONS) - 1}")
-            pixels = _parse_pixels(row["pixels"], where)
-            split = "train"
-            if has_usage:
-                usage = (row["Usage"] or "").strip()
-                split = _CSV_USAGE.get(usage.lower())
-                if split is None:
-                    raise DatasetError(f"{where}: Usage {usage!r} is not Training, PublicTest or PrivateTest")
-            splits.setdefault(split, []).append(
-                ImageRecord(id=f"row{line - 2}", label=code, split=split, pixels=pixels))
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        # UTF-16/32 (Excel's "Unicode text", PowerShell's default), with or without a BOM:
+        # decoded as UTF-8 it would read as columns no one can see are wrong.
+        kind = "UTF-16 or UTF-32 (it starts with that byte-order mark)" if head.startswith(
+            (b"\xff\xfe", b"\xfe\xff")) else "UTF-16 or UTF-32, or binary (it holds NUL bytes)"
+        raise DatasetError(f"{path}: the CSV is encoded as {kind}; save it as UTF-8 (or ASCII) text")
+    # utf-8-sig: a UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted and dropped; read
+    # as plain UTF-8 it glues itself to the first column's name.
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        try:
+            return _read_csv_rows(path, handle, splits)
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path}: not UTF-8 text (found byte 0x{exc.object[exc.start]:02x}, {exc.reason}); "
+                               f"save the CSV as UTF-8") from None
+
+
+def _read_csv_rows(path: Path, handle, splits: dict) -> Dataset:
+    reader = csv.DictReader(handle)
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in ("emotion", "pixels") if c not in columns]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {missing}; expected emotion,pixels[,Usage], "
+                           f"found {columns}")
+    reader.fieldnames = columns
+    has_usage = "Usage" in columns
+    for line, row in enumerate(reader, start=2):
+        where = f"{path}:{line}"
+        try:
+            code = int(row["emotion"])
+        except (TypeError, ValueError):
+            raise DatasetError(f"{where}: emotion {row['emotion']!r} is not an integer code") from None
+        if not 0 <= code < len(L.EMOTIONS):
+            raise DatasetError(f"{where}: emotion code {code} is not one of 0..{len(L.EMOTIONS) - 1}")
+        pixels = _parse_pixels(row["pixels"], where)
+        split = "train"
+        if has_usage:
+            usage = (row["Usage"] or "").strip()
+            split = _CSV_USAGE.get(usage.lower())
+            if split is None:
+                raise DatasetError(f"{where}: Usage {usage!r} is not Training, PublicTest or PrivateTest")
+        splits.setdefault(split, []).append(
+            ImageRecord(id=f"row{line - 2}", label=code, split=split, pixels=pixels))
     return Dataset(name=path.stem, root=path, format="fer2013-csv", splits=splits)
 
 
@@ -151,7 +235,7 @@ def _parse_pixels(text, where: str) -> np.ndarray:
 def _read_folders(path: Path, format: str, ignore_unknown: bool) -> Dataset:
     if not path.is_dir():
         raise DatasetError(f"{path}: expected a folder for format {format}")
-    split_dirs = {c: _SPLIT_FOLDERS[c.name.lower()] for c in sorted(path.iterdir())
+    split_dirs = {c: _SPLIT_FOLDERS[c.name.lower()] for c in list_folder(path)
                   if c.is_dir() and c.name.lower() in _SPLIT_FOLDERS}
     if format == "fer2013-folders" and not split_dirs:
         raise DatasetError(f"{path}: a FER2013 folder release needs train/ and test/ (or val/) folders")
@@ -167,22 +251,22 @@ def _read_folders(path: Path, format: str, ignore_unknown: bool) -> Dataset:
 
 
 def _read_class_folders(folder: Path, split: str, dataset: Dataset, ignore_unknown: bool) -> None:
-    class_dirs = sorted(c for c in folder.iterdir() if c.is_dir())
+    class_dirs = [c for c in list_folder(folder) if c.is_dir() and not c.name.startswith(".")]
     if not class_dirs:
         raise DatasetError(f"{folder}: no class folders (expected one folder per emotion)")
     for class_dir in class_dirs:
         try:
             code = L.code_for_name(class_dir.name)
         except KeyError:
-            files = [f for f in class_dir.rglob("*") if f.is_file()]
             if not ignore_unknown:
                 raise DatasetError(
                     f"{class_dir}: unknown label folder {class_dir.name!r}; known: {sorted(L.ALL_CODES)} "
                     f"and aliases (pass --ignore-unknown-labels to leave it out)") from None
-            dataset.ignored_labels[str(class_dir.relative_to(dataset.root))] = len(files)
+            dataset.ignored_labels[str(class_dir.relative_to(dataset.root))] = len(_files_under(class_dir))
             continue
-        for file in sorted(class_dir.rglob("*")):
-            if not file.is_file() or file.name.startswith("."):
+        for file in _files_under(class_dir):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                dataset.skipped_files.append(str(file.relative_to(dataset.root)))
                 continue
             file_split = split
             if dataset.format == "fer2013-folders":
@@ -219,7 +303,12 @@ def load_image(record: ImageRecord, crop_faces: bool = False) -> np.ndarray:
 
 def read_image_file(path) -> np.ndarray:
     """Decode an image file to uint8 (H, W) or (H, W, 3|4) in RGB order, upright per its EXIF
-    orientation; DatasetError if unreadable."""
+    orientation; DatasetError if unreadable.
+
+    16-bit and 32-bit integer grayscale (PNG, TIFF) and floating-point images (TIFF) are scaled
+    to 0..255 by :func:`to_uint8`; converting them through Pillow's ``RGB`` mode would clip
+    every value above 255 and turn a 16-bit face near-white.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -228,34 +317,80 @@ def read_image_file(path) -> np.ndarray:
             img.load()
             # Phone photos are stored sideways with an EXIF rotation tag; faces are found upright.
             img = ImageOps.exif_transpose(img)
-            if img.mode not in ("L", "RGB", "RGBA"):
-                img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
-            array = np.asarray(img)
+            if img.mode.startswith("I") or img.mode == "F":
+                # one channel of 16/32-bit integers or 32-bit floats: scale, never clip
+                array = to_uint8(np.asarray(img), where=path)
+            else:
+                if img.mode not in ("L", "RGB", "RGBA"):
+                    img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+                array = np.asarray(img)
     except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
+        raise MissingDatasetError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a folder, not an image") from None
+    except PermissionError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
     except UnidentifiedImageError:
         raise DatasetError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except DatasetError:
+        raise
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: not a readable image ({exc})") from None
-    if array.dtype != np.uint8:
-        array = np.clip(array, 0, 255).astype(np.uint8)
-    return array
+    return to_uint8(array, where=path)
+
+
+def to_uint8(image, where=None) -> np.ndarray:
+    """``image`` as uint8 0..255, scaled by what its dtype can hold rather than clipped.
+
+    uint8 is returned as is; bool maps to 0/255; uint16 (and other integers whose values
+    exceed 255, read as 16-bit) are divided by 257 so 65535 becomes 255; other integers already
+    in 0..255 are kept. Floats in 0..1 are multiplied by 255, floats in 0..255 rounded. Values
+    outside these ranges (negative, NaN, above 65535) raise DatasetError naming ``where``:
+    guessing their scale would feed the model a picture no one looked at.
+    """
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    what = f"{where}: " if where is not None else ""
+    if image.dtype == bool:
+        return image.astype(np.uint8) * 255
+    if image.size == 0:
+        return image.astype(np.uint8)
+    if np.issubdtype(image.dtype, np.integer):
+        low, high = int(image.min()), int(image.max())
+        if image.dtype == np.uint16 or (low >= 0 and 255 < high <= 65535):
+            return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        if low >= 0 and high <= 255:
+            return image.astype(np.uint8)
+        raise DatasetError(f"{what}image values must be 0..255 (8-bit) or 0..65535 (16-bit); "
+                           f"got {low}..{high} ({image.dtype})")
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise DatasetError(f"{what}image holds NaN or infinite values")
+        low, high = float(image.min()), float(image.max())
+        if low >= 0 and high <= 1:
+            return np.rint(image * 255).astype(np.uint8)
+        if low >= 0 and high <= 255:
+            return np.rint(image).astype(np.uint8)
+        raise DatasetError(f"{what}floating-point image values must be in 0..1 or 0..255; got {low:g}..{high:g}")
+    raise DatasetError(f"{what}images of dtype {image.dtype} are not supported")
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
     """uint8 grayscale from grayscale, RGB or RGBA (alpha composited on black is not done:
-    alpha is dropped, as photo tools do for opaque images)."""
-    image = np.asarray(image)
+    alpha is dropped, as photo tools do for opaque images). Arrays of other dtypes are scaled
+    to 0..255 first (:func:`to_uint8`)."""
+    image = to_uint8(image)
     if image.ndim == 2:
-        return image.astype(np.uint8, copy=False)
+        return image
     if image.ndim == 3 and image.shape[2] in (3, 4):
         rgb = image[..., :3].astype(np.float32)
         # ITU-R 601 luma, the weights PIL and OpenCV use for RGB -> L.
         gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
     if image.ndim == 3 and image.shape[2] == 1:
-        return image[..., 0].astype(np.uint8, copy=False)
-    raise ValueError(f"image must be (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}")
+        return image[..., 0]
+    raise InputError(f"image must be (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}")
 
 
 def _centre_square(gray: np.ndarray) -> np.ndarray:

@@ -5,19 +5,31 @@ Layout of ``features/<name>/`` (see docs/ARCHITECTURE.md for every array):
 * ``<split>.npz`` for each split, written once every chunk of the split is done;
 * ``manifest.json``, written last: its presence means the store is complete;
 * ``.partial/`` while extraction runs: one ``.npz`` per finished chunk and ``state.json``
-  (config and data fingerprint). A rerun with the same arguments skips finished chunks; a
-  rerun with different ones is refused, so chunks of two configurations never mix.
+  (settings and a hash of the decoded images). A rerun with the same arguments skips
+  finished chunks; a rerun with different ones is refused, so chunks of two configurations
+  never mix.
+
+A run holds ``<name>.lock`` beside the folder (:func:`artifacts.output_lock`), so a second run
+into the same folder stops at once. The finished store is assembled in a temporary sibling and
+swapped in only when complete (:func:`artifacts.replacing`): ``--force`` never leaves the old
+store half-deleted. Whether a store is "already extracted" is decided on the content of every
+decoded image, not on file names, so replacing pictures under the same names is noticed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import artifacts, bovw, datasets, hog, sharpness
+from .errors import InputError
 from .labels import ALL_CODES
 
 FILTERS = ("blank", "paper")
@@ -29,9 +41,14 @@ and the face-found subset."""
 FORMAT_VERSION = 1
 VAL_FRACTION = 0.1
 """Share of train held out (stratified, seeded) as val when the data has no val split."""
+DATA_KEY = "decoded-pixels"
+"""What the data part of a store's state hashes: ids, labels and every decoded crop. (Stores
+from before this key hashed ids and labels only; they are re-extracted with --force.)"""
+MAX_LISTED = 10
+"""Unreadable files named in the error itself; more are written to ``<out>.unreadable.txt``."""
 
 
-class FeatureStoreError(ValueError):
+class FeatureStoreError(InputError):
     """A feature store that is missing, incomplete or does not fit what is asked of it."""
 
 
@@ -45,39 +62,64 @@ def extract(dataset: datasets.Dataset, out_dir, config: bovw.ExtractorConfig, *,
     ``joblib.parallel_config(backend=...)`` moves the work to dask or ray unchanged).
     """
     if filter not in FILTERS:
-        raise ValueError(f"filter must be one of {FILTERS}; got {filter!r}")
+        raise InputError(f"filter must be one of {FILTERS}; got {filter!r}")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FeatureStoreError(f"{out_dir}: exists and is not a folder; the output of extraction is a folder "
+                                f"(give a new path or an existing feature store)")
+    with artifacts.output_lock(out_dir):
+        return _extract_locked(dataset, out_dir, config, filter, n_jobs, limit, force, chunk_size, val_fraction,
+                               seed, progress)
+
+
+def _extract_locked(dataset, out_dir: Path, config, filter, n_jobs, limit, force, chunk_size, val_fraction, seed,
+                    progress) -> dict:
     started = time.time()
+    partial = out_dir / ".partial"
+    manifest_path = out_dir / "manifest.json"
+    # What a run killed with -9 left: half-written chunks, a half-built store beside out_dir.
+    for folder in (out_dir.parent, out_dir, partial):
+        artifacts.clean_stale_temporaries(folder)
+    settings = {"format_version": FORMAT_VERSION, "config": config.to_json(), "filter": filter,
+                "chunk_size": chunk_size, "data_key": DATA_KEY}
+    existing = artifacts.read_json(manifest_path) if manifest_path.is_file() else None
+    if not force:
+        # Refuse before reading a single image when the settings alone differ, or when out_dir
+        # holds something else (reading FER2013 takes a while).
+        if existing is not None and "settings" in existing and existing["settings"] != settings:
+            raise FeatureStoreError(f"{out_dir}: holds features made with other settings "
+                                    f"({_differences(existing['settings'], settings)}); pass --force to replace "
+                                    f"them or choose another --out")
+        if existing is None and not partial.exists() and any(not p.name.startswith(".") for p in out_dir.glob("*")):
+            raise FeatureStoreError(f"{out_dir}: exists and is not a feature store (no manifest.json); choose "
+                                    f"another --out or pass --force to replace it")
+
     splits = choose_splits(dataset, limit, val_fraction, seed)
     crop_faces = dataset.format == "folders"
-    images = {split: _load_images(records, crop_faces, progress, split) for split, records in splits.items()}
+    images = _load_all_images(splits, crop_faces, progress, dataset.root, out_dir)
     read_seconds = time.time() - started
     sharpness_report = sharpness.compare_splits(images)
 
-    state = {"format_version": FORMAT_VERSION, "config": config.to_json(), "filter": filter,
-             "chunk_size": chunk_size,
-             "data": artifacts.sha256_json({s: [(r.id, r.label) for r in rs] for s, rs in splits.items()})}
+    state = {**settings, "data": _data_hash(splits, images)}
     state_hash = artifacts.sha256_json(state)
-    partial = out_dir / ".partial"
 
-    if force and out_dir.exists():
-        for split in datasets.SPLITS:
-            (out_dir / f"{split}.npz").unlink(missing_ok=True)
-        (out_dir / "manifest.json").unlink(missing_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)
-    manifest_path = out_dir / "manifest.json"
-    if manifest_path.exists():
-        existing = artifacts.read_json(manifest_path)
+    if existing is not None and not force:
         if existing.get("state_hash") == state_hash:
             existing["up_to_date"] = True
             return existing
-        raise FeatureStoreError(f"{out_dir}: holds features made with other data or settings; "
-                                f"pass --force to replace them or choose another --out")
+        why = ("other images under the same names, or other labels" if "settings" in existing
+               else "an earlier version that keyed the data on file names only")
+        raise FeatureStoreError(f"{out_dir}: holds features made from {why}; pass --force to replace them "
+                                f"or choose another --out")
     if (partial / "state.json").exists():
         if artifacts.read_json(partial / "state.json").get("state_hash") != state_hash:
-            raise FeatureStoreError(f"{partial}: an interrupted extraction with other data or settings; rerun it "
-                                    f"with its own arguments to resume, or pass --force to start over")
-    else:
+            if not force:
+                raise FeatureStoreError(f"{partial}: an interrupted extraction with other data or settings; rerun "
+                                        f"it with its own arguments to resume, or pass --force to start over")
+            # Only the scratch chunks of an interrupted run go; a finished store stays until
+            # the new one is complete.
+            shutil.rmtree(partial)
+    if not (partial / "state.json").exists():
         artifacts.write_json(partial / "state.json", {"state_hash": state_hash, **state})
 
     jobs = [(split, index) for split, records in splits.items()
@@ -89,32 +131,58 @@ def extract(dataset: datasets.Dataset, out_dir, config: bovw.ExtractorConfig, *,
         _run_chunks(jobs, images, config, chunk_size, partial, n_jobs, progress)
     extract_seconds = time.time() - t0
 
-    summary = {}
-    for split, records in splits.items():
-        summary[split] = _merge_split(split, records, partial, out_dir, chunk_size, filter)
-
     n_images = sum(len(r) for r in splits.values())
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "dataset": {"name": dataset.name, "path": str(dataset.root), "format": dataset.format,
-                    "ignored_labels": dataset.ignored_labels, "limit": limit,
-                    "val_holdout": None if "val" in dataset.splits else {"fraction": val_fraction, "seed": seed}},
-        "config": config.to_json(),
-        "config_hash": config_hash(config),
-        "sharpness": sharpness_report,
-        "filter": filter,
-        "state_hash": state_hash,
-        "feature_columns": {"landmarks": [0, bovw.N_LANDMARK_VALUES], "hog": [bovw.N_LANDMARK_VALUES, bovw.BOVW_SIZE]},
-        "splits": summary,
-        "versions": artifacts.package_versions(),
-        "timing": {"read_seconds": round(read_seconds, 2), "extract_seconds": round(extract_seconds, 2),
-                   "images": n_images, "chunks_resumed": resumed,
-                   "images_per_second": round(n_images / extract_seconds, 1) if jobs and extract_seconds else None,
-                   "n_jobs": n_jobs},
-    }
-    artifacts.write_json(manifest_path, manifest)
-    shutil.rmtree(partial, ignore_errors=True)
+    # Assembled beside out_dir and swapped in whole: the old store (and .partial inside it)
+    # goes only once the new one is complete.
+    with artifacts.replacing(out_dir, force=True) as building:
+        building.mkdir()
+        summary = {split: _merge_split(split, records, partial, building, chunk_size, filter)
+                   for split, records in splits.items()}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "dataset": {"name": dataset.name, "path": str(dataset.root), "format": dataset.format,
+                        "ignored_labels": dataset.ignored_labels,
+                        "skipped_non_images": {"count": len(dataset.skipped_files),
+                                               "files": dataset.skipped_files[:100]},
+                        "fingerprint": datasets.record_fingerprint(r for rs in splits.values() for r in rs),
+                        "limit": limit,
+                        "val_holdout": None if "val" in dataset.splits else {"fraction": val_fraction, "seed": seed}},
+            "config": config.to_json(),
+            "config_hash": config_hash(config),
+            "sharpness": sharpness_report,
+            "filter": filter,
+            "settings": settings,
+            "state_hash": state_hash,
+            "feature_columns": {"landmarks": [0, bovw.N_LANDMARK_VALUES],
+                                "hog": [bovw.N_LANDMARK_VALUES, bovw.BOVW_SIZE]},
+            "splits": summary,
+            "versions": artifacts.package_versions(),
+            "timing": {"read_seconds": round(read_seconds, 2), "extract_seconds": round(extract_seconds, 2),
+                       "images": n_images, "chunks_resumed": resumed,
+                       "images_per_second": round(n_images / extract_seconds, 1) if jobs and extract_seconds else None,
+                       "n_jobs": n_jobs},
+        }
+        artifacts.write_json(building / "manifest.json", manifest)
     return manifest
+
+
+def _differences(old: dict, new: dict) -> str:
+    """``detector hog -> none, filter blank -> paper``: what changed between two settings."""
+    flat_old = {**old.get("config", {}), **{k: v for k, v in old.items() if k != "config"}}
+    flat_new = {**new.get("config", {}), **{k: v for k, v in new.items() if k != "config"}}
+    return ", ".join(f"{k} {flat_old.get(k)} -> {flat_new.get(k)}" for k in sorted(set(flat_old) | set(flat_new))
+                     if flat_old.get(k) != flat_new.get(k))
+
+
+def _data_hash(splits: dict, images: dict) -> str:
+    """A hash of what extraction actually reads: every id, label and decoded crop. Exact, and
+    cheap because the crops are in memory anyway (FER2013: 80 MB, a fraction of a second)."""
+    digest = hashlib.sha256()
+    for split, records in splits.items():
+        digest.update(split.encode())
+        digest.update("\n".join(f"{r.id}\t{r.label}" for r in records).encode())
+        digest.update(np.ascontiguousarray(images[split]).tobytes())
+    return digest.hexdigest()
 
 
 def config_hash(config: bovw.ExtractorConfig) -> str:
@@ -140,6 +208,8 @@ def choose_splits(dataset, limit: int | None = None, val_fraction: float = VAL_F
                 f"out {val_fraction:.0%} as validation (add a val/ folder or more images)")
         labels = [r.label for r in train]
         stratify = labels if min(np.bincount(labels)[np.unique(labels)]) >= 2 else None
+        if stratify is not None:
+            _check_stratified_holdout(dataset.root, len(train), len(np.unique(labels)), val_fraction)
         keep, held = train_test_split(np.arange(len(train)), test_size=val_fraction, random_state=seed,
                                       stratify=stratify)
         splits["train"] = [train[i] for i in sorted(keep)]
@@ -147,7 +217,7 @@ def choose_splits(dataset, limit: int | None = None, val_fraction: float = VAL_F
                          for i in sorted(held)]
     if limit is not None:
         if limit < 1:
-            raise ValueError(f"limit must be a positive number of images per split; got {limit}")
+            raise InputError(f"limit must be a positive number of images per split; got {limit}")
         rng = np.random.default_rng(seed)
         for split, records in splits.items():
             if len(records) > limit:
@@ -156,14 +226,54 @@ def choose_splits(dataset, limit: int | None = None, val_fraction: float = VAL_F
     return {s: splits[s] for s in datasets.SPLITS if s in splits}
 
 
-def _load_images(records, crop_faces, progress, split) -> np.ndarray:
+def _check_stratified_holdout(root, n: int, n_classes: int, val_fraction: float) -> None:
+    """Say what to change when a stratified hold-out cannot give every class a validation
+    image (scikit-learn would say ``test_size = 3 should be >= number of classes = 7``)."""
+    held = math.ceil(val_fraction * n)  # how train_test_split rounds a fractional test_size
+    if held >= n_classes and n - held >= n_classes:
+        return
+    needed = n
+    while math.ceil(val_fraction * needed) < n_classes or needed - math.ceil(val_fraction * needed) < n_classes:
+        needed += 1
+    raise datasets.DatasetError(
+        f"{root}: {n} training images in {n_classes} classes and no validation split; holding out "
+        f"{val_fraction:.0%} ({held} images) cannot give each of the {n_classes} classes a validation image: "
+        f"add a val/ folder with images of every class, or use at least {needed} training images")
+
+
+def _load_all_images(splits, crop_faces, progress, root, out_dir) -> dict[str, np.ndarray]:
+    """Decode every split; every unreadable file is reported, not only the first."""
+    images, problems = {}, []
+    for split, records in splits.items():
+        images[split], bad = _load_images(records, crop_faces, progress, split)
+        problems += bad
+    if not problems:
+        return images
+    if len(problems) == 1:
+        raise problems[0]
+    listed = "; ".join(str(p) for p in problems[:MAX_LISTED])
+    more = ""
+    if len(problems) > MAX_LISTED:
+        # Too many for one line: the whole list goes to a file the user can work through.
+        listing = out_dir.parent / f"{out_dir.name}.unreadable.txt"
+        with artifacts.atomic_path(listing) as tmp:
+            tmp.write_text("".join(f"{p}\n" for p in problems))
+        more = f"; and {len(problems) - MAX_LISTED} more, all listed in {listing}"
+    raise datasets.DatasetError(f"{root}: {len(problems)} images cannot be read; fix or remove them: {listed}{more}")
+
+
+def _load_images(records, crop_faces, progress, split) -> tuple[np.ndarray, list[datasets.DatasetError]]:
     from tqdm.auto import tqdm
 
-    out = np.empty((len(records), datasets.IMAGE_SIZE, datasets.IMAGE_SIZE), dtype=np.uint8)
+    out = np.zeros((len(records), datasets.IMAGE_SIZE, datasets.IMAGE_SIZE), dtype=np.uint8)
+    problems = []
     for i, record in enumerate(tqdm(records, desc=f"read {split}", unit="img", disable=not progress,
                                     leave=False)):
-        out[i] = datasets.load_image(record, crop_faces=crop_faces)
-    return out
+        try:
+            out[i] = datasets.load_image(record, crop_faces=crop_faces)
+        except datasets.DatasetError as exc:
+            problems.append(exc)
+    return out, problems
 
 
 def _n_chunks(n: int, chunk_size: int) -> int:
@@ -174,8 +284,35 @@ def _chunk_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.npz"
 
 
-def _analyse_chunk(split, index, images, config):
+def _analyse_chunk(split, index, images, config, parent_pid=None):
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     return split, index, bovw.analyse_crops(images, config)
+
+
+_WATCHING_PARENT = False
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In a worker process of ``parent_pid``, exit as soon as that parent is gone.
+
+    joblib's loky workers hold both ends of their own task pipe, so when the extraction is
+    killed with -9 they never see it close and linger (measured: still alive ten minutes
+    later, each holding its memory). A daemon thread, started once per worker, watches the
+    parent pid and ends the worker when it changes. It does nothing in the parent itself
+    (``n_jobs=1``, threading backend) or in workers that are not its children (dask, ray).
+    """
+    global _WATCHING_PARENT
+    if _WATCHING_PARENT or os.getpid() == parent_pid or os.getppid() != parent_pid:
+        return
+    _WATCHING_PARENT = True
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.25)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _run_chunks(jobs, images, config, chunk_size, partial, n_jobs, progress):
@@ -183,7 +320,8 @@ def _run_chunks(jobs, images, config, chunk_size, partial, n_jobs, progress):
     from tqdm.auto import tqdm
 
     total = sum(len(images[s][i * chunk_size:(i + 1) * chunk_size]) for s, i in jobs)
-    tasks = (delayed(_analyse_chunk)(s, i, images[s][i * chunk_size:(i + 1) * chunk_size], config) for s, i in jobs)
+    tasks = (delayed(_analyse_chunk)(s, i, images[s][i * chunk_size:(i + 1) * chunk_size], config, os.getpid())
+             for s, i in jobs)
     with tqdm(total=total, desc="extract", unit="img", disable=not progress) as bar:
         # Unordered: each chunk is written the moment it is done, so an interruption
         # loses at most the chunks in flight.

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 """Canonical emotion names, indexed by their FER2013 challenge code."""
 
@@ -93,7 +95,7 @@ def get_label_set(spec: str = "fer7") -> LabelSet:
         return _BUILTIN[spec]
     names = [part for part in (p.strip() for p in spec.split(",")) if part]
     if len(names) < 2:
-        raise ValueError(
+        raise InputError(
             f"labels must be one of {sorted(_BUILTIN)} or a comma-separated list of at least "
             f"two emotions from {list(ALL_CODES)}; got {spec!r}")
     codes = []
@@ -101,10 +103,10 @@ def get_label_set(spec: str = "fer7") -> LabelSet:
         try:
             codes.append(code_for_name(name))
         except KeyError:
-            raise ValueError(f"labels: unknown emotion {name!r} in {spec!r}; "
+            raise InputError(f"labels: unknown emotion {name!r} in {spec!r}; "
                              f"allowed: {list(ALL_CODES)}") from None
     if len(set(codes)) != len(codes):
-        raise ValueError(f"labels: an emotion is listed twice in {spec!r}")
+        raise InputError(f"labels: an emotion is listed twice in {spec!r}")
     classes = tuple(EMOTIONS[c] if c < len(EMOTIONS) else "contempt" for c in codes)
     return LabelSet(",".join(classes), classes, tuple((c,) for c in codes))
 

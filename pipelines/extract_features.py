@@ -5,6 +5,12 @@
 
 Inputs: a dataset (default: the bundled sample in data/sample). Outputs: features/<name>/
 with one .npz per split and manifest.json (see docs/ARCHITECTURE.md).
+
+An interrupted run (Ctrl-C, kill, crash) keeps its finished chunks in <out>/.partial; rerun it
+with the same arguments to resume. An existing store is kept: a rerun on the same images (by
+content, not file name) and settings reports it up to date; anything else needs --force, and
+--force replaces the old store only once the new one is complete. One run at a time writes an
+--out folder (a second stops at once, naming the first's pid).
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from .cli_errors import reports_errors
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
+# The module docstring without its usage line (argparse writes its own).
+_DESCRIPTION = "\n\n".join(part for i, part in enumerate(__doc__.strip().split("\n\n")) if i != 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.extract_features", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipelines.extract_features", description=_DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=SAMPLE, help="dataset CSV or folder (default: the bundled sample)")
     p.add_argument("--format", choices=datasets.FORMATS, default="auto")
     p.add_argument("--out", type=Path, help="output folder (default: features/<dataset name>)")
@@ -36,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for --limit and the held-out val split")
     p.add_argument("--ignore-unknown-labels", action="store_true",
                    help="leave out label folders that are not emotions instead of stopping")
-    p.add_argument("--force", action="store_true", help="replace an existing store or interrupted run")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing store (or an interrupted run made with other settings); the old "
+                        "store stays until the new one is complete")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -68,6 +79,11 @@ def summary_table(manifest: dict) -> str:
     rate = f", {t['images_per_second']} img/s" if t.get("images_per_second") else ""
     rows.append(f"{t['images']} images, read {t['read_seconds']} s, extract {t['extract_seconds']} s{rate} "
                 f"(detector {manifest['config']['detector']}, filter {manifest['filter']})")
+    skipped = manifest["dataset"].get("skipped_non_images", {"count": 0, "files": []})
+    if skipped["count"]:
+        names = sorted({Path(f).name for f in skipped["files"]})
+        rows.append(f"skipped {skipped['count']} files that are not images ({', '.join(names[:5])}"
+                    f"{', ...' if len(names) > 5 else ''})")
     sharp = manifest["sharpness"]
     rows.append(f"sharpness (median Laplacian variance): {sharp['median_laplacian_variance']}")
     rows += [f"warning: {warning}" for warning in sharp["warnings"]]
