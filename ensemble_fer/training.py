@@ -479,7 +479,9 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
-    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    from .distribute import choose_strategy
+
+    strategy = choose_strategy(gpus)     # TF_CONFIG workers, several GPUs, or the default
     try:
         keras.utils.set_random_seed(settings["seed"])
         with strategy.scope():
