@@ -70,7 +70,7 @@ def detect_scored_faces(image: np.ndarray, detector: str = "hog", upsample: int 
         found = _mmod_detector()(image, upsample)
         rects, scores = [d.rect for d in found], [d.confidence for d in found]
     else:
-        raise ValueError(f"detector must be one of {DETECTORS}; got {detector!r}")
+        raise InputError(f"detector must be one of {DETECTORS}; got {detector!r}")
     scored = [((r.left(), r.top(), r.right(), r.bottom()), float(score)) for r, score in zip(rects, scores)]
     return sorted(scored, key=lambda item: (item[0][2] - item[0][0]) * (item[0][3] - item[0][1]), reverse=True)
 
