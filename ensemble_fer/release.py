@@ -35,7 +35,7 @@ ENVIRONMENT_VARIABLE = "ENSEMBLE_FER_RELEASE"
 # What prediction reads from a variant folder (inference.load_predictor): the network
 # (Keras, or a TFLite export) and its config. Figures, predictions.npz, histories and logs
 # stay in the working copy: they would multiply the wheel's size for nothing.
-MODEL_FILES = ("model.keras", "model.tflite")
+MODEL_FILES = ("model.keras", "model.tflite", "model.onnx")
 VARIANT_FILES = ("config.json",) + MODEL_FILES
 TOP_FILES = ("ensemble.json", "README.md")
 

@@ -75,3 +75,18 @@ def variant_pair(tiny_variant, sample_store, tmp_path_factory) -> Path:
     shutil.copytree(tiny_variant, models / tiny_variant.name, ignore=shutil.ignore_patterns(".run"))
     training.train_variant(sample_store, None, True, out=models / "bovw", epochs=1, augment=False, progress=False)
     return models
+
+
+@pytest.fixture(scope="session")
+def tiny_release(variant_pair, tmp_path_factory) -> Path:
+    """A release-shaped folder: ``variant_pair``'s two variants and their fitted
+    ``ensemble.json`` side by side (as in ``models/release``), for packaging, export and video
+    tests. Tests must not write into it."""
+    import shutil
+
+    from pipelines import fit_ensemble
+
+    release = tmp_path_factory.mktemp("release") / "release"
+    shutil.copytree(variant_pair, release, ignore=shutil.ignore_patterns(".run"))
+    assert fit_ensemble.main(["--models", str(release), "--out", str(release / "ensemble.json")]) == 0
+    return release

@@ -1,0 +1,318 @@
+"""Exporting a model (a variant or an ensemble) to TensorFlow Lite, and predicting with the export.
+
+::
+
+    export_model("models/release", "exports/release")     # float32, float16 and int8 sub-folders
+    recognizer = EmotionRecognizer.load("exports/release/int8")    # predicts like the Keras model
+
+Formats (one sub-folder each, every member converted):
+
+* ``float32``: the network as it is;
+* ``float16``: weights stored as float16 (half the size), computed in float32;
+* ``int8``: dynamic-range quantisation: weights stored as int8 (a quarter of the size),
+  activations quantised on the fly where a kernel supports it. No calibration data needed;
+* ``onnx`` (asked for explicitly; needs the ``onnx`` extra): float32 ONNX through tf2onnx,
+  run by onnxruntime.
+
+Each member keeps both inputs (``image`` uint8 (N, 48, 48, 1), ``bovw`` float32 (N, 2728))
+or the one it has; all preprocessing is inside the network, as in the Keras model. An
+exported folder is laid out like the model it came from: ``ensemble.json`` (same weights,
+label set and extractor config; members' ``model_sha256`` now of their ``model.tflite``)
+and one folder per member with its unchanged ``config.json`` and a ``model.tflite``, plus
+``export.json`` (source, format, sizes, and the largest difference from the Keras model's
+probabilities measured at export on a few hundred crops). :func:`load_predictor` reads it
+into the same :class:`ensemble_fer.inference.Predictor` as a Keras model, so features,
+test-time augmentation and the weighted average are the same code.
+
+Conversion traces each network with ``training=False`` into a SavedModel endpoint (see
+:func:`convert`). Grad-CAM needs the Keras model and is refused on exports.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import artifacts
+from .errors import InputError
+
+FORMATS = ("float32", "float16", "int8")
+"""The TFLite formats, written by default."""
+ONNX = "onnx"
+ALL_FORMATS = FORMATS + (ONNX,)
+"""Also ONNX (float32, through tf2onnx; run by onnxruntime): ``pip install 'ensemble_fer[onnx]'``."""
+EXPORT_FORMAT = "ensemble_fer.export"
+EXPORT_FILE = "export.json"
+MODEL_FILE = "model.tflite"
+ONNX_FILE = "model.onnx"
+
+
+def model_file(precision: str) -> str:
+    return ONNX_FILE if precision == ONNX else MODEL_FILE
+SIGNATURE = "serve"
+OUTPUT = "probabilities"
+CHECK_ROWS = 256
+"""Crops predicted by both the Keras model and each export to measure their difference."""
+
+
+def is_export(path) -> bool:
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    return (folder / EXPORT_FILE).is_file()
+
+
+def convert(model, precision: str) -> bytes:
+    """The TFLite flatbuffer of a Keras network at ``precision`` (one of :data:`FORMATS`).
+
+    The network is traced with ``training=False`` into a SavedModel endpoint of our own
+    (:data:`SIGNATURE`, inputs named as the model's, output ``probabilities``):
+    ``keras.Model.export`` traced release 0.2's networks with dropout and batch statistics
+    live (TF 2.21, Keras 3.15), and ``TFLiteConverter.from_keras_model`` fails on Keras 3.
+    """
+    import keras
+    import tensorflow as tf
+
+    from .networks import PROBABILITIES_OUTPUT
+
+    if precision not in ALL_FORMATS:
+        raise InputError(f"format must be one of {ALL_FORMATS}; got {precision!r}")
+    names = [tensor.name for tensor in model.inputs]
+    specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=t.name) for t in model.inputs]
+
+    def serve(*inputs):
+        out = model(dict(zip(names, inputs)), training=False)
+        if isinstance(out, dict):       # a multi-task network: the emotions only
+            out = out[PROBABILITIES_OUTPUT]
+        return {OUTPUT: out}
+
+    with tempfile.TemporaryDirectory() as saved:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=specs)
+        archive.write_out(saved, verbose=False)
+        if precision == ONNX:
+            return _saved_model_to_onnx(saved)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE])
+        if precision in ("float16", "int8"):
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if precision == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
+
+
+def _saved_model_to_onnx(saved) -> bytes:
+    """tf2onnx's command line on the SavedModel: its ``from_function`` turns the constants a
+    Keras 3 network captures (the BOVW normalisation) into extra inputs; the SavedModel
+    route freezes them."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tf2onnx") is None:
+        raise InputError("--format onnx needs tf2onnx and onnxruntime: pip install 'ensemble_fer[onnx]'")
+    out = Path(saved) / "model.onnx"
+    run = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved), "--signature_def",
+                          SIGNATURE, "--opset", "17", "--output", str(out)], capture_output=True, text=True)
+    if run.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"tf2onnx failed: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.returncode}")
+    return out.read_bytes()
+
+
+class TFLiteModel:
+    """A converted member behind the one method prediction calls on a Keras model:
+    ``predict_on_batch({"image": ..., "bovw": ...})`` -> probabilities."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        interpreter = _interpreter(self.path)
+        if SIGNATURE not in interpreter.get_signature_list():
+            raise InputError(f"{self.path}: no {SIGNATURE!r} signature: not written by ensemble-fer export")
+        self._runner = interpreter.get_signature_runner(SIGNATURE)
+        self.input_dtypes = {name: d["dtype"] for name, d in self._runner.get_input_details().items()}
+
+    def predict_on_batch(self, inputs: dict) -> np.ndarray:
+        missing = set(self.input_dtypes) - set(inputs)
+        if missing:
+            raise InputError(f"{self.path}: needs inputs {sorted(missing)}")
+        feed = {name: np.ascontiguousarray(inputs[name], dtype=dtype) for name, dtype in self.input_dtypes.items()}
+        return self._runner(**feed)[OUTPUT]
+
+
+class ONNXModel:
+    """An ONNX member behind ``predict_on_batch``, run by onnxruntime on the CPU."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            import onnxruntime
+        except ImportError:
+            raise InputError(f"{self.path}: an ONNX model needs onnxruntime: pip install 'ensemble_fer[onnx]'") from None
+        try:
+            self._session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as exc:        # onnxruntime raises its own types for a bad file
+            raise InputError(f"{self.path}: not a valid ONNX model ({str(exc).splitlines()[0]})") from None
+        dtypes = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
+        # tf2onnx names inputs after the TensorSpecs, sometimes with a ":0" suffix
+        self.inputs = {i.name.split(":")[0]: (i.name, dtypes.get(i.type, np.float32))
+                       for i in self._session.get_inputs()}
+        self.output = self._session.get_outputs()[0].name
+
+    def predict_on_batch(self, inputs: dict) -> np.ndarray:
+        missing = set(self.inputs) - set(inputs)
+        if missing:
+            raise InputError(f"{self.path}: needs inputs {sorted(missing)}")
+        feed = {name: np.ascontiguousarray(inputs[key], dtype=dtype) for key, (name, dtype) in self.inputs.items()}
+        return self._session.run([self.output], feed)[0]
+
+
+def _interpreter(path: Path):
+    try:    # LiteRT, TFLite's successor, when installed
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    from .tf_startup import quiet_stderr
+
+    with warnings.catch_warnings(), quiet_stderr():
+        warnings.simplefilter("ignore")     # tf.lite.Interpreter's deprecation notice
+        try:
+            interpreter = Interpreter(model_path=str(path))
+            interpreter.allocate_tensors()  # the XNNPACK notice comes here
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(f"{path}: not a valid TFLite model ({exc})") from None
+    return interpreter
+
+
+def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print) -> dict:
+    """Export the model at ``source`` (variant folder or ensemble) into ``out/<format>/``;
+    returns the report also written to ``out/export.json``."""
+    from . import inference
+
+    formats = tuple(formats)
+    unknown = [f for f in formats if f not in ALL_FORMATS]
+    if unknown or not formats:
+        raise InputError(f"--format: each must be one of {ALL_FORMATS}; got {list(formats)}")
+    predictor = inference.load_predictor(source)
+    out = Path(out)
+    check = _check_inputs(predictor)
+    keras_proba = predictor.member_probas(**check)      # (members, rows, classes)
+    report = {"format": EXPORT_FORMAT, "source": str(Path(source).resolve()), "kind": predictor.kind,
+              "members": list(predictor.members), "formats": {}}
+    with artifacts.output_lock(out), artifacts.replacing(out, force=force) as tmp:
+        tmp.mkdir(parents=True)
+        converted = {}
+        for index, (name, folder) in enumerate(zip(predictor.members, predictor.member_folders)):
+            model = predictor._members[index].model
+            for precision in formats:
+                say(f"converting {name} to {precision}")
+                converted[precision, index] = convert(model, precision)
+        for precision in formats:
+            target = tmp / precision
+            entry = _write_export(predictor, target, {i: converted[precision, i] for i in range(len(predictor.members))},
+                                  precision)
+            artifacts.write_json(target / EXPORT_FILE, dict(_marker(predictor, precision, source), **entry))
+            exported = load_predictor(target)
+            diff = np.abs(exported.member_probas(**check) - keras_proba)
+            entry["max_abs_diff_vs_keras"] = float(diff.max())
+            entry["same_top_class"] = float(np.mean(exported.member_probas(**check).argmax(-1)
+                                                   == keras_proba.argmax(-1)))
+            report["formats"][precision] = entry
+            artifacts.write_json(target / EXPORT_FILE, dict(_marker(predictor, precision, source), **entry))
+        artifacts.write_json(tmp / EXPORT_FILE, report)
+    return report
+
+
+def _marker(predictor, precision, source) -> dict:
+    return {"format": EXPORT_FORMAT, "precision": precision, "source": str(Path(source).resolve()),
+            "kind": predictor.kind}
+
+
+def _write_export(predictor, target: Path, flatbuffers: dict, precision: str) -> dict:
+    sizes = {}
+    if predictor.kind == "variant":
+        target.mkdir(parents=True)
+        shutil.copy2(predictor.member_folders[0] / "config.json", target / "config.json")
+        (target / model_file(precision)).write_bytes(flatbuffers[0])
+        sizes[predictor.members[0]] = len(flatbuffers[0])
+    else:
+        data = json.loads(Path(predictor.source).read_text())
+        for index, (entry, name, folder) in enumerate(zip(data["members"], predictor.members,
+                                                          predictor.member_folders)):
+            member_dir = target / name
+            member_dir.mkdir(parents=True)
+            shutil.copy2(folder / "config.json", member_dir / "config.json")   # unchanged: same hash
+            (member_dir / model_file(precision)).write_bytes(flatbuffers[index])
+            entry["path"] = name
+            entry["model_file"] = model_file(precision)
+            entry["model_sha256"] = artifacts.sha256_file(member_dir / model_file(precision))
+            sizes[name] = len(flatbuffers[index])
+        artifacts.write_json(target / "ensemble.json", data)
+    return {"bytes": sizes, "total_bytes": int(sum(sizes.values()))}
+
+
+def _check_inputs(predictor) -> dict:
+    """Deterministic crops with their features: smooth random blobs, so the networks see
+    something face-sized rather than white noise."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, size=(CHECK_ROWS, 6, 6), dtype=np.uint8)
+    crops = np.stack([cv2.resize(s, (48, 48), interpolation=cv2.INTER_CUBIC) for s in small])
+    features = predictor.analyse(crops)
+    return {"images": features["images"], "landmarks": features["landmarks"], "bovw_rows": features["bovw"]}
+
+
+def load_predictor(path):
+    """A :class:`ensemble_fer.inference.Predictor` over an exported folder (see the module doc)."""
+    from . import inference
+    from .ensemble import WeightedEnsemble
+    from .labels import label_set_from_json
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    marker = artifacts.read_json(folder / EXPORT_FILE)
+    if marker.get("format") != EXPORT_FORMAT or "precision" not in marker:
+        raise InputError(f"{folder / EXPORT_FILE}: not an exported model (the top folder of an export holds one "
+                         f"sub-folder per format: pass one of them, e.g. {folder / 'float32'})")
+    name = model_file(marker["precision"])
+    if (folder / "config.json").is_file():
+        config = inference.read_variant_config(folder)
+        member = inference.Member(name=folder.name, folder=folder, config=config,
+                                  _model=_load_member(folder / name))
+        return inference.Predictor(folder, "variant", [member], [1.0], label_set_from_json(config["labels"]),
+                                   inference.extractor_of(config, folder / "config.json"),
+                                   {k: config["feature_store"].get(k) for k in ("path", "dataset", "config_hash")},
+                                   config)
+    ensemble_path = folder / "ensemble.json"
+    data = artifacts.read_json(ensemble_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = WeightedEnsemble.from_json(data["ensemble"])
+    label_set = label_set_from_json(data["labels"])
+    members = []
+    for i, entry in enumerate(data["members"]):
+        member_dir = inference.member_folder(ensemble_path, entry.get("path"), f"members[{i}]")
+        model_path = member_dir / name
+        if not model_path.is_file():
+            raise InputError(f"{model_path}: file not found (member of {ensemble_path})")
+        if artifacts.sha256_file(model_path) != entry.get("model_sha256"):
+            raise InputError(f"{ensemble_path}: member {member_dir} changed since the export (its {name} "
+                             f"differs); export again")
+        config = inference.read_variant_config(member_dir)
+        members.append(inference.Member(name=str(entry.get("name", member_dir.name)), folder=member_dir,
+                                        config=config, _model=_load_member(model_path)))
+    return inference.Predictor(ensemble_path, "ensemble", members, fitted.weights_, label_set,
+                               inference.extractor_config(data["extractor"], ensemble_path),
+                               data.get("feature_store") or {}, data)
+
+
+def _load_member(path: Path):
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    return ONNXModel(path) if path.suffix == ".onnx" else TFLiteModel(path)

@@ -1,0 +1,143 @@
+"""The `ensemble-fer` console command and the packaging of the release model.
+
+The wheel test builds a real wheel of this source tree with a tiny release model packaged
+(``ENSEMBLE_FER_RELEASE``), installs it into a fresh virtualenv and predicts a photo and a
+video from a directory outside the repository, through the installed console script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ensemble_fer import release
+from pipelines import console
+
+REPO = Path(__file__).resolve().parent.parent
+PHOTO = REPO / "tests" / "data" / "photos" / "2008_002470.jpg"
+
+
+def test_version_and_usage(capsys):
+    from ensemble_fer import __version__
+
+    assert console.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ensemble-fer {__version__}"
+    assert console.main([]) == 2
+    usage = capsys.readouterr().out
+    for command in ("extract", "train", "fit-ensemble", "evaluate", "predict", "export", "demo"):
+        assert f"  {command} " in usage
+    assert console.main(["predcit", "x.jpg"]) == 2
+    assert "unknown command 'predcit'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["extract", "train", "fit-ensemble", "evaluate", "predict", "export", "demo"])
+def test_every_stage_help_shows_defaults(command, capsys):
+    assert console.main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: ensemble-fer {command}")
+    assert "default" in text
+    parser = console.stage_parser(command)
+    for action in parser._actions:
+        if (action.option_strings and action.help
+                and not any(action.default is v for v in (None, False, argparse.SUPPRESS))):
+            help_text = parser.formatter_class(prog="x")._get_help_string(action)
+            assert "default" in help_text, (command, action.option_strings)
+
+
+@pytest.mark.parametrize("command", ["extract", "predict", "evaluate", "demo"])
+def test_stages_that_find_faces_take_detector(command):
+    options = {s for a in console.stage_parser(command)._actions for s in a.option_strings}
+    assert "--detector" in options
+
+
+def test_console_reports_bad_input_in_one_line(capsys, tmp_path):
+    assert console.main(["predict", str(tmp_path / "missing.jpg"), "--model", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and all(line.startswith(("error:", str(tmp_path))) for line in err)
+    assert console.main(["extract", "--data", str(tmp_path), "--scheduler"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --scheduler needs a value"
+
+
+def test_release_files_are_what_prediction_needs(tiny_release, tmp_path):
+    files = release.release_files(tiny_release)
+    members = [m["path"] for m in json.loads((tiny_release / "ensemble.json").read_text())["members"]]
+    assert files == sorted(["ensemble.json"] + [f"{m}/{name}" for m in members
+                                                for name in ("config.json", "model.keras")])
+    # predictions, figures and histories stay behind
+    assert any((tiny_release / m / "predictions.npz").is_file() for m in members)
+    copied = release.copy_release(tiny_release, tmp_path / "packaged")
+    assert copied == files
+    from ensemble_fer.inference import load_predictor
+
+    packaged = load_predictor(tmp_path / "packaged")
+    assert packaged.members == load_predictor(tiny_release).members
+    # a single variant is a release too
+    variant = tiny_release / members[0]
+    assert release.release_files(variant) == ["config.json", "model.keras"]
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        release.release_files(tmp_path)
+
+
+def test_release_with_missing_member_is_refused(tiny_release, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_release, broken)
+    member = json.loads((broken / "ensemble.json").read_text())["members"][0]["path"]
+    (broken / member / "model.keras").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.keras or model.tflite"):
+        release.release_files(broken)
+
+
+def _source_tree(dest: Path) -> Path:
+    """The files a build reads (tracked and untracked, not ignored), copied out of the clone so
+    that the build leaves nothing in it."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            check=True, capture_output=True, text=True).stdout.splitlines()
+    for name in listed:
+        source = REPO / name
+        if source.is_file() and not name.startswith(("models/", "data/", "tests/", "benchmarks/", "runs/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+@pytest.mark.slow
+def test_wheel_ships_release_and_predicts_outside_the_repo(tiny_release, tmp_path):
+    source = _source_tree(tmp_path / "src")
+    env = dict(os.environ, **{release.ENVIRONMENT_VARIABLE: str(tiny_release)})
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), "-q"], check=True, env=env, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("ensemble_fer-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packaged = {f"ensemble_fer/release/{name}" for name in release.release_files(tiny_release)}
+    assert packaged <= names
+    assert not any(name.endswith((".npz", ".png", ".csv", ".log")) for name in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "ensemble-fer = pipelines.console:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+    # A fresh virtualenv; the heavy dependencies (TensorFlow, dlib) come from this interpreter's
+    # site-packages so that the test runs offline, the package itself only from the wheel.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python, script = venv / "bin" / "python", venv / "bin" / "ensemble-fer"
+    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(PHOTO, elsewhere / "photo.jpg")
+    where = subprocess.run([str(python), "-c", "import ensemble_fer.recognizer as r; print(r.DEFAULT_MODEL)"],
+                           cwd=elsewhere, check=True, capture_output=True, text=True).stdout.strip()
+    assert Path(where).is_relative_to(venv), where
+    run = subprocess.run([str(script), "predict", "photo.jpg"], cwd=elsewhere, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert lines[0].startswith("path,face,left,top,right,bottom,emotion,angry")
+    assert len(lines) == 7 and all(line.startswith("photo.jpg,") for line in lines[1:])
+    # a CPU-only run: no TensorFlow/CUDA start-up lines, no retracing warnings
+    assert run.stderr.strip() == "1 photo(s) read, 6 face(s), 0 unreadable", run.stderr

@@ -1,0 +1,119 @@
+"""TFLite export of a real (tiny) ensemble: every member, image-only and two-input, in each
+format; the exported ensemble predicts through the same recognizer as the Keras one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ensemble_fer import export
+from ensemble_fer.errors import InputError
+
+PHOTO = Path(__file__).resolve().parent / "data" / "photos" / "2008_002470.jpg"
+
+
+@pytest.fixture(scope="module")
+def mixed_release(tiny_release, sample_store, tmp_path_factory) -> Path:
+    """tiny_release plus an image-only member (cnn5 without BOVW), refitted: members with
+    image+bovw, bovw only and image only."""
+    import shutil
+
+    from ensemble_fer import training
+    from pipelines import fit_ensemble
+
+    release = tmp_path_factory.mktemp("mixed") / "release"
+    shutil.copytree(tiny_release, release)
+    (release / "ensemble.json").unlink()
+    for name in ("ensemble_report.md", "ensemble_report.json", "ensemble_confusion_matrix.png"):
+        (release / name).unlink(missing_ok=True)
+    training.train_variant(sample_store, "cnn5", False, out=release / "cnn5", epochs=1, augment=False, progress=False)
+    assert fit_ensemble.main(["--models", str(release), "--out", str(release / "ensemble.json")]) == 0
+    return release
+
+
+@pytest.fixture(scope="module")
+def exported(mixed_release, tmp_path_factory):
+    from pipelines import console
+
+    out = tmp_path_factory.mktemp("export") / "tflite"
+    assert console.main(["export", "--model", str(mixed_release / "ensemble.json"), "--out", str(out),
+                         "--quiet"]) == 0
+    return out
+
+
+def test_every_member_in_every_format(mixed_release, exported):
+    report = json.loads((exported / "export.json").read_text())
+    members = report["members"]
+    assert sorted(members) == ["bovw", "cnn5", "cnn5+bovw"]
+    sizes = {}
+    for precision in export.FORMATS:
+        entry = report["formats"][precision]
+        sizes[precision] = entry["total_bytes"]
+        for name in members:
+            path = exported / precision / name / "model.tflite"
+            assert path.stat().st_size == entry["bytes"][name]
+            # config.json unchanged, so the model's label set and extractor travel with it
+            assert (path.parent / "config.json").read_bytes() == (mixed_release / name / "config.json").read_bytes()
+        assert entry["same_top_class"] >= 0.95
+    assert report["formats"]["float32"]["max_abs_diff_vs_keras"] < 1e-4
+    assert report["formats"]["float16"]["max_abs_diff_vs_keras"] < 0.02
+    assert report["formats"]["int8"]["max_abs_diff_vs_keras"] < 0.1
+    # quantised weights make smaller files
+    assert sizes["int8"] < sizes["float16"] < sizes["float32"]
+    assert sizes["int8"] < 0.4 * sizes["float32"]
+
+
+def test_exported_ensemble_predicts_like_the_keras_one(mixed_release, exported):
+    from ensemble_fer import EmotionRecognizer
+
+    keras = EmotionRecognizer.load(mixed_release / "ensemble.json")
+    lite = EmotionRecognizer.load(exported / "float32")
+    expected, got = keras.predict(PHOTO), lite.predict(PHOTO)
+    assert len(expected) == len(got) == 6
+    for a, b in zip(expected, got):
+        assert a.box == b.box and a.emotion == b.emotion
+        np.testing.assert_allclose(list(a.scores.values()), list(b.scores.values()), atol=1e-4)
+    # test-time augmentation runs through the same predictor code
+    np.testing.assert_allclose([list(f.scores.values()) for f in keras.predict(PHOTO, tta=2)],
+                               [list(f.scores.values()) for f in lite.predict(PHOTO, tta=2)], atol=1e-4)
+    int8 = EmotionRecognizer.load(exported / "int8")
+    agree = np.mean([a.emotion == b.emotion for a, b in zip(expected, int8.predict(PHOTO))])
+    assert agree >= 0.5
+    with pytest.raises(ValueError, match="exported model"):
+        lite.grad_cam(PHOTO, got[0])
+
+
+def test_export_refuses_overwrite_and_bad_folders(mixed_release, exported, tmp_path, capsys):
+    from ensemble_fer import EmotionRecognizer
+    from pipelines import console
+
+    assert console.main(["export", "--model", str(mixed_release / "ensemble.json"), "--out", str(exported),
+                         "--format", "int8", "--quiet"]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    with pytest.raises(InputError, match="pass one of them"):
+        EmotionRecognizer.load(exported)
+    # a member's network swapped after the export is noticed
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported / "float16", copy)
+    shutil.copy(exported / "int8" / "cnn5" / "model.tflite", copy / "cnn5" / "model.tflite")
+    with pytest.raises(InputError, match="changed since the export"):
+        EmotionRecognizer.load(copy)
+
+
+def test_onnx_export_predicts_like_keras(mixed_release, tmp_path):
+    pytest.importorskip("tf2onnx", reason="pip install 'ensemble_fer[onnx]'")
+    pytest.importorskip("onnxruntime", reason="pip install 'ensemble_fer[onnx]'")
+    from ensemble_fer import EmotionRecognizer
+
+    report = export.export_model(mixed_release / "ensemble.json", tmp_path / "onnx", ["onnx"], say=lambda m: None)
+    assert report["formats"]["onnx"]["max_abs_diff_vs_keras"] < 1e-4
+    assert all((tmp_path / "onnx" / "onnx" / name / "model.onnx").is_file() for name in report["members"])
+    keras, onnx = EmotionRecognizer.load(mixed_release / "ensemble.json"), EmotionRecognizer.load(tmp_path / "onnx" / "onnx")
+    for a, b in zip(keras.predict(PHOTO), onnx.predict(PHOTO)):
+        assert a.box == b.box and a.emotion == b.emotion
+        np.testing.assert_allclose(list(a.scores.values()), list(b.scores.values()), atol=1e-4)
