@@ -141,3 +141,15 @@ def test_wheel_ships_release_and_predicts_outside_the_repo(tiny_release, tmp_pat
     assert len(lines) == 7 and all(line.startswith("photo.jpg,") for line in lines[1:])
     # a CPU-only run: no TensorFlow/CUDA start-up lines, no retracing warnings
     assert run.stderr.strip() == "1 photo(s) read, 6 face(s), 0 unreadable", run.stderr
+
+    # and a video, written here by OpenCV
+    from test_video import write_video
+
+    write_video(elsewhere / "clip.mp4", photos=("2008_002470.jpg",))
+    run = subprocess.run([str(script), "predict", "clip.mp4", "--fps", "2", "--quiet"], cwd=elsewhere,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert lines[0].endswith(",frame,time_s,track")
+    assert len(lines) == 1 + 2 * 6 and all(line.startswith("clip.mp4,") for line in lines[1:])
+    assert run.stderr == ""
