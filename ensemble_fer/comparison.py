@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import artifacts, bovw, evaluation, metrics, training
+from .errors import InputError, MissingInputError
 from .feature_store import FeatureStore, FeatureStoreError
 from .inference import extractor_of
 from .labels import label_set_from_json
@@ -57,10 +58,11 @@ def _say_nothing(*args, **kwargs):
 def find_variants(models_dir, say=_say_nothing) -> list[Path]:
     """Every folder under ``models_dir`` (itself included) with ``config.json`` and
     ``predictions.npz``, sorted by path; hidden folders are skipped. Raises
-    ``FileNotFoundError`` (one line) when the folder is missing or holds no variant."""
+    :class:`~ensemble_fer.errors.MissingInputError` (one line; also a ``FileNotFoundError``)
+    when the folder is missing or holds no variant."""
     root = Path(models_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder of trained variants")
+        raise MissingInputError(f"{root}: no such folder of trained variants")
     found = []
     for config in sorted(root.rglob("config.json")):
         folder = config.parent
@@ -71,7 +73,7 @@ def find_variants(models_dir, say=_say_nothing) -> list[Path]:
         elif (folder / "model.keras").is_file():
             say(f"note: {folder} skipped: no predictions.npz")
     if not found:
-        raise FileNotFoundError(f"{root}: holds no trained variant (no folder with config.json and predictions.npz, "
+        raise MissingInputError(f"{root}: holds no trained variant (no folder with config.json and predictions.npz, "
                                 f"searched recursively); train one with `python -m pipelines.train_variant`")
     return found
 
@@ -95,7 +97,7 @@ class SpeedInputs:
 
     def __init__(self, n_images: int = SPEED_IMAGES, sample_dir=None):
         if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or n_images < 1:
-            raise ValueError(f"speed images must be an int >= 1; got {n_images!r}")
+            raise InputError(f"speed images must be an int >= 1 (--speed-images); got {n_images!r}")
         self.n_images = int(n_images)
         self.sample_dir = None if sample_dir is None else Path(sample_dir)
         self._cache: dict[str, tuple] = {}
@@ -138,7 +140,7 @@ class SpeedInputs:
         files = sorted(self.sample_dir.rglob("*.jpg")) if self.sample_dir is not None and self.sample_dir.is_dir() \
             else []
         if not files:
-            raise FileNotFoundError(f"{self.sample_dir}: no sample crops to time the variant on (its feature store "
+            raise MissingInputError(f"{self.sample_dir}: no sample crops to time the variant on (its feature store "
                                     f"is gone or changed); give the sample folder (data/sample)")
         n = self.n_images
         picked = [files[i] for i in np.linspace(0, len(files) - 1, min(n, len(files))).round().astype(int)]
@@ -154,7 +156,7 @@ def measure_speed(model, config: dict, images, bovw_rows, repeats: int = REPEATS
     """Images per second of ``training.predict_proba``: one warm-up call, then the best of
     ``repeats`` timed calls."""
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1; got {repeats!r}")
+        raise InputError(f"repeats must be an int >= 1 (--repeats); got {repeats!r}")
     training.predict_proba(model, config, images, bovw_rows, batch_size=batch_size)   # warm-up: tracing
     times = []
     for _ in range(repeats):
@@ -221,7 +223,7 @@ def compare_variants(models_dir, *, speed_images: int = SPEED_IMAGES, repeats: i
     root = Path(models_dir)
     folders = find_variants(root, say=say)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch size must be an int >= 1; got {batch_size!r}")
+        raise InputError(f"batch size must be an int >= 1 (--batch-size); got {batch_size!r}")
     inputs = SpeedInputs(speed_images, sample_dir)
     rows = []
     for folder in folders:
@@ -351,7 +353,7 @@ def write_comparison(result: dict, out_dir) -> dict[str, Path]:
     """Write ``comparison.csv``, ``comparison.md`` and ``comparison.png`` into ``out_dir``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"out: must be a folder; got {out_dir}, which is a file")
+        raise InputError(f"{out_dir}: --out must be a folder, not a file")
     paths = {name.split(".")[1]: out_dir / name for name in OUTPUT_FILES}
     plot_comparison(result["rows"], paths["png"], measured=result["speed"]["measured"])
     with artifacts.atomic_path(paths["csv"]) as tmp:

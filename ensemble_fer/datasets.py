@@ -332,6 +332,11 @@ def read_image_file(path) -> np.ndarray:
         raise DatasetError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
     except UnidentifiedImageError:
         raise DatasetError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except Image.DecompressionBombError as exc:
+        # Past twice PIL.Image.MAX_IMAGE_PIXELS Pillow refuses to decode (gigabytes, and face
+        # detection on it far more); it is a bad file like any other, not a crash. Pillow's
+        # message gives the picture's pixel count and the limit.
+        raise DatasetError(f"{path}: not read, too large ({exc})") from None
     except DatasetError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:

@@ -34,6 +34,13 @@ Input checks
 ``[0, 1]`` and every row must sum to 1 within 1e-3; otherwise a ``ValueError`` names the
 member. Rows are *not* silently renormalised: a row that does not sum to one means logits,
 sigmoid outputs or a column mix-up, and averaging those would give a meaningless ensemble.
+
+Bad parameters (``objective``, ``seed``, ``maxiter``, ``popsize``, ``tol``, ``n_splits``: what
+``pipelines.fit_ensemble``'s options set) and a bad :meth:`WeightedEnsemble.from_json` dict (read
+from an ensemble file) raise :class:`~ensemble_fer.errors.InputError`, which the command-line
+stages report in one line. Bad ``probas``/``y``/``classes`` arrays raise a plain ``ValueError``:
+the pipelines check the files those arrays come from first (``evaluation.read_member`` names the
+file), so one failing here is a bug there and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
+from .errors import InputError
 from .metrics import check_probabilities
 
 OBJECTIVES = ("accuracy", "log-loss")
@@ -141,16 +149,16 @@ class WeightedEnsemble(BaseEstimator):
 
     def _check_params(self):
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}; got {self.objective!r}")
+            raise InputError(f"objective must be one of {OBJECTIVES}; got {self.objective!r}")
         if self.seed is not None and (not isinstance(self.seed, numbers.Integral)
                                       or isinstance(self.seed, bool) or self.seed < 0):
-            raise ValueError(f"seed must be a non-negative int or None; got {self.seed!r}")
+            raise InputError(f"seed must be a non-negative int or None; got {self.seed!r}")
         for name in ("maxiter", "popsize"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+                raise InputError(f"{name} must be an int >= 1; got {value!r}")
         if not isinstance(self.tol, numbers.Real) or not math.isfinite(self.tol) or self.tol < 0:
-            raise ValueError(f"tol must be a finite number >= 0; got {self.tol!r}")
+            raise InputError(f"tol must be a finite number >= 0; got {self.tol!r}")
 
     # ------------------------------------------------------------------ prediction
 
@@ -196,7 +204,7 @@ class WeightedEnsemble(BaseEstimator):
         y = _check_y(y, n_samples, n_classes)
         if not isinstance(n_splits, numbers.Integral) or isinstance(n_splits, bool) \
                 or not 2 <= n_splits <= n_samples:
-            raise ValueError(f"n_splits must be an int in [2, n_samples={n_samples}]; "
+            raise InputError(f"n_splits must be an int in [2, n_samples={n_samples}]; "
                              f"got {n_splits!r}")
         if n_members == 1:
             warnings.warn("WeightedEnsemble with a single member: the ensemble is that member; "
@@ -239,13 +247,13 @@ class WeightedEnsemble(BaseEstimator):
     def from_json(cls, data) -> "WeightedEnsemble":
         """Rebuild a fitted ensemble from :meth:`to_json`'s dict (extra keys are ignored)."""
         if not isinstance(data, dict):
-            raise ValueError(f"data must be the dict from WeightedEnsemble.to_json(); "
+            raise InputError(f"data must be the dict from WeightedEnsemble.to_json(); "
                              f"got {type(data).__name__}")
         if data.get("format", JSON_FORMAT) != JSON_FORMAT:
-            raise ValueError(f"data['format'] must be {JSON_FORMAT!r}; got {data.get('format')!r}")
+            raise InputError(f"data['format'] must be {JSON_FORMAT!r}; got {data.get('format')!r}")
         missing = [key for key in ("objective", "weights", "classes") if key not in data]
         if missing:
-            raise ValueError(f"data is missing the key(s) {missing} of WeightedEnsemble.to_json()")
+            raise InputError(f"data is missing the key(s) {missing} of WeightedEnsemble.to_json()")
         params = {key: data[key] for key in ("objective", "seed", "maxiter", "popsize", "tol")
                   if key in data}
         ensemble = cls(**params)
@@ -253,16 +261,16 @@ class WeightedEnsemble(BaseEstimator):
         try:
             weights = np.asarray(data["weights"], dtype=float)
         except (TypeError, ValueError):
-            raise ValueError(f"data['weights'] must be a list of numbers; got {data['weights']!r}") from None
+            raise InputError(f"data['weights'] must be a list of numbers; got {data['weights']!r}") from None
         if weights.ndim != 1 or weights.size == 0 or not np.all(np.isfinite(weights)) \
                 or (weights < 0).any() or abs(weights.sum() - 1) > 1e-6:
-            raise ValueError("data['weights'] must be a non-empty list of non-negative numbers "
+            raise InputError("data['weights'] must be a non-empty list of non-negative numbers "
                              f"summing to 1; got {data['weights']!r}")
         classes = np.asarray(data["classes"])
         if classes.ndim != 1 or len(classes) < 2:
-            raise ValueError(f"data['classes'] must list at least 2 classes; got {data['classes']!r}")
+            raise InputError(f"data['classes'] must list at least 2 classes; got {data['classes']!r}")
         if "n_members" in data and data["n_members"] != len(weights):
-            raise ValueError(f"data['n_members'] ({data['n_members']}) must equal the number of "
+            raise InputError(f"data['n_members'] ({data['n_members']}) must equal the number of "
                              f"weights ({len(weights)})")
         ensemble.weights_ = weights
         ensemble.classes_ = classes

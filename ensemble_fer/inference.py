@@ -278,6 +278,8 @@ class Predictor:
         return out
 
     def _check_arrays(self, images, landmarks, bovw_rows, tta):
+        # Contract checks, plain ValueError: the pipelines pass arrays they extracted themselves
+        # or read from a checked feature store, so a mismatch here is a bug and keeps its traceback.
         sizes = {}
         if images is not None:
             images = bovw.check_crops(images)

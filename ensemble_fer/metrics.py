@@ -11,6 +11,11 @@
 Figures are drawn on a :class:`matplotlib.figure.Figure` with the Agg canvas directly, never
 through ``pyplot``: no global backend switch, no figure registry to leak, safe next to other
 code that uses matplotlib.
+
+A missing or unusable training-history file raises :class:`~ensemble_fer.errors.InputError`
+(``MissingInputError`` when missing) naming the file. Bad arrays, mappings or class names
+passed to these functions raise a plain ``ValueError``: the pipelines check the files those
+come from first, so one failing here is a bug in the caller and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from .artifacts import atomic_path
+from .errors import InputError, MissingInputError
 
 LOG_LOSS_EPS = 1e-15
 """Probabilities are clipped to ``[LOG_LOSS_EPS, 1]`` before the log in the log-loss."""
@@ -236,11 +242,14 @@ def read_history_csv(path) -> dict[str, list]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        raise MissingInputError(f"{path}: file not found")
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: not a readable training-history CSV ({exc})") from None
     if not rows:
-        raise ValueError(f"{path}: no epochs in the training history")
+        raise InputError(f"{path}: no epochs in the training history")
     history: dict[str, list] = {}
     for column in rows[0]:
         cells = [row[column] for row in rows]
@@ -261,8 +270,15 @@ def plot_training_curves(history, path, title: str | None = None) -> Path:
     ``epoch`` column restarts at 0 reads left to right. When a ``phase`` column exists each
     phase is labelled where it starts and a dashed line marks each change of phase.
     """
+    source = None
     if isinstance(history, (str, Path)):
+        source = Path(history)
         history = read_history_csv(history)
+
+    def problem(message):
+        # Read from a file: the file is wrong (InputError naming it); a mapping: the caller is.
+        return ValueError(message) if source is None else InputError(f"{source}: {message}")
+
     if not isinstance(history, Mapping):
         raise ValueError("history must be a mapping {name: [values per epoch]} or the path of a "
                          f"CSVLogger file; got {type(history).__name__}")
@@ -270,16 +286,16 @@ def plot_training_curves(history, path, title: str | None = None) -> Path:
     panels = {panel: [key for key in keys if key in series] for panel, keys in _CURVE_KEYS.items()}
     panels = {panel: keys for panel, keys in panels.items() if keys}
     if not panels:
-        raise ValueError("history must hold at least one of 'loss', 'val_loss', 'accuracy', "
-                         f"'val_accuracy'; got keys {sorted(series)}")
+        raise problem("history must hold at least one of 'loss', 'val_loss', 'accuracy', "
+                      f"'val_accuracy'; got keys {sorted(series)}")
     drawn = [key for keys in panels.values() for key in keys]
     lengths = {len(series[key]) for key in drawn + (["phase"] if "phase" in series else [])}
     if len(lengths) != 1:
-        raise ValueError("history columns must have one value per epoch each; got lengths "
-                         + ", ".join(f"{key}={len(series[key])}" for key in drawn))
+        raise problem("history columns must have one value per epoch each; got lengths "
+                      + ", ".join(f"{key}={len(series[key])}" for key in drawn))
     n_epochs = lengths.pop()
     if n_epochs == 0:
-        raise ValueError("history holds no epochs")
+        raise problem("history holds no epochs")
     epochs = np.arange(1, n_epochs + 1)
 
     starts = []  # (x where a phase starts, its name); the first one gets a label, no line

@@ -153,3 +153,49 @@ def test_refuses_a_folder_without_variants(tmp_path, capsys):
 
     code, _, stderr = _cli(["--models", tmp_path / "missing"], capsys)
     assert code == 2 and f"{tmp_path / 'missing'}: no such folder" in stderr
+
+
+def test_bad_input_is_one_line_and_bugs_keep_their_traceback(variant_pair, tmp_path, capsys, monkeypatch):
+    """compare's user-facing refusals are InputError (exit 2, one line); anything else, a
+    KeyError or a contract check failing inside the library, is a bug and propagates."""
+    from ensemble_fer import evaluation
+    from ensemble_fer.errors import InputError, MissingInputError
+
+    for flag in ("--repeats", "--speed-images", "--batch-size"):
+        code, _, stderr = _cli(["--models", variant_pair, "--out", tmp_path / "out", flag, "0"], capsys)
+        assert (code, stderr) == (2, f"error: {flag} must be >= 1; got 0\n")
+    a_file = tmp_path / "comparison.txt"
+    a_file.write_text("not a folder")
+    code, _, stderr = _cli(["--models", variant_pair, "--out", a_file, "--no-speed", "--quiet"], capsys)
+    assert (code, stderr) == (2, f"error: {a_file}: --out must be a folder, not a file\n")
+    assert not (tmp_path / "out").exists()
+
+    with pytest.raises(MissingInputError, match="no such folder of trained variants"):
+        comparison.find_variants(tmp_path / "missing")
+    with pytest.raises(InputError, match=r"speed images must be an int >= 1 \(--speed-images\); got 0"):
+        comparison.SpeedInputs(0)
+    with pytest.raises(InputError, match=r"batch size must be an int >= 1 \(--batch-size\); got 0"):
+        comparison.compare_variants(variant_pair, batch_size=0, speed=False)
+
+    def broken_rank(rows):
+        raise KeyError("val_accuracy")
+
+    monkeypatch.setattr(comparison, "rank", broken_rank)
+    with pytest.raises(KeyError, match="val_accuracy"):
+        compare.main(["--models", str(variant_pair), "--out", str(tmp_path / "out"), "--no-speed", "--quiet"])
+    monkeypatch.undo()
+
+    # A bug that hands the metrics unchecked probabilities: metrics' own check (a ValueError
+    # raised in ensemble_fer.metrics) must show its traceback, not pass for bad input.
+    read_member = evaluation.read_member
+
+    def corrupting_read_member(folder, *args, **kwargs):
+        member = read_member(folder, *args, **kwargs)
+        member.splits["val"]["proba"][0] = np.nan
+        return member
+
+    monkeypatch.setattr(evaluation, "read_member", corrupting_read_member)
+    with pytest.raises(ValueError, match="must be finite; row 0 holds NaN") as err:
+        compare.main(["--models", str(variant_pair), "--out", str(tmp_path / "out"), "--no-speed", "--quiet"])
+    assert not isinstance(err.value, InputError)
+    assert not (tmp_path / "out").exists()

@@ -134,3 +134,49 @@ def test_exif_orientation_is_applied(tmp_path):
     image.save(tmp_path / "phone.png", exif=exif)
     upright = datasets.read_image_file(tmp_path / "phone.png")
     np.testing.assert_array_equal(upright, np.rot90(pixels, k=-1))
+
+
+def write_bomb_png(path, side: int = 14000):
+    """A real, valid 1-bit ``side`` x ``side`` PNG (14000 x 14000 = 196 megapixels, over twice
+    Pillow's MAX_IMAGE_PIXELS) written row by row: about 24 KB on disk, no memory to make."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor, row = zlib.compressobj(9), b"\x00" * (1 + (side + 7) // 8)   # filter byte + 1 bit/pixel
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_picture_over_pillows_limit_is_a_bad_file_naming_the_limit(tmp_path, capsys):
+    from PIL import Image
+
+    from pipelines import extract_features
+
+    huge = write_bomb_png(tmp_path / "huge.png")
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(DatasetError) as err:
+        datasets.read_image_file(huge)
+    message = str(err.value)
+    assert message.startswith(f"{huge}: not read, too large (") and f"{limit} pixels" in message
+    assert "\n" not in message
+
+    # Extraction reports it with the other bad files, in one line, and writes nothing.
+    data = tmp_path / "data"
+    for emotion in ("happy", "sad"):
+        shutil.copytree(SAMPLE / "train" / emotion, data / emotion)
+    shutil.copy(huge, data / "happy" / "huge.png")
+    (data / "sad" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "store"
+    assert extract_features.main(["--data", str(data), "--out", str(out), "--detector", "none", "--quiet",
+                                  "--n-jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 images cannot be read" in err
+    assert f"{data / 'happy' / 'huge.png'}: not read, too large (Image size (196000000 pixels) exceeds limit " \
+           f"of {limit} pixels" in err
+    assert f"{data / 'sad' / 'broken.jpg'}: not a readable image" in err
+    assert not out.exists()

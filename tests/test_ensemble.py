@@ -276,3 +276,29 @@ def test_from_json_rejects_bad_data():
         WeightedEnsemble.from_json({"objective": "nope", "weights": [1.0], "classes": [0, 1]})
     with pytest.raises(NotFittedError):
         WeightedEnsemble().to_json()
+
+
+def test_parameters_and_saved_data_are_input_errors_arrays_are_contract_errors():
+    """The parameters fit_ensemble's options set and the dict read from an ensemble file are
+    InputError (one line at the command line); bad probability arrays are a plain ValueError,
+    since the pipelines check the files they come from first (a failure here is a bug)."""
+    from ensemble_fer.errors import InputError
+
+    probas, y = _one_perfect(n=60, k=3, n_noise=1)
+    for params in ({"objective": "f1"}, {"seed": -1}, {"maxiter": 0}, {"popsize": 0}, {"tol": float("nan")}):
+        with pytest.raises(InputError):
+            WeightedEnsemble(**params).fit(probas, y)
+    with pytest.raises(InputError, match=r"n_splits must be an int in \[2, n_samples=60\]; got 1"):
+        WeightedEnsemble().cross_validated_accuracy(probas, y, n_splits=1)
+    fitted = WeightedEnsemble(maxiter=5).fit(probas, y).to_json()
+    for broken in ({**fitted, "weights": [0.5]}, {**fitted, "format": "other"}, {"weights": [1.0]}, []):
+        with pytest.raises(InputError):
+            WeightedEnsemble.from_json(broken)
+
+    bad = probas.copy()
+    bad[0, 0] = np.nan
+    for call in (lambda: WeightedEnsemble().fit(bad, y), lambda: WeightedEnsemble().fit(probas, y[:-1]),
+                 lambda: WeightedEnsemble(maxiter=5).fit(probas, y).predict_proba(probas[:1])):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert not isinstance(err.value, InputError), err.value

@@ -432,3 +432,21 @@ def test_evaluate_refuses_existing_outputs_and_replaces_them_only_when_complete(
     assert json.loads(out_json.read_text())["split"] == "val"
     assert sorted(p.name for p in out_dir.iterdir()) == ["confusion_matrix.png", "confusion_matrix_face_found.png",
                                                          "evaluation.json", "evaluation.md"]
+
+
+def test_a_picture_over_pillows_limit_is_one_line_naming_it(variant_pair, tmp_path, capsys):
+    """A 14000x14000 picture among the class folders: Pillow refuses to decode it; evaluate says
+    so in one line naming the file and the limit, instead of a DecompressionBombError traceback."""
+    from PIL import Image
+
+    from test_datasets import write_bomb_png
+
+    data = _class_folders(tmp_path / "data", ["happy", "sad"])
+    huge = write_bomb_png(data / "sad" / "huge.png")
+    out_json = tmp_path / "r.json"
+    code, _, stderr = _cli(["--model", variant_pair / "bovw", "--data", data, "--no-cache", "--n-jobs", "1",
+                            "--json", out_json], capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert stderr.startswith(f"error: {huge}: not read, too large (Image size (196000000 pixels) exceeds limit of "
+                             f"{2 * Image.MAX_IMAGE_PIXELS} pixels")
+    assert not out_json.exists()

@@ -160,3 +160,29 @@ def test_markdown_report():
         format_report_markdown({"m": val}, detail_model="x")
     with pytest.raises(ValueError, match="at least one model"):
         format_report_markdown({})
+
+
+def test_a_bad_history_file_is_an_input_error_naming_it_and_bad_arrays_are_not(tmp_path):
+    """What comes from a file the user has is InputError (one line at the command line); bad
+    arrays or mappings from the caller stay plain ValueError, a bug with its traceback."""
+    from ensemble_fer.errors import InputError, MissingInputError
+
+    with pytest.raises(MissingInputError, match="history.csv: file not found"):
+        read_history_csv(tmp_path / "history.csv")
+    (tmp_path / "empty.csv").write_text("epoch,loss\n")
+    with pytest.raises(InputError, match="empty.csv: no epochs in the training history"):
+        read_history_csv(tmp_path / "empty.csv")
+    (tmp_path / "lr.csv").write_text("epoch,learning_rate\n0,0.1\n")
+    with pytest.raises(InputError, match=r"lr.csv: history must hold at least one of 'loss'"):
+        plot_training_curves(tmp_path / "lr.csv", tmp_path / "curves.png")
+    (tmp_path / "binary.csv").write_bytes(b"epoch,loss\n\xff\xfe\x00\x01\n")
+    with pytest.raises(InputError, match="binary.csv: not a readable training-history CSV"):
+        read_history_csv(tmp_path / "binary.csv")
+
+    for call in (lambda: plot_training_curves({"lr": [0.1]}, tmp_path / "none.png"),
+                 lambda: classification_metrics(Y_TRUE, PROBA * np.nan, NAMES),
+                 lambda: format_report_markdown({})):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert not isinstance(err.value, InputError), err.value
+    assert not list(tmp_path.glob("*.png"))

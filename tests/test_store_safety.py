@@ -384,7 +384,7 @@ def test_cli_reports_input_errors_and_lets_bugs_show_their_traceback(capsys):
 
     @cli_errors.reports_errors
     def unconverted(argv=None):
-        from ensemble_fer import metrics        # still raises a plain FileNotFoundError (transitional list)
+        from ensemble_fer import metrics        # MissingInputError, off the transitional list
 
         metrics.read_history_csv("/nonexistent/history.csv")
 
