@@ -1,8 +1,13 @@
-"""Predict: the emotion of every face in photos and folders, as CSV.
+"""Predict: the emotion of every face in photos, videos and folders, as CSV.
 
     python -m pipelines.predict PATH... [--model PATH] [--csv FILE] [--annotate DIR] [--gradcam DIR]
         [--force | --resume] [--tta N] [--detector hog|mmod] [--upsample N] [--recursive] [--batch-size N]
-        [--quiet]
+        [--fps N] [--quiet]
+
+Videos (any container OpenCV reads) are handled by ``pipelines/predict_videos.py``: frames
+sampled at --fps, one row per face per sampled frame with ``frame``, ``time_s`` and
+``track`` columns appended (empty in photo rows; the columns exist only when an input is a
+video), a per-track summary on stderr, ``--annotate out.mp4`` for one video.
 
 PATHs are image files or folders (a folder's image files, chosen by extension; --recursive
 descends into sub-folders). The CSV (to FILE, or to stdout) has the columns
@@ -15,8 +20,9 @@ and the reason, also reported on stderr. A 48x48 image is taken as a face crop (
 frame). The exit status is non-zero only when no input could be read at all.
 
 --annotate DIR writes every photo with its boxes and ``<emotion> <score>`` labels;
---gradcam DIR writes, per face, the 48x48 crop the network saw overlaid with the Grad-CAM
-map of the predicted emotion (``<photo>_face<k>_<emotion>.png``).
+--gradcam DIR writes, per face, the face crop the network saw beside its Grad-CAM map of the
+predicted emotion (the members' maps weighted as their share of the score), 192 px with a
+caption (``<photo>_face<k>_<emotion>.png``).
 
 Existing outputs are never overwritten silently: an existing --csv FILE, --annotate DIR or
 --gradcam DIR is refused before any work, unless --force (start over) or --resume (continue).
@@ -79,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="times the photo is doubled before detection (1: faces down to ~40 px; 0: faster)")
     p.add_argument("--recursive", action="store_true", help="also read the folders inside a folder")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="face crops per network batch")
+    p.add_argument("--fps", type=float, default=4.0, metavar="N",
+                   help="video frames sampled per second of video (videos: any container OpenCV reads)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
 
@@ -97,22 +105,31 @@ def main(argv=None) -> int:
         raise InputError(f"--tta must be from 0 (none) to {MAX_TTA}; got {args.tta}")
     if args.resume and not args.csv:
         raise InputError("--resume needs --csv FILE: the CSV's rows say which inputs are done")
-    outputs = Outputs(args.csv, args.annotate, args.gradcam, force=args.force, resume=args.resume)
-    outputs.check()     # before the model loads: a refused output costs nothing
+    from ensemble_fer import video
+
+    from . import predict_videos
+
+    video.check_fps(args.fps)
     files, problems = list_inputs(args.paths, args.recursive)
+    annotate_file = predict_videos.annotate_target(args, files)     # --annotate out.mp4: one video
+    outputs = Outputs(args.csv, None if annotate_file else args.annotate, args.gradcam, force=args.force,
+                      resume=args.resume, video=any(video.is_video(path) for path, _ in files))
+    outputs.check()     # before the model loads: a refused output costs nothing
     if not files and not problems:
         print("error: no image files to read", file=sys.stderr)
         return EXIT_BAD_INPUT
     recognizer = EmotionRecognizer.load(args.model, detector=args.detector, upsample=args.upsample)
     classes = recognizer.classes
     if args.gradcam:
-        recognizer.gradcam_model()      # a BOVW-only model fails here, before any work
+        recognizer.gradcam_models()     # a BOVW-only model fails here, before any work
     # One blank crop through every member loads the models now, so that a model file Keras
     # cannot read stops the run before any output is started.
     recognizer.predict(np.zeros((48, 48), np.uint8))
 
     with outputs.open(classes) as sink:
-        counts = predict_files(recognizer, files, problems, sink, args)
+        videos = [(path, name) for path, name in files if video.is_video(path) and str(path) not in sink.done]
+        counts = predict_files(recognizer, [f for f in files if not video.is_video(f[0])], problems, sink, args)
+        predict_videos.predict_videos(recognizer, videos, sink, args, counts, annotate_file)
     if not args.quiet:
         where = f"; wrote {args.csv}" if args.csv else ""
         skipped = f", {counts['skipped']} done before (--resume)" if counts["skipped"] else ""
@@ -201,13 +218,14 @@ def list_inputs(paths, recursive: bool = False) -> tuple[list[tuple[Path, Path]]
     argument (its name for a file argument); names that collide get ``_2``, ``_3``, ...
     """
     from ensemble_fer.datasets import IMAGE_SUFFIXES
+    from ensemble_fer.video import VIDEO_SUFFIXES
 
     files, problems, used = [], [], set()
     for path in paths:
         path = Path(path)
         if path.is_dir():
             pattern = path.rglob("*") if recursive else path.iterdir()
-            found = sorted(f for f in pattern if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            found = sorted(f for f in pattern if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
                            and not any(part.startswith(".") for part in f.relative_to(path).parts))
             entries = [(f, f.relative_to(path)) for f in found]
         elif path.exists():
@@ -238,14 +256,18 @@ def error_row(path, reason: str, classes) -> list:
     return [str(path), "", "", "", "", "", ""] + [""] * len(classes) + [ERROR, reason]
 
 
-def csv_header(classes) -> list[str]:
-    return list(FIXED_COLUMNS) + list(classes) + list(STATUS_COLUMNS)
+def csv_header(classes, video: bool = False) -> list[str]:
+    """The columns; a run with a video input gets ``frame, time_s, track`` at the end
+    (``pipelines/predict_videos.py``), empty in photo rows."""
+    from .predict_videos import VIDEO_COLUMNS
+
+    return list(FIXED_COLUMNS) + list(classes) + list(STATUS_COLUMNS) + list(VIDEO_COLUMNS) * video
 
 
-def format_csv(rows, classes) -> str:
+def format_csv(rows, classes, video: bool = False) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(csv_header(classes))
+    writer.writerow(csv_header(classes, video))
     writer.writerows(rows)
     return buffer.getvalue()
 
@@ -259,8 +281,9 @@ class Outputs:
     stdout as they come.
     """
 
-    def __init__(self, csv_path, annotate, gradcam, force: bool, resume: bool):
+    def __init__(self, csv_path, annotate, gradcam, force: bool, resume: bool, video: bool = False):
         self.csv = None if csv_path is None else Path(csv_path)
+        self.video = video
         self.dirs = {key: Path(d) for key, d in (("annotate", annotate), ("gradcam", gradcam)) if d is not None}
         self.force, self.resume = force, resume
         self.done: set[str] = set()
@@ -296,7 +319,7 @@ class Outputs:
         without an exception."""
         from ensemble_fer import artifacts
 
-        header = self.header = csv_header(classes)
+        header = self.header = csv_header(classes, self.video)
         finals = ([self.csv] if self.csv is not None else []) + list(self.dirs.values())
         with contextlib.ExitStack() as stack:
             for path in finals:
@@ -343,7 +366,8 @@ class Outputs:
         rows = [] if source is None else self._kept_rows(source, header)
         # The rows kept go into a fresh FILE.partial (atomically); the rest is appended to it.
         with artifacts.atomic_path(partial) as tmp:
-            tmp.write_text(format_csv(rows, header[len(FIXED_COLUMNS):header.index(STATUS_COLUMNS[0])]), newline="")
+            tmp.write_text(format_csv(rows, header[len(FIXED_COLUMNS):header.index(STATUS_COLUMNS[0])], self.video),
+                           newline="")
         for key, folder in self.dirs.items():
             building = self.building[key]
             if not building.exists():
@@ -374,7 +398,8 @@ class Outputs:
 
     def write(self, path, rows) -> None:
         """The rows of one input, flushed so that an interruption keeps them."""
-        self._writer.writerows(rows)
+        # photo rows in a run with videos: empty frame, time_s, track
+        self._writer.writerows(row + [""] * (len(self.header) - len(row)) for row in rows)
         self._handle.flush()
         self.done.add(str(path))
 
@@ -399,10 +424,16 @@ def write_pictures(recognizer, image, faces, name: Path, annotate_dir, gradcam_d
         annotate.write_image(Path(annotate_dir) / name.with_suffix(suffix), annotate.draw_faces(image, faces))
     if gradcam_dir:
         for k, face in enumerate(faces):
-            crop = recognizer.face_crop(image, face)
-            overlay = annotate.heatmap_overlay(crop, recognizer.grad_cam(image, face))
+            figure = annotate.gradcam_figure(recognizer.face_crop(image, face), recognizer.grad_cam(image, face),
+                                             gradcam_caption(recognizer, face))
             out = Path(gradcam_dir) / name.parent / f"{name.stem}_face{k}_{face.emotion}.png"
-            annotate.write_image(out, overlay)
+            annotate.write_image(out, figure)
+
+
+def gradcam_caption(recognizer, face) -> str:
+    emotion, score = face.top_emotion
+    n = len(recognizer.gradcam_models())
+    return f"{emotion} {score:.2f} | Grad-CAM of {n} member{'s' * (n != 1)}, weighted"
 
 
 def _write_above_progress(progress, message: str) -> None:
