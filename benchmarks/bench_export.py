@@ -1,6 +1,7 @@
 """TFLite export of the release networks: size, PublicTest accuracy and crops/s against Keras.
 
     python benchmarks/bench_export.py [--store features/fer2013] [--split val] [--rows 1024] [--out DIR]
+        [--formats float32 float16 int8 onnx]
 
 1. A loadable copy of release 0.2's three networks (``benchmarks/timing_release.py``) is
    exported with ``ensemble_fer.export.export_model`` to float32, float16 and int8 TFLite, and
@@ -37,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="val")
     p.add_argument("--rows", type=int, default=1024)
     p.add_argument("--out", type=Path)
+    p.add_argument("--formats", nargs="+", help="formats to measure (default: float32 float16 int8, and onnx "
+                                                  "when tf2onnx is installed)")
     args = p.parse_args(argv)
 
     from ensemble_fer import tf_startup
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
     started = time.time()
     import importlib.util
 
-    formats = export.FORMATS + ((export.ONNX,) if importlib.util.find_spec("tf2onnx") else ())
+    formats = tuple(args.formats or export.FORMATS + ((export.ONNX,) if importlib.util.find_spec("tf2onnx") else ()))
     report = export.export_model(ensemble_json, out, formats, force=True, say=lambda m: None)
     export_s = time.time() - started
 
