@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from .bovw import assemble_bovw
+from .errors import InputError
 from .hog import IMAGE_SIZE, sliding_hog
 from .landmarks import FLIP_PERMUTATION, N_LANDMARKS
 
@@ -82,25 +83,25 @@ class AugmentConfig:
         for name in ("rotation_deg", "shear_deg", "zoom", "strength", "shift", "erase"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise ValueError(f"{name} must be a number; got {value!r}")
+                raise InputError(f"{name} must be a number; got {value!r}")
             if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+                raise InputError(f"{name} must be a finite number >= 0; got {value!r}")
         if not isinstance(self.horizontal_flip, (bool, np.bool_)):
-            raise ValueError(f"horizontal_flip must be True or False; got {self.horizontal_flip!r}")
+            raise InputError(f"horizontal_flip must be True or False; got {self.horizontal_flip!r}")
         # The limits apply to the ranges actually used, i.e. after scaling by strength.
         if self.shear_deg * self.strength >= 90:
-            raise ValueError(
+            raise InputError(
                 "shear_deg * strength must be below 90 (degrees); "
                 f"got {self.shear_deg} * {self.strength}"
             )
         if self.zoom * self.strength >= 1:
-            raise ValueError(
+            raise InputError(
                 f"zoom * strength must be below 1; got {self.zoom} * {self.strength}"
             )
         if self.shift >= IMAGE_SIZE / 2:
-            raise ValueError(f"shift must be below {IMAGE_SIZE // 2} (pixels); got {self.shift}")
+            raise InputError(f"shift must be below {IMAGE_SIZE // 2} (pixels); got {self.shift}")
         if self.erase > 1:
-            raise ValueError(f"erase must be a probability in [0, 1]; got {self.erase}")
+            raise InputError(f"erase must be a probability in [0, 1]; got {self.erase}")
 
 
 def affine_matrix(rotation_deg=0.0, shear_deg=0.0, scale=1.0, flip=False) -> np.ndarray:
@@ -182,17 +183,17 @@ def _erase(images, rng, probability):
 
 def _check_rng(rng) -> np.random.Generator:
     if isinstance(rng, bool):
-        raise ValueError(f"rng must be a numpy Generator, an int seed or None; got {rng!r}")
+        raise InputError(f"rng must be a numpy Generator, an int seed or None; got {rng!r}")
     if rng is None or isinstance(rng, (int, np.integer, np.random.Generator)):
         return np.random.default_rng(rng)  # a Generator is returned as is
-    raise ValueError(f"rng must be a numpy Generator, an int seed or None; got {rng!r}")
+    raise InputError(f"rng must be a numpy Generator, an int seed or None; got {rng!r}")
 
 
 def _check_config(config) -> AugmentConfig:
     if config is None:
         return AugmentConfig()
     if not isinstance(config, AugmentConfig):
-        raise ValueError(f"config must be an AugmentConfig or None; got {config!r}")
+        raise InputError(f"config must be an AugmentConfig or None; got {config!r}")
     return config
 
 
@@ -222,18 +223,18 @@ def _check_batch(images, landmarks):
     images = np.asarray(images)
     landmarks = np.asarray(landmarks)
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(
+        raise InputError(
             f"images must have shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}); got shape {images.shape}"
         )
     if images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8; got dtype {images.dtype}")
+        raise InputError(f"images must be uint8; got dtype {images.dtype}")
     if landmarks.shape != (len(images), N_LANDMARKS, 2):
-        raise ValueError(
+        raise InputError(
             f"landmarks must have shape (N, {N_LANDMARKS}, 2) with N = {len(images)} "
             f"(the number of images); got shape {landmarks.shape}"
         )
     if landmarks.dtype.kind not in "iuf":
-        raise ValueError(f"landmarks must hold numbers; got dtype {landmarks.dtype}")
+        raise InputError(f"landmarks must hold numbers; got dtype {landmarks.dtype}")
     return images, landmarks
 
 
@@ -268,7 +269,7 @@ def transform_batch(images, landmarks, matrices, flips):
     if matrices.shape == (2, 3):
         matrices = np.broadcast_to(matrices, (n, 2, 3))
     if matrices.shape != (n, 2, 3):
-        raise ValueError(f"matrices must have shape (2, 3) or ({n}, 2, 3); got shape {matrices.shape}")
+        raise InputError(f"matrices must have shape (2, 3) or ({n}, 2, 3); got shape {matrices.shape}")
     flips = np.broadcast_to(np.asarray(flips, dtype=bool), (n,))
 
     out_images = np.empty_like(images)
@@ -364,7 +365,7 @@ def tta_views(images, landmarks, n_views: int):
     if isinstance(n_views, bool) or not isinstance(n_views, (int, np.integer)) or not (
         1 <= n_views <= len(TTA_VIEWS)
     ):
-        raise ValueError(f"n_views must be an integer from 1 to {len(TTA_VIEWS)}; got {n_views!r}")
+        raise InputError(f"n_views must be an integer from 1 to {len(TTA_VIEWS)}; got {n_views!r}")
     images, landmarks = _check_batch(images, landmarks)
     views = []
     for rotation_deg, scale, flip in TTA_VIEWS[:n_views]:

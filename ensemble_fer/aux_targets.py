@@ -8,7 +8,7 @@ The targets are a CSV beside the images::
 ``image`` is the feature store's ``ids`` (the file path relative to the dataset root, or
 ``row<N>`` for CSV datasets); every other column is one target whose cells are ``0`` or ``1``.
 
-Rules (every violation is a one-line ``ValueError`` naming the file):
+Rules (every violation is a one-line ``InputError``, a ``ValueError``, that names the file):
 
 * the ``image`` column and at least one target column are required; target names are
   non-empty and unique;
@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError, MissingInputError
+
 IMAGE_COLUMN = "image"
 SHOWN = 5
 """How many offending ids an error message lists."""
@@ -58,7 +60,7 @@ class AuxTargets:
         known = set(map(str, store_ids))
         unknown = [image for image in self.ids if image not in known]
         if unknown:
-            raise ValueError(f"{self.path}: {len(unknown)} image(s) are not in the feature store {store_path} "
+            raise InputError(f"{self.path}: {len(unknown)} image(s) are not in the feature store {store_path} "
                              f"(e.g. {_few(unknown)}); ids are paths relative to the dataset root, or "
                              f"row<N> for CSV datasets")
 
@@ -67,7 +69,7 @@ class AuxTargets:
         rows = [self._index.get(str(image), -1) for image in ids]
         missing = [str(image) for image, row in zip(ids, rows) if row < 0]
         if missing:
-            raise ValueError(f"{self.path}: {len(missing)} {split} row(s) of the feature store have no targets "
+            raise InputError(f"{self.path}: {len(missing)} {split} row(s) of the feature store have no targets "
                              f"(e.g. {_few(missing)}); every row the variant trains or is evaluated on needs "
                              f"one")
         return self.values[np.asarray(rows, dtype=np.int64)].astype(np.float32).reshape(len(rows), len(self.names))
@@ -83,49 +85,49 @@ def read_aux_targets(path) -> AuxTargets:
     """Read and validate an auxiliary-target CSV (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: aux targets file not found")
+        raise MissingInputError(f"{path}: aux targets file not found")
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: cannot read the aux targets CSV ({exc})") from None
+        raise InputError(f"{path}: cannot read the aux targets CSV ({exc})") from None
     rows = [row for row in rows if any(cell.strip() for cell in row)]
     if not rows:
-        raise ValueError(f"{path}: empty file; expected a header '{IMAGE_COLUMN},<target>,...' and one row per image")
+        raise InputError(f"{path}: empty file; expected a header '{IMAGE_COLUMN},<target>,...' and one row per image")
     header = [cell.strip() for cell in rows[0]]
     if IMAGE_COLUMN not in header:
-        raise ValueError(f"{path}: no {IMAGE_COLUMN!r} column; the header must be '{IMAGE_COLUMN},<target>,...'; "
+        raise InputError(f"{path}: no {IMAGE_COLUMN!r} column; the header must be '{IMAGE_COLUMN},<target>,...'; "
                          f"received {header[:6]}")
     if header.count(IMAGE_COLUMN) > 1:
-        raise ValueError(f"{path}: the {IMAGE_COLUMN!r} column appears more than once")
+        raise InputError(f"{path}: the {IMAGE_COLUMN!r} column appears more than once")
     image_col = header.index(IMAGE_COLUMN)
     target_cols = [i for i in range(len(header)) if i != image_col]
     names = [header[i] for i in target_cols]
     if not names:
-        raise ValueError(f"{path}: no target columns; the header must be '{IMAGE_COLUMN},<target>,...'")
+        raise InputError(f"{path}: no target columns; the header must be '{IMAGE_COLUMN},<target>,...'")
     if any(not name for name in names):
-        raise ValueError(f"{path}: a target column has an empty name (column {header.index('') + 1})")
+        raise InputError(f"{path}: a target column has an empty name (column {header.index('') + 1})")
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ValueError(f"{path}: target names must be unique; {duplicates} appear more than once")
+        raise InputError(f"{path}: target names must be unique; {duplicates} appear more than once")
     if len(rows) == 1:
-        raise ValueError(f"{path}: no rows after the header")
+        raise InputError(f"{path}: no rows after the header")
 
     ids, values = [], np.zeros((len(rows) - 1, len(names)), dtype=np.uint8)
     for r, row in enumerate(rows[1:]):
         line = r + 2
         if len(row) != len(header):
-            raise ValueError(f"{path}: line {line} has {len(row)} cells, the header {len(header)}")
+            raise InputError(f"{path}: line {line} has {len(row)} cells, the header {len(header)}")
         image = row[image_col].strip()
         if not image:
-            raise ValueError(f"{path}: line {line} has an empty {IMAGE_COLUMN!r} cell")
+            raise InputError(f"{path}: line {line} has an empty {IMAGE_COLUMN!r} cell")
         ids.append(image)
         for j, col in enumerate(target_cols):
             cell = row[col].strip()
             if cell in ("0", "1", "0.0", "1.0"):
                 values[r, j] = int(float(cell))
             else:
-                raise ValueError(f"{path}: line {line}, target {header[col]!r}: values must be 0 or 1; "
+                raise InputError(f"{path}: line {line}, target {header[col]!r}: values must be 0 or 1; "
                                  f"received {cell!r}")
     seen, repeated = set(), []
     for image in ids:
@@ -133,7 +135,7 @@ def read_aux_targets(path) -> AuxTargets:
             repeated.append(image)
         seen.add(image)
     if repeated:
-        raise ValueError(f"{path}: {len(repeated)} image(s) are listed more than once (e.g. {_few(repeated)})")
+        raise InputError(f"{path}: {len(repeated)} image(s) are listed more than once (e.g. {_few(repeated)})")
     return AuxTargets(path=path, names=tuple(names), ids=tuple(ids), values=values)
 
 

@@ -65,6 +65,8 @@ import numpy as np
 import keras
 from keras import layers
 
+from .errors import InputError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -89,8 +91,11 @@ CONNECT_TIMEOUT_S = 3.0     # connectivity probe before a download: fail fast wh
 DOWNLOAD_TIMEOUT_S = 60.0   # per socket operation during the download itself
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Named pretrained weights are neither in the Keras cache nor downloadable now."""
+class WeightsUnavailableError(InputError, RuntimeError):
+    """Named pretrained weights are neither in the Keras cache nor downloadable now.
+
+    An :class:`~ensemble_fer.errors.InputError` (the user can supply the file or pass
+    ``--weights none``); also a ``RuntimeError``, as it was before InputError existed."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,7 +277,7 @@ class BlockSpec:
         for w in self.weights_files:
             if w.name == name:
                 return w
-        raise ValueError(f"weights: block {self.name!r} has named weights "
+        raise InputError(f"weights: block {self.name!r} has named weights "
                          f"{list(self.allowed_weights)}; received {name!r}")
 
     def input_shape(self, input_size: int | None = None) -> tuple[int, int, int]:
@@ -339,7 +344,7 @@ def get_block_spec(name: str) -> BlockSpec:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"name: unknown block; valid blocks are {list_blocks()}; "
+        raise InputError(f"name: unknown block; valid blocks are {list_blocks()}; "
                          f"received {name!r}") from None
 
 
@@ -381,10 +386,10 @@ def _check_input_size(spec: BlockSpec, input_size) -> int:
     if input_size is None:
         return spec.default_size
     if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)):
-        raise ValueError(f"input_size: must be None or an int >= {spec.min_size} for block "
+        raise InputError(f"input_size: must be None or an int >= {spec.min_size} for block "
                          f"{spec.name!r}; received {input_size!r}")
     if input_size < spec.min_size:
-        raise ValueError(f"input_size: block {spec.name!r} needs input_size >= "
+        raise InputError(f"input_size: block {spec.name!r} needs input_size >= "
                          f"{spec.min_size} (default {spec.default_size}); "
                          f"received {input_size}")
     return int(input_size)
@@ -408,10 +413,10 @@ def _resolve_weights(spec: BlockSpec, weights):
         path = Path(weights).expanduser()
         if path.is_file():
             return ("path", path)
-        raise ValueError(f"weights: for block {spec.name!r} must be {allowed}; received "
+        raise InputError(f"weights: for block {spec.name!r} must be {allowed}; received "
                          f"{str(weights)!r}, which is neither a named weight set of this "
                          "block nor an existing file")
-    raise ValueError(f"weights: for block {spec.name!r} must be {allowed}; "
+    raise InputError(f"weights: for block {spec.name!r} must be {allowed}; "
                      f"received {weights!r} of type {type(weights).__name__}")
 
 
@@ -420,7 +425,7 @@ def _check_weights_file(path: Path) -> None:
     if str(path).endswith(".keras"):
         return
     if not h5py.is_hdf5(path):
-        raise ValueError(f"weights: must be an HDF5 weight file (.h5, .weights.h5) or a "
+        raise InputError(f"weights: must be an HDF5 weight file (.h5, .weights.h5) or a "
                          f".keras file; received {str(path)!r}, which is neither")
 
 
@@ -487,7 +492,7 @@ def load_weights_file(model: keras.Model, path, by_name: bool = True) -> Weights
     if legacy:
         return load_legacy_h5_weights(model, path, by_name=by_name)
     if not str(path).endswith(".weights.h5"):
-        raise ValueError(f"weights: a Keras 3 weight file must be named *.weights.h5; received "
+        raise InputError(f"weights: a Keras 3 weight file must be named *.weights.h5; received "
                          f"{str(path)!r} (rename it, or save it with model.save_weights)")
     model.load_weights(str(path))
     return None
@@ -517,7 +522,7 @@ def _short(weight_name: str) -> str:
 def _assign_layer(layer, file_layer: str, names: list[str], values: list[np.ndarray]) -> None:
     variables = _legacy_variables(layer)
     if len(variables) != len(values):
-        raise ValueError(f"layer {layer.name!r} has {len(variables)} weights but the file's "
+        raise InputError(f"layer {layer.name!r} has {len(variables)} weights but the file's "
                          f"layer {file_layer!r} has {len(values)} ({names})")
     by_short = {_short(n): v for n, v in zip(names, values)}
     if len(by_short) == len(values) and set(by_short) == {v.name for v in variables}:
@@ -526,7 +531,7 @@ def _assign_layer(layer, file_layer: str, names: list[str], values: list[np.ndar
         ordered = values                                   # else the legacy order
     for variable, value in zip(variables, ordered):
         if tuple(variable.shape) != tuple(value.shape):
-            raise ValueError(f"layer {layer.name!r}: weight {variable.name!r} has shape "
+            raise InputError(f"layer {layer.name!r}: weight {variable.name!r} has shape "
                              f"{tuple(variable.shape)} but the file's layer {file_layer!r} "
                              f"gives shape {tuple(value.shape)}")
     for variable, value in zip(variables, ordered):
@@ -539,7 +544,7 @@ def load_legacy_h5_weights(model: keras.Model, path, by_name: bool = True) -> We
     ``by_name``: each file layer goes to the model layer named ``keras_layer_name(file_name)``;
     layers present on one side only are reported (and a warning given when model layers stay
     unloaded). Otherwise the layers with weights are matched in topological order, which needs
-    equal counts. Raises ``ValueError`` when nothing matches or shapes differ.
+    equal counts. Raises ``InputError`` when nothing matches or shapes differ.
     """
     path = Path(path)
     model_layers = [layer for layer in model.layers if _legacy_variables(layer)]
@@ -554,7 +559,7 @@ def load_legacy_h5_weights(model: keras.Model, path, by_name: bool = True) -> We
                 file_layers.append((lname, wnames,
                                     [np.asarray(group[lname][w]) for w in wnames]))
     if not file_layers:
-        raise ValueError(f"weights: {str(path)!r} is not a legacy Keras weight file with "
+        raise InputError(f"weights: {str(path)!r} is not a legacy Keras weight file with "
                          "weights (no 'layer_names' / 'weight_names' attributes found)")
 
     matched, unmatched_file = [], []
@@ -569,7 +574,7 @@ def load_legacy_h5_weights(model: keras.Model, path, by_name: bool = True) -> We
             matched.append(layer.name)
     else:
         if len(file_layers) != len(model_layers):
-            raise ValueError(f"weights: {str(path)!r} has {len(file_layers)} layers with "
+            raise InputError(f"weights: {str(path)!r} has {len(file_layers)} layers with "
                              f"weights but block {model.name!r} has {len(model_layers)}; "
                              "topological loading needs the same architecture")
         for (lname, wnames, values), layer in zip(file_layers, model_layers):
@@ -579,7 +584,7 @@ def load_legacy_h5_weights(model: keras.Model, path, by_name: bool = True) -> We
     report = WeightsReport(str(path), matched, unmatched_file,
                            [layer.name for layer in model_layers if layer.name not in done])
     if not matched:
-        raise ValueError(f"weights: no layer of {str(path)!r} matches a layer of block "
+        raise InputError(f"weights: no layer of {str(path)!r} matches a layer of block "
                          f"{model.name!r} by name; file layers{_examples(unmatched_file)}, "
                          f"block layers{_examples(report.unmatched_model_layers)}")
     log.info("%s", report.summary())

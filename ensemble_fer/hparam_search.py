@@ -24,8 +24,10 @@ retrains a run; new combinations get the next free numbers.
 
 Reruns: a finished run (its ``config.json`` says ``complete``) is skipped; an interrupted one
 (a checkpoint in ``.run/`` but no complete outputs, or outputs cut short by the per-run time
-budget) continues with ``resume=True``; a run whose training raised is recorded as failed,
-shown in the table, and skipped on reruns unless ``retry_failed``.
+budget) continues with ``resume=True``; a run whose training raised ``InputError`` (e.g. its
+learning rate made it diverge) is recorded as failed, shown in the table, and skipped on
+reruns unless ``retry_failed``; any other exception is a bug and stops the search with its
+traceback.
 
 Every combination's arguments are checked before the first run trains, so a bad value (or an
 unknown parameter name) stops the search at once with one line naming it.
@@ -44,6 +46,7 @@ from pathlib import Path
 from sklearn.base import BaseEstimator
 
 from . import artifacts, networks, training
+from .errors import InputError, MissingInputError
 from .feature_store import FeatureStore
 from .labels import get_label_set
 
@@ -66,9 +69,10 @@ NOT_CHECKED = ("store", "out", "resume", "force", "progress", "callbacks", "augm
 
 METRIC_COLUMNS = ("val_accuracy", "val_macro_f1", "val_loss", "epochs_run", "best_epoch", "train_seconds")
 FINISHED, INCOMPLETE, FAILED, PENDING = "finished", "incomplete", "failed", "pending"
-RUN_ERRORS = (ValueError, ArithmeticError, RuntimeError, MemoryError)
-"""Exceptions that fail one run (a diverging learning rate gives NaN probabilities, which the
-metrics refuse; a batch too large for the device) without stopping the search."""
+RUN_ERRORS = (InputError,)
+"""Exceptions that fail one run without stopping the search: a problem with the run's arguments
+(a learning rate that makes training diverge, see ``training``). Anything else is a bug and
+propagates (the run is left ``interrupted``, the search stops with the traceback)."""
 
 
 def searchable_parameters() -> tuple[str, ...]:
@@ -87,28 +91,28 @@ def _train_defaults() -> dict:
 def check_grid(grid, where="grid") -> list[dict]:
     """Validate a grid's shape and parameter names; returns it as a list of dicts.
 
-    ``where`` names the grid in messages (its file). Raises ``ValueError`` (one line).
+    ``where`` names the grid in messages (its file). Raises ``InputError`` (one line).
     """
     grids = [grid] if isinstance(grid, Mapping) else grid
     if not isinstance(grids, Sequence) or isinstance(grids, (str, bytes)) or not grids:
-        raise ValueError(f"{where}: a grid must be a JSON object mapping parameter names to lists of values "
+        raise InputError(f"{where}: a grid must be a JSON object mapping parameter names to lists of values "
                          f"(or a non-empty list of such objects); got {type(grid).__name__}")
     allowed = searchable_parameters()
     out = []
     for i, part in enumerate(grids):
         at = where if len(grids) == 1 else f"{where}[{i}]"
         if not isinstance(part, Mapping) or not part:
-            raise ValueError(f"{at}: must be a non-empty object mapping parameter names to lists of values")
+            raise InputError(f"{at}: must be a non-empty object mapping parameter names to lists of values")
         unknown = sorted(str(k) for k in part if k not in allowed)
         if unknown:
             fixed = [k for k in unknown if k in NOT_SEARCHABLE]
             why = (f" ({', '.join(fixed)}: fixed for a whole search, given on the command line or not searchable)"
                    if fixed else "")
-            raise ValueError(f"{at}: unknown parameter{'s' if len(unknown) > 1 else ''} {unknown}{why}; "
+            raise InputError(f"{at}: unknown parameter{'s' if len(unknown) > 1 else ''} {unknown}{why}; "
                              f"allowed: {list(allowed)}")
         for name, values in part.items():
             if not isinstance(values, list) or not values:
-                raise ValueError(f"{at}: {name!r} must be a non-empty list of values; got {values!r}")
+                raise InputError(f"{at}: {name!r} must be a non-empty list of values; got {values!r}")
         out.append(dict(part))
     return out
 
@@ -117,7 +121,7 @@ def load_grid(path) -> list[dict]:
     """Read and validate a grid file (JSON); see :func:`check_grid`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: grid file not found")
+        raise MissingInputError(f"{path}: grid file not found")
     return check_grid(artifacts.read_json(path), where=str(path))
 
 
@@ -182,7 +186,7 @@ class HparamSearch(BaseEstimator):
         if isinstance(self.grid, (str, Path)):
             return load_grid(self.grid), str(self.grid)
         if self.grid is None:
-            raise ValueError("grid: no grid given; pass a dict of parameter lists or a JSON file")
+            raise InputError("grid: no grid given; pass a dict of parameter lists or a JSON file")
         return check_grid(self.grid), "grid"
 
     def plan(self) -> list[dict]:
@@ -190,7 +194,7 @@ class HparamSearch(BaseEstimator):
 
         Returns dicts holding only the grid's parameters, normalised by ``train_variant``'s
         own argument check; duplicates (after normalisation) are dropped. Raises
-        ``ValueError`` naming the grid and the combination when a value is refused.
+        ``InputError`` naming the grid and the combination when a value is refused.
         """
         return self._plan(*self._grid())
 
@@ -204,8 +208,8 @@ class HparamSearch(BaseEstimator):
         for params in ParameterGrid(grids):
             try:
                 settings = _check_arguments({**defaults, **fixed, **params})
-            except ValueError as exc:
-                raise ValueError(f"{where}: {exc} (in the combination {_key(params)})") from None
+            except InputError as exc:
+                raise InputError(f"{where}: {exc} (in the combination {_key(params)})") from None
             resolved = {name: settings[name] for name in sorted(params)}
             key = _key(resolved)
             if key not in seen:
@@ -227,7 +231,7 @@ class HparamSearch(BaseEstimator):
             store = FeatureStore(store)
         out = Path(out) if out is not None else Path("runs") / "search" / variant
         if out.exists() and not out.is_dir():
-            raise ValueError(f"out: must be a folder; got {out}, which is a file")
+            raise InputError(f"out: must be a folder; got {out}, which is a file")
         identity = {"variant": variant, "block": self.block, "bovw": bool(self.bovw), "labels": label_set.name,
                     "feature_store": {"config_hash": store.config_hash, "manifest_hash": store.manifest_hash}}
         record = self._read_record(out, identity)
@@ -291,15 +295,15 @@ class HparamSearch(BaseEstimator):
         path = out / SEARCH_FILE
         if not path.is_file():
             if out.is_dir() and any(p.name.startswith(RUN_PREFIX) for p in out.iterdir()):
-                raise FileExistsError(f"out: {out} holds run folders but no {SEARCH_FILE}; choose another --out")
+                raise InputError(f"out: {out} holds run folders but no {SEARCH_FILE}; choose another --out")
             return {"format": SEARCH_FORMAT, "version": SEARCH_VERSION, **identity, "runs": {}}
         record = artifacts.read_json(path)
         if record.get("format") != SEARCH_FORMAT:
-            raise ValueError(f"{path}: not a search file (format is not {SEARCH_FORMAT!r})")
+            raise InputError(f"{path}: not a search file (format is not {SEARCH_FORMAT!r})")
         differ = [k for k in identity if record.get(k) != identity[k]]
         if differ:
             detail = "; ".join(f"{k} was {record.get(k)!r}, now {identity[k]!r}" for k in differ)
-            raise ValueError(f"out: {out} holds another search ({detail}); choose another --out")
+            raise InputError(f"out: {out} holds another search ({detail}); choose another --out")
         return record
 
     @staticmethod
@@ -341,7 +345,7 @@ def _check_run_args(folder: Path, params: dict) -> None:
     differ = {k: (args.get(k), v) for k, v in params.items() if args.get(k) != v}
     if differ:
         detail = "; ".join(f"{k} is {a!r}, search.json says {v!r}" for k, (a, v) in differ.items())
-        raise ValueError(f"{folder}: trained with other arguments than {SEARCH_FILE} records ({detail}); "
+        raise InputError(f"{folder}: trained with other arguments than {SEARCH_FILE} records ({detail}); "
                          f"move the folder away to retrain it")
 
 

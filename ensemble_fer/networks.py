@@ -33,6 +33,7 @@ from keras import layers
 
 from . import blocks
 from .bovw import BOVW_SIZE, IMAGE_SIZE
+from .errors import InputError
 
 IMAGE_INPUT = "image"
 BOVW_INPUT = "bovw"
@@ -55,7 +56,7 @@ def variant_name(block: str | None, bovw: bool) -> str:
     """The name of a variant: ``"resnet50+bovw"``, ``"cnn5"`` or ``"bovw"``."""
     if block is None:
         if not bovw:
-            raise ValueError("block: a network needs an image block, BOVW input or both; "
+            raise InputError("block: a network needs an image block, BOVW input or both; "
                              "received block=None with bovw=False")
         return "bovw"
     return f"{block}+bovw" if bovw else str(block)
@@ -69,7 +70,7 @@ def bovw_statistics(data) -> tuple[np.ndarray, np.ndarray]:
     """
     data = np.asarray(data)
     if data.ndim != 2 or data.shape[1] != BOVW_SIZE or len(data) == 0:
-        raise ValueError(f"bovw_adapt_data must have shape (n >= 1, {BOVW_SIZE}); "
+        raise InputError(f"bovw_adapt_data must have shape (n >= 1, {BOVW_SIZE}); "
                          f"received shape {data.shape}")
     data = data.astype(np.float64)   # float64 sums: 28k rows of float32 would lose digits
     mean = data.mean(axis=0)
@@ -119,16 +120,16 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
     """
     variant = variant_name(block, bovw)
     if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
-        raise ValueError(f"n_classes must be an int >= 2; received {n_classes!r}")
+        raise InputError(f"n_classes must be an int >= 2; received {n_classes!r}")
     if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be in [0, 1); received {dropout!r}")
+        raise InputError(f"dropout must be in [0, 1); received {dropout!r}")
     if isinstance(dense_units, bool) or not isinstance(dense_units, (int, np.integer)) or dense_units < 0:
-        raise ValueError(f"dense_units must be an int >= 0; received {dense_units!r}")
+        raise InputError(f"dense_units must be an int >= 0; received {dense_units!r}")
     if isinstance(n_aux, bool) or not isinstance(n_aux, (int, np.integer)) or n_aux < 0:
-        raise ValueError(f"n_aux must be an int >= 0; received {n_aux!r}")
+        raise InputError(f"n_aux must be an int >= 0; received {n_aux!r}")
     bovw_units = tuple(bovw_units)
     if any(isinstance(u, bool) or not isinstance(u, (int, np.integer)) or u < 1 for u in bovw_units):
-        raise ValueError(f"bovw_units must be positive ints; received {bovw_units!r}")
+        raise InputError(f"bovw_units must be positive ints; received {bovw_units!r}")
 
     inputs, features = [], []
     if block is not None:
@@ -136,7 +137,7 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
         inputs.append(image_input)
         features.append(image_features)
     elif image_size is not None:
-        raise ValueError(f"image_size: only meaningful with an image block; received "
+        raise InputError(f"image_size: only meaningful with an image block; received "
                          f"image_size={image_size!r} with block=None")
     if bovw:
         mean, var = _resolve_bovw_stats(bovw_mean, bovw_var, bovw_adapt_data)
@@ -168,10 +169,10 @@ def _image_branch(block: str, weights, image_size):
     spec = blocks.get_block_spec(block)
     size = spec.default_size if image_size is None else image_size
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise ValueError(f"image_size must be None or an int >= {spec.min_size} for block "
+        raise InputError(f"image_size must be None or an int >= {spec.min_size} for block "
                          f"{block!r}; received {image_size!r}")
     if size < spec.min_size:
-        raise ValueError(f"image_size: block {block!r} needs images of at least {spec.min_size} px "
+        raise InputError(f"image_size: block {block!r} needs images of at least {spec.min_size} px "
                          f"(default {spec.default_size}); received {size}")
     size = int(size)
     # Built first: it validates the weights and may fail (offline) before anything else.
@@ -196,11 +197,11 @@ def _image_branch(block: str, weights, image_size):
 def _resolve_bovw_stats(mean, var, adapt_data):
     if adapt_data is not None:
         if mean is not None or var is not None:
-            raise ValueError("bovw_adapt_data: give either bovw_adapt_data or bovw_mean/bovw_var, "
+            raise InputError("bovw_adapt_data: give either bovw_adapt_data or bovw_mean/bovw_var, "
                              "not both")
         return bovw_statistics(adapt_data)
     if (mean is None) != (var is None):
-        raise ValueError("bovw_mean and bovw_var must be given together; received only "
+        raise InputError("bovw_mean and bovw_var must be given together; received only "
                          + ("bovw_mean" if var is None else "bovw_var"))
     if mean is None:
         return np.zeros(BOVW_SIZE, np.float32), np.ones(BOVW_SIZE, np.float32)
@@ -208,9 +209,9 @@ def _resolve_bovw_stats(mean, var, adapt_data):
     var = np.asarray(var, dtype=np.float32)
     for label, value in (("bovw_mean", mean), ("bovw_var", var)):
         if value.shape != (BOVW_SIZE,) or not np.all(np.isfinite(value)):
-            raise ValueError(f"{label} must be {BOVW_SIZE} finite values; received shape {value.shape}")
+            raise InputError(f"{label} must be {BOVW_SIZE} finite values; received shape {value.shape}")
     if (var <= 0).any():
-        raise ValueError("bovw_var must be positive; received a variance <= 0")
+        raise InputError("bovw_var must be positive; received a variance <= 0")
     return mean, var
 
 
@@ -232,4 +233,4 @@ def get_block(model: keras.Model, block: str) -> keras.Model:
     try:
         return model.get_layer(block)
     except ValueError:
-        raise ValueError(f"block: the model {model.name!r} has no block named {block!r}") from None
+        raise InputError(f"block: the model {model.name!r} has no block named {block!r}") from None

@@ -64,6 +64,7 @@ import tensorflow as tf
 
 from . import artifacts, metrics, networks
 from .bovw import BOVW_SIZE, IMAGE_SIZE
+from .errors import InputError, MissingInputError
 from .feature_store import FeatureStore, FeatureStoreError
 from .labels import get_label_set
 
@@ -131,7 +132,7 @@ def load_splits(store: FeatureStore, label_set) -> tuple[dict[str, SplitData], d
 
     Training keeps the rows the store marks ``kept`` (the extraction filter); validation and
     test keep every row, so their metrics cover the whole split. Rows whose label is outside
-    the label set are left out everywhere. Raises ``ValueError`` (one line) when a split is
+    the label set are left out everywhere. Raises ``InputError`` (one line) when a split is
     empty or when classes present in validation have no training rows.
     """
     splits, counts = {}, {}
@@ -160,7 +161,7 @@ def load_splits(store: FeatureStore, label_set) -> tuple[dict[str, SplitData], d
         if split not in splits:
             raise FeatureStoreError(f"{store.path}: has no {split!r} split; training needs train and val")
         if len(splits[split]) == 0:
-            raise ValueError(f"labels: no {split} rows of {store.path} are inside the label set "
+            raise InputError(f"labels: no {split} rows of {store.path} are inside the label set "
                              f"{label_set.name!r} ({label_set.classes})")
     in_train = set(np.unique(splits["train"].y).tolist())
     for split in ("val", "test"):
@@ -169,11 +170,11 @@ def load_splits(store: FeatureStore, label_set) -> tuple[dict[str, SplitData], d
         missing = sorted(set(np.unique(splits[split].y).tolist()) - in_train)
         if missing:
             names = [label_set.classes[c] for c in missing]
-            raise ValueError(f"labels: classes {names} are in the {split} split of {store.path} but have no "
+            raise InputError(f"labels: classes {names} are in the {split} split of {store.path} but have no "
                              f"training rows (after the extraction filter); choose a label set without "
                              f"them (--labels) or a store whose train split has them")
     if len(in_train) < 2:
-        raise ValueError(f"labels: the train split of {store.path} has rows of only "
+        raise InputError(f"labels: the train split of {store.path} has rows of only "
                          f"{[label_set.classes[c] for c in in_train]}; training needs at least 2 classes")
     return splits, counts
 
@@ -527,12 +528,12 @@ def load_variant(path) -> tuple[keras.Model, dict]:
     folder = path.parent if path.suffix == ".keras" else path
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{folder}: not a trained variant (no config.json); train one with "
+        raise MissingInputError(f"{folder}: not a trained variant (no config.json); train one with "
                                 f"`python -m pipelines.train_variant`")
     config = artifacts.read_json(config_path)
     model_path = folder / "model.keras"
     if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: file not found")
+        raise MissingInputError(f"{model_path}: file not found")
     model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     return model, config
 
@@ -553,7 +554,7 @@ def predict_aux_proba(model, config: dict, images=None, bovw=None, batch_size: i
     """Probabilities of the auxiliary targets (float32 (n, k), in the order of
     ``config["aux"]["targets"]``) of a variant trained with ``aux_targets``."""
     if not config.get("aux"):
-        raise ValueError(f"aux: variant {config['variant']!r} has no auxiliary targets (trained without "
+        raise InputError(f"aux: variant {config['variant']!r} has no auxiliary targets (trained without "
                          f"--aux-targets)")
     return _predict(model, config, images, bovw, batch_size)[networks.AUX_OUTPUT]
 
@@ -563,27 +564,27 @@ def _predict(model, config: dict, images, bovw, batch_size) -> dict[str, np.ndar
     n = None
     if block is not None:
         if images is None:
-            raise ValueError(f"images: variant {config['variant']!r} needs images; received None")
+            raise InputError(f"images: variant {config['variant']!r} needs images; received None")
         images = np.asarray(images)
         if images.ndim == 4 and images.shape[-1] == 1:
             images = images[..., 0]
         if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"images must have shape (n, {IMAGE_SIZE}, {IMAGE_SIZE}) or "
+            raise InputError(f"images must have shape (n, {IMAGE_SIZE}, {IMAGE_SIZE}) or "
                              f"(n, {IMAGE_SIZE}, {IMAGE_SIZE}, 1); received {images.shape}")
         if images.dtype != np.uint8:
             if images.size and (images.min() < 0 or images.max() > 255 or not np.all(images == np.round(images))):
-                raise ValueError(f"images must be uint8 pixels in [0, 255]; received dtype {images.dtype} "
+                raise InputError(f"images must be uint8 pixels in [0, 255]; received dtype {images.dtype} "
                                  f"with values in [{images.min()}, {images.max()}]")
             images = images.astype(np.uint8)
         n = len(images)
     if use_bovw:
         if bovw is None:
-            raise ValueError(f"bovw: variant {config['variant']!r} needs BOVW features; received None")
+            raise InputError(f"bovw: variant {config['variant']!r} needs BOVW features; received None")
         bovw = np.asarray(bovw, dtype=np.float32)
         if bovw.ndim != 2 or bovw.shape[1] != BOVW_SIZE:
-            raise ValueError(f"bovw must have shape (n, {BOVW_SIZE}); received {bovw.shape}")
+            raise InputError(f"bovw must have shape (n, {BOVW_SIZE}); received {bovw.shape}")
         if n is not None and len(bovw) != n:
-            raise ValueError(f"bovw has {len(bovw)} rows but images has {n}; they must describe the same faces")
+            raise InputError(f"bovw has {len(bovw)} rows but images has {n}; they must describe the same faces")
         n = len(bovw)
     n_aux = len((config.get("aux") or {}).get("targets", ()))
     if n == 0:
@@ -610,7 +611,7 @@ def check_arguments(**kwargs) -> dict:
 
     Arguments not given take ``train_variant``'s defaults; ``store``, ``out``, ``resume``,
     ``force``, ``progress``, ``callbacks`` and ``augment_config`` are not checked here (they
-    are about the run, not the model). Raises ``ValueError`` naming the first bad argument.
+    are about the run, not the model). Raises ``InputError`` naming the first bad argument.
     """
     import inspect
 
@@ -618,7 +619,7 @@ def check_arguments(**kwargs) -> dict:
     parameters = inspect.signature(train_variant).parameters
     unknown = sorted(set(kwargs) - set(parameters))
     if unknown:
-        raise ValueError(f"{unknown[0]}: not an argument of train_variant; allowed: "
+        raise InputError(f"{unknown[0]}: not an argument of train_variant; allowed: "
                          f"{sorted(set(parameters) - unchecked)}")
     values = {name: p.default for name, p in parameters.items() if name not in unchecked}
     values.update({k: v for k, v in kwargs.items() if k not in unchecked})
@@ -632,7 +633,7 @@ def _check_arguments(**a) -> dict:
     def integer(name, minimum):
         value = a[name]
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}; received {value!r}")
+            raise InputError(f"{name} must be an int >= {minimum}; received {value!r}")
         a[name] = int(value)
 
     def number(name, low, high, low_open=False, high_open=True):
@@ -642,31 +643,31 @@ def _check_arguments(**a) -> dict:
             ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
         if not ok:
             interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-            raise ValueError(f"{name} must be a number in {interval}; received {value!r}")
+            raise InputError(f"{name} must be a number in {interval}; received {value!r}")
         a[name] = float(value)
 
     block = a["block"]
     if block is not None and block not in blocks.list_blocks():
-        raise ValueError(f"block must be one of {blocks.list_blocks()} or None; received {block!r}")
+        raise InputError(f"block must be one of {blocks.list_blocks()} or None; received {block!r}")
     if block is None and not a["bovw"]:
-        raise ValueError("block: a variant needs an image block, the BOVW input or both; received "
+        raise InputError("block: a variant needs an image block, the BOVW input or both; received "
                          "block=None with bovw=False (pass a block or bovw=True / --bovw)")
     if block is None and a["image_size"] is not None:
-        raise ValueError(f"image_size: only meaningful with an image block; received {a['image_size']!r}")
+        raise InputError(f"image_size: only meaningful with an image block; received {a['image_size']!r}")
     if block is not None:
         spec = blocks.get_block_spec(block)
         size = spec.default_size if a["image_size"] is None else a["image_size"]
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < spec.min_size:
-            raise ValueError(f"image_size: block {block!r} needs images of at least {spec.min_size} px "
+            raise InputError(f"image_size: block {block!r} needs images of at least {spec.min_size} px "
                              f"(default {spec.default_size}); received {a['image_size']!r}")
         a["image_size"] = int(size)
-    get_label_set(a["labels"])   # raises ValueError naming the label set
+    get_label_set(a["labels"])   # raises InputError naming the label set
     integer("epochs_frozen", 0)
     for name in ("epochs", "batch_size", "patience", "lr_patience"):
         integer(name, 1)
     seed = a["seed"]
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an int in [0, {MAX_SEED}] (2**32 - 1); received {seed!r}")
+        raise InputError(f"seed must be an int in [0, {MAX_SEED}] (2**32 - 1); received {seed!r}")
     a["seed"] = int(seed)
     integer("dense_units", 0)
     for name in ("lr", "frozen_lr"):
@@ -682,23 +683,23 @@ def _check_arguments(**a) -> dict:
     if a["class_weight"] is None:
         a["class_weight"] = "none"
     if a["class_weight"] not in CLASS_WEIGHTS:
-        raise ValueError(f"class_weight must be one of {CLASS_WEIGHTS} or None; received {a['class_weight']!r}")
+        raise InputError(f"class_weight must be one of {CLASS_WEIGHTS} or None; received {a['class_weight']!r}")
     if a["scratch_optimizer"] not in SCRATCH_OPTIMIZERS:
-        raise ValueError(f"scratch_optimizer must be one of {SCRATCH_OPTIMIZERS}; received "
+        raise InputError(f"scratch_optimizer must be one of {SCRATCH_OPTIMIZERS}; received "
                          f"{a['scratch_optimizer']!r}")
     if a["lr_schedule"] not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; received {a['lr_schedule']!r}")
+        raise InputError(f"lr_schedule must be one of {LR_SCHEDULES}; received {a['lr_schedule']!r}")
     if a["precision"] not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; received {a['precision']!r}")
+        raise InputError(f"precision must be one of {PRECISIONS}; received {a['precision']!r}")
     units = a["bovw_units"]
     if isinstance(units, (str, bytes)) or not isinstance(units, Sequence) or any(
             isinstance(u, bool) or not isinstance(u, (int, np.integer)) or u < 1 for u in units):
-        raise ValueError(f"bovw_units must be a sequence of ints >= 1 (the dense layers of the BOVW branch); "
+        raise InputError(f"bovw_units must be a sequence of ints >= 1 (the dense layers of the BOVW branch); "
                          f"received {units!r}")
     a["bovw_units"] = [int(u) for u in units]
     weights = a["weights"]
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"weights must be 'default', None, 'none', a named weight set or a file path; "
+        raise InputError(f"weights must be 'default', None, 'none', a named weight set or a file path; "
                          f"received {weights!r}")
     a["weights"] = None if weights is None or str(weights).lower() == "none" else str(weights)
     a["bovw"] = bool(a["bovw"])
@@ -706,7 +707,7 @@ def _check_arguments(**a) -> dict:
     number("aux_loss_weight", 0.0, math.inf, low_open=True)
     if a["aux_targets"] is not None:
         if not isinstance(a["aux_targets"], (str, os.PathLike)) or not str(a["aux_targets"]):
-            raise ValueError(f"aux_targets must be None or the path of a CSV file; received {a['aux_targets']!r}")
+            raise InputError(f"aux_targets must be None or the path of a CSV file; received {a['aux_targets']!r}")
         a["aux_targets"] = str(Path(a["aux_targets"]).resolve())
     return a
 
@@ -767,17 +768,17 @@ def _check_out(out: Path, settings: dict, *, resume: bool, force: bool, say) -> 
     run replaces (removed only once the new network is built).
     """
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out: must be a folder; received {out}, which is a file")
+        raise InputError(f"out: must be a folder; received {out}, which is a file")
     run_dir = out / RUN_DIR
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if resume and force:
-        raise ValueError("resume and force: choose one (resume continues the run in out, force replaces it)")
+        raise InputError("resume and force: choose one (resume continues the run in out, force replaces it)")
     if resume:
         state_path = run_dir / "state.json"
         if not state_path.is_file():
             if existing:
-                raise FileExistsError(f"resume: {out} holds a variant but no checkpoint to resume from "
-                                      f"({RUN_DIR}/state.json); pass --force to replace it")
+                raise InputError(f"resume: {out} holds a variant but no checkpoint to resume from "
+                                 f"({RUN_DIR}/state.json); pass --force to replace it")
             say(f"{out}: nothing to resume; starting a new run")
             # A run killed before its first state leaves only half-written files in .run/.
             return None, [RUN_DIR] if run_dir.exists() else []
@@ -787,18 +788,18 @@ def _check_out(out: Path, settings: dict, *, resume: bool, force: bool, say) -> 
                         if saved.get(k, ADDED_ARGUMENTS.get(k)) != wanted.get(k))
         if differ:
             detail = "; ".join(f"{k} was {saved.get(k)!r}, now {wanted.get(k)!r}" for k in differ[:4])
-            raise ValueError(f"resume: the run in {out} was made with other arguments ({detail}); rerun with "
+            raise InputError(f"resume: the run in {out} was made with other arguments ({detail}); rerun with "
                              f"the same arguments to resume it, or pass --force to start over")
         if settings["lr_schedule"] == "cosine" and state["args"]["epochs"] != settings["epochs"]:
-            raise ValueError(f"epochs: the run in {out} decays its learning rate over {state['args']['epochs']} "
+            raise InputError(f"epochs: the run in {out} decays its learning rate over {state['args']['epochs']} "
                              f"epochs (lr_schedule 'cosine'); resume it with epochs={state['args']['epochs']}, "
                              f"received {settings['epochs']}")
         return state, []
     if existing or run_dir.exists():
         if not force:
             what = ", ".join(existing) or f"{RUN_DIR}/ (an interrupted run)"
-            raise FileExistsError(f"out: {out} already holds a variant ({what}); pass --force to replace it "
-                                  f"or --resume to continue it")
+            raise InputError(f"out: {out} already holds a variant ({what}); pass --force to replace it "
+                             f"or --resume to continue it")
         return None, existing + [RUN_DIR]
     return None, []
 
@@ -836,7 +837,7 @@ def _load_checkpoint(out: Path, state: dict) -> keras.Model:
 
     path = out / RUN_DIR / str(state["checkpoint"])
     if not state["checkpoint"] or not path.is_file():
-        raise FileNotFoundError(f"{path}: the checkpoint named in {out / RUN_DIR / 'state.json'} is missing; "
+        raise MissingInputError(f"{path}: the checkpoint named in {out / RUN_DIR / 'state.json'} is missing; "
                                 f"pass --force to start over")
     # compile=True restores the optimizer with its state (momentum, Adam moments, step count).
     return keras.models.load_model(path, compile=True, safe_mode=True)
@@ -1200,6 +1201,14 @@ def _write_outputs(out: Path, model, run: _Run, label_set, store, counts, varian
         data = run.splits[split]
         outputs = _predict(model, config, data.images, data.bovw, 256)
         proba = outputs[networks.PROBABILITIES_OUTPUT]
+        if not np.isfinite(proba).all():
+            # The arguments made training diverge (a learning rate too high): a failed run of a
+            # grid search, not a bug. Checked here, before the metrics refuse the NaN.
+            row = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])
+            rates = f"lr={settings['lr']!r}" + (f", frozen_lr={settings['frozen_lr']!r}"
+                                                 if PHASE_FROZEN in state["phases"] else "")
+            raise InputError(f"lr: training diverged with {rates}: the {split} probabilities of row {row} "
+                             f"are NaN or inf; train with a smaller learning rate")
         predictions.update({f"{split}_ids": data.ids.astype(str), f"{split}_y": data.y.astype(np.int64),
                             f"{split}_proba": proba, f"{split}_face_found": data.face_found})
         if aux is not None:

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from ensemble_fer.errors import InputError
+
 from .cli_errors import reports_errors
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1; got {args.epochs}")
+        raise InputError(f"--epochs must be at least 1; got {args.epochs}")
     from ensemble_fer import inference
 
     inference.check_tta(args.tta)

@@ -22,6 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ensemble_fer.errors import InputError
+
 from .cli_errors import reports_errors
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,14 +119,14 @@ def _augment_config(args):
              "--random-erase": (args.random_erase, 0.0)}
     for flag, (value, default) in given.items():
         if value != default and not args.augment:
-            raise ValueError(f"{flag} {value} has no effect with --no-augment")
+            raise InputError(f"{flag} {value} has no effect with --no-augment")
     try:
         return AugmentConfig(strength=args.augment_strength, shift=args.augment_shift, erase=args.random_erase)
-    except ValueError as exc:
+    except InputError as exc:
         # AugmentConfig names its field first ("shift must be ...", "zoom * strength must be ...").
         field = str(exc).split()[0]
         flag = {"shift": "--augment-shift", "erase": "--random-erase"}.get(field, "--augment-strength")
-        raise ValueError(f"{flag}: {exc}") from None
+        raise InputError(f"{flag}: {exc}") from None
 
 
 @reports_errors
@@ -134,7 +136,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     augment_config = _augment_config(args)
     if args.bovw_units != list(networks.BOVW_UNITS) and not args.bovw:
-        raise ValueError(f"--bovw-units {','.join(map(str, args.bovw_units))} has no effect without --bovw")
+        raise InputError(f"--bovw-units {','.join(map(str, args.bovw_units))} has no effect without --bovw")
     block = None if args.block == "none" else args.block
     out = args.out or REPO / "models" / networks.variant_name(block, args.bovw)
     training.train_variant(

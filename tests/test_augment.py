@@ -286,3 +286,16 @@ def test_input_validation(batch):
         augment_batch(images, points, 0, {"zoom": 0.1})
     with pytest.raises(ValueError, match="matrices"):
         transform_batch(images, points, np.eye(3), False)
+
+
+def test_refused_values_are_input_errors(batch):
+    """A bad value is the user's (InputError, one line, exit 2 from the CLIs), not a bug."""
+    from ensemble_fer.errors import InputError
+
+    images, points = batch
+    with pytest.raises(InputError, match="zoom"):
+        AugmentConfig(zoom=1.0)
+    with pytest.raises(InputError, match="images must be uint8"):
+        augment_batch(images.astype(np.float32), points, 0)
+    with pytest.raises(InputError, match="n_views"):
+        tta_views(images, points, 0)

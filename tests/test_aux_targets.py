@@ -190,3 +190,16 @@ def test_aux_arguments_are_checked():
         training.check_arguments(block=None, bovw=True, aux_loss_weight=0)
     with pytest.raises(ValueError, match="aux_targets must be None or the path"):
         training.check_arguments(block=None, bovw=True, aux_targets=3)
+
+
+def test_refused_csvs_are_input_errors(tmp_path):
+    """A bad targets file is the user's (InputError, one line, exit 2 from the CLIs), not a bug; a
+    missing one is also a FileNotFoundError."""
+    from ensemble_fer.errors import InputError
+
+    with pytest.raises(FileNotFoundError, match="aux targets file not found") as info:
+        read_aux_targets(tmp_path / "missing.csv")
+    assert isinstance(info.value, InputError)
+    bad = _write_csv(tmp_path / "aus.csv", ("image", "AU1"), [("a.jpg", 2)])
+    with pytest.raises(InputError, match="values must be 0 or 1; received '2'"):
+        read_aux_targets(bad)

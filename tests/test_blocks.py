@@ -494,3 +494,21 @@ def test_cached_file_with_a_wrong_hash_is_not_used_offline(offline_cache):
     (offline_cache / "models" / file.fname).write_bytes(b"corrupt")
     with pytest.raises(WeightsUnavailableError, match="expected hash"):
         blocks.create_block("inception_resnet_v2", input_size=75)
+
+
+def test_refused_blocks_and_weights_are_input_errors(tmp_path):
+    """The user's block names, sizes and weight files are InputError (one line, exit 2 from the
+    CLIs); a bad registration is a programming error and stays a plain ValueError."""
+    from ensemble_fer.errors import InputError
+
+    with pytest.raises(InputError, match="valid blocks"):
+        blocks.get_block_spec("nope")
+    with pytest.raises(InputError, match="input_size"):
+        blocks.create_block("cnn5", input_size=8)
+    with pytest.raises(InputError, match="neither a named weight set"):
+        blocks.create_block("cnn5", weights=str(tmp_path / "missing.h5"))
+    assert issubclass(WeightsUnavailableError, InputError) and issubclass(WeightsUnavailableError, RuntimeError)
+    with pytest.raises(ValueError, match="already registered") as info:
+        blocks.register_block("cnn5", default_size=48, min_size=32, channels=1,
+                              description="", preprocessing=blocks.symmetric_preprocessing)
+    assert not isinstance(info.value, InputError)

@@ -158,3 +158,15 @@ def test_variant_names():
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         networks.build_network(weights=None, **kwargs)
+
+
+def test_refused_arguments_are_input_errors():
+    """A bad argument is the user's (InputError, one line, exit 2 from the CLIs), not a bug."""
+    from ensemble_fer.errors import InputError
+
+    with pytest.raises(InputError, match="block=None with bovw=False"):
+        networks.variant_name(None, False)
+    with pytest.raises(InputError, match="n_classes must be an int >= 2"):
+        networks.build_network("cnn5", False, 1, weights=None)
+    with pytest.raises(InputError, match="unknown block"):
+        networks.build_network("no_such_block", False, 7, weights=None)

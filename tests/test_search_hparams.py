@@ -2,12 +2,14 @@
 on the sample store: the ranked table, skipping and resuming on reruns, failed runs, and every refusal."""
 
 import csv
+import functools
 import json
 import shutil
 
 import pytest
 
-from ensemble_fer import hparam_search
+from ensemble_fer import hparam_search, training
+from ensemble_fer.errors import InputError
 from pipelines import search_hparams
 
 GRID = {"lr": [0.001, 0.01], "epochs": [1], "augment": [False]}        # 2 x 1 x 1: two runs
@@ -136,21 +138,22 @@ def test_a_run_cut_short_by_its_time_budget_resumes(sample_store, tmp_path):
 
 def test_a_failing_run_is_recorded_and_skipped_on_rerun(sample_store, tmp_path, capsys):
     # lr=10 with SGD passes train_variant's argument check (lr <= 10), but training diverges:
-    # the network's probabilities become NaN, which the metrics refuse, inside the run.
+    # the network's probabilities become NaN, which training reports as an InputError naming lr.
     out = tmp_path / "search"
     grid = _grid_file(tmp_path / "grid.json", {"lr": [10.0], "scratch_optimizer": ["sgd"], "epochs": [1],
                                                 "augment": [False]})
     code, stdout, stderr = _cli(_base(sample_store, out, grid), capsys)
     assert code == 1
-    assert f"run {out / 'run-000'} failed: ValueError: proba_or_pred must be finite; row 0 holds NaN" in stderr
+    assert (f"run {out / 'run-000'} failed: InputError: lr: training diverged with lr=10.0: the val "
+            f"probabilities of row 0 are NaN or inf; train with a smaller learning rate") in stderr
     [row] = _table(out)
-    assert row["rank"] == "" and row["status"] == "failed" and "must be finite" in row["error"]
-    assert "failed: ValueError: proba_or_pred must be finite" in (out / "results.md").read_text()
+    assert row["rank"] == "" and row["status"] == "failed" and "training diverged" in row["error"]
+    assert "failed: InputError: lr: training diverged" in (out / "results.md").read_text()
 
     args = _base(sample_store, out, grid)
     args.remove("--quiet")
     code, stdout, _ = _cli(args, capsys)
-    assert code == 1 and "failed before" in stdout and "training" not in stdout
+    assert code == 1 and "failed before" in stdout and ": training\n" not in stdout
     code, stdout, _ = _cli(args + ["--retry-failed"], capsys)
     assert code == 1 and "run-000 {" in stdout and ": training" in stdout
 
@@ -214,3 +217,37 @@ def test_a_run_folder_that_does_not_match_its_parameters_is_refused(searched, sa
     code, _, stderr = _cli(_base(sample_store, copy, grid), capsys)
     assert code == 2 and stderr.startswith(f"error: {copy / 'run-000'}: trained with other arguments than search.json")
     assert "lr is 0.01, search.json says 0.001" in stderr
+
+
+@pytest.mark.parametrize("bug", [KeyError("phase"), RuntimeError("shape mismatch"),
+                                 ValueError("operands could not be broadcast together")])
+def test_a_bug_in_a_run_stops_the_search_with_its_traceback(bug, sample_store, tmp_path, monkeypatch, capsys):
+    # Only InputError fails one run; anything else is a bug, not a "failed" row (issue 13, item 14).
+    @functools.wraps(training.train_variant)         # keeps the signature the grid is checked against
+    def buggy(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr(training, "train_variant", buggy)
+    out = tmp_path / "search"
+    grid = _grid_file(tmp_path / "grid.json", {"epochs": [1]})
+    with pytest.raises(type(bug)) as info:
+        search_hparams.main([str(a) for a in _base(sample_store, out, grid)])
+    assert info.value is bug
+    assert "error:" not in capsys.readouterr().err
+    entry = json.loads((out / "search.json").read_text())["runs"]["run-000"]
+    assert entry["status"] == "interrupted" and entry["error"] is None
+    [row] = _table(out)
+    assert row["status"] == "pending" and row["error"] == ""
+
+
+def test_an_input_error_of_a_run_is_recorded_as_failed(sample_store, tmp_path, monkeypatch, capsys):
+    @functools.wraps(training.train_variant)
+    def refused(*args, **kwargs):
+        raise InputError("lr: training diverged with lr=10.0")
+
+    monkeypatch.setattr(training, "train_variant", refused)
+    out = tmp_path / "search"
+    code, _, stderr = _cli(_base(sample_store, out, _grid_file(tmp_path / "grid.json", {"epochs": [1]})), capsys)
+    assert code == 1 and f"run {out / 'run-000'} failed: InputError: lr: training diverged with lr=10.0" in stderr
+    [row] = _table(out)
+    assert row["status"] == "failed" and row["error"] == "InputError: lr: training diverged with lr=10.0"

@@ -554,3 +554,45 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over_without_
     assert state["complete"] and (out / "config.json").is_file()
     assert sorted(p.name for p in (out / ".run").iterdir()) == sorted(
         ["state.json", state["checkpoint"], state["best_weights"]])
+
+
+def test_what_the_user_gave_is_refused_with_input_errors(sample_store, tmp_path):
+    """Arguments, output folders and saved runs are the user's: InputError (one line, exit 2 from
+    the CLIs; still a ValueError, and a FileNotFoundError for what is missing)."""
+    from ensemble_fer.errors import InputError
+
+    with pytest.raises(InputError, match="label_smoothing must be a number in"):
+        training.check_arguments(block="cnn5", label_smoothing=1.5)
+    with pytest.raises(InputError, match="block must be one of"):
+        training.train_variant(sample_store, "resnet9000", out=tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="not a trained variant") as missing:
+        training.load_variant(tmp_path)
+    assert isinstance(missing.value, InputError)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="out: must be a folder"):
+        training._check_out(tmp_path / "file", {}, resume=False, force=False, say=print)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.keras").write_text("")
+    with pytest.raises(InputError, match="already holds a variant"):
+        training._check_out(tmp_path / "old", {}, resume=False, force=False, say=print)
+    with pytest.raises(InputError, match="no checkpoint to resume from"):
+        training._check_out(tmp_path / "old", {}, resume=True, force=False, say=print)
+
+
+def _raising_in(module_name, exc):
+    """A function that raises ``exc`` from a frame of ``module_name``: what a bug in that module's
+    own code (a ``raise`` statement, or a lookup such as ``state["phase"]``) looks like."""
+    namespace = {"__name__": module_name, "exc": exc}
+    exec("def bug(*args, **kwargs):\n    raise exc\n", namespace)
+    return namespace["bug"]
+
+
+@pytest.mark.parametrize("bug", [KeyError("phase"), RuntimeError("shape mismatch"),
+                                 ValueError("operands could not be broadcast together")])
+def test_a_bug_in_training_shows_its_traceback(bug, sample_store, tmp_path, monkeypatch, capsys):
+    # Not "error: 'phase'" with exit 2: only InputError is the user's problem (issue 13, item 14).
+    monkeypatch.setattr(training, "load_splits", _raising_in("ensemble_fer.training", bug))
+    with pytest.raises(type(bug)) as info:
+        _cli("--block", "none", "--bovw", "--features", sample_store, "--out", tmp_path / "m")
+    assert info.value is bug
+    assert "error:" not in capsys.readouterr().err
