@@ -3,13 +3,12 @@
     python benchmarks/bench_export.py [--store features/fer2013] [--split val] [--rows 1024] [--out DIR]
         [--formats float32 float16 int8 onnx]
 
-1. A loadable copy of release 0.2's three networks (``benchmarks/timing_release.py``) is
-   exported with ``ensemble_fer.export.export_model`` to float32, float16 and int8 TFLite, and
-   to ONNX when tf2onnx is installed.
+1. The model (``--model``, default the shipped release) is exported with
+   ``ensemble_fer.export.export_model`` to float32, float16 and int8 TFLite, and to ONNX when
+   tf2onnx is installed.
 2. Accuracy: every crop of the store's PublicTest split (``features/fer2013``'s ``val``, the
-   FER2013 ``test`` folder, 3,589 crops), blurred with sigma 3 as release 0.2 saw held-out
-   crops, features recomputed by the predictor; the ensemble's accuracy and each member's,
-   for Keras and each format.
+   FER2013 ``test`` folder, 3,589 crops), features recomputed by the predictor; the
+   ensemble's accuracy and each member's, for Keras and each format.
 3. Speed: ``Predictor.predict_features`` (networks only, features given) on ``--rows`` crops,
    batch 256, median of 3 after a warm-up; crops per second.
 
@@ -38,6 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="val")
     p.add_argument("--rows", type=int, default=1024)
     p.add_argument("--out", type=Path)
+    p.add_argument("--model", type=Path, help="ensemble.json or variant folder (default: the shipped release)")
     p.add_argument("--formats", nargs="+", help="formats to measure (default: float32 float16 int8, and onnx "
                                                   "when tf2onnx is installed)")
     args = p.parse_args(argv)
@@ -45,15 +45,14 @@ def main(argv=None) -> int:
     from ensemble_fer import tf_startup
 
     tf_startup.start_quietly()
-    import cv2
     import numpy as np
 
     from ensemble_fer import artifacts, export
     from ensemble_fer.inference import load_predictor
-    from timing_release import BLUR_SIGMA, timing_release
+    from ensemble_fer.release import default_model
 
     work = Path(tempfile.mkdtemp(prefix="bench_export_"))
-    ensemble_json = timing_release(work / "release")
+    ensemble_json = args.model or default_model()
     out = args.out or work / "export"
     started = time.time()
     import importlib.util
@@ -63,7 +62,7 @@ def main(argv=None) -> int:
     export_s = time.time() - started
 
     split = artifacts.load_npz(args.store / f"{args.split}.npz")
-    crops = np.stack([cv2.GaussianBlur(c, (0, 0), BLUR_SIGMA) for c in split["images"]])
+    crops = split["images"]
     labels = split["labels"].astype(int)
     keras = load_predictor(ensemble_json)
     features = keras.analyse(crops)
@@ -89,7 +88,7 @@ def main(argv=None) -> int:
         rows.append((name, sizes[name], accuracy, member_acc, args.rows / statistics.median(times)))
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"export of 3 members x {len(formats)} formats: {export_s:.0f} s; {len(y)} crops of {args.store}/{args.split}")
+          f"export of {len(keras.members)} members x {len(formats)} formats: {export_s:.0f} s; {len(y)} crops of {args.store}/{args.split}")
     print(f"| model | size (MB) | PublicTest accuracy | members ({', '.join(keras.members)}) | crops/s |")
     print("| --- | ---: | ---: | --- | ---: |")
     for name, size, accuracy, member_acc, speed in rows:

@@ -8,7 +8,7 @@ time, drifting 2 px per frame). ``ensemble_fer.video.predict_video`` runs over i
 ``--fps`` (25 = every frame): decode, gray, HOG face detection (upsample 1), crops, BOVW
 features, the networks (faces batched across frames), tracking. Reported: sampled frames
 per second and faces per second of processing, and decoding alone for reference. Without
-``--model``, release 0.2's networks (``benchmarks/timing_release.py``).
+``--model``, the shipped release.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_video_"))
     clip = write_video(work / "clip.mp4", args.seconds)
     if args.model is None:
-        from timing_release import timing_release
+        from ensemble_fer.release import default_model
 
-        args.model = timing_release(work / "release")
+        args.model = default_model()
     recognizer = EmotionRecognizer.load(args.model, upsample=args.upsample)
     recognizer.predict(PHOTOS / "2008_002470.jpg")          # warm-up: models loaded, graphs traced
 
