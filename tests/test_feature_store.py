@@ -226,3 +226,23 @@ def test_stores_made_with_the_blur_workaround_are_refused(sample_store, tmp_path
     manifest["config"]["blur_sigma"] = 0.0     # nothing was blurred: still valid
     (old / "manifest.json").write_text(json.dumps(manifest))
     assert FeatureStore(old).config == FeatureStore(sample_store).config
+
+
+def test_models_made_with_the_blur_workaround_are_refused(tiny_variant, tmp_path):
+    """A variant whose extractor blurred held-out crops (release 0.2 and older) is refused at load
+    with a message saying to re-extract and retrain; the same folder with blur_sigma 0 loads."""
+    import json
+    import shutil
+
+    from ensemble_fer import inference
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_variant, old, ignore=shutil.ignore_patterns(".run"))
+    config = json.loads((old / "config.json").read_text())
+    config["feature_store"]["extractor"]["blur_sigma"] = 3.0
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="blur_sigma 3.0 .*retrain the model"):
+        inference.load_predictor(old)
+    config["feature_store"]["extractor"]["blur_sigma"] = 0.0
+    (old / "config.json").write_text(json.dumps(config))
+    assert inference.load_predictor(old).extractor_config == inference.load_predictor(tiny_variant).extractor_config
