@@ -56,7 +56,9 @@ def aux_csv(sample_store, tmp_path_factory):
 @pytest.fixture(scope="module")
 def multitask(sample_store, aux_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("aux_variants") / "cnn5"
-    assert _cli("--block", "cnn5", "--features", sample_store, "--out", out, "--epochs", 6, "--no-augment",
+    # 12 epochs: with the sample's sharp training crops (session 4) 6 epochs left top_heavy
+    # unlearnt (AUC 0.55); 12 learn both targets
+    assert _cli("--block", "cnn5", "--features", sample_store, "--out", out, "--epochs", 12, "--no-augment",
                 "--lr", 0.003, "--class-weight", "balanced", "--aux-targets", aux_csv,
                 "--aux-loss-weight", 10) == 0
     return out
@@ -74,8 +76,9 @@ def test_the_aux_head_learns_targets_derivable_from_the_image(multitask):
         constant = 2 * p / (1 + p)      # F1 of the best constant predictor (always 1)
         f1 = scores["targets"][name]["f1"]
         margin = 0.15 if name == "bright" else 0.03
-        assert f1 > constant + margin, (name, f1, constant)
-        assert roc_auc_score(y[:, j], proba[:, j]) > (0.9 if name == "bright" else 0.7), name
+        auc = roc_auc_score(y[:, j], proba[:, j])
+        assert f1 > constant + margin, (name, f1, constant, auc)
+        assert auc > (0.9 if name == "bright" else 0.7), (name, auc)
 
 
 def test_multitask_outputs_record_the_targets_and_keep_the_emotion_contract(multitask, sample_store, aux_csv):
@@ -129,7 +132,7 @@ def test_resume_of_a_finished_multitask_run_writes_its_outputs(multitask, sample
     shutil.copytree(multitask, out)
     for name in ("config.json", "metrics.json", "predictions.npz"):
         (out / name).unlink()
-    assert _cli("--block", "cnn5", "--features", sample_store, "--out", out, "--epochs", 6, "--no-augment",
+    assert _cli("--block", "cnn5", "--features", sample_store, "--out", out, "--epochs", 12, "--no-augment",
                 "--lr", 0.003, "--class-weight", "balanced", "--aux-targets", aux_csv,
                 "--aux-loss-weight", 10, "--resume") == 0
     for key in ("val_proba", "val_aux_proba"):

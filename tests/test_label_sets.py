@@ -122,8 +122,12 @@ def test_fit_ensemble_refuses_to_mix_label_sets_naming_the_culprit(variant_pair,
 
 
 def test_an_ensemble_of_a_four_class_variant_predicts_four_classes(four_class, tmp_path, capsys):
-    out = tmp_path / "ens" / "ensemble.json"
-    code, _, stderr = _cli(fit_ensemble.main, ["--models", four_class.parent, "--variants", four_class.name,
+    # an ensemble names only members inside its own folder: give it a folder holding a link to the variant
+    models = tmp_path / "ens"
+    models.mkdir()
+    (models / four_class.name).symlink_to(four_class, target_is_directory=True)
+    out = models / "ensemble.json"
+    code, _, stderr = _cli(fit_ensemble.main, ["--models", models, "--variants", four_class.name,
                                                "--out", out], capsys)
     assert code == 0, stderr
     data = json.loads(out.read_text())
@@ -213,13 +217,13 @@ def test_recognizer_and_predict_cli_output_one_score_column_per_class(fixture, c
         assert predict.main([str(tmp_path), "--model", str(model), "--csv", str(out), "--quiet"]) == 0
     with open(out, newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["path", "face", "left", "top", "right", "bottom", "emotion", *classes]
-    assert len(rows) == 3 and all(len(r) == 7 + len(classes) for r in rows[1:])
+    assert rows[0] == ["path", "face", "left", "top", "right", "bottom", "emotion", *classes, "status", "reason"]
+    assert len(rows) == 3 and all(len(r) == 9 + len(classes) for r in rows[1:])
     by_name = {r[0].rsplit("/", 1)[1]: r for r in rows[1:]}
     for file, [face] in zip(files, expected):
         row = by_name[file.name]
-        assert row[6] == face.emotion
-        np.testing.assert_allclose([float(v) for v in row[7:]], list(face.scores.values()), atol=2e-6)
+        assert row[6] == face.emotion and row[-2:] == ["ok", ""]
+        np.testing.assert_allclose([float(v) for v in row[7:-2]], list(face.scores.values()), atol=2e-6)
 
 
 # ---------------------------------------------------------------------- comparison
