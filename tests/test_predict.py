@@ -313,7 +313,10 @@ def test_an_interrupted_run_keeps_its_rows_and_resume_skips_them(tiny_variant, t
     # touched the earlier result
     process = subprocess.Popen([sys.executable, "-m", "pipelines.predict", str(photos), "--model", str(tiny_variant),
                                 "--csv", str(out), "--force", "--batch-size", "1", "--quiet"], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # a shell starts background jobs with SIGINT ignored, and Python then
+                               # installs no KeyboardInterrupt handler: give the child the default
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         if partial.exists() and partial.read_text().count("\n") >= 6:
