@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts
+from . import artifacts, bovw
 from .errors import InputError
 
 FORMATS = ("float32", "float16", "int8")
@@ -308,7 +308,7 @@ def load_predictor(path):
         members.append(inference.Member(name=str(entry.get("name", member_dir.name)), folder=member_dir,
                                         config=config, _model=_load_member(model_path)))
     return inference.Predictor(ensemble_path, "ensemble", members, fitted.weights_, label_set,
-                               inference.extractor_config(data["extractor"], ensemble_path),
+                               bovw.ExtractorConfig.from_json(data["extractor"], ensemble_path),
                                data.get("feature_store") or {}, data)
 
 

@@ -355,13 +355,8 @@ def read_variant_config(folder) -> dict:
     return config
 
 
-def extractor_config(data: dict, where) -> bovw.ExtractorConfig:
-    """An :class:`~ensemble_fer.bovw.ExtractorConfig` from its JSON, as recorded with a model."""
-    return bovw.ExtractorConfig.from_json(data, where)
-
-
 def extractor_of(config: dict, where) -> bovw.ExtractorConfig:
-    return extractor_config(config["feature_store"]["extractor"], where)
+    return bovw.ExtractorConfig.from_json(config["feature_store"]["extractor"], where)
 
 
 def _label_set(data, where) -> LabelSet:
@@ -441,7 +436,7 @@ def _ensemble_predictor(path: Path) -> Predictor:
         raise InputError(f"{path}: lists {len(data['members'])} members but {fitted.n_members_} weights")
 
     label_set = _label_set(data["labels"], path)
-    extractor = extractor_config(data["extractor"], path)
+    extractor = bovw.ExtractorConfig.from_json(data["extractor"], path)
     members = []
     for i, entry in enumerate(data["members"]):
         folder = member_folder(path, entry.get("path"), f"members[{i}]")

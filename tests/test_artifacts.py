@@ -22,6 +22,17 @@ def _holder(code: str) -> subprocess.Popen:
     return child
 
 
+def _lock_holder(out) -> subprocess.Popen:
+    """Another process holding the lock of ``out`` (for a minute, or until killed)."""
+    return _holder(f"""
+        import time
+        from ensemble_fer import artifacts
+        with artifacts.output_lock({str(out)!r}):
+            print("ready", flush=True)
+            time.sleep(60)
+    """)
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -42,13 +53,7 @@ def test_a_second_lock_in_this_process_is_refused_at_once(tmp_path):
 
 def test_a_lock_held_by_another_process_names_its_pid(tmp_path):
     out = tmp_path / "model.json"
-    child = _holder(f"""
-        import time
-        from ensemble_fer import artifacts
-        with artifacts.output_lock({str(out)!r}):
-            print("ready", flush=True)
-            time.sleep(60)
-    """)
+    child = _lock_holder(out)
     try:
         with pytest.raises(InputError, match=rf"model.json: another run \(pid {child.pid}\)"):
             with artifacts.output_lock(out):
@@ -60,13 +65,7 @@ def test_a_lock_held_by_another_process_names_its_pid(tmp_path):
 
 def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
     out = tmp_path / "store"
-    child = _holder(f"""
-        import time
-        from ensemble_fer import artifacts
-        with artifacts.output_lock({str(out)!r}):
-            print("ready", flush=True)
-            time.sleep(60)
-    """)
+    child = _lock_holder(out)
     child.send_signal(signal.SIGKILL)
     child.wait()
     lock = tmp_path / "store.lock"
