@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ensemble_fer import blocks  # noqa: E402
+from ensemble_fer.models import blocks  # noqa: E402
 
 
 def count_macs(model: keras.Model) -> int:

@@ -4,7 +4,7 @@
         [--formats float32 float16 int8 onnx]
 
 1. The model (``--model``, default the shipped release) is exported with
-   ``ensemble_fer.export.export_model`` to float32, float16 and int8 TFLite, and to ONNX when
+   ``ensemble_fer.inference.export.export_model`` to float32, float16 and int8 TFLite, and to ONNX when
    tf2onnx is installed.
 2. Accuracy: every crop of the store's PublicTest split (``features/fer2013``'s ``val``, the
    FER2013 ``test`` folder, 3,589 crops), features recomputed by the predictor; the
@@ -47,8 +47,10 @@ def main(argv=None) -> int:
     tf_startup.start_quietly()
     import numpy as np
 
-    from ensemble_fer import artifacts, export
-    from ensemble_fer.inference import load_predictor
+    from ensemble_fer import artifacts
+
+    from ensemble_fer.inference import export
+    from ensemble_fer.inference.predictor import load_predictor
     from ensemble_fer.release import default_model
 
     work = Path(tempfile.mkdtemp(prefix="bench_export_"))

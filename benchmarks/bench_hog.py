@@ -28,8 +28,8 @@ from PIL import Image  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ensemble_fer.augment import AugmentConfig, augment_batch  # noqa: E402
-from ensemble_fer.hog import sliding_hog, sliding_hog_reference  # noqa: E402
+from ensemble_fer.training.augment import AugmentConfig, augment_batch  # noqa: E402
+from ensemble_fer.features.hog import sliding_hog, sliding_hog_reference  # noqa: E402
 
 
 def load_crops(root: Path, n: int) -> np.ndarray:

@@ -144,10 +144,12 @@ def main(argv=None) -> int:
 
     cv2.setNumThreads(args.threads)
     from bench_predict import one_face_photo, timed
-    from ensemble_fer import EmotionRecognizer, faces, labels, tf_startup, training
-    from ensemble_fer.datasets import load_image, open_dataset
-    from ensemble_fer.inference import load_predictor
-    from ensemble_fer.metrics import classification_metrics
+    from ensemble_fer import EmotionRecognizer, labels, tf_startup
+    from ensemble_fer.features import faces
+    from ensemble_fer.training import train as training
+    from ensemble_fer.features.datasets import load_image, open_dataset
+    from ensemble_fer.inference.predictor import load_predictor
+    from ensemble_fer.evaluation.metrics import classification_metrics
     from ensemble_fer.release import default_model
 
     tf_startup.start_quietly()

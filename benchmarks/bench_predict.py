@@ -40,8 +40,8 @@ def one_face_photo(path: Path) -> Path:
     """Write the 640x480 one-face benchmark photo (JPEG) to ``path``."""
     import cv2
 
-    from ensemble_fer.annotate import write_image
-    from ensemble_fer.datasets import read_image_file
+    from ensemble_fer.inference.annotate import write_image
+    from ensemble_fer.features.datasets import read_image_file
 
     image = read_image_file(PHOTO)[:, 300:500]          # the right-hand face only
     scale = 480 / image.shape[0]
@@ -75,7 +75,7 @@ def timed(fn, repeats: int) -> tuple[Ms, object]:
 
 
 def default_model(workdir: Path) -> Path:
-    from ensemble_fer.recognizer import DEFAULT_MODEL as release
+    from ensemble_fer.inference.recognizer import DEFAULT_MODEL as release
 
     if (release / "ensemble.json").is_file() or (release / "config.json").is_file():
         return release
@@ -103,8 +103,12 @@ def main(argv=None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
-    from ensemble_fer import EmotionRecognizer, faces, training
-    from ensemble_fer.datasets import read_image_file, to_gray
+    from ensemble_fer import EmotionRecognizer
+
+    from ensemble_fer.features import faces
+
+    from ensemble_fer.training import train as training
+    from ensemble_fer.features.datasets import read_image_file, to_gray
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -51,9 +51,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ensemble_fer import blocks, networks, training  # noqa: E402
-from ensemble_fer.augment import AugmentConfig  # noqa: E402
-from ensemble_fer.feature_store import FeatureStore  # noqa: E402
+from ensemble_fer.models import blocks
+
+from ensemble_fer.models import networks
+
+from ensemble_fer.training.train import train as training  # noqa: E402
+from ensemble_fer.training.augment import AugmentConfig  # noqa: E402
+from ensemble_fer.features.feature_store import FeatureStore  # noqa: E402
 from ensemble_fer.labels import get_label_set  # noqa: E402
 
 N_CLASSES = 7

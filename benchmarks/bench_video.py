@@ -4,7 +4,7 @@
 
 The video (MPEG-4, 25 fps, 640x480) is written by the benchmark from the bundled photos
 (2008_002470: 6 faces, 2008_007676: 7 faces, 2009_004587: 2 faces, each for a third of the
-time, drifting 2 px per frame). ``ensemble_fer.video.predict_video`` runs over it at each
+time, drifting 2 px per frame). ``ensemble_fer.inference.video.predict_video`` runs over it at each
 ``--fps`` (25 = every frame): decode, gray, HOG face detection (upsample 1), crops, BOVW
 features, the networks (faces batched across frames), tracking. Reported: sampled frames
 per second and faces per second of processing, and decoding alone for reference. Without
@@ -31,7 +31,7 @@ def write_video(path: Path, seconds: float, fps: int = 25) -> Path:
     import cv2
     import numpy as np
 
-    from ensemble_fer.datasets import read_image_file
+    from ensemble_fer.features.datasets import read_image_file
 
     names = ("2008_002470.jpg", "2008_007676.jpg", "2009_004587.jpg")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (640, 480))
@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     from ensemble_fer import tf_startup
 
     tf_startup.start_quietly()
-    from ensemble_fer import EmotionRecognizer, video
-
+    from ensemble_fer import EmotionRecognizer
+    from ensemble_fer.inference import video
     work = Path(tempfile.mkdtemp(prefix="bench_video_"))
     clip = write_video(work / "clip.mp4", args.seconds)
     if args.model is None:

@@ -13,7 +13,6 @@ __all__ = ["EmotionRecognizer", "FaceResult", "__version__"]
 def __getattr__(name):
     # Lazy: `import ensemble_fer` must stay cheap (no TensorFlow start-up).
     if name in ("EmotionRecognizer", "FaceResult"):
-        from . import recognizer
-
+        from ensemble_fer.inference import recognizer
         return getattr(recognizer, name)
     raise AttributeError(f"module 'ensemble_fer' has no attribute {name!r}")

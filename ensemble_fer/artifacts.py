@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MissingInputError
+from ensemble_fer.errors import InputError, MissingInputError
 
 PACKAGES = ("ensemble_fer", "tensorflow", "keras", "dlib-bin", "face_recognition_models",
             "numpy", "scipy", "scikit-learn", "scikit-image", "opencv-python-headless", "joblib")

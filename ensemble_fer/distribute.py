@@ -26,7 +26,7 @@ def cluster_workers(tf_config: str | None = None) -> int:
     try:
         cluster = json.loads(raw).get("cluster", {})
     except (ValueError, AttributeError):
-        from .errors import InputError
+        from ensemble_fer.errors import InputError
 
         raise InputError(f"TF_CONFIG is not a JSON object with a cluster: {raw[:80]!r}") from None
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))

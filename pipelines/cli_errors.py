@@ -21,7 +21,7 @@ EXIT_BAD_INPUT = 2
 # frame of its traceback is in the module), so a ValueError from inside numpy, Keras or
 # scikit-learn still shows its traceback. Remove a module once its raises are InputError.
 UNCONVERTED_MODULES = frozenset({
-    "ensemble_fer.annotate", "ensemble_fer.gradcam", "ensemble_fer.recognizer", "ensemble_fer.release",
+    "ensemble_fer.inference.annotate", "ensemble_fer.inference.gradcam", "ensemble_fer.inference.recognizer", "ensemble_fer.release",
 })
 UNCONVERTED_TYPES = (ValueError, FileNotFoundError, FileExistsError)
 

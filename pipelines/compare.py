@@ -29,8 +29,7 @@ SAMPLE = REPO / "data" / "sample"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ensemble_fer import comparison
-
+    from ensemble_fer.evaluation import comparison
     p = argparse.ArgumentParser(prog="python -m pipelines.compare", description=__doc__.split("\n")[0])
     p.add_argument("--models", type=Path, default=REPO / "models",
                    help="folder searched recursively for variant folders (default: models/)")
@@ -48,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @reports_errors
 def main(argv=None) -> int:
-    from ensemble_fer import comparison
+    from ensemble_fer.evaluation import comparison
     from ensemble_fer.errors import InputError
 
     args = build_parser().parse_args(argv)

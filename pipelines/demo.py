@@ -39,7 +39,7 @@ VARIANTS = (("cnn5", False), ("cnn5", True))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ensemble_fer import bovw
+    from ensemble_fer.features import bovw
 
     p = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "runs" / "demo", help="output folder (default runs/demo)")
@@ -60,8 +60,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.epochs < 1:
         raise InputError(f"--epochs must be at least 1; got {args.epochs}")
-    from ensemble_fer import inference
-
+    from ensemble_fer.inference import predictor as inference
     inference.check_tta(args.tta)
     started = time.time()
     report = run_demo(args.out, epochs=args.epochs, max_minutes=args.max_minutes, detector=args.detector,
@@ -75,8 +74,13 @@ def main(argv=None) -> int:
 def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1, force=False,
              quiet=False) -> dict:
     """Run the four steps into ``out`` and write the report; returns ``report.json``'s dict."""
-    from ensemble_fer import artifacts, bovw, datasets, evaluation, feature_store, inference, training
-
+    from ensemble_fer import artifacts
+    from ensemble_fer.features import bovw
+    from ensemble_fer.features import datasets
+    from ensemble_fer.evaluation import evaluate as evaluation
+    from ensemble_fer.features import feature_store
+    from ensemble_fer.inference import predictor as inference
+    from ensemble_fer.training import train as training
     out = Path(out)
     say = (lambda *a, **k: None) if quiet else print
     timings = {}
@@ -155,7 +159,7 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
 
 
 def _fingerprint(folder):
-    from ensemble_fer.inference import config_fingerprint
+    from ensemble_fer.inference.predictor import config_fingerprint
 
     return config_fingerprint(folder) if (Path(folder) / "config.json").is_file() else None
 
@@ -165,8 +169,7 @@ def _seconds(report: dict, step: str) -> str:
 
 
 def report_markdown(report: dict, fit: dict, result: dict, files: dict) -> str:
-    from ensemble_fer import evaluation
-
+    from ensemble_fer.evaluation import evaluate as evaluation
     store = report["feature_store"]
     timings = report["timings_seconds"]
     splits = store["splits"]

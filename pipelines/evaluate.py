@@ -47,9 +47,16 @@ import sys
 import contextlib
 from pathlib import Path
 
-from ensemble_fer import artifacts, bovw, datasets, evaluation, inference
+from ensemble_fer import artifacts
+
+from ensemble_fer.features import bovw
+
+from ensemble_fer.features import datasets
+
+from ensemble_fer.evaluation import evaluate as evaluation
+from ensemble_fer.inference import predictor as inference
 from ensemble_fer.errors import InputError
-from ensemble_fer.recognizer import DEFAULT_MODEL
+from ensemble_fer.inference.recognizer import DEFAULT_MODEL
 
 from .cli_errors import reports_errors
 

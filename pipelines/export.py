@@ -7,7 +7,7 @@ member folders, or a variant's files) with ``model.tflite`` networks, ready for
 ``ensemble-fer predict --model DIR/<format>`` (TFLite, or ONNX with ``--format onnx``); and ``DIR/export.json``: per format the size of
 every member and the largest difference from the Keras model's probabilities on 256 check
 crops. An existing DIR is refused unless --force (it is replaced only once the new export is
-complete). See ``ensemble_fer/export.py``.
+complete). See ``ensemble_fer/inference/export.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .cli_errors import reports_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ensemble_fer.export import ALL_FORMATS, FORMATS
+    from ensemble_fer.inference.export import ALL_FORMATS, FORMATS
 
     p = argparse.ArgumentParser(prog="python -m pipelines.export", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, metavar="PATH",
@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @reports_errors
 def main(argv=None) -> int:
-    from ensemble_fer import export
-    from ensemble_fer.recognizer import resolve_model_path
+    from ensemble_fer.inference import export
+    from ensemble_fer.inference.recognizer import resolve_model_path
 
     args = build_parser().parse_args(argv)
     say = (lambda *a, **k: None) if args.quiet else (lambda m: print(m, file=sys.stderr))

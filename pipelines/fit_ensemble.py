@@ -32,8 +32,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ensemble_fer import evaluation
-from ensemble_fer.ensemble import OBJECTIVES
+from ensemble_fer.evaluation import evaluate as evaluation
+from ensemble_fer.ensemble.weighted import OBJECTIVES
 from ensemble_fer.errors import InputError, MissingInputError
 
 from .cli_errors import reports_errors

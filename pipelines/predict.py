@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     from ensemble_fer.errors import InputError
 
     args = build_parser().parse_args(argv)
-    from ensemble_fer.inference import MAX_TTA
+    from ensemble_fer.inference.predictor import MAX_TTA
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1; got {args.batch_size}")
@@ -105,8 +105,7 @@ def main(argv=None) -> int:
         raise InputError(f"--tta must be from 0 (none) to {MAX_TTA}; got {args.tta}")
     if args.resume and not args.csv:
         raise InputError("--resume needs --csv FILE: the CSV's rows say which inputs are done")
-    from ensemble_fer import video
-
+    from ensemble_fer.inference import video
     from . import predict_videos
 
     video.check_fps(args.fps)
@@ -144,7 +143,7 @@ def main(argv=None) -> int:
 def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
     """Predict every ``(path, output name)`` in ``files`` not done yet, writing each file's
     rows (and pictures) through ``sink`` as soon as its batch has run, in input order."""
-    from ensemble_fer.datasets import read_image_file
+    from ensemble_fer.features.datasets import read_image_file
 
     classes = recognizer.classes
     counts = {"read": 0, "faces": 0, "errors": 0, "skipped": 0}
@@ -198,7 +197,7 @@ def read_photo(path):
     gigabytes, and face detection on it far more."""
     from PIL import Image
 
-    from ensemble_fer.datasets import DatasetError, read_image_file
+    from ensemble_fer.features.datasets import DatasetError, read_image_file
 
     try:
         with warnings.catch_warnings():
@@ -217,8 +216,8 @@ def list_inputs(paths, recursive: bool = False) -> tuple[list[tuple[Path, Path]]
     taken, hidden ones left out. The output name is the file's path relative to its folder
     argument (its name for a file argument); names that collide get ``_2``, ``_3``, ...
     """
-    from ensemble_fer.datasets import IMAGE_SUFFIXES
-    from ensemble_fer.video import VIDEO_SUFFIXES
+    from ensemble_fer.features.datasets import IMAGE_SUFFIXES
+    from ensemble_fer.inference.video import VIDEO_SUFFIXES
 
     files, problems, used = [], [], set()
     for path in paths:
@@ -417,8 +416,7 @@ def _link_or_copy(source, target):
 
 
 def write_pictures(recognizer, image, faces, name: Path, annotate_dir, gradcam_dir) -> None:
-    from ensemble_fer import annotate
-
+    from ensemble_fer.inference import annotate
     if annotate_dir:
         suffix = name.suffix.lower() if name.suffix.lower() in ANNOTATION_SUFFIXES else ".png"
         annotate.write_image(Path(annotate_dir) / name.with_suffix(suffix), annotate.draw_faces(image, faces))

@@ -18,7 +18,7 @@ VIDEO_COLUMNS = ("frame", "time_s", "track")
 
 def annotate_target(args, files) -> Path | None:
     """The annotated-video file named by ``--annotate FILE.mp4``, checked; None for a folder."""
-    from ensemble_fer import video
+    from ensemble_fer.inference import video
     from ensemble_fer.errors import InputError
 
     if args.annotate is None or not video.is_video(args.annotate):
@@ -33,7 +33,7 @@ def annotate_target(args, files) -> Path | None:
 
 
 def video_rows(path, rows, classes) -> list[list]:
-    """CSV rows of one video's :class:`ensemble_fer.video.VideoFace` rows (see the module doc)."""
+    """CSV rows of one video's :class:`ensemble_fer.inference.video.VideoFace` rows (see the module doc)."""
     from .predict import NO_FACE, OK
 
     if not rows:
@@ -51,7 +51,8 @@ def video_rows(path, rows, classes) -> list[list]:
 
 def predict_videos(recognizer, videos, sink, args, counts, annotate_file=None) -> None:
     """Predict every ``(path, output name)`` video, writing its rows through ``sink``."""
-    from ensemble_fer import artifacts, video
+    from ensemble_fer import artifacts
+    from ensemble_fer.inference import video
     from ensemble_fer.errors import InputError
 
     classes = recognizer.classes

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @reports_errors
 def main(argv=None) -> int:
-    from ensemble_fer import hparam_search, networks
+    from ensemble_fer.training import hparam_search
+    from ensemble_fer.models import networks
 
     args = build_parser().parse_args(argv)
     block = None if args.block == "none" else args.block

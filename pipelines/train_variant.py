@@ -11,8 +11,8 @@
 Inputs: a feature store (default features/sample, made by `python -m pipelines.extract_features`
 from the bundled sample). Outputs: models/<variant>/ with model.keras, config.json,
 history.csv, curves.png, predictions.npz, metrics.json, confusion_matrix.png (see
-docs/ARCHITECTURE.md); the schedule is described in ensemble_fer/training.py. With
---aux-targets the model has a second output, `aux` (see ensemble_fer/aux_targets.py), and
+docs/ARCHITECTURE.md); the schedule is described in ensemble_fer/training/train.py. With
+--aux-targets the model has a second output, `aux` (see ensemble_fer/training/aux_targets.py), and
 predictions.npz / metrics.json / config.json carry its targets, probabilities and scores.
 """
 
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def add_variant_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments that name a variant and its data (shared with pipelines.search_hparams)."""
-    from ensemble_fer import blocks
+    from ensemble_fer.models import blocks
 
     p.add_argument("--block", required=True, choices=blocks.list_blocks() + ["none"],
                    help="image block; 'none' with --bovw for the BOVW-only network")
@@ -53,8 +53,9 @@ def _units(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ensemble_fer import blocks, networks, training
-
+    from ensemble_fer.models import blocks
+    from ensemble_fer.models import networks
+    from ensemble_fer.training import train as training
     p = argparse.ArgumentParser(prog="python -m pipelines.train_variant", description=__doc__.split("\n")[0])
     add_variant_arguments(p)
     p.add_argument("--weights", default="default",
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _augment_config(args):
-    from ensemble_fer.augment import AugmentConfig
+    from ensemble_fer.training.augment import AugmentConfig
 
     given = {"--augment-strength": (args.augment_strength, 1.0), "--augment-shift": (args.augment_shift, 0.0),
              "--random-erase": (args.random_erase, 0.0)}
@@ -131,8 +132,8 @@ def _augment_config(args):
 
 @reports_errors
 def main(argv=None) -> int:
-    from ensemble_fer import networks, training
-
+    from ensemble_fer.models import networks
+    from ensemble_fer.training import train as training
     args = build_parser().parse_args(argv)
     augment_config = _augment_config(args)
     if args.bovw_units != list(networks.BOVW_UNITS) and not args.bovw:

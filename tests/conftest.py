@@ -22,7 +22,7 @@ def sample_dir() -> Path:
 
 def sample_crops(n: int = 24) -> tuple[np.ndarray, list[Path]]:
     """Real 48x48 FER2013 crops from the bundled sample, a few of every class."""
-    from ensemble_fer.datasets import read_image_file
+    from ensemble_fer.features.datasets import read_image_file
 
     files = sorted(SAMPLE.glob("train/*/*.jpg"))[:: max(1, len(list(SAMPLE.glob("train/*/*.jpg"))) // n)][:n]
     return np.stack([read_image_file(f) for f in files]), files
@@ -69,8 +69,7 @@ def variant_pair(tiny_variant, sample_store, tmp_path_factory) -> Path:
     epoch, seconds). Tests must not write into it: copy what they change."""
     import shutil
 
-    from ensemble_fer import training
-
+    from ensemble_fer.training import train as training
     models = tmp_path_factory.mktemp("ensemble_models")
     shutil.copytree(tiny_variant, models / tiny_variant.name, ignore=shutil.ignore_patterns(".run"))
     training.train_variant(sample_store, None, True, out=models / "bovw", epochs=1, augment=False, progress=False)

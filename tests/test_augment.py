@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import sample_crops
-from ensemble_fer import faces
-from ensemble_fer.augment import (
+from ensemble_fer.features import faces
+from ensemble_fer.training.augment import (
     TTA_VIEWS,
     AugmentConfig,
     affine_matrix,
@@ -17,8 +17,8 @@ from ensemble_fer.augment import (
     transform_batch,
     tta_views,
 )
-from ensemble_fer.hog import HOG_SIZE, sliding_hog
-from ensemble_fer.landmarks import FLIP_PERMUTATION, GROUPS, N_LANDMARKS, named_groups
+from ensemble_fer.features.hog import HOG_SIZE, sliding_hog
+from ensemble_fer.features.landmarks import FLIP_PERMUTATION, GROUPS, N_LANDMARKS, named_groups
 
 NO_CHANGE = AugmentConfig(rotation_deg=0, shear_deg=0, zoom=0, horizontal_flip=False)
 

@@ -15,9 +15,11 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble_fer import artifacts, training
-from ensemble_fer.aux_targets import aux_metrics, read_aux_targets
-from ensemble_fer.feature_store import FeatureStore
+from ensemble_fer import artifacts
+
+from ensemble_fer.training import train as training
+from ensemble_fer.training.aux_targets import aux_metrics, read_aux_targets
+from ensemble_fer.features.feature_store import FeatureStore
 from pipelines import train_variant as cli
 
 TARGETS = ("bright", "top_heavy")

@@ -1,4 +1,4 @@
-"""Tests of ensemble_fer.blocks: every registered block gets the generic tests for free.
+"""Tests of ensemble_fer.models.blocks: every registered block gets the generic tests for free.
 
 Big blocks are built at their smallest allowed input (resnet50 needs 197 px) and only as often
 as needed: one cached random-init model per block is shared by the tests of this module.
@@ -15,8 +15,8 @@ import pytest
 
 import keras
 
-from ensemble_fer import blocks
-from ensemble_fer.blocks import WeightsUnavailableError
+from ensemble_fer.models import blocks
+from ensemble_fer.models.blocks import WeightsUnavailableError
 
 BLOCKS = blocks.list_blocks()
 HEAVY = {"resnet50", "inception_resnet_v2"}

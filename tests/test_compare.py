@@ -1,4 +1,4 @@
-"""`python -m pipelines.compare` (ensemble_fer.comparison) on the real trained variants of conftest's
+"""`python -m pipelines.compare` (ensemble_fer.evaluation.comparison) on the real trained variants of conftest's
 ``variant_pair``: the table's figures against each variant's own files, the measured speed, the
 figure, nested folders, the sample-crop fallback and the refusals."""
 
@@ -10,7 +10,11 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble_fer import artifacts, comparison, metrics, training
+from ensemble_fer import artifacts
+
+from ensemble_fer.evaluation import comparison
+from ensemble_fer.evaluation import metrics
+from ensemble_fer.training import train as training
 from pipelines import compare
 
 from conftest import SAMPLE
@@ -90,7 +94,7 @@ def test_markdown_and_figure(compared):
 
 
 def test_measure_speed_times_predict_proba(variant_pair, sample_store):
-    from ensemble_fer.feature_store import FeatureStore
+    from ensemble_fer.features.feature_store import FeatureStore
 
     model, config = training.load_variant(variant_pair / "bovw")
     val = FeatureStore(sample_store).load("val")
@@ -158,7 +162,7 @@ def test_refuses_a_folder_without_variants(tmp_path, capsys):
 def test_bad_input_is_one_line_and_bugs_keep_their_traceback(variant_pair, tmp_path, capsys, monkeypatch):
     """compare's user-facing refusals are InputError (exit 2, one line); anything else, a
     KeyError or a contract check failing inside the library, is a bug and propagates."""
-    from ensemble_fer import evaluation
+    from ensemble_fer.evaluation import evaluate as evaluation
     from ensemble_fer.errors import InputError, MissingInputError
 
     for flag in ("--repeats", "--speed-images", "--batch-size"):
@@ -186,7 +190,7 @@ def test_bad_input_is_one_line_and_bugs_keep_their_traceback(variant_pair, tmp_p
     monkeypatch.undo()
 
     # A bug that hands the metrics unchecked probabilities: metrics' own check (a ValueError
-    # raised in ensemble_fer.metrics) must show its traceback, not pass for bad input.
+    # raised in ensemble_fer.evaluation.metrics) must show its traceback, not pass for bad input.
     read_member = evaluation.read_member
 
     def corrupting_read_member(folder, *args, **kwargs):

@@ -75,7 +75,7 @@ def test_release_files_are_what_prediction_needs(tiny_release, tmp_path):
     assert any((tiny_release / m / "predictions.npz").is_file() for m in members)
     copied = release.copy_release(tiny_release, tmp_path / "packaged")
     assert copied == files
-    from ensemble_fer.inference import load_predictor
+    from ensemble_fer.inference.predictor import load_predictor
 
     packaged = load_predictor(tmp_path / "packaged")
     assert packaged.members == load_predictor(tiny_release).members
@@ -131,7 +131,7 @@ def test_wheel_ships_release_and_predicts_outside_the_repo(tiny_release, tmp_pat
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(PHOTO, elsewhere / "photo.jpg")
-    where = subprocess.run([str(python), "-c", "import ensemble_fer.recognizer as r; print(r.DEFAULT_MODEL)"],
+    where = subprocess.run([str(python), "-c", "import ensemble_fer.inference.recognizer as r; print(r.DEFAULT_MODEL)"],
                            cwd=elsewhere, check=True, capture_output=True, text=True).stdout.strip()
     assert Path(where).is_relative_to(venv), where
     run = subprocess.run([str(script), "predict", "photo.jpg"], cwd=elsewhere, capture_output=True, text=True)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE, sample_crops, write_fer_csv
-from ensemble_fer import datasets, labels
-from ensemble_fer.datasets import DatasetError
+from ensemble_fer import labels
+from ensemble_fer.features import datasets
+from ensemble_fer.features.datasets import DatasetError
 
 
 def test_folder_release_is_detected_and_split(sample_dir):

@@ -18,11 +18,11 @@ ARGS = ["--data", str(SAMPLE), "--detector", "hog", "--limit", "60", "--quiet"]
 def _extraction_ran_here() -> bool:
     import sys
 
-    return "ensemble_fer.hog" in sys.modules
+    return "ensemble_fer.features.hog" in sys.modules
 
 
 def _arrays(store: Path) -> dict:
-    from ensemble_fer.feature_store import FeatureStore
+    from ensemble_fer.features.feature_store import FeatureStore
 
     reader = FeatureStore(store)
     return {split: reader.load(split) for split in ("train", "val")}

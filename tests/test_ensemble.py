@@ -6,7 +6,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import StratifiedKFold
 
-from ensemble_fer.ensemble import WeightedEnsemble, _normalise
+from ensemble_fer.ensemble.weighted import WeightedEnsemble, _normalise
 
 
 def _dirichlet(rng, n, k, alpha=1.0):

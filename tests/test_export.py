@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble_fer import export
+from ensemble_fer.inference import export
 from ensemble_fer.errors import InputError
 
 PHOTO = Path(__file__).resolve().parent / "data" / "photos" / "2008_002470.jpg"
@@ -21,7 +21,7 @@ def mixed_release(tiny_release, sample_store, tmp_path_factory) -> Path:
     image+bovw, bovw only and image only."""
     import shutil
 
-    from ensemble_fer import training
+    from ensemble_fer.training import train as training
     from pipelines import fit_ensemble
 
     release = tmp_path_factory.mktemp("mixed") / "release"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import TEST_DATA
-from ensemble_fer import faces
-from ensemble_fer.datasets import read_image_file
+from ensemble_fer.features import faces
+from ensemble_fer.features.datasets import read_image_file
 
 PHOTOS = TEST_DATA / "photos"
 

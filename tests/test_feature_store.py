@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE, sample_crops, write_fer_csv
-from ensemble_fer import artifacts, bovw, datasets, feature_store, hog
-from ensemble_fer.feature_store import FeatureStore, FeatureStoreError
+from ensemble_fer import artifacts
+from ensemble_fer.features import bovw
+from ensemble_fer.features import datasets
+from ensemble_fer.features import feature_store
+from ensemble_fer.features import hog
+from ensemble_fer.features.feature_store import FeatureStore, FeatureStoreError
 from pipelines import extract_features
 
 
@@ -201,7 +205,7 @@ def test_no_crop_is_altered_and_sharpness_is_recorded(sample_store):
 def test_a_held_out_split_much_softer_than_training_is_warned_about():
     import cv2
 
-    from ensemble_fer import sharpness
+    from ensemble_fer.features import sharpness
 
     crops, _ = sample_crops(24)
     soft = np.stack([cv2.GaussianBlur(c, (0, 0), 3.0) for c in crops])
@@ -234,8 +238,7 @@ def test_models_made_with_the_blur_workaround_are_refused(tiny_variant, tmp_path
     import json
     import shutil
 
-    from ensemble_fer import inference
-
+    from ensemble_fer.inference import predictor as inference
     old = tmp_path / "old"
     shutil.copytree(tiny_variant, old, ignore=shutil.ignore_patterns(".run"))
     config = json.loads((old / "config.json").read_text())

@@ -13,7 +13,9 @@ import shutil
 import numpy as np
 import pytest
 
-from ensemble_fer import artifacts, inference
+from ensemble_fer import artifacts
+
+from ensemble_fer.inference import predictor as inference
 from pipelines import fit_ensemble
 
 MEMBERS = ("bovw", "cnn5+bovw")

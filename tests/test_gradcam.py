@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import TEST_DATA, sample_crops
-from ensemble_fer import gradcam
-
+from ensemble_fer.inference import gradcam
 PHOTO = TEST_DATA / "photos" / "2008_002506.jpg"
 
 
@@ -17,7 +16,7 @@ def _cam_by_hand(model, crop, class_index):
     ReLU(sum_k W[k, c] A_k), computed here without any gradient."""
     import cv2
 
-    from ensemble_fer import blocks
+    from ensemble_fer.models import blocks
 
     x = crop[None, :, :, None].astype(np.float32)
     for layer in blocks.get_block_spec("cnn5").preprocessing():
@@ -32,7 +31,7 @@ def _cam_by_hand(model, crop, class_index):
 def test_grad_cam_equals_cam_when_the_head_is_linear():
     import keras
 
-    from ensemble_fer import networks
+    from ensemble_fer.models import networks
 
     keras.utils.set_random_seed(0)
     model = networks.build_network("cnn5", False, 7, dense_units=0, weights=None)
@@ -52,8 +51,8 @@ def test_grad_cam_equals_cam_when_the_head_is_linear():
 
 
 def test_map_of_a_trained_variant(tiny_variant):
-    from ensemble_fer import bovw, training
-
+    from ensemble_fer.features import bovw
+    from ensemble_fer.training import train as training
     model, config = training.load_variant(tiny_variant)
     crops, _ = sample_crops(4)
     extractor = bovw.ExtractorConfig(**config["feature_store"]["extractor"])
@@ -71,8 +70,8 @@ def test_map_of_a_trained_variant(tiny_variant):
 
 
 def test_bad_inputs_are_refused(tiny_variant):
-    from ensemble_fer import networks, training
-
+    from ensemble_fer.models import networks
+    from ensemble_fer.training import train as training
     model, _ = training.load_variant(tiny_variant)
     crop = sample_crops(1)[0][0]
     with pytest.raises(ValueError, match="has a bovw input"):
@@ -101,8 +100,8 @@ def _write_ensemble(path, members):
     import shutil
 
     from ensemble_fer import artifacts
-    from ensemble_fer.ensemble import WeightedEnsemble
-    from ensemble_fer.inference import ENSEMBLE_VERSION, member_hashes
+    from ensemble_fer.ensemble.weighted import WeightedEnsemble
+    from ensemble_fer.inference.predictor import ENSEMBLE_VERSION, member_hashes
 
     config = artifacts.read_json(members[0][0] / "config.json")
     fitted = WeightedEnsemble()

@@ -7,8 +7,8 @@ import pytest
 import skimage.feature
 
 from conftest import sample_crops
-from ensemble_fer import hog
-from ensemble_fer.hog import HOG_SIZE, sliding_hog, sliding_hog_reference
+from ensemble_fer.features import hog
+from ensemble_fer.features.hog import HOG_SIZE, sliding_hog, sliding_hog_reference
 
 TOL = 1e-6
 

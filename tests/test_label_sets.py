@@ -19,7 +19,7 @@ import pytest
 
 from conftest import SAMPLE
 from ensemble_fer import EmotionRecognizer, artifacts
-from ensemble_fer.datasets import read_image_file
+from ensemble_fer.features.datasets import read_image_file
 from pipelines import compare, evaluate, fit_ensemble, predict, train_variant
 
 FOUR = ("happy", "sad", "neutral", "surprise")
@@ -47,8 +47,7 @@ def four_class(sample_store, tmp_path_factory):
 @pytest.fixture(scope="module")
 def valence(sample_store, tmp_path_factory):
     """A BOVW-only valence3 variant, trained through the library."""
-    from ensemble_fer import training
-
+    from ensemble_fer.training import train as training
     out = tmp_path_factory.mktemp("labels") / "bovw-valence3"
     training.train_variant(sample_store, None, True, out=out, labels="valence3", epochs=1, augment=False,
                            progress=False)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE, TEST_DATA
-from ensemble_fer import artifacts, metrics
-
+from ensemble_fer import artifacts
+from ensemble_fer.evaluation import metrics
 MEMBERS = ("bovw", "cnn5+bovw")
 
 
@@ -88,8 +88,7 @@ def test_models_and_arrays_follow_the_umask(tmp_path):
     saved the way training saves it included, gives 0o640, not mkstemp's 0o600 nor a fixed 0o644."""
     import keras
 
-    from ensemble_fer import training
-
+    from ensemble_fer.training import train as training
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
     previous = os.umask(0o027)
     try:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble_fer import annotate
-from ensemble_fer.datasets import read_image_file
+from ensemble_fer.inference import annotate
+from ensemble_fer.features.datasets import read_image_file
 
 PHOTOS = Path(__file__).resolve().parent / "data" / "photos"
 CROWD = PHOTOS / "2008_007676.jpg"      # seven faces close together
@@ -78,8 +78,10 @@ def test_annotated_crowd_photo_has_every_label_inside(tiny_variant, tmp_path):
 
 
 def test_ensemble_grad_cam_weights_members_by_their_share_of_the_score(tiny_variant, sample_store, tmp_path):
-    from ensemble_fer import EmotionRecognizer, gradcam, training
-    from ensemble_fer.inference import load_predictor
+    from ensemble_fer import EmotionRecognizer
+    from ensemble_fer.inference import gradcam
+    from ensemble_fer.training import train as training
+    from ensemble_fer.inference.predictor import load_predictor
     from pipelines import fit_ensemble
 
     import shutil

@@ -22,8 +22,8 @@ import pytest
 
 from conftest import REPO, SAMPLE, TEST_DATA
 from ensemble_fer import EmotionRecognizer
-from ensemble_fer.datasets import read_image_file, to_gray
-from ensemble_fer.recognizer import FaceResult
+from ensemble_fer.features.datasets import read_image_file, to_gray
+from ensemble_fer.inference.recognizer import FaceResult
 from pipelines import predict as cli
 from test_faces import GROUND_TRUTH, iou
 
@@ -141,8 +141,7 @@ def test_bad_arguments(recognizer, tmp_path):
 
 
 def test_missing_release_model_says_what_to_do(monkeypatch, tmp_path, capsys):
-    from ensemble_fer import recognizer as module
-
+    from ensemble_fer.inference import recognizer as module
     monkeypatch.setattr(module, "DEFAULT_MODEL", tmp_path / "release")
     with pytest.raises(FileNotFoundError, match="train_variant.*--model PATH"):
         EmotionRecognizer.load()

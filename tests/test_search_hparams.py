@@ -1,4 +1,4 @@
-"""`python -m pipelines.search_hparams` (ensemble_fer.hparam_search) with real one-epoch BOVW-only runs
+"""`python -m pipelines.search_hparams` (ensemble_fer.training.hparam_search) with real one-epoch BOVW-only runs
 on the sample store: the ranked table, skipping and resuming on reruns, failed runs, and every refusal."""
 
 import csv
@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from ensemble_fer import hparam_search, training
+from ensemble_fer.training import hparam_search
+from ensemble_fer.training import train as training
 from ensemble_fer.errors import InputError
 from pipelines import search_hparams
 

@@ -20,10 +20,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SAMPLE, sample_crops, write_fer_csv
-from ensemble_fer import artifacts, bovw, datasets, feature_store
-from ensemble_fer.datasets import DatasetError
+from ensemble_fer import artifacts
+from ensemble_fer.features import bovw
+from ensemble_fer.features import datasets
+from ensemble_fer.features import feature_store
+from ensemble_fer.features.datasets import DatasetError
 from ensemble_fer.errors import InputError
-from ensemble_fer.feature_store import FeatureStore, FeatureStoreError
+from ensemble_fer.features.feature_store import FeatureStore, FeatureStoreError
 from pipelines import cli_errors, extract_features
 
 NONE = bovw.ExtractorConfig(detector="none")
@@ -54,7 +57,9 @@ def test_a_second_run_into_the_same_store_stops_at_once_naming_the_first(tmp_pat
     out = tmp_path / "store"
     first = _child("""
         import sys
-        from ensemble_fer import bovw, datasets, feature_store
+        from ensemble_fer.features import bovw
+        from ensemble_fer.features import datasets
+        from ensemble_fer.features import feature_store
         real = bovw.analyse_crops
         def paused(images, config):
             if not paused.done:
@@ -274,7 +279,10 @@ def test_kill_9_leaves_no_workers_and_the_next_run_cleans_up_and_resumes(tmp_pat
     out = tmp_path / "store"
     victim = _child("""
         import sys, time
-        from ensemble_fer import artifacts, bovw, datasets, feature_store
+        from ensemble_fer import artifacts
+        from ensemble_fer.features import bovw
+        from ensemble_fer.features import datasets
+        from ensemble_fer.features import feature_store
         real, calls = artifacts.save_npz, []
         def save_slowly(path, **arrays):
             calls.append(path)
@@ -384,7 +392,7 @@ def test_cli_reports_input_errors_and_lets_bugs_show_their_traceback(capsys):
 
     @cli_errors.reports_errors
     def unconverted(argv=None):
-        from ensemble_fer import metrics        # MissingInputError, off the transitional list
+        from ensemble_fer.evaluation.evaluate import metrics  # MissingInputError, off the transitional list
 
         metrics.read_history_csv("/nonexistent/history.csv")
 

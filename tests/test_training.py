@@ -12,10 +12,14 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble_fer import artifacts, blocks, training
-from ensemble_fer.bovw import BOVW_SIZE, assemble_bovw
-from ensemble_fer.feature_store import FeatureStore
-from ensemble_fer.hog import sliding_hog
+from ensemble_fer import artifacts
+
+from ensemble_fer.models import blocks
+
+from ensemble_fer.training import train as training
+from ensemble_fer.features.bovw import BOVW_SIZE, assemble_bovw
+from ensemble_fer.features.feature_store import FeatureStore
+from ensemble_fer.features.hog import sliding_hog
 from ensemble_fer.labels import get_label_set
 from pipelines import train_variant as cli
 
@@ -316,7 +320,7 @@ def test_unknown_block_is_refused(sample_store, tmp_path, capsys):
 
 
 def test_mixup_blends_inputs_and_labels_of_the_same_augmented_batch(sample_store):
-    from ensemble_fer.augment import AugmentConfig
+    from ensemble_fer.training.augment import AugmentConfig
 
     splits, _ = training.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
 
@@ -345,7 +349,7 @@ def test_mixup_blends_inputs_and_labels_of_the_same_augmented_batch(sample_store
 
 
 def test_augmented_batches_keep_image_and_bovw_together_and_repeat_by_seed(sample_store):
-    from ensemble_fer.augment import AugmentConfig
+    from ensemble_fer.training.augment import AugmentConfig
 
     splits, _ = training.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
     train = splits["train"]
@@ -591,7 +595,7 @@ def _raising_in(module_name, exc):
                                  ValueError("operands could not be broadcast together")])
 def test_a_bug_in_training_shows_its_traceback(bug, sample_store, tmp_path, monkeypatch, capsys):
     # Not "error: 'phase'" with exit 2: only InputError is the user's problem (issue 13, item 14).
-    monkeypatch.setattr(training, "load_splits", _raising_in("ensemble_fer.training", bug))
+    monkeypatch.setattr(training, "load_splits", _raising_in("ensemble_fer.training.train", bug))
     with pytest.raises(type(bug)) as info:
         _cli("--block", "none", "--bovw", "--features", sample_store, "--out", tmp_path / "m")
     assert info.value is bug

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble_fer import video
-from ensemble_fer.datasets import read_image_file
+from ensemble_fer.inference import video
+from ensemble_fer.features.datasets import read_image_file
 from ensemble_fer.errors import InputError
 
 PHOTOS = Path(__file__).resolve().parent / "data" / "photos"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import labels as L
-from .errors import InputError, MissingInputError
+from ensemble_fer import labels as L
+from ensemble_fer.errors import InputError, MissingInputError
 
 IMAGE_SIZE = 48
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm",
@@ -293,7 +293,7 @@ def load_image(record: ImageRecord, crop_faces: bool = False) -> np.ndarray:
     if gray.shape == (IMAGE_SIZE, IMAGE_SIZE):
         return gray
     if crop_faces:
-        from . import faces  # dlib is needed only for whole-frame datasets
+        from ensemble_fer.features import faces  # dlib is needed only for whole-frame datasets
 
         boxes = faces.detect_faces(gray, detector="hog")
         if boxes:

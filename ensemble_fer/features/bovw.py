@@ -4,7 +4,7 @@ Column order (2728 float32 values), also given by
 :meth:`BOVWExtractor.get_feature_names_out`:
 
 * 0..135: the 68 dlib landmarks flattened as x0, y0, x1, y1, ... in 48x48 pixel coordinates;
-* 136..2727: the sliding-window HOG of :mod:`ensemble_fer.hog` (windows y-then-x, step 6;
+* 136..2727: the sliding-window HOG of :mod:`ensemble_fer.features.hog` (windows y-then-x, step 6;
   inside each window its 8x8 cells row-major; 8 orientation bins innermost).
 
 Landmarks are predicted inside the face the detector finds in the crop, or inside the whole
@@ -19,9 +19,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from . import faces, hog
-from .errors import InputError
-from .landmarks import N_LANDMARKS
+from ensemble_fer.features import faces
+
+from ensemble_fer.features import hog
+from ensemble_fer.errors import InputError
+from ensemble_fer.features.landmarks import N_LANDMARKS
 
 IMAGE_SIZE = 48
 N_LANDMARK_VALUES = 2 * N_LANDMARKS

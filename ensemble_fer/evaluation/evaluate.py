@@ -6,7 +6,7 @@ Fitting (:func:`fit_ensemble`)
     Reads each member's ``config.json`` and ``predictions.npz`` (never its model), checks that
     the members were trained on one feature store (``config_hash`` and ``manifest_hash``) with
     one label set and that their ``val_``/``test_`` ids and labels line up row for row, fits a
-    :class:`~ensemble_fer.ensemble.WeightedEnsemble` on the validation probabilities only, and
+    :class:`~ensemble_fer.ensemble.weighted.WeightedEnsemble` on the validation probabilities only, and
     writes ``<name>.json`` (``ensemble.json`` by default) with ``<name>_report.{md,json}`` and
     ``<name>_confusion_matrix.png`` beside it. The members must lie inside the folder of the
     JSON file (it names them by relative paths without ``..``), and the SHA-256 of each one's
@@ -20,7 +20,7 @@ Evaluating (:func:`load_eval_data`, :func:`evaluate_predictor`, :func:`write_eva
     over the data's location and format, the extractor config and the face detector; each
     file also holds the fingerprint of the records it was made from: ids, labels and each
     file's size and modification time (CSV rows: their pixels), see
-    :func:`ensemble_fer.datasets.record_fingerprint`, and is remade when it changes, so
+    :func:`ensemble_fer.features.datasets.record_fingerprint`, and is remade when it changes, so
     pictures replaced under the same names are re-extracted).
     Only the split asked for is extracted, never the whole dataset. A class-folder set
     without split folders is scored whole by default (``all``). In class-folder sets, whose
@@ -47,11 +47,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, bovw, datasets, metrics
-from .ensemble import OBJECTIVES, WeightedEnsemble
-from .errors import InputError, MissingInputError
-from .inference import ENSEMBLE_FORMAT, ENSEMBLE_VERSION, Predictor, member_hashes, read_variant_config
-from .labels import ALL_CODES, label_set_from_json
+from ensemble_fer import artifacts
+
+from ensemble_fer.features import bovw
+
+from ensemble_fer.features import datasets
+
+from ensemble_fer.evaluation import metrics
+from ensemble_fer.ensemble.weighted import OBJECTIVES, WeightedEnsemble
+from ensemble_fer.errors import InputError, MissingInputError
+from ensemble_fer.inference.predictor import ENSEMBLE_FORMAT, ENSEMBLE_VERSION, Predictor, member_hashes, read_variant_config
+from ensemble_fer.labels import ALL_CODES, label_set_from_json
 
 PREDICTION_KEYS = ("ids", "y", "proba", "face_found")
 EQUAL = "equal-weight"
@@ -553,7 +559,7 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
     elif split in available and not (split == "train" and "val" not in available):
         records = list(dataset.splits[split])
     else:
-        from .feature_store import choose_splits   # the store's own held-out val, to match training
+        from ensemble_fer.features.feature_store import choose_splits   # the store's own held-out val, to match training
 
         records = choose_splits(dataset)[split]
 
@@ -624,7 +630,7 @@ def has_split_folders(dataset) -> bool:
     records = dataset.splits.get("train") or []
     if not records:
         return True
-    from .labels import code_for_name
+    from ensemble_fer.labels import code_for_name
 
     try:
         code_for_name(Path(records[0].id).parts[0])
@@ -670,7 +676,7 @@ def frame_face(path) -> np.ndarray | None:
     """The 48x48 crop of the face ``pipelines.predict`` reports first for the picture at
     ``path`` (the largest one dlib's HOG detector finds, upsampled once, framed like FER2013;
     a 48x48 picture is the face itself), or None where predict finds no face."""
-    from . import faces
+    from ensemble_fer.features import faces
 
     gray = datasets.to_gray(datasets.read_image_file(path))
     if gray.shape == (bovw.IMAGE_SIZE, bovw.IMAGE_SIZE):
@@ -704,7 +710,7 @@ def extract_records(records, frames: bool, config: bovw.ExtractorConfig, face_co
 
 
 def _eval_data_from_store(path: Path, predictor: Predictor, split, detector, n_jobs, progress, say) -> EvalData:
-    from .feature_store import FeatureStore
+    from ensemble_fer.features.feature_store import FeatureStore
 
     store = FeatureStore(path)
     if store.config != predictor.extractor_config:

@@ -12,18 +12,18 @@
 How a photo becomes results
 ---------------------------
 1. The input (a path, or a uint8 array: grayscale (H, W), RGB or RGBA (H, W, 3|4), any size;
-   ``color="bgr"`` for arrays from OpenCV, which are BGR or BGRA) is turned into grayscale once, by :func:`ensemble_fer.datasets.to_gray` (ITU-R 601 luma,
+   ``color="bgr"`` for arrays from OpenCV, which are BGR or BGRA) is turned into grayscale once, by :func:`ensemble_fer.features.datasets.to_gray` (ITU-R 601 luma,
    alpha dropped). Detection and cropping both work on that gray image, so a photo given as
    RGB, RGBA or grayscale gives the same faces and the same scores.
-2. Faces are found by dlib (:func:`ensemble_fer.faces.detect_faces`; HOG detector by default,
+2. Faces are found by dlib (:func:`ensemble_fer.features.faces.detect_faces`; HOG detector by default,
    ``detector="mmod"`` for the CNN one, the image upsampled ``upsample`` times first), largest
    first. An input that is already 48x48 is taken to be a face crop itself (FER2013 style):
    no detection runs and its one face has the whole frame as box ``(0, 0, 47, 47)``.
-3. Each face is cropped with FER2013's framing to 48x48 (:func:`ensemble_fer.faces.crop_face`).
+3. Each face is cropped with FER2013's framing to 48x48 (:func:`ensemble_fer.features.faces.crop_face`).
 4. The crops of *all* faces of all photos go through the model together, ``batch_size``
    crops at a time (:meth:`EmotionRecognizer.predict_many`); the model's predictor computes
    the BOVW features with the extractor settings the model was trained with, and applies
-   the ensemble weights (:func:`ensemble_fer.inference.load_predictor`).
+   the ensemble weights (:func:`ensemble_fer.inference.predictor.load_predictor`).
 
 Nothing heavy happens at import or in :meth:`EmotionRecognizer.load` (which only checks the
 model's files): TensorFlow and the Keras model load on the first prediction, dlib's detector
@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import release
-from .datasets import IMAGE_SIZE, read_image_file, to_gray
+from ensemble_fer import release
+from ensemble_fer.features.datasets import IMAGE_SIZE, read_image_file, to_gray
 
 DEFAULT_MODEL = release.PACKAGED if release.is_model_folder(release.PACKAGED) else release.WORKING_COPY
 """Where :meth:`EmotionRecognizer.load` looks without a path: the release model packaged in
@@ -61,7 +61,7 @@ class FaceResult:
     ``box`` is ``(left, top, right, bottom)`` in pixels (right and bottom inclusive, dlib's
     convention); ``scores`` maps each class name to its probability, in the model's class
     order (see :attr:`EmotionRecognizer.classes`), summing to 1. ``detection_score`` is the
-    face detector's confidence in the box (see :func:`ensemble_fer.faces.detect_scored_faces`;
+    face detector's confidence in the box (see :func:`ensemble_fer.features.faces.detect_scored_faces`;
     HOG and MMOD scores are on different scales), ``None`` for an input taken as a face crop.
     """
 
@@ -100,10 +100,10 @@ class EmotionRecognizer:
         """Load a model: a trained variant folder, an ``ensemble.json``, a folder holding one,
         or one format's folder of a TFLite export (``ensemble-fer export``); ``None`` for the
         release model (see :data:`DEFAULT_MODEL`)."""
-        from . import export, inference
-
+        from ensemble_fer.inference import export
+        from ensemble_fer.inference import predictor as inference
         resolved = resolve_model_path(path)
-        # a TFLite export (ensemble_fer.export) predicts through the same Predictor
+        # a TFLite export (ensemble_fer.inference.export) predicts through the same Predictor
         load = export.load_predictor if export.is_export(resolved) else inference.load_predictor
         return cls(load(resolved), detector=detector, upsample=upsample, source=resolved)
 
@@ -128,7 +128,7 @@ class EmotionRecognizer:
         box = _box_of(face)
         if gray.shape == (IMAGE_SIZE, IMAGE_SIZE) and box == WHOLE_FRAME:
             return gray
-        from . import faces
+        from ensemble_fer.features import faces
 
         return faces.crop_face(gray, box)
 
@@ -205,15 +205,14 @@ class EmotionRecognizer:
 
         ``face`` is a :class:`FaceResult` (or a box) of ``image``; ``emotion`` defaults to the
         face's predicted one. Each member with an image branch gets its Grad-CAM map (see
-        :mod:`ensemble_fer.gradcam`); the maps are averaged with the weights that member
+        :mod:`ensemble_fer.inference.gradcam`); the maps are averaged with the weights that member
         contributes to the ensemble's probability of ``emotion``: ensemble weight times the
         member's own probability of it. The ensemble's probability is that same weighted sum,
         so a member that speaks for the emotion shapes the map as much as it shapes the score.
         BOVW-only members have no image map and are left out; a model with no image branch
         at all raises ``ValueError``.
         """
-        from . import gradcam
-
+        from ensemble_fer.inference import gradcam
         if emotion is None:
             if not isinstance(face, FaceResult):
                 raise ValueError("emotion: give the emotion to explain when face is a box")
@@ -243,8 +242,8 @@ class EmotionRecognizer:
         """The Keras networks :meth:`grad_cam` explains, by member index (loaded on first use):
         every member with an image branch. ``ValueError`` when there is none."""
         if getattr(self, "_gradcam_models", None) is None:
-            from . import inference, training
-
+            from ensemble_fer.inference import predictor as inference
+            from ensemble_fer.training import train as training
             folders = {index: folder for index, folder in enumerate(self._predictor.member_folders)
                        if inference.read_variant_config(folder).get("block") is not None}
             if not folders:
@@ -274,7 +273,7 @@ class EmotionRecognizer:
         """Boxes, detection scores and crops of the faces of a gray image."""
         if gray.shape == (IMAGE_SIZE, IMAGE_SIZE):
             return [WHOLE_FRAME], [None], [gray]
-        from . import faces
+        from ensemble_fer.features import faces
 
         scored = faces.detect_scored_faces(gray, detector=self.detector, upsample=self.upsample)
         boxes = [box for box, _ in scored]

@@ -20,15 +20,15 @@ the old model. Ensemble files without those hashes (format version 1) are refuse
 to rerun ``pipelines.fit_ensemble``.
 
 Models load lazily (on the first prediction), in Keras safe mode and without an optimizer,
-through :func:`ensemble_fer.training.load_variant`.
+through :func:`ensemble_fer.training.train.load_variant`.
 
-Prediction: features are extracted once per image (:func:`ensemble_fer.bovw.analyse_crops`
+Prediction: features are extracted once per image (:func:`ensemble_fer.features.bovw.analyse_crops`
 with the model's extractor config); each member gets the inputs its model names (``image``
 and/or ``bovw``) in batches; with ``tta=n`` each member's probabilities are averaged over
-``n`` deterministic views (:func:`ensemble_fer.augment.tta_views`: identity, mirror, then
+``n`` deterministic views (:func:`ensemble_fer.training.augment.tta_views`: identity, mirror, then
 small rotations and zooms; landmarks moved with the image, HOG recomputed); the ensemble's
 probabilities are the members' averaged with the learnt weights
-(:class:`ensemble_fer.ensemble.WeightedEnsemble`).
+(:class:`ensemble_fer.ensemble.weighted.WeightedEnsemble`).
 """
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, bovw
-from .ensemble import WeightedEnsemble
-from .errors import InputError, MissingInputError
-from .labels import LabelSet, label_set_from_json
+from ensemble_fer import artifacts
+
+from ensemble_fer.features import bovw
+from ensemble_fer.ensemble.weighted import WeightedEnsemble
+from ensemble_fer.errors import InputError, MissingInputError
+from ensemble_fer.labels import LabelSet, label_set_from_json
 
 ENSEMBLE_FORMAT = "ensemble_fer.ensemble"
 ENSEMBLE_VERSION = 2
@@ -117,8 +119,7 @@ class Member:
     @property
     def model(self):
         if self._model is None:
-            from . import training
-
+            from ensemble_fer.training import train as training
             if self.hashes is not None:
                 # again now: the files may have been replaced since the ensemble was loaded
                 check_member_hashes(self.folder, self.hashes, self.source)
@@ -135,8 +136,7 @@ class Member:
         return self._model
 
     def predict(self, images, bovw_rows, batch_size: int) -> np.ndarray:
-        from . import training
-
+        from ensemble_fer.training import train as training
         proba = training.predict_proba(self.model, self.config, images=images, bovw=bovw_rows,
                                        batch_size=batch_size)
         n_classes = len(self.config["labels"]["classes"])
@@ -152,7 +152,7 @@ class Predictor:
     """A trained variant or a weighted ensemble of variants, ready to predict.
 
     Attributes: ``classes`` (tuple of names, the columns of every probability array),
-    ``label_set``, ``extractor_config`` (:class:`ensemble_fer.bovw.ExtractorConfig` shared by
+    ``label_set``, ``extractor_config`` (:class:`ensemble_fer.features.bovw.ExtractorConfig` shared by
     every member), ``members`` (names), ``member_folders``, ``weights`` (ndarray summing to 1),
     ``kind`` (``"variant"`` or ``"ensemble"``), ``source`` (the path it was loaded from),
     ``feature_store`` (what the members were trained on) and ``info`` (the ensemble JSON, or
@@ -261,7 +261,7 @@ class Predictor:
         for start in range(0, n, CHUNK):
             rows = slice(start, min(start + CHUNK, n))
             if tta:
-                from .augment import tta_views
+                from ensemble_fer.training.augment import tta_views
 
                 views = tta_views(images[rows], landmarks[rows], tta)
                 view_images = np.concatenate([np.asarray(v[0], dtype=np.uint8) for v in views])

@@ -1,4 +1,4 @@
-"""Hyperparameter grid search over :func:`ensemble_fer.training.train_variant`.
+"""Hyperparameter grid search over :func:`ensemble_fer.training.train.train_variant`.
 
 A grid is a JSON object mapping ``train_variant`` keyword arguments to lists of values (or a
 list of such objects, as :class:`sklearn.model_selection.ParameterGrid` takes), e.g.::
@@ -45,10 +45,14 @@ from pathlib import Path
 
 from sklearn.base import BaseEstimator
 
-from . import artifacts, networks, training
-from .errors import InputError, MissingInputError
-from .feature_store import FeatureStore
-from .labels import get_label_set
+from ensemble_fer import artifacts
+
+from ensemble_fer.models import networks
+
+from ensemble_fer.training import train as training
+from ensemble_fer.errors import InputError, MissingInputError
+from ensemble_fer.features.feature_store import FeatureStore
+from ensemble_fer.labels import get_label_set
 
 SEARCH_FILE = "search.json"
 RESULTS_CSV = "results.csv"

@@ -65,7 +65,7 @@ import numpy as np
 import keras
 from keras import layers
 
-from .errors import InputError
+from ensemble_fer.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ found too), hidden folders (``.run/`` checkpoints) excepted.
 Per variant (:func:`compare_variant`):
 
 * scores on **val** are recomputed from the saved ``predictions.npz`` (read and checked by
-  :func:`ensemble_fer.evaluation.read_member`): accuracy, macro-F1 and val loss (the
+  :func:`ensemble_fer.evaluation.evaluate.read_member`): accuracy, macro-F1 and val loss (the
   cross-entropy of the saved probabilities, as in ``metrics.json``'s ``log_loss``);
 * parameter count, epochs and training time (the sum of epoch times) from ``config.json``;
 * **inference images/s**, measured (:func:`measure_speed`): ``training.predict_proba`` on a
@@ -36,11 +36,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, bovw, evaluation, metrics, training
-from .errors import InputError, MissingInputError
-from .feature_store import FeatureStore, FeatureStoreError
-from .inference import extractor_of
-from .labels import label_set_from_json
+from ensemble_fer import artifacts
+
+from ensemble_fer.features import bovw
+
+from ensemble_fer.evaluation import evaluate as evaluation
+from ensemble_fer.evaluation import metrics
+from ensemble_fer.training import train as training
+from ensemble_fer.errors import InputError, MissingInputError
+from ensemble_fer.features.feature_store import FeatureStore, FeatureStoreError
+from ensemble_fer.inference.predictor import extractor_of
+from ensemble_fer.labels import label_set_from_json
 
 SPEED_IMAGES = 256
 REPEATS = 3
@@ -135,7 +141,7 @@ class SpeedInputs:
         return val["images"][rows], val["bovw"][rows].astype(np.float32), text
 
     def _from_sample(self, extractor: bovw.ExtractorConfig):
-        from .datasets import read_image_file
+        from ensemble_fer.features.datasets import read_image_file
 
         files = sorted(self.sample_dir.rglob("*.jpg")) if self.sample_dir is not None and self.sample_dir.is_dir() \
             else []

@@ -62,11 +62,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import artifacts, metrics, networks
-from .bovw import BOVW_SIZE, IMAGE_SIZE
-from .errors import InputError, MissingInputError
-from .feature_store import FeatureStore, FeatureStoreError
-from .labels import get_label_set
+from ensemble_fer import artifacts
+
+from ensemble_fer.evaluation import metrics
+from ensemble_fer.models import networks
+from ensemble_fer.features.bovw import BOVW_SIZE, IMAGE_SIZE
+from ensemble_fer.errors import InputError, MissingInputError
+from ensemble_fer.features.feature_store import FeatureStore, FeatureStoreError
+from ensemble_fer.labels import get_label_set
 
 PHASE_FROZEN = "frozen"
 PHASE_FINETUNE = "finetune"
@@ -221,7 +224,7 @@ def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, fi
         row_weights = np.array([class_weights[int(c)] for c in split.y], dtype=np.float32)
     orders: dict[int, np.ndarray] = {}
     if augment_config is not None:
-        from .augment import augment_batch
+        from ensemble_fer.training.augment import augment_batch
 
     def make_batch(epoch, step):
         epoch, step = int(epoch), int(step)
@@ -317,7 +320,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
     store : FeatureStore or path
         The feature store (``features/<name>``) to train on.
     block : str or None
-        Image block (:func:`ensemble_fer.blocks.list_blocks`), or None for the BOVW-only
+        Image block (:func:`ensemble_fer.models.blocks.list_blocks`), or None for the BOVW-only
         network (then ``bovw`` must be True).
     bovw : bool
         Whether the network has the BOVW input.
@@ -344,7 +347,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
         (``sklearn.utils.class_weight.compute_class_weight``).
     label_smoothing : float in [0, 1)
     augment : bool
-        Random affine augmentation of training batches (``ensemble_fer.augment``);
+        Random affine augmentation of training batches (``ensemble_fer.training.augment``);
         ``augment_config`` replaces its default ``AugmentConfig()``.
     mixup : float >= 0
         Alpha of mixup's Beta distribution (0: off; 0.2 is usual): every training row is
@@ -363,7 +366,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
     lr_patience, lr_factor, min_lr
         ReduceLROnPlateau patience, factor and floor (``lr_schedule="plateau"`` only).
     dropout, bovw_units, dense_units
-        Head of the network (see :func:`ensemble_fer.networks.build_network`).
+        Head of the network (see :func:`ensemble_fer.models.networks.build_network`).
     seed : int
         Seeds Keras (initialisation, dropout) and the data order and augmentation: a rerun
         with the same arguments on the same machine gives the same model.
@@ -372,7 +375,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
         bfloat16 (AVX512-BF16 / AMX), else float32 (:func:`auto_precision`). The saved ``model.keras``
         is float32 whatever the training precision.
     aux_targets : path, optional
-        A CSV of per-image 0/1 targets (e.g. action units; :mod:`ensemble_fer.aux_targets`).
+        A CSV of per-image 0/1 targets (e.g. action units; :mod:`ensemble_fer.training.aux_targets`).
         The network then gets a second, multi-label sigmoid output ``aux`` trained with binary
         cross-entropy beside the emotion softmax (both on the shared head features).
         ``val_loss`` (early stopping, learning-rate drops) is then the weighted sum of both
@@ -412,8 +415,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
 
     augment_cfg = None
     if settings["augment"]:
-        from . import augment as augment_module
-
+        from ensemble_fer.training import augment as augment_module
         augment_cfg = augment_config if augment_config is not None else augment_module.AugmentConfig()
     settings["augment_config"] = _to_json(augment_cfg) if augment_cfg is not None else None
     settings["features"] = str(store.path)
@@ -427,7 +429,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
     splits, counts = load_splits(store, label_set)
     aux = None
     if settings["aux_targets"] is not None:
-        from .aux_targets import read_aux_targets
+        from ensemble_fer.training.aux_targets import read_aux_targets
 
         aux = read_aux_targets(settings["aux_targets"])
         aux.check_ids(np.concatenate([store.load(split)["ids"] for split in store.splits]), store.path)
@@ -448,7 +450,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
 
     spec = None
     if block is not None:
-        from . import blocks
+        from ensemble_fer.models import blocks
 
         spec = blocks.get_block_spec(block)
     pretrained = _has_pretrained_weights(spec, settings["weights"])
@@ -480,7 +482,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
-    from .distribute import choose_strategy
+    from ensemble_fer.distribute import choose_strategy
 
     strategy = choose_strategy(gpus)     # TF_CONFIG workers, several GPUs, or the default
     try:
@@ -522,7 +524,7 @@ def load_variant(path) -> tuple[keras.Model, dict]:
     ``path``: the variant folder, or its ``model.keras``. The model is loaded in safe mode
     (no code from the file runs) and without an optimizer.
     """
-    from . import blocks  # noqa: F401  registers the custom preprocessing layers
+    from ensemble_fer.models import blocks  # noqa: F401  registers the custom preprocessing layers
 
     path = Path(path)
     folder = path.parent if path.suffix == ".keras" else path
@@ -628,7 +630,7 @@ def check_arguments(**kwargs) -> dict:
 
 def _check_arguments(**a) -> dict:
     """Validate every argument before any data is read; returns them resolved and JSON-able."""
-    from . import blocks
+    from ensemble_fer.models import blocks
 
     def integer(name, minimum):
         value = a[name]
@@ -833,7 +835,7 @@ def _new_state(settings: dict, phases: list[dict]) -> dict:
 
 
 def _load_checkpoint(out: Path, state: dict) -> keras.Model:
-    from . import blocks  # noqa: F401  registers the custom preprocessing layers
+    from ensemble_fer.models import blocks  # noqa: F401  registers the custom preprocessing layers
 
     path = out / RUN_DIR / str(state["checkpoint"])
     if not state["checkpoint"] or not path.is_file():
@@ -1212,7 +1214,7 @@ def _write_outputs(out: Path, model, run: _Run, label_set, store, counts, varian
         predictions.update({f"{split}_ids": data.ids.astype(str), f"{split}_y": data.y.astype(np.int64),
                             f"{split}_proba": proba, f"{split}_face_found": data.face_found})
         if aux is not None:
-            from .aux_targets import aux_metrics
+            from ensemble_fer.training.aux_targets import aux_metrics
 
             aux_proba = outputs[networks.AUX_OUTPUT]
             predictions.update({f"{split}_aux_proba": aux_proba, f"{split}_aux_y": data.aux.astype(np.int64)})

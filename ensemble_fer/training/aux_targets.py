@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MissingInputError
+from ensemble_fer.errors import InputError, MissingInputError
 
 IMAGE_COLUMN = "image"
 SHOWN = 5
@@ -75,7 +75,7 @@ class AuxTargets:
         return self.values[np.asarray(rows, dtype=np.int64)].astype(np.float32).reshape(len(rows), len(self.names))
 
     def describe(self) -> dict:
-        from . import artifacts
+        from ensemble_fer import artifacts
 
         return {"path": str(self.path), "sha256": artifacts.sha256_file(self.path), "targets": list(self.names),
                 "rows": len(self.ids)}

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .bovw import assemble_bovw
-from .errors import InputError
-from .hog import IMAGE_SIZE, sliding_hog
-from .landmarks import FLIP_PERMUTATION, N_LANDMARKS
+from ensemble_fer.features.bovw import assemble_bovw
+from ensemble_fer.errors import InputError
+from ensemble_fer.features.hog import IMAGE_SIZE, sliding_hog
+from ensemble_fer.features.landmarks import FLIP_PERMUTATION, N_LANDMARKS
 
 __all__ = [
     "AugmentConfig",
@@ -213,7 +213,7 @@ def random_affine(rng, config: AugmentConfig | None = None) -> tuple[np.ndarray,
         For ``cv2.warpAffine``; includes the mirroring when ``flip`` is True.
     flip : bool
         Whether the transform mirrors the image, in which case the landmarks must
-        also be renumbered with :data:`~ensemble_fer.landmarks.FLIP_PERMUTATION`.
+        also be renumbered with :data:`~ensemble_fer.features.landmarks.FLIP_PERMUTATION`.
     """
     matrices, flips = _draw(_check_rng(rng), 1, _check_config(config))
     return matrices[0], bool(flips[0])

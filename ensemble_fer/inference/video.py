@@ -3,7 +3,7 @@
 ::
 
     from ensemble_fer import EmotionRecognizer
-    from ensemble_fer.video import predict_video, summarize_tracks
+    from ensemble_fer.inference.video import predict_video, summarize_tracks
 
     recognizer = EmotionRecognizer.load()
     faces = list(predict_video(recognizer, "clip.mp4", fps=4))    # VideoFace rows
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ensemble_fer.errors import InputError
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                             ".3gp", ".ts", ".mts", ".ogv"})
@@ -65,7 +65,7 @@ class VideoFace:
     frame: int            # index of the frame in the video (0-based, all frames counted)
     time_s: float         # its time from the video's start
     track: int            # track id, from 0, stable across frames
-    face: object          # the ensemble_fer.recognizer.FaceResult
+    face: object          # the ensemble_fer.inference.recognizer.FaceResult
 
     @property
     def box(self):
@@ -294,8 +294,7 @@ class AnnotatedVideoWriter:
     def write(self, rgb: np.ndarray, rows) -> None:
         import cv2
 
-        from . import annotate
-
+        from ensemble_fer.inference import annotate
         faces = [row.face for row in rows]
         labels = ["#{} {} {:.2f}".format(row.track, *row.face.top_emotion) for row in rows]
         drawn = annotate.draw_faces(rgb, faces, labels=labels)

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from .artifacts import atomic_path
-from .errors import InputError, MissingInputError
+from ensemble_fer.artifacts import atomic_path
+from ensemble_fer.errors import InputError, MissingInputError
 
 LOG_LOSS_EPS = 1e-15
 """Probabilities are clipped to ``[LOG_LOSS_EPS, 1]`` before the log in the log-loss."""

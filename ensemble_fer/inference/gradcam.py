@@ -4,9 +4,9 @@ Which feature map
 -----------------
 The map explained is the last 4-D feature map of the image branch: the output of the conv
 block, found as the *input of the layer named* ``image_pool`` -- the
-``GlobalAveragePooling2D`` that :mod:`ensemble_fer.networks` puts right after the block
+``GlobalAveragePooling2D`` that :mod:`ensemble_fer.models.networks` puts right after the block
 (the block itself is a nested ``keras.Model`` whose output is, by the contract of
-:mod:`ensemble_fer.blocks`, its last 4-D map, never pooled). Taking the pooling layer's
+:mod:`ensemble_fer.models.blocks`, its last 4-D map, never pooled). Taking the pooling layer's
 input gives that tensor *in the outer model's graph*, so one sub-model
 ``inputs -> (feature map, logits)`` computes both in one pass. For a network that does not
 follow this naming, the input of the first global-pooling or ``Flatten`` layer that receives
@@ -29,7 +29,7 @@ import weakref
 
 import numpy as np
 
-from .bovw import BOVW_SIZE, IMAGE_SIZE
+from ensemble_fer.features.bovw import BOVW_SIZE, IMAGE_SIZE
 
 IMAGE_INPUT = "image"
 BOVW_INPUT = "bovw"
@@ -68,7 +68,7 @@ def grad_cam(model, image_crop: np.ndarray, bovw_vector: np.ndarray | None, clas
 
     ``model`` is a variant's Keras network (inputs ``image`` and, for two-input variants,
     ``bovw``). ``bovw_vector`` is the crop's 2728-d BOVW vector (see
-    :func:`ensemble_fer.bovw.analyse_crops`), required when the model has a ``bovw`` input
+    :func:`ensemble_fer.features.bovw.analyse_crops`), required when the model has a ``bovw`` input
     and ``None`` otherwise.
     """
     import tensorflow as tf

@@ -31,9 +31,9 @@ import numpy as np
 import keras
 from keras import layers
 
-from . import blocks
-from .bovw import BOVW_SIZE, IMAGE_SIZE
-from .errors import InputError
+from ensemble_fer.models import blocks
+from ensemble_fer.features.bovw import BOVW_SIZE, IMAGE_SIZE
+from ensemble_fer.errors import InputError
 
 IMAGE_INPUT = "image"
 BOVW_INPUT = "bovw"
@@ -88,14 +88,14 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
     Parameters
     ----------
     block : str or None
-        An image block from :func:`ensemble_fer.blocks.list_blocks`, or ``None`` for no
+        An image block from :func:`ensemble_fer.models.blocks.list_blocks`, or ``None`` for no
         image branch.
     bovw : bool
         Whether the network has the BOVW branch (input ``bovw``, float32 (2728,)).
     n_classes : int
         Number of classes of the softmax (at least 2).
     weights : "default", None, "none", a named weight set or a file path
-        Weights of the block, passed to :func:`ensemble_fer.blocks.create_block`.
+        Weights of the block, passed to :func:`ensemble_fer.models.blocks.create_block`.
     image_size : int, optional
         Side the 48x48 crops are resized to before the block; default the block's
         ``default_size``. Must be at least the block's ``min_size``.
@@ -111,7 +111,7 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
     dense_units : int
         Dense layer after the concatenation; 0 for none.
     n_aux : int
-        Auxiliary 0/1 targets (e.g. action units, :mod:`ensemble_fer.aux_targets`). With 0
+        Auxiliary 0/1 targets (e.g. action units, :mod:`ensemble_fer.training.aux_targets`). With 0
         (the default) the model has one output, the class probabilities. With ``n_aux > 0``
         its outputs are a dict: ``probabilities`` and ``aux`` (sigmoid, float32, (n_aux,)),
         a ``Dense(n_aux)`` (``aux_logits``) beside ``logits`` on the same shared features.

@@ -55,8 +55,8 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
-from .errors import InputError
-from .metrics import check_probabilities
+from ensemble_fer.errors import InputError
+from ensemble_fer.evaluation.metrics import check_probabilities
 
 OBJECTIVES = ("accuracy", "log-loss")
 LOG_LOSS_EPS = 1e-15

@@ -28,9 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, bovw, datasets, hog, sharpness
-from .errors import InputError
-from .labels import ALL_CODES
+from ensemble_fer import artifacts
+
+from ensemble_fer.features import bovw
+
+from ensemble_fer.features import datasets
+
+from ensemble_fer.features import hog
+
+from ensemble_fer.features import sharpness
+from ensemble_fer.errors import InputError
+from ensemble_fer.labels import ALL_CODES
 
 FILTERS = ("blank", "paper")
 """``blank``: drop near-blank crops from train, flag face counts only. ``paper``: EmoNet's

@@ -1,6 +1,6 @@
 """Drawing results: face boxes with their emotion, Grad-CAM heat maps over face crops.
 
-Pure OpenCV on uint8 arrays in RGB order (as :func:`ensemble_fer.datasets.read_image_file`
+Pure OpenCV on uint8 arrays in RGB order (as :func:`ensemble_fer.features.datasets.read_image_file`
 returns them); nothing here reads or writes files except :func:`write_image`, which writes
 atomically through :mod:`ensemble_fer.artifacts`.
 """
@@ -32,7 +32,7 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 def draw_faces(image: np.ndarray, faces, labels=None) -> np.ndarray:
     """A copy of ``image`` (RGB) with each face's box and its top emotion and score drawn.
 
-    ``faces`` is a list of :class:`ensemble_fer.recognizer.FaceResult` (anything with ``box``,
+    ``faces`` is a list of :class:`ensemble_fer.inference.recognizer.FaceResult` (anything with ``box``,
     ``emotion`` and ``scores``); ``labels`` optionally replaces the default
     ``"<emotion> <score>"`` texts, one per face (video annotation prefixes the track id).
     Labels stay inside the image and do not cover each other (see :func:`place_labels`).
@@ -167,7 +167,7 @@ def write_image(path, image: np.ndarray) -> Path:
     """Write an RGB (or gray) uint8 image atomically; the format follows the suffix (cv2)."""
     import cv2
 
-    from .artifacts import atomic_path
+    from ensemble_fer.artifacts import atomic_path
 
     path = Path(path)
     image = np.asarray(image)

@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from .errors import InputError
+from ensemble_fer.errors import InputError
 
 DETECTORS = ("hog", "mmod")
 
@@ -98,7 +98,7 @@ def crop_face(image: np.ndarray, box: Box, size: int = 48, framing: float = FER_
     """
     import cv2
 
-    from .datasets import to_gray
+    from ensemble_fer.features.datasets import to_gray
 
     gray = to_gray(image)
     left, top, right, bottom = box

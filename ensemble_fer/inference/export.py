@@ -21,7 +21,7 @@ label set and extractor config; members' ``model_sha256`` now of their ``model.t
 and one folder per member with its unchanged ``config.json`` and a ``model.tflite``, plus
 ``export.json`` (source, format, sizes, and the largest difference from the Keras model's
 probabilities measured at export on a few hundred crops). :func:`load_predictor` reads it
-into the same :class:`ensemble_fer.inference.Predictor` as a Keras model, so features,
+into the same :class:`ensemble_fer.inference.predictor.Predictor` as a Keras model, so features,
 test-time augmentation and the weighted average are the same code.
 
 Conversion traces each network with ``training=False`` into a SavedModel endpoint (see
@@ -38,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, bovw
-from .errors import InputError
+from ensemble_fer import artifacts
+
+from ensemble_fer.features import bovw
+from ensemble_fer.errors import InputError
 
 FORMATS = ("float32", "float16", "int8")
 """The TFLite formats, written by default."""
@@ -77,7 +79,7 @@ def convert(model, precision: str) -> bytes:
     import keras
     import tensorflow as tf
 
-    from .networks import PROBABILITIES_OUTPUT
+    from ensemble_fer.models.networks import PROBABILITIES_OUTPUT
 
     if precision not in ALL_FORMATS:
         raise InputError(f"format must be one of {ALL_FORMATS}; got {precision!r}")
@@ -177,7 +179,7 @@ def _interpreter(path: Path):
         import tensorflow as tf
 
         Interpreter = tf.lite.Interpreter
-    from .tf_startup import quiet_stderr
+    from ensemble_fer.tf_startup import quiet_stderr
 
     with warnings.catch_warnings(), quiet_stderr():
         warnings.simplefilter("ignore")     # tf.lite.Interpreter's deprecation notice
@@ -192,8 +194,7 @@ def _interpreter(path: Path):
 def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print) -> dict:
     """Export the model at ``source`` (variant folder or ensemble) into ``out/<format>/``;
     returns the report also written to ``out/export.json``."""
-    from . import inference
-
+    from ensemble_fer.inference import predictor as inference
     formats = tuple(formats)
     unknown = [f for f in formats if f not in ALL_FORMATS]
     if unknown or not formats:
@@ -269,10 +270,10 @@ def _check_inputs(predictor) -> dict:
 
 
 def load_predictor(path):
-    """A :class:`ensemble_fer.inference.Predictor` over an exported folder (see the module doc)."""
-    from . import inference
-    from .ensemble import WeightedEnsemble
-    from .labels import label_set_from_json
+    """A :class:`ensemble_fer.inference.predictor.Predictor` over an exported folder (see the module doc)."""
+    from ensemble_fer.inference import predictor as inference
+    from ensemble_fer.ensemble.weighted import WeightedEnsemble
+    from ensemble_fer.labels import label_set_from_json
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent

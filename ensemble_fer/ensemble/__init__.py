@@ -1,0 +1,1 @@
+"""Stage 3: the weighted ensemble of variants."""

@@ -1,0 +1,1 @@
+"""Evaluation of labelled data, model comparison, metrics and their figures."""

@@ -1,0 +1,1 @@
+"""Stage 1: faces, landmarks, HOG and the BOVW vector, and the feature store they are saved in."""

@@ -1,0 +1,1 @@
+"""The image blocks (registry, weights, architectures) and the two-input network."""

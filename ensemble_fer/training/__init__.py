@@ -1,0 +1,1 @@
+"""Stage 2: training one variant (data pipeline, schedule, resume), hyper-parameter search."""
