@@ -81,3 +81,37 @@ def test_bad_arguments():
         faces.detect_faces(np.zeros((10, 10), np.uint8), detector="haar")
     with pytest.raises(ValueError, match="uint8"):
         faces.detect_faces(np.zeros((10, 10), np.float32))
+
+
+# ------------------------------------------------------------------ the one crop path
+def test_a_48x48_picture_is_its_own_face_and_crop():
+    crop = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    assert faces.picture_faces(crop) == [(faces.WHOLE_FRAME, None)]         # no detection runs
+    np.testing.assert_array_equal(faces.crop_face(crop, faces.WHOLE_FRAME), crop)
+    np.testing.assert_array_equal(faces.crop_face(np.repeat(crop[..., None], 3, axis=2), faces.WHOLE_FRAME), crop)
+    # another box of the same crop is framed like any face
+    assert not np.array_equal(faces.crop_face(crop, (8, 8, 39, 39)), crop)
+
+
+def test_every_caller_crops_a_photo_face_the_same_way(tmp_path):
+    from ensemble_fer.features import datasets
+    from ensemble_fer.inference.recognizer import EmotionRecognizer
+
+    image = read_image_file(PHOTOS / "2008_002470.jpg")
+    found = faces.picture_faces(datasets.to_gray(image))
+    assert [box for box, _ in found] == faces.detect_faces(image, detector="hog", upsample=1)
+    expected = faces.crop_face(image, found[0][0])
+    recognizer = EmotionRecognizer(predictor=None)
+    np.testing.assert_array_equal(recognizer.face_crop(image, found[0][0]), expected)
+    np.testing.assert_array_equal(recognizer.face_crop(image[..., ::-1].copy(), found[0][0], color="bgr"), expected)
+    record = datasets.ImageRecord(id="x.jpg", label=3, split="train", path=PHOTOS / "2008_002470.jpg")
+    np.testing.assert_array_equal(datasets.load_image(record, crop_faces=True), expected)
+
+
+def test_bad_images_are_input_errors():
+    from ensemble_fer.errors import InputError
+
+    with pytest.raises(InputError, match="image must be uint8; got float32"):
+        faces.detect_faces(np.zeros((10, 10), np.float32))
+    with pytest.raises(InputError, match=r"image must be \(H, W\) or \(H, W, 3\); got shape \(2, 10, 10, 3\)"):
+        faces.detect_faces(np.zeros((2, 10, 10, 3), np.uint8))

@@ -283,22 +283,20 @@ def load_image(record: ImageRecord, crop_faces: bool = False) -> np.ndarray:
 
     CSV rows are reshaped. Files are decoded (any format OpenCV/Pillow reads); a file that is
     not 48x48 is cropped to its largest detected face when ``crop_faces`` (class-folder sets
-    such as CK+ hold whole frames) and otherwise, or when no face is found, centre-cropped
-    to a square and resized.
+    such as CK+ hold whole frames; :mod:`ensemble_fer.features.faces` finds and crops it as
+    prediction does) and otherwise, or when no face is found, centre-cropped to a square and
+    resized.
     """
     if record.pixels is not None:
         return record.pixels.reshape(IMAGE_SIZE, IMAGE_SIZE)
-    image = read_image_file(record.path)
-    gray = to_gray(image)
-    if gray.shape == (IMAGE_SIZE, IMAGE_SIZE):
-        return gray
+    gray = to_gray(read_image_file(record.path))
     if crop_faces:
-        from ensemble_fer.features import faces  # dlib is needed only for whole-frame datasets
+        from ensemble_fer.features import faces  # not at the top: faces imports to_gray from here
 
-        boxes = faces.detect_faces(gray, detector="hog")
-        if boxes:
-            return faces.crop_face(gray, boxes[0])
-    return _centre_square(gray)
+        found = faces.picture_faces(gray, detector="hog")
+        if found:
+            return faces.crop_face(gray, found[0][0])
+    return gray if gray.shape == (IMAGE_SIZE, IMAGE_SIZE) else _centre_square(gray)
 
 
 def read_image_file(path) -> np.ndarray:

@@ -1,10 +1,16 @@
-"""Faces with dlib: detection, 68 landmarks, FER2013-style crops.
+"""Faces with dlib: detection, 68 landmarks, and the one place a face is cropped.
 
 dlib objects never leave this module: a face box is a plain tuple
 ``(left, top, right, bottom)`` in pixels (right and bottom inclusive, as dlib's rectangles),
 and landmarks are a float32 array of shape (68, 2) holding (x, y). The models are the files
 shipped by the ``face_recognition_models`` package; each is loaded on first use, never at
 import, and once per process.
+
+A picture's faces become model inputs in two steps, used by every stage (prediction, video,
+Grad-CAM, evaluation on photos, class-folder datasets of whole frames):
+:func:`picture_faces` finds them (a 48x48 picture is a FER2013 face crop itself, box
+:data:`WHOLE_FRAME`, no detection), and :func:`crop_face` turns a box into the 48x48
+grayscale crop framed like FER2013.
 """
 
 from __future__ import annotations
@@ -16,8 +22,12 @@ import numpy as np
 from ensemble_fer.errors import InputError
 
 DETECTORS = ("hog", "mmod")
+CROP_SIZE = 48
 
 Box = tuple[int, int, int, int]
+
+WHOLE_FRAME: Box = (0, 0, CROP_SIZE - 1, CROP_SIZE - 1)
+"""The box of a picture that is already a 48x48 face crop."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,6 +85,15 @@ def detect_scored_faces(image: np.ndarray, detector: str = "hog", upsample: int 
     return sorted(scored, key=lambda item: (item[0][2] - item[0][0]) * (item[0][3] - item[0][1]), reverse=True)
 
 
+def picture_faces(image: np.ndarray, detector: str = "hog", upsample: int = 1) -> list[tuple[Box, float | None]]:
+    """The faces of a picture as prediction classifies them: ``[(box, detection score), ...]``,
+    largest first (:func:`detect_scored_faces`). A 48x48 picture is taken to be a FER2013 face
+    crop itself: no detection runs, its one face is :data:`WHOLE_FRAME` with score ``None``."""
+    if np.shape(image)[:2] == (CROP_SIZE, CROP_SIZE):
+        return [(WHOLE_FRAME, None)]
+    return detect_scored_faces(image, detector, upsample)
+
+
 def face_landmarks(image: np.ndarray, box: Box) -> np.ndarray:
     """The 68 iBUG landmarks (x, y) of the face in ``box``, as float32 (68, 2)."""
     import dlib
@@ -91,10 +110,12 @@ def face_landmarks(image: np.ndarray, box: Box) -> np.ndarray:
 FER_FRAMING = 1.2
 
 
-def crop_face(image: np.ndarray, box: Box, size: int = 48, framing: float = FER_FRAMING) -> np.ndarray:
+def crop_face(image: np.ndarray, box: Box, size: int = CROP_SIZE, framing: float = FER_FRAMING) -> np.ndarray:
     """A ``size`` x ``size`` uint8 grayscale crop around ``box`` with FER2013's framing.
 
-    Parts of the grown box outside the image are filled by replicating the border.
+    Parts of the grown box outside the image are filled by replicating the border. A picture
+    that is already ``size`` x ``size`` with the whole frame as box (see :func:`picture_faces`)
+    is its own crop: it is framed like FER2013 already.
     """
     import cv2
 
@@ -102,6 +123,8 @@ def crop_face(image: np.ndarray, box: Box, size: int = 48, framing: float = FER_
 
     gray = to_gray(image)
     left, top, right, bottom = box
+    if gray.shape == (size, size) and (left, top, right, bottom) == (0, 0, size - 1, size - 1):
+        return gray
     cx, cy = (left + right + 1) / 2.0, (top + bottom + 1) / 2.0
     half = max(right - left + 1, bottom - top + 1) * framing / 2.0
     # One affine warp does the crop, the scaling and the border fill together.
@@ -114,11 +137,11 @@ def crop_face(image: np.ndarray, box: Box, size: int = 48, framing: float = FER_
 def _as_dlib_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8; got {image.dtype}")
+        raise InputError(f"image must be uint8; got {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[..., :3]
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if image.ndim not in (2, 3):
-        raise ValueError(f"image must be (H, W) or (H, W, 3); got shape {image.shape}")
+        raise InputError(f"image must be (H, W) or (H, W, 3); got shape {image.shape}")
     return np.ascontiguousarray(image)

@@ -18,7 +18,8 @@ How a photo becomes results
 2. Faces are found by dlib (:func:`ensemble_fer.features.faces.detect_faces`; HOG detector by default,
    ``detector="mmod"`` for the CNN one, the image upsampled ``upsample`` times first), largest
    first. An input that is already 48x48 is taken to be a face crop itself (FER2013 style):
-   no detection runs and its one face has the whole frame as box ``(0, 0, 47, 47)``.
+   no detection runs and its one face has the whole frame as box ``(0, 0, 47, 47)``
+   (:func:`ensemble_fer.features.faces.picture_faces`).
 3. Each face is cropped with FER2013's framing to 48x48 (:func:`ensemble_fer.features.faces.crop_face`).
 4. The crops of *all* faces of all photos go through the model together, ``batch_size``
    crops at a time (:meth:`EmotionRecognizer.predict_many`); the model's predictor computes
@@ -41,17 +42,17 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_fer import release
+from ensemble_fer.errors import InputError, MissingInputError
+from ensemble_fer.features import faces
 from ensemble_fer.features.datasets import IMAGE_SIZE, read_image_file, to_gray
 
 DEFAULT_MODEL = release.PACKAGED if release.is_model_folder(release.PACKAGED) else release.WORKING_COPY
 """Where :meth:`EmotionRecognizer.load` looks without a path: the release model packaged in
 the installed wheel, or ``models/release`` in a clone (see :mod:`ensemble_fer.release`)."""
 
-WHOLE_FRAME = (0, 0, IMAGE_SIZE - 1, IMAGE_SIZE - 1)
-DETECTORS = ("hog", "mmod")
 COLOR_ORDERS = ("rgb", "bgr")
 
-Box = tuple[int, int, int, int]
+Box = faces.Box
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,10 @@ class EmotionRecognizer:
     """
 
     def __init__(self, predictor, *, detector: str = "hog", upsample: int = 1, source: Path | None = None):
-        if detector not in DETECTORS:
-            raise ValueError(f"detector must be one of {DETECTORS}; got {detector!r}")
+        if detector not in faces.DETECTORS:
+            raise InputError(f"detector must be one of {faces.DETECTORS}; got {detector!r}")
         if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or upsample < 0:
-            raise ValueError(f"upsample must be an int >= 0; got {upsample!r}")
+            raise InputError(f"upsample must be an int >= 0; got {upsample!r}")
         self._predictor = predictor
         self.detector = detector
         self.upsample = int(upsample)
@@ -124,13 +125,7 @@ class EmotionRecognizer:
     def face_crop(self, image, face, color: str = "rgb") -> np.ndarray:
         """The 48x48 uint8 grayscale crop of ``face`` (a :class:`FaceResult` or a box), framed
         like FER2013."""
-        gray = self._gray(image, color)
-        box = _box_of(face)
-        if gray.shape == (IMAGE_SIZE, IMAGE_SIZE) and box == WHOLE_FRAME:
-            return gray
-        from ensemble_fer.features import faces
-
-        return faces.crop_face(gray, box)
+        return faces.crop_face(self._gray(image, color), _box_of(face))
 
     # ------------------------------------------------------------------ prediction
     def predict(self, image, tta: int = 0, color: str = "rgb") -> list[FaceResult]:
@@ -157,7 +152,7 @@ class EmotionRecognizer:
         the batch holding them has run. It reads ``images`` only as far as it needs to fill a
         batch, so any number of photos can stream through it."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+            raise InputError(f"batch_size must be an int >= 1; got {batch_size!r}")
         check_color(color)
         if isinstance(images, np.ndarray) and (images.ndim == 4 or (images.ndim == 3 and images.shape[-1] > 4)):
             images = iter(images)               # a stack of images: (N, H, W) or (N, H, W, C)
@@ -210,15 +205,15 @@ class EmotionRecognizer:
         member's own probability of it. The ensemble's probability is that same weighted sum,
         so a member that speaks for the emotion shapes the map as much as it shapes the score.
         BOVW-only members have no image map and are left out; a model with no image branch
-        at all raises ``ValueError``.
+        at all raises :class:`~ensemble_fer.errors.InputError`.
         """
         from ensemble_fer.inference import gradcam
         if emotion is None:
             if not isinstance(face, FaceResult):
-                raise ValueError("emotion: give the emotion to explain when face is a box")
+                raise InputError("emotion: give the emotion to explain when face is a box")
             emotion = face.emotion
         if emotion not in self.classes:
-            raise ValueError(f"emotion {emotion!r} is not one of the model's classes {list(self.classes)}")
+            raise InputError(f"emotion {emotion!r} is not one of the model's classes {list(self.classes)}")
         explained = self.gradcam_models()
         class_index = self.classes.index(emotion)
         # The crop as the model sees it and its features, from the predictor's own extraction.
@@ -240,19 +235,18 @@ class EmotionRecognizer:
 
     def gradcam_models(self) -> dict:
         """The Keras networks :meth:`grad_cam` explains, by member index (loaded on first use):
-        every member with an image branch. ``ValueError`` when there is none."""
+        every member with an image branch. :class:`~ensemble_fer.errors.InputError` when there is none."""
         if getattr(self, "_gradcam_models", None) is None:
-            from ensemble_fer.inference import predictor as inference
-            from ensemble_fer.training import train as training
+            from ensemble_fer.models.variant_dir import VariantDir
             folders = {index: folder for index, folder in enumerate(self._predictor.member_folders)
-                       if inference.read_variant_config(folder).get("block") is not None}
+                       if VariantDir(folder).read_config().get("block") is not None}
             if not folders:
-                raise ValueError(f"{self.source}: Grad-CAM needs an image branch, and no member of this model "
+                raise InputError(f"{self.source}: Grad-CAM needs an image branch, and no member of this model "
                                  f"has one (BOVW-only: {list(self._predictor.members)})")
             if any(not (folder / "model.keras").is_file() for folder in folders.values()):
-                raise ValueError(f"{self.source}: Grad-CAM needs the Keras networks (model.keras), and this is "
+                raise InputError(f"{self.source}: Grad-CAM needs the Keras networks (model.keras), and this is "
                                  f"an exported model; explain the model it was exported from")
-            self._gradcam_models = {index: training.load_variant(folder)[0] for index, folder in folders.items()}
+            self._gradcam_models = {index: VariantDir(folder).load_model() for index, folder in folders.items()}
         return self._gradcam_models
 
     # ------------------------------------------------------------------ helpers
@@ -262,7 +256,7 @@ class EmotionRecognizer:
             return to_gray(read_image_file(image))      # decoded as RGB whatever ``color`` says
         image = np.asarray(image)
         if image.dtype != np.uint8:
-            raise ValueError(f"image must be a uint8 array or a path; got an array of dtype {image.dtype}")
+            raise InputError(f"image must be a uint8 array or a path; got an array of dtype {image.dtype}")
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[..., 0]
         if color == "bgr" and image.ndim == 3 and image.shape[2] in (3, 4):
@@ -271,13 +265,9 @@ class EmotionRecognizer:
 
     def _faces(self, gray: np.ndarray) -> tuple[list[Box], list, list[np.ndarray]]:
         """Boxes, detection scores and crops of the faces of a gray image."""
-        if gray.shape == (IMAGE_SIZE, IMAGE_SIZE):
-            return [WHOLE_FRAME], [None], [gray]
-        from ensemble_fer.features import faces
-
-        scored = faces.detect_scored_faces(gray, detector=self.detector, upsample=self.upsample)
-        boxes = [box for box, _ in scored]
-        return boxes, [score for _, score in scored], [faces.crop_face(gray, box) for box in boxes]
+        found = faces.picture_faces(gray, detector=self.detector, upsample=self.upsample)
+        boxes = [box for box, _ in found]
+        return boxes, [score for _, score in found], [faces.crop_face(gray, box) for box in boxes]
 
 
 def resolve_model_path(path=None) -> Path:
@@ -286,7 +276,7 @@ def resolve_model_path(path=None) -> Path:
         return Path(path)
     release = DEFAULT_MODEL
     if not (release / "ensemble.json").is_file() and not (release / "config.json").is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{release}: no release model here yet. Train one (python -m pipelines.extract_features, "
             f"python -m pipelines.train_variant --block cnn5 --bovw, optionally python -m pipelines.fit_ensemble) "
             f"and pass it with --model PATH (a variant folder or an ensemble.json), or put it in {release}")
@@ -295,12 +285,12 @@ def resolve_model_path(path=None) -> Path:
 
 def check_color(color) -> None:
     if color not in COLOR_ORDERS:
-        raise ValueError(f"color must be one of {COLOR_ORDERS} (the channel order of colour arrays); got {color!r}")
+        raise InputError(f"color must be one of {COLOR_ORDERS} (the channel order of colour arrays); got {color!r}")
 
 
 def _box_of(face) -> Box:
     box = face.box if isinstance(face, FaceResult) else face
     box = tuple(int(v) for v in box)
     if len(box) != 4:
-        raise ValueError(f"face must be a FaceResult or a (left, top, right, bottom) box; got {face!r}")
+        raise InputError(f"face must be a FaceResult or a (left, top, right, bottom) box; got {face!r}")
     return box
