@@ -78,6 +78,7 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
     from ensemble_fer.features import bovw
     from ensemble_fer.features import datasets
     from ensemble_fer.evaluation import evaluate as evaluation
+    from ensemble_fer.ensemble import fit as ensemble_fit
     from ensemble_fer.features import feature_store
     from ensemble_fer.inference import predictor as inference
     from ensemble_fer.training import train as training
@@ -119,7 +120,7 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
     t = time.time()
     ensemble_path = out / "models" / "ensemble.json"
     # the demo refits into its own folder on every run (its documented rerun behaviour)
-    fit = evaluation.fit_ensemble(folders, ensemble_path, say=say, force=True)
+    fit = ensemble_fit.fit_ensemble(folders, ensemble_path, say=say, force=True)
     timings["fit ensemble"] = round(time.time() - t, 1)
 
     say("4/4 evaluating the ensemble on the sample's val split (features from the raw images)")
@@ -132,7 +133,7 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
     timings["evaluate"] = round(time.time() - t, 1)
     timings["total"] = round(time.time() - started, 1)
 
-    fit_val = fit["results"]["val"][evaluation.ENSEMBLE]["accuracy"]
+    fit_val = fit["results"]["val"][ensemble_fit.ENSEMBLE]["accuracy"]
     report = {
         "out": str(out),
         "timings_seconds": timings,
@@ -159,7 +160,7 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
 
 
 def _fingerprint(folder):
-    from ensemble_fer.inference.predictor import config_fingerprint
+    from ensemble_fer.models.variant_dir import config_fingerprint
 
     return config_fingerprint(folder) if (Path(folder) / "config.json").is_file() else None
 
@@ -169,7 +170,7 @@ def _seconds(report: dict, step: str) -> str:
 
 
 def report_markdown(report: dict, fit: dict, result: dict, files: dict) -> str:
-    from ensemble_fer.evaluation import evaluate as evaluation
+    from ensemble_fer.ensemble import fit as ensemble_fit
     store = report["feature_store"]
     timings = report["timings_seconds"]
     splits = store["splits"]
@@ -197,10 +198,10 @@ def report_markdown(report: dict, fit: dict, result: dict, files: dict) -> str:
               f"{tta} | {timings['evaluate']} |", ""]
 
     lines += ["## Members and ensemble (val)", "",
-              f"`{evaluation.EQUAL}` averages the members equally; `best single` is the member with the best val "
+              f"`{ensemble_fit.EQUAL}` averages the members equally; `best single` is the member with the best val "
               f"accuracy.", "", "| model | val accuracy | val macro-F1 |", "| --- | ---: | ---: |"]
     for name, m in fit["results"]["val"].items():
-        bold = "**" if name == evaluation.ENSEMBLE else ""
+        bold = "**" if name == ensemble_fit.ENSEMBLE else ""
         lines.append(f"| {bold}{name}{bold} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |")
     cv = fit["cross_validation"]
     if cv:

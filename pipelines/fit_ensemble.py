@@ -4,8 +4,9 @@
         [--seed 0] [--cv-splits 5] [--out models/ensemble.json] [--force]
 
 Inputs: variant folders (``config.json`` + ``predictions.npz``; the models themselves are not
-loaded): every sub-folder of --models with a config.json, or the --variants named (folder
-names under --models, or paths). They must share one feature store (config and manifest
+loaded): every one under --models, searched recursively as ``pipelines.compare`` does
+(``ensemble_fer.models.variant_dir.find_variants``), or the --variants named (folder names
+under --models, or paths). They must share one feature store (config and manifest
 hash), one label set and the same val/test ids; otherwise nothing is written and the error
 names the variant and what differs.
 
@@ -32,9 +33,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ensemble_fer.evaluation import evaluate as evaluation
+from ensemble_fer.ensemble import fit
+from ensemble_fer.ensemble.ensemble_file import ENSEMBLE_FILE, check_ensemble_outputs, ensemble_outputs
 from ensemble_fer.ensemble.weighted import OBJECTIVES
 from ensemble_fer.errors import InputError, MissingInputError
+from ensemble_fer.models.variant_dir import find_variants
 
 from .cli_errors import reports_errors
 
@@ -44,13 +47,13 @@ REPO = Path(__file__).resolve().parent.parent
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.fit_ensemble", description=__doc__.split("\n")[0])
     p.add_argument("--models", type=Path, default=REPO / "models",
-                   help="folder holding variant folders (default: models/)")
+                   help="folder searched recursively for variant folders (default: models/)")
     p.add_argument("--variants", nargs="+", metavar="NAME",
                    help="only these variants: folder names under --models, or paths (default: all found)")
     p.add_argument("--objective", choices=OBJECTIVES, default="accuracy",
                    help="what the weights optimise on val (default accuracy, the paper's; ties broken by log-loss)")
     p.add_argument("--seed", type=int, default=0, help="seed of differential evolution and of the CV folds")
-    p.add_argument("--cv-splits", type=int, default=evaluation.CV_SPLITS,
+    p.add_argument("--cv-splits", type=int, default=fit.CV_SPLITS,
                    help="folds of the cross-validated estimate over val (default 5)")
     p.add_argument("--out", type=Path, help="the ensemble file, in the folder holding the members (default: "
                                             "<models>/ensemble.json); refused if it exists, unless --force")
@@ -76,14 +79,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.cv_splits < 2:
         raise InputError(f"--cv-splits must be at least 2; got {args.cv_splits}")
-    out = args.out or args.models / "ensemble.json"
-    evaluation.check_ensemble_outputs(out, args.force)   # before any work
+    out = args.out or args.models / ENSEMBLE_FILE
+    check_ensemble_outputs(out, args.force)   # before any work
     folders = (resolve_variants(args.models, args.variants) if args.variants
-               else evaluation.discover_variants(args.models, say=print))
-    report = evaluation.fit_ensemble(folders, out, objective=args.objective, seed=args.seed,
-                                     cv_splits=args.cv_splits, say=print, force=args.force)
+               else find_variants(args.models, say=print))
+    report = fit.fit_ensemble(folders, out, objective=args.objective, seed=args.seed, cv_splits=args.cv_splits,
+                              say=print, force=args.force)
     print(summary(report))
-    print(f"wrote {out} and {evaluation.ensemble_outputs(out)['markdown']}")
+    print(f"wrote {out} and {ensemble_outputs(out)['markdown']}")
     return 0
 
 

@@ -14,7 +14,7 @@ from ensemble_fer import artifacts
 
 from ensemble_fer.evaluation import comparison
 from ensemble_fer.evaluation import metrics
-from ensemble_fer.training import train as training
+from ensemble_fer.models.variant_dir import load_variant
 from pipelines import compare
 
 from conftest import SAMPLE
@@ -96,7 +96,7 @@ def test_markdown_and_figure(compared):
 def test_measure_speed_times_predict_proba(variant_pair, sample_store):
     from ensemble_fer.features.feature_store import FeatureStore
 
-    model, config = training.load_variant(variant_pair / "bovw")
+    model, config = load_variant(variant_pair / "bovw")
     val = FeatureStore(sample_store).load("val")
     measured = comparison.measure_speed(model, config, val["images"][:64], val["bovw"][:64], repeats=2)
     assert measured["rows"] == 64 and len(measured["seconds"]) == 2
@@ -162,7 +162,7 @@ def test_refuses_a_folder_without_variants(tmp_path, capsys):
 def test_bad_input_is_one_line_and_bugs_keep_their_traceback(variant_pair, tmp_path, capsys, monkeypatch):
     """compare's user-facing refusals are InputError (exit 2, one line); anything else, a
     KeyError or a contract check failing inside the library, is a bug and propagates."""
-    from ensemble_fer.evaluation import evaluate as evaluation
+    from ensemble_fer.ensemble import members
     from ensemble_fer.errors import InputError, MissingInputError
 
     for flag in ("--repeats", "--speed-images", "--batch-size"):
@@ -191,14 +191,14 @@ def test_bad_input_is_one_line_and_bugs_keep_their_traceback(variant_pair, tmp_p
 
     # A bug that hands the metrics unchecked probabilities: metrics' own check (a ValueError
     # raised in ensemble_fer.evaluation.metrics) must show its traceback, not pass for bad input.
-    read_member = evaluation.read_member
+    read_member = members.read_member
 
     def corrupting_read_member(folder, *args, **kwargs):
         member = read_member(folder, *args, **kwargs)
         member.splits["val"]["proba"][0] = np.nan
         return member
 
-    monkeypatch.setattr(evaluation, "read_member", corrupting_read_member)
+    monkeypatch.setattr(members, "read_member", corrupting_read_member)
     with pytest.raises(ValueError, match="must be finite; row 0 holds NaN") as err:
         compare.main(["--models", str(variant_pair), "--out", str(tmp_path / "out"), "--no-speed", "--quiet"])
     assert not isinstance(err.value, InputError)

@@ -13,6 +13,7 @@ from ensemble_fer import artifacts
 
 from ensemble_fer.features import datasets
 
+from ensemble_fer.ensemble.fit import fit_ensemble
 from ensemble_fer.evaluation import evaluate as evaluation
 from ensemble_fer.inference import predictor as inference
 from ensemble_fer.evaluation import metrics
@@ -36,7 +37,7 @@ def ensemble_json(variant_pair, tmp_path_factory):
     for name in MEMBERS:
         (folder / name).symlink_to(variant_pair / name, target_is_directory=True)
     out = folder / "ensemble.json"
-    evaluation.fit_ensemble([folder / n for n in MEMBERS], out, say=lambda *a: None)
+    fit_ensemble([folder / n for n in MEMBERS], out, say=lambda *a: None)
     return out
 
 

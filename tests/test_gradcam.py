@@ -52,12 +52,13 @@ def test_grad_cam_equals_cam_when_the_head_is_linear():
 
 def test_map_of_a_trained_variant(tiny_variant):
     from ensemble_fer.features import bovw
-    from ensemble_fer.training import train as training
-    model, config = training.load_variant(tiny_variant)
+    from ensemble_fer.inference.forward import predict_proba
+    from ensemble_fer.models.variant_dir import load_variant
+    model, config = load_variant(tiny_variant)
     crops, _ = sample_crops(4)
     extractor = bovw.ExtractorConfig(**config["feature_store"]["extractor"])
     features = bovw.analyse_crops(crops, extractor)
-    proba = training.predict_proba(model, config, images=features["images"], bovw=features["bovw"])
+    proba = predict_proba(model, config, images=features["images"], bovw=features["bovw"])
     for crop, vector, p in zip(features["images"], features["bovw"], proba):
         cam = gradcam.grad_cam(model, crop, vector, int(np.argmax(p)))
         assert cam.shape == (48, 48) and cam.dtype == np.float32
@@ -71,8 +72,8 @@ def test_map_of_a_trained_variant(tiny_variant):
 
 def test_bad_inputs_are_refused(tiny_variant):
     from ensemble_fer.models import networks
-    from ensemble_fer.training import train as training
-    model, _ = training.load_variant(tiny_variant)
+    from ensemble_fer.models.variant_dir import load_variant
+    model, _ = load_variant(tiny_variant)
     crop = sample_crops(1)[0][0]
     with pytest.raises(ValueError, match="has a bovw input"):
         gradcam.grad_cam(model, crop, None, 0)
@@ -101,7 +102,7 @@ def _write_ensemble(path, members):
 
     from ensemble_fer import artifacts
     from ensemble_fer.ensemble.weighted import WeightedEnsemble
-    from ensemble_fer.inference.predictor import ENSEMBLE_VERSION, member_hashes
+    from ensemble_fer.ensemble.ensemble_file import ENSEMBLE_VERSION, member_hashes
 
     config = artifacts.read_json(members[0][0] / "config.json")
     fitted = WeightedEnsemble()

@@ -39,7 +39,7 @@ Bad parameters (``objective``, ``seed``, ``maxiter``, ``popsize``, ``tol``, ``n_
 ``pipelines.fit_ensemble``'s options set) and a bad :meth:`WeightedEnsemble.from_json` dict (read
 from an ensemble file) raise :class:`~ensemble_fer.errors.InputError`, which the command-line
 stages report in one line. Bad ``probas``/``y``/``classes`` arrays raise a plain ``ValueError``:
-the pipelines check the files those arrays come from first (``evaluation.read_member`` names the
+the pipelines check the files those arrays come from first (``ensemble.members.read_member`` names the
 file), so one failing here is a bug there and keeps its traceback.
 """
 

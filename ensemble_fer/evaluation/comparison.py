@@ -1,17 +1,18 @@
 """Comparing trained variants side by side: size, validation scores, training time and
 measured inference speed. The library behind ``pipelines.compare``.
 
-Variants are found recursively (:func:`find_variants`): every folder holding ``config.json``
-and ``predictions.npz`` (so the runs of a hyperparameter search under ``runs/search/`` are
-found too), hidden folders (``.run/`` checkpoints) excepted.
+Variants are found recursively (:func:`ensemble_fer.models.variant_dir.find_variants`, the rule
+``pipelines.fit_ensemble`` shares): every folder holding ``config.json`` and ``predictions.npz``
+(so the runs of a hyperparameter search under ``runs/search/`` are found too), hidden folders
+(``.run/`` checkpoints) excepted.
 
 Per variant (:func:`compare_variant`):
 
 * scores on **val** are recomputed from the saved ``predictions.npz`` (read and checked by
-  :func:`ensemble_fer.evaluation.evaluate.read_member`): accuracy, macro-F1 and val loss (the
+  :func:`ensemble_fer.ensemble.members.read_member`): accuracy, macro-F1 and val loss (the
   cross-entropy of the saved probabilities, as in ``metrics.json``'s ``log_loss``);
 * parameter count, epochs and training time (the sum of epoch times) from ``config.json``;
-* **inference images/s**, measured (:func:`measure_speed`): ``training.predict_proba`` on a
+* **inference images/s**, measured (:func:`measure_speed`): ``inference.forward.predict_proba`` on a
   fixed number of rows (default 256), once as a warm-up (graph tracing) and then ``repeats``
   times, best time kept (the least disturbed by other work on the machine). The rows are the
   variant's own val inputs from its feature store (cycled to the row count), or, when that
@@ -37,16 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_fer import artifacts
-
-from ensemble_fer.features import bovw
-
-from ensemble_fer.evaluation import evaluate as evaluation
-from ensemble_fer.evaluation import metrics
-from ensemble_fer.training import train as training
+from ensemble_fer.ensemble import members
 from ensemble_fer.errors import InputError, MissingInputError
+from ensemble_fer.evaluation import metrics
+from ensemble_fer.features import bovw
 from ensemble_fer.features.feature_store import FeatureStore, FeatureStoreError
 from ensemble_fer.inference.predictor import extractor_of
 from ensemble_fer.labels import label_set_from_json
+from ensemble_fer.models.variant_dir import VariantDir, find_variants
 
 SPEED_IMAGES = 256
 REPEATS = 3
@@ -59,29 +58,6 @@ CSV_COLUMNS = ("name", "variant", "labels", "n_classes", "feature_store", "n_par
 
 def _say_nothing(*args, **kwargs):
     pass
-
-
-def find_variants(models_dir, say=_say_nothing) -> list[Path]:
-    """Every folder under ``models_dir`` (itself included) with ``config.json`` and
-    ``predictions.npz``, sorted by path; hidden folders are skipped. Raises
-    :class:`~ensemble_fer.errors.MissingInputError` (one line; also a ``FileNotFoundError``)
-    when the folder is missing or holds no variant."""
-    root = Path(models_dir)
-    if not root.is_dir():
-        raise MissingInputError(f"{root}: no such folder of trained variants")
-    found = []
-    for config in sorted(root.rglob("config.json")):
-        folder = config.parent
-        if any(part.startswith(".") for part in folder.relative_to(root).parts):
-            continue
-        if (folder / "predictions.npz").is_file():
-            found.append(folder)
-        elif (folder / "model.keras").is_file():
-            say(f"note: {folder} skipped: no predictions.npz")
-    if not found:
-        raise MissingInputError(f"{root}: holds no trained variant (no folder with config.json and predictions.npz, "
-                                f"searched recursively); train one with `python -m pipelines.train_variant`")
-    return found
 
 
 def _key(data) -> str:
@@ -159,15 +135,17 @@ class SpeedInputs:
 
 def measure_speed(model, config: dict, images, bovw_rows, repeats: int = REPEATS,
                   batch_size: int = BATCH_SIZE) -> dict:
-    """Images per second of ``training.predict_proba``: one warm-up call, then the best of
-    ``repeats`` timed calls."""
+    """Images per second of :func:`ensemble_fer.inference.forward.predict_proba`: one warm-up
+    call, then the best of ``repeats`` timed calls."""
+    from ensemble_fer.inference.forward import predict_proba
+
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise InputError(f"repeats must be an int >= 1 (--repeats); got {repeats!r}")
-    training.predict_proba(model, config, images, bovw_rows, batch_size=batch_size)   # warm-up: tracing
+    predict_proba(model, config, images, bovw_rows, batch_size=batch_size)   # warm-up: tracing
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        training.predict_proba(model, config, images, bovw_rows, batch_size=batch_size)
+        predict_proba(model, config, images, bovw_rows, batch_size=batch_size)
         times.append(time.perf_counter() - started)
     n = len(images) if images is not None else len(bovw_rows)
     best = min(times)
@@ -183,7 +161,7 @@ def compare_variant(folder, name: str, inputs: SpeedInputs, repeats: int = REPEA
                     batch_size: int = BATCH_SIZE, speed: bool = True) -> dict:
     """One row of the comparison (see the module doc)."""
     folder = Path(folder)
-    member = evaluation.read_member(folder)
+    member = members.read_member(folder)
     config = member.config
     classes = list(config["labels"]["classes"])
     val = member.splits["val"]
@@ -203,7 +181,7 @@ def compare_variant(folder, name: str, inputs: SpeedInputs, repeats: int = REPEA
            "speed_rows": None, "path": str(folder), "store_hashes": (store.get("config_hash"),
                                                                      store.get("manifest_hash"))}
     if speed or row["n_params"] is None:
-        model, _ = training.load_variant(folder)
+        model = VariantDir(folder).load_model()
         if row["n_params"] is None:
             row["n_params"] = int(model.count_params())
         if speed:
@@ -291,7 +269,7 @@ def comparison_markdown(result: dict, figure: str) -> str:
              f"cross-entropy of those probabilities; training time is the sum of the epoch times.", ""]
     if speed["measured"]:
         sources = sorted({r["speed_inputs"] for r in rows if r["speed_inputs"]})
-        lines += [f"Inference images/s: `training.predict_proba` on {speed['rows']} rows, batch {speed['batch_size']}, "
+        lines += [f"Inference images/s: `inference.forward.predict_proba` on {speed['rows']} rows, batch {speed['batch_size']}, "
                   f"best of {speed['repeats']} timed calls after one warm-up call, on {speed['device']}. The network "
                   f"only: face detection, landmarks and HOG (the BOVW input) are not timed. Inputs: "
                   + "; ".join(sources) + ".", ""]

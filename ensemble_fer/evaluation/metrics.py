@@ -34,6 +34,9 @@ from ensemble_fer.errors import InputError, MissingInputError
 LOG_LOSS_EPS = 1e-15
 """Probabilities are clipped to ``[LOG_LOSS_EPS, 1]`` before the log in the log-loss."""
 
+FACE_FOUND_LABEL = "face-found subset (exactly one face detected: the paper's filtered protocol)"
+"""What the face-found rows of a report are."""
+
 _ROW_SUM_TOLERANCE = 1e-3
 _VALUE_TOLERANCE = 1e-6
 
@@ -385,6 +388,17 @@ def format_report_markdown(metrics_by_name: Mapping[str, Mapping], *, title: str
                            f"{scores['recall']:.{digits}f}", f"{scores['f1']:.{digits}f}",
                            str(scores["support"])]))
     return "\n".join(lines) + "\n"
+
+
+def confusion_table_markdown(m: Mapping) -> list[str]:
+    """The confusion matrix of one :func:`classification_metrics` dict as markdown lines."""
+    classes = m["classes"]
+    lines = ["Counts (rows: true class, columns: predicted):", "",
+             "| true \\ predicted | " + " | ".join(classes) + " |",
+             "| --- |" + " ---: |" * len(classes)]
+    for name, row in zip(classes, m["confusion_matrix"]):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return lines
 
 
 def _splits_of(name, value) -> dict[str, Mapping]:

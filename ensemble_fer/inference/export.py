@@ -272,8 +272,10 @@ def _check_inputs(predictor) -> dict:
 def load_predictor(path):
     """A :class:`ensemble_fer.inference.predictor.Predictor` over an exported folder (see the module doc)."""
     from ensemble_fer.inference import predictor as inference
+    from ensemble_fer.ensemble.ensemble_file import member_folder
     from ensemble_fer.ensemble.weighted import WeightedEnsemble
     from ensemble_fer.labels import label_set_from_json
+    from ensemble_fer.models.variant_dir import VariantDir
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent
@@ -283,7 +285,7 @@ def load_predictor(path):
                          f"sub-folder per format: pass one of them, e.g. {folder / 'float32'})")
     name = model_file(marker["precision"])
     if (folder / "config.json").is_file():
-        config = inference.read_variant_config(folder)
+        config = VariantDir(folder).read_config()
         member = inference.Member(name=folder.name, folder=folder, config=config,
                                   _model=_load_member(folder / name))
         return inference.Predictor(folder, "variant", [member], [1.0], label_set_from_json(config["labels"]),
@@ -298,14 +300,14 @@ def load_predictor(path):
     label_set = label_set_from_json(data["labels"])
     members = []
     for i, entry in enumerate(data["members"]):
-        member_dir = inference.member_folder(ensemble_path, entry.get("path"), f"members[{i}]")
+        member_dir = member_folder(ensemble_path, entry.get("path"), f"members[{i}]")
         model_path = member_dir / name
         if not model_path.is_file():
             raise InputError(f"{model_path}: file not found (member of {ensemble_path})")
         if artifacts.sha256_file(model_path) != entry.get("model_sha256"):
             raise InputError(f"{ensemble_path}: member {member_dir} changed since the export (its {name} "
                              f"differs); export again")
-        config = inference.read_variant_config(member_dir)
+        config = VariantDir(member_dir).read_config()
         members.append(inference.Member(name=str(entry.get("name", member_dir.name)), folder=member_dir,
                                         config=config, _model=_load_member(model_path)))
     return inference.Predictor(ensemble_path, "ensemble", members, fitted.weights_, label_set,

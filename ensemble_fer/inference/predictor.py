@@ -20,7 +20,7 @@ the old model. Ensemble files without those hashes (format version 1) are refuse
 to rerun ``pipelines.fit_ensemble``.
 
 Models load lazily (on the first prediction), in Keras safe mode and without an optimizer,
-through :func:`ensemble_fer.training.train.load_variant`.
+through :meth:`ensemble_fer.models.variant_dir.VariantDir.load_model`.
 
 Prediction: features are extracted once per image (:func:`ensemble_fer.features.bovw.analyse_crops`
 with the model's extractor config); each member gets the inputs its model names (``image``
@@ -33,70 +33,24 @@ probabilities are the members' averaged with the learnt weights
 
 from __future__ import annotations
 
-import os
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ensemble_fer import artifacts
-
-from ensemble_fer.features import bovw
+from ensemble_fer.ensemble.ensemble_file import (ENSEMBLE_FILE, check_member_hashes, feature_store_summary,
+                                                 read_ensemble)
 from ensemble_fer.ensemble.weighted import WeightedEnsemble
 from ensemble_fer.errors import InputError, MissingInputError
+from ensemble_fer.features import bovw
 from ensemble_fer.labels import LabelSet, label_set_from_json
+from ensemble_fer.models.variant_dir import CONFIG, MODEL, VariantDir
 
-ENSEMBLE_FORMAT = "ensemble_fer.ensemble"
-ENSEMBLE_VERSION = 2
-"""2: members carry ``config_sha256`` and ``model_sha256`` (full SHA-256), checked at load."""
 MAX_TTA = 10
 """Most test-time views (the length of ``augment.TTA_VIEWS``)."""
 
 CHUNK = 512
 """Images analysed and predicted together: bounds the memory of ``tta`` views."""
-
-_REQUIRED_CONFIG = ("variant", "block", "bovw", "labels", "feature_store")
-
-
-def config_fingerprint(folder) -> str:
-    """The hash of a variant's ``config.json`` (written last by training, so a retrained
-    variant gets a new one): an ensemble records it to notice a member that changed."""
-    return artifacts.sha256_file(Path(folder) / "config.json")[:16]
-
-
-MEMBER_FILES = {"config_sha256": "config.json", "model_sha256": "model.keras"}
-"""What an ensemble records of each member: the SHA-256 of the files that decide its predictions."""
-
-
-def member_hashes(folder) -> dict[str, str]:
-    """``{"config_sha256": ..., "model_sha256": ...}`` of a variant folder's two files."""
-    folder = Path(folder)
-    hashes = {}
-    for key, name in MEMBER_FILES.items():
-        if not (folder / name).is_file():
-            raise MissingInputError(f"{folder / name}: file not found; an ensemble member needs its "
-                                    f"config.json and model.keras")
-        hashes[key] = artifacts.sha256_file(folder / name)
-    return hashes
-
-
-def check_keras_file(path) -> None:
-    """Refuse a ``model.keras`` that is not a Keras archive (truncated, or another kind of file)
-    before Keras reads it: Keras would report such a file as "File not found"."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"{path}: file not found")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"{path}: not a valid Keras model (not a .keras zip archive: {exc}); the file is "
-                         f"truncated or of another kind: retrain the variant or restore the file") from None
-    if "config.json" not in names or not names & {"model.weights.h5", "model.weights.npz"}:
-        raise InputError(f"{path}: not a valid Keras model (the archive lacks config.json or the weights; it "
-                         f"holds {sorted(names)[:5]}); retrain the variant or restore the file")
 
 
 @dataclass
@@ -119,32 +73,22 @@ class Member:
     @property
     def model(self):
         if self._model is None:
-            from ensemble_fer.training import train as training
             if self.hashes is not None:
                 # again now: the files may have been replaced since the ensemble was loaded
                 check_member_hashes(self.folder, self.hashes, self.source)
-            path = self.folder / "model.keras"
-            check_keras_file(path)
-            try:
-                self._model, _ = training.load_variant(self.folder)
-            except (ValueError, TypeError, KeyError, OSError) as exc:
-                # A zip with the right names but content Keras cannot rebuild (crafted, or
-                # corrupted inside): a problem with the file, not with this code.
-                raise InputError(f"{path}: not a valid Keras model ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); retrain the variant or "
-                                 f"restore the file") from None
+            self._model = VariantDir(self.folder).load_model()
         return self._model
 
     def predict(self, images, bovw_rows, batch_size: int) -> np.ndarray:
-        from ensemble_fer.training import train as training
-        proba = training.predict_proba(self.model, self.config, images=images, bovw=bovw_rows,
-                                       batch_size=batch_size)
+        from ensemble_fer.inference import forward   # Keras: imported only once a model runs
+
+        proba = forward.predict_proba(self.model, self.config, images=images, bovw=bovw_rows, batch_size=batch_size)
         n_classes = len(self.config["labels"]["classes"])
         if proba.ndim != 2 or proba.shape[1] != n_classes:
-            raise InputError(f"{self.folder / 'model.keras'}: outputs shape {proba.shape[1:]} but "
-                             f"config.json lists {n_classes} classes")
+            raise InputError(f"{self.folder / MODEL}: outputs shape {proba.shape[1:]} but "
+                             f"{CONFIG} lists {n_classes} classes")
         if not np.all(np.isfinite(proba)):
-            raise InputError(f"{self.folder / 'model.keras'}: predicted NaN or inf probabilities")
+            raise InputError(f"{self.folder / MODEL}: predicted NaN or inf probabilities")
         return proba
 
 
@@ -323,36 +267,17 @@ def load_predictor(path) -> Predictor:
     if not path.exists():
         raise MissingInputError(f"{path}: no such file or folder")
     if path.is_dir():
-        if (path / "config.json").is_file():
+        if (path / CONFIG).is_file():
             return _variant_predictor(path)
-        if (path / "ensemble.json").is_file():
-            return _ensemble_predictor(path / "ensemble.json")
-        raise MissingInputError(f"{path}: neither a trained variant (no config.json) nor a folder with an "
-                                f"ensemble.json")
-    if path.suffix == ".keras" or path.name == "config.json":
+        if (path / ENSEMBLE_FILE).is_file():
+            return _ensemble_predictor(path / ENSEMBLE_FILE)
+        raise MissingInputError(f"{path}: neither a trained variant (no {CONFIG}) nor a folder with an "
+                                f"{ENSEMBLE_FILE}")
+    if path.suffix == ".keras" or path.name == CONFIG:
         return _variant_predictor(path.parent)
     if path.suffix != ".json":
         raise InputError(f"{path}: expected a variant folder or an ensemble .json file")
     return _ensemble_predictor(path)
-
-
-def read_variant_config(folder) -> dict:
-    """A variant's ``config.json``, checked for the keys inference and ensembling need."""
-    folder = Path(folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise MissingInputError(f"{folder}: not a trained variant (no config.json); train one with "
-                                f"`python -m pipelines.train_variant`")
-    config = artifacts.read_json(config_path)
-    if not isinstance(config, dict):
-        raise InputError(f"{config_path}: not a variant's config (a JSON {type(config).__name__}, not an object)")
-    missing = [key for key in _REQUIRED_CONFIG if key not in config]
-    store = config.get("feature_store")
-    if not missing and (not isinstance(store, dict) or "extractor" not in store or "config_hash" not in store):
-        missing = ["feature_store.extractor/config_hash"]
-    if missing:
-        raise InputError(f"{config_path}: missing {missing}; not a variant written by pipelines.train_variant")
-    return config
 
 
 def extractor_of(config: dict, where) -> bovw.ExtractorConfig:
@@ -367,101 +292,36 @@ def _label_set(data, where) -> LabelSet:
 
 
 def _variant_predictor(folder: Path) -> Predictor:
-    config = read_variant_config(folder)
-    check_keras_file(folder / "model.keras")
+    variant = VariantDir(folder)
+    config = variant.read_config()
+    variant.check_model()
     member = Member(name=folder.name, folder=folder, config=config)
-    return Predictor(folder, "variant", [member], [1.0], _label_set(config["labels"], folder / "config.json"),
-                     extractor_of(config, folder / "config.json"), _store_summary(config["feature_store"]),
+    return Predictor(folder, "variant", [member], [1.0], _label_set(config["labels"], variant.config_path),
+                     extractor_of(config, variant.config_path), feature_store_summary(config["feature_store"]),
                      config)
 
 
-def _store_summary(store: dict) -> dict:
-    return {key: store.get(key) for key in ("path", "dataset", "config_hash", "manifest_hash")}
-
-
-def member_folder(ensemble_path, entry_path, where: str) -> Path:
-    """The folder of an ensemble member, from the ``path`` recorded for it: relative to the
-    ensemble's folder and inside it, so that an ensemble file can only name the models that
-    ship with it (no ``..``, no absolute path)."""
-    if not isinstance(entry_path, str) or not entry_path:
-        raise InputError(f"{ensemble_path}: {where}.path must be a non-empty string; got {entry_path!r}")
-    normal = os.path.normpath(entry_path)
-    if os.path.isabs(entry_path) or normal == ".." or normal.startswith(".." + os.sep) or normal == ".":
-        raise InputError(f"{ensemble_path}: {where}.path {entry_path!r} leaves the ensemble's folder; members must "
-                         f"be sub-folders of {Path(ensemble_path).parent} (refit with "
-                         f"`python -m pipelines.fit_ensemble`)")
-    return Path(ensemble_path).parent / normal
-
-
-def check_member_hashes(folder: Path, recorded: dict, source) -> None:
-    """Refuse a member whose config.json or model.keras is not the one the ensemble was fitted with."""
-    for key, name in MEMBER_FILES.items():
-        file = Path(folder) / name
-        if not file.is_file():
-            raise MissingInputError(f"{file}: file not found (member of {source})")
-        if artifacts.sha256_file(file) != recorded[key]:
-            raise InputError(f"{source}: member {folder} changed since the ensemble was fitted (its {name} "
-                             f"differs: retrained or replaced?); refit with `python -m pipelines.fit_ensemble`")
-
-
 def _ensemble_predictor(path: Path) -> Predictor:
-    data = artifacts.read_json(path)
-    if not isinstance(data, dict) or data.get("format") != ENSEMBLE_FORMAT:
-        raise InputError(f"{path}: not an ensemble file (format is not {ENSEMBLE_FORMAT!r}); make one with "
-                         f"`python -m pipelines.fit_ensemble`")
-    version = data.get("version", 0)
-    if not isinstance(version, int) or version > ENSEMBLE_VERSION:
-        raise InputError(f"{path}: ensemble format version {version!r} is newer than this code reads "
-                         f"({ENSEMBLE_VERSION})")
-    missing = [key for key in ("members", "ensemble", "labels", "extractor") if key not in data]
-    if missing or not isinstance(data["members"], list) or not data["members"]:
-        raise InputError(f"{path}: missing {missing or ['members']}; not a complete ensemble file")
-    for i, entry in enumerate(data["members"]):
-        if not isinstance(entry, dict) or "path" not in entry:
-            raise InputError(f"{path}: members[{i}] must be an object with a path; got {entry!r}")
-    unhashed = [entry.get("name", i) for i, entry in enumerate(data["members"])
-                if any(not isinstance(entry.get(key), str) or len(entry[key]) != 64
-                                                      for key in MEMBER_FILES)]
-    if version < ENSEMBLE_VERSION or unhashed:
-        raise InputError(f"{path}: written by an older fit_ensemble (format version {version}): it does not record "
-                         f"the SHA-256 of its members' config.json and model.keras (members {unhashed}), so a "
-                         f"replaced model would go unnoticed; rerun `python -m pipelines.fit_ensemble` to refit it")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fitted = WeightedEnsemble.from_json(data["ensemble"])
-    except ValueError as exc:
-        raise InputError(f"{path}: ensemble: {exc}") from None
-    if fitted.n_members_ != len(data["members"]):
-        raise InputError(f"{path}: lists {len(data['members'])} members but {fitted.n_members_} weights")
-
-    label_set = _label_set(data["labels"], path)
-    extractor = bovw.ExtractorConfig.from_json(data["extractor"], path)
+    saved = read_ensemble(path)
     members = []
-    for i, entry in enumerate(data["members"]):
-        folder = member_folder(path, entry.get("path"), f"members[{i}]")
+    for entry in saved.members:
+        folder = entry.folder
         if not folder.is_dir():
-            raise MissingInputError(f"{path}: member {entry.get('name', i)!r} is missing: no folder {folder}")
-        config = read_variant_config(folder)
-        hashes = {key: entry[key] for key in MEMBER_FILES}
-        check_member_hashes(folder, hashes, path)
-        check_keras_file(folder / "model.keras")
-        if label_set_from_json(config["labels"]) != label_set:
+            raise MissingInputError(f"{path}: member {entry.name!r} is missing: no folder {folder}")
+        variant = VariantDir(folder)
+        config = variant.read_config()
+        check_member_hashes(folder, entry.hashes, path)
+        variant.check_model()
+        if label_set_from_json(config["labels"]) != saved.label_set:
             raise InputError(f"{path}: member {folder} predicts {config['labels']['classes']} but the ensemble "
-                             f"{list(label_set.classes)}; members must share the label set")
-        member_extractor = extractor_of(config, folder / "config.json")
-        if member_extractor != extractor:
-            differ = {k: (v, extractor.to_json()[k]) for k, v in member_extractor.to_json().items()
-                      if extractor.to_json()[k] != v}
+                             f"{list(saved.label_set.classes)}; members must share the label set")
+        member_extractor = extractor_of(config, variant.config_path)
+        if member_extractor != saved.extractor:
+            ours = saved.extractor.to_json()
+            differ = {k: (v, ours[k]) for k, v in member_extractor.to_json().items() if ours[k] != v}
             raise InputError(f"{path}: member {folder} was trained on features of another extractor config "
                              f"(member vs ensemble: {differ}); members must share one")
-        if "weight" in entry and abs(float(entry["weight"]) - fitted.weights_[i]) > 1e-9:
-            raise InputError(f"{path}: members[{i}].weight {entry['weight']} disagrees with ensemble.weights "
-                             f"{fitted.weights_[i]}; edit neither by hand, refit instead")
-        members.append(Member(name=str(entry.get("name", folder.name)), folder=folder, config=config,
-                              hashes=hashes, source=path))
-    names = [m.name for m in members]
-    if len(set(names)) != len(names):
-        raise InputError(f"{path}: two members share a name ({names})")
-    return Predictor(path, "ensemble", members, fitted.weights_, label_set, extractor,
-                     data.get("feature_store") or _store_summary(members[0].config["feature_store"]), data)
+        members.append(Member(name=entry.name, folder=folder, config=config, hashes=entry.hashes, source=path))
+    return Predictor(path, "ensemble", members, saved.fitted.weights_, saved.label_set, saved.extractor,
+                     saved.data.get("feature_store") or feature_store_summary(members[0].config["feature_store"]),
+                     saved.data)

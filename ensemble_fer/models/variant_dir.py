@@ -323,3 +323,9 @@ def find_variants(root, say=_say_nothing) -> list[Path]:
         raise MissingInputError(f"{root}: holds no trained variant (no folder with {CONFIG} and {PREDICTIONS}, "
                                 f"searched recursively); {TRAIN_HINT}")
     return sorted(found)
+
+
+def config_fingerprint(folder) -> str:
+    """The hash of a variant's ``config.json`` (written last by training, so a retrained
+    variant gets a new one): what the demo records to notice a member that changed."""
+    return artifacts.sha256_file(VariantDir(folder).config_path)[:16]

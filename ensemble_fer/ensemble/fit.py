@@ -1,0 +1,261 @@
+"""Fitting the weighted ensemble of trained variants on their saved validation predictions,
+and its report. The library behind ``pipelines.fit_ensemble``.
+
+:func:`fit_ensemble` reads each member's ``config.json`` and ``predictions.npz`` (never its
+model, :mod:`ensemble_fer.ensemble.members`), checks that the members were trained on one
+feature store (``config_hash`` and ``manifest_hash``) with one label set and that their
+``val_``/``test_`` ids and labels line up row for row, fits a
+:class:`~ensemble_fer.ensemble.weighted.WeightedEnsemble` on the validation probabilities only
+(with a cross-validated estimate over val folds), and writes ``<name>.json`` (``ensemble.json``
+by default, :mod:`ensemble_fer.ensemble.ensemble_file`) with ``<name>_report.{md,json}`` and
+``<name>_confusion_matrix.png`` beside it. The members must lie inside the folder of the JSON
+file (it names them by relative paths without ``..``), and the SHA-256 of each one's
+``config.json`` and ``model.keras`` is recorded so that loading refuses a swapped model.
+Existing outputs are refused unless ``force``; the four files are built as temporary siblings
+and swapped in together at the end, the JSON last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ensemble_fer import artifacts
+from ensemble_fer.ensemble.ensemble_file import (EnsembleMember, check_ensemble_outputs, ensemble_outputs,
+                                                 feature_store_summary, member_hashes, member_path, write_ensemble)
+from ensemble_fer.ensemble.members import check_members, read_member
+from ensemble_fer.ensemble.weighted import OBJECTIVES, WeightedEnsemble
+from ensemble_fer.errors import InputError
+from ensemble_fer.evaluation import metrics
+from ensemble_fer.labels import label_set_from_json
+
+EQUAL = "equal-weight"
+ENSEMBLE = "ensemble"
+CV_SPLITS = 5
+OPTIMISTIC = ("The learnt ensemble's **val** figures are optimistic: its weights were fitted on val. "
+              "For an honest estimate read the cross-validated accuracy (weights fitted on k-1 folds of "
+              "val, scored on the held-out fold) or the test split.")
+
+
+def _score_rows(probas: np.ndarray, y: np.ndarray, names: list[str], fitted: WeightedEnsemble | None,
+                best: str, classes: list[str]) -> dict[str, dict]:
+    rows = {name: metrics.classification_metrics(y, probas[i], classes) for i, name in enumerate(names)}
+    if len(names) > 1:
+        rows[EQUAL] = metrics.classification_metrics(y, probas.mean(axis=0), classes)
+        rows[f"best single ({best})"] = rows[best]
+    ensemble = probas[0] if fitted is None else fitted.predict_proba(probas)
+    rows[ENSEMBLE] = metrics.classification_metrics(y, ensemble, classes)
+    return rows
+
+
+def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_splits: int = CV_SPLITS,
+                 say=print, force: bool = False) -> dict:
+    """Fit the weighted ensemble of the variants in ``folders`` on their val predictions and
+    write ``out`` (``ensemble.json``) with its report beside it (see :func:`ensemble_outputs`).
+    Returns the report dict. Existing outputs are refused unless ``force``, before any work;
+    replaced ones stay in place until the new files are complete."""
+    if objective not in OBJECTIVES:
+        raise InputError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+    started = time.time()
+    out = Path(out)
+    check_ensemble_outputs(out, force)
+    paths = {Path(folder): member_path(folder, out) for folder in folders}
+    members = [read_member(folder, say) for folder in folders]
+    splits = check_members(members)
+    # hashed now, before the fit, so that a file replaced during the fit is noticed at load
+    hashes = {m.name: member_hashes(m.folder) for m in members}
+    names = [m.name for m in members]
+    first = members[0]
+    label_set = label_set_from_json(first.config["labels"])
+    classes = list(label_set.classes)
+    extractor = first.config["feature_store"]["extractor"]
+    flags_faces = extractor.get("detector", "none") != "none"
+
+    val = first.splits["val"]
+    val_probas = np.stack([m.splits["val"]["proba"] for m in members])
+    single = len(members) == 1
+    notes = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="WeightedEnsemble fitted on a single member")
+        fitted = WeightedEnsemble(objective=objective, seed=seed).fit(val_probas, val["y"])
+    if single:
+        notes.append(f"Single member: the ensemble is {names[0]} itself (weight 1.0); nothing was fitted and "
+                     f"there is nothing to compare it with.")
+        say(f"warning: only one member ({first.folder}): the ensemble is that variant, weight 1.0")
+
+    # The best single member is chosen as one would without a test split: on val accuracy,
+    # ties broken by val log-loss, then by name.
+    val_scores = {name: metrics.classification_metrics(val["y"], val_probas[i], classes)
+                  for i, name in enumerate(names)}
+    best = min(names, key=lambda n: (-val_scores[n]["accuracy"], val_scores[n]["log_loss"], n))
+
+    results, face_results = {}, {}
+    for split in splits:
+        rows = first.splits[split]
+        probas = np.stack([m.splits[split]["proba"] for m in members])
+        results[split] = _score_rows(probas, rows["y"], names, None if single else fitted, best, classes)
+        face = rows["face_found"]
+        if flags_faces and face.any():
+            face_results[split] = {"n": int(face.sum()), "of": int(len(face)),
+                                   "rows": _score_rows(probas[:, face], rows["y"][face], names,
+                                                       None if single else fitted, best, classes)}
+
+    cv = None
+    n_val = len(val["y"])
+    # StratifiedKFold needs some class with at least k rows
+    k = min(cv_splits, int(np.bincount(val["y"]).max()))
+    if single:
+        pass
+    elif k < 2:
+        notes.append("No cross-validated estimate: no class has two val rows.")
+    else:
+        with warnings.catch_warnings():
+            # StratifiedKFold warns when a class has fewer than k rows; the folds are still valid.
+            warnings.filterwarnings("ignore", message="The least populated class")
+            cv = WeightedEnsemble(objective=objective, seed=seed).cross_validated_accuracy(
+                val_probas, val["y"], n_splits=k, seed=seed)
+        # the same folds scored with equal weights: what the learnt weights must beat
+        from sklearn.model_selection import StratifiedKFold
+
+        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The least populated class")
+            equal = [float(np.mean(val_probas[:, held].mean(axis=0).argmax(axis=1) == val["y"][held]))
+                     for _, held in folds.split(np.zeros(n_val), val["y"])]
+        cv["equal_weight_mean"] = float(np.mean(equal))
+
+    weights = {name: float(w) for name, w in zip(names, fitted.weights_)}
+    detail_split = splits[-1]
+    report = {
+        "members": names,
+        "member_folders": [str(m.folder) for m in members],
+        "weights": weights,
+        "objective": objective,
+        "seed": seed,
+        "single_member": single,
+        "best_single": best,
+        "classes": classes,
+        "label_set": label_set.name,
+        "splits": splits,
+        "n": {split: int(len(first.splits[split]["y"])) for split in splits},
+        "feature_store": feature_store_summary(first.config["feature_store"]),
+        "results": results,
+        "face_found": face_results or None,
+        "face_found_note": _face_note(flags_faces, face_results, splits),
+        "cross_validation": cv,
+        "notes": notes,
+        "confusion_matrix_split": detail_split,
+        "seconds": None,
+    }
+
+    outputs = ensemble_outputs(out)
+    files = {key: path.name for key, path in outputs.items() if key != "ensemble"}
+    entries = [EnsembleMember(m.name, paths[m.folder], m.folder, m.config["variant"], float(w), hashes[m.name])
+               for m, w in zip(members, fitted.weights_)]
+    cm_metrics = results[detail_split][ENSEMBLE]
+    # Each file is built as a temporary sibling; the swaps happen together when the block
+    # ends, in reverse order of entry, so the ensemble JSON (entered first) comes last and the
+    # report it points to exists by then. An error before that leaves every old file as it was.
+    with contextlib.ExitStack() as stack:
+        for path in outputs.values():
+            stack.enter_context(artifacts.output_lock(path))
+        building = {key: stack.enter_context(artifacts.replacing(path, force=force))
+                    for key, path in outputs.items()}
+        metrics.plot_confusion_matrix(cm_metrics["confusion_matrix"], classes, building["confusion_matrix"],
+                                      title=f"ensemble: {detail_split} (n = {cm_metrics['n']})")
+        report["seconds"] = round(time.time() - started, 2)
+        artifacts.write_json(building["json"], report)
+        building["markdown"].write_text(ensemble_report_markdown(report, files["confusion_matrix"]))
+        write_ensemble(building["ensemble"], entries, fitted, objective=objective, seed=seed,
+                       labels=first.config["labels"], extractor=extractor, feature_store=report["feature_store"],
+                       scores=_summary_scores(report), report=files)
+    return report
+
+
+def _face_note(flags_faces: bool, face_results: dict, splits: list[str]) -> str | None:
+    if not flags_faces:
+        return "the feature store was made with --detector none: it flags no faces, so there is no face-found subset"
+    missing = [split for split in splits if split not in face_results]
+    if missing:
+        return f"the detector found exactly one face in no row of {' and '.join(missing)}"
+    return None
+
+
+def _summary_scores(report: dict) -> dict:
+    scores = {}
+    for split, rows in report["results"].items():
+        for name in (ENSEMBLE, EQUAL, f"best single ({report['best_single']})"):
+            if name in rows:
+                key = "best_single" if name.startswith("best single") else name.replace("-", "_")
+                scores.setdefault(split, {})[key] = {"accuracy": rows[name]["accuracy"],
+                                                     "macro_f1": rows[name]["macro_f1"]}
+    cv = report["cross_validation"]
+    if cv:
+        scores["val_cross_validated_accuracy"] = {"mean": cv["mean"], "std": cv["std"], "n_splits": cv["n_splits"]}
+    return scores
+
+
+def ensemble_report_markdown(report: dict, figure: str) -> str:
+    names, splits = report["members"], report["splits"]
+    store = report["feature_store"]
+    lines = ["# Ensemble report", ""]
+    lines.append(f"Members ({len(names)}): " + ", ".join(f"`{n}`" for n in names)
+                 + f". Trained on feature store `{store['path']}` (dataset {store.get('dataset')}, "
+                   f"config {store['config_hash']}, manifest {store['manifest_hash']}); label set "
+                   f"`{report['label_set']}`. Weights fitted on **val** (n = {report['n']['val']}) by differential "
+                   f"evolution, objective `{report['objective']}`, seed {report['seed']}.")
+    lines.append("")
+    for note in report["notes"]:
+        lines += [f"**{note}**", ""]
+    if not report["single_member"]:
+        lines += [OPTIMISTIC, ""]
+    if "test" not in splits:
+        lines += ["There is no test split in this feature store: every figure below is on val.", ""]
+    table = metrics.format_report_markdown(_by_model(report["results"]), detail_model=ENSEMBLE,
+                                           detail_split=report["confusion_matrix_split"])
+    lines += ["## Accuracy and macro-F1", "",
+              f"`{EQUAL}` averages the members with equal weights; `best single` is the member with the best "
+              f"val accuracy (`{report['best_single']}`).", ""]
+    lines += [table.rstrip("\n"), ""]
+    lines += ["## Learnt weights", "", "| member | weight |", "| --- | ---: |"]
+    lines += [f"| {n} | {w:.4f} |" for n, w in report["weights"].items()]
+    lines.append("")
+    cv = report["cross_validation"]
+    if cv:
+        scores = ", ".join(f"{s:.4f}" for s in cv["scores"])
+        lines += ["## Cross-validated estimate (val)", "",
+                  f"Weights refitted on {cv['n_splits'] - 1} of {cv['n_splits']} stratified folds of val and scored on "
+                  f"the held-out fold: accuracy **{cv['mean']:.4f} ± {cv['std']:.4f}** (folds: {scores}). Equal "
+                  f"weights on the same folds: {cv['equal_weight_mean']:.4f}. In-sample val accuracy of the learnt "
+                  f"ensemble: {report['results']['val'][ENSEMBLE]['accuracy']:.4f}.", ""]
+    cm_split = report["confusion_matrix_split"]
+    lines += [f"## Confusion matrix (ensemble, {cm_split})", "", f"![confusion matrix]({figure})", ""]
+    lines += metrics.confusion_table_markdown(report["results"][cm_split][ENSEMBLE])
+    lines.append("")
+    if report["face_found"]:
+        lines += [f"## {metrics.FACE_FOUND_LABEL[0].upper()}{metrics.FACE_FOUND_LABEL[1:]}", ""]
+        lines += ["| model | " + " | ".join(f"{s} n | {s} accuracy | {s} macro-F1" for s in report["face_found"])
+                  + " |", "| --- |" + " ---: | ---: | ---: |" * len(report["face_found"])]
+        for name in report["results"][splits[0]]:
+            cells = []
+            for split, face in report["face_found"].items():
+                m = face["rows"][name]
+                cells += [f"{face['n']}/{face['of']}", f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}"]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if report["face_found_note"]:
+        lines += [f"Face-found subset: not available ({report['face_found_note']}).", ""]
+    return "\n".join(lines)
+
+
+def _by_model(results: dict) -> dict:
+    """{split: {model: metrics}} -> {model: {split: metrics}}, models in first-seen order."""
+    out: dict = {}
+    for split, rows in results.items():
+        for name, m in rows.items():
+            out.setdefault(name, {})[split] = m
+    return out
