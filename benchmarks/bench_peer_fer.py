@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     from bench_predict import one_face_photo, timed
     from ensemble_fer import EmotionRecognizer, labels, tf_startup
     from ensemble_fer.features import faces
-    from ensemble_fer.training import train as training
+    from ensemble_fer.models.variant_dir import load_variant
     from ensemble_fer.features.datasets import load_image, open_dataset
     from ensemble_fer.inference.predictor import load_predictor
     from ensemble_fer.evaluation.metrics import classification_metrics
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
         latency, found = timed(lambda: recognizer.predict(photo), args.repeats)
         assert len(found) == 1, f"our side: expected one face, found {len(found)}"
         crops_s, cpu_s, proba = speed(lambda n: predictor.predict_proba(crops[:n]), len(crops), args.runs)
-        params = sum(training.load_variant(f)[0].count_params() for f in predictor.member_folders)
+        params = sum(load_variant(f)[0].count_params() for f in predictor.member_folders)
         add(f"ours: {model_path} ({predictor.kind}: {', '.join(predictor.members)})", params, proba,
             crops_s, cpu_s, latency)
 

@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
     from ensemble_fer.features import faces
 
-    from ensemble_fer.training import train as training
+    from ensemble_fer.models.variant_dir import load_variant
     from ensemble_fer.features.datasets import read_image_file, to_gray
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         ms = Ms(0.0)
         ms.fastest = 0.0
         for folder in predictor.member_folders:
-            model, config = training.load_variant(folder)
+            model, config = load_variant(folder)
             inputs = {}
             if config["block"] is not None:
                 inputs["image"] = features["images"][..., None]

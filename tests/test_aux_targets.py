@@ -17,6 +17,8 @@ import pytest
 
 from ensemble_fer import artifacts
 
+from ensemble_fer.inference.forward import predict_aux_proba, predict_proba
+from ensemble_fer.models.variant_dir import load_variant
 from ensemble_fer.training import train as training
 from ensemble_fer.training.aux_targets import aux_metrics, read_aux_targets
 from ensemble_fer.features.feature_store import FeatureStore
@@ -109,13 +111,13 @@ def test_multitask_outputs_record_the_targets_and_keep_the_emotion_contract(mult
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "val_aux_loss", "val_aux_accuracy",
             "val_emotion_loss"} <= set(header)
 
-    model, config = training.load_variant(multitask)
+    model, config = load_variant(multitask)
     assert set(model.output_names) == {"probabilities", "aux"}
     val_arrays = FeatureStore(sample_store).load("val")
-    proba = training.predict_proba(model, config, val_arrays["images"], batch_size=32)
+    proba = predict_proba(model, config, val_arrays["images"], batch_size=32)
     assert proba.shape == (105, 7) and proba.dtype == np.float32
     np.testing.assert_allclose(proba, predictions["val_proba"], atol=1e-5)
-    np.testing.assert_allclose(training.predict_aux_proba(model, config, val_arrays["images"]),
+    np.testing.assert_allclose(predict_aux_proba(model, config, val_arrays["images"]),
                                predictions["val_aux_proba"], atol=1e-5)
     again = keras.models.load_model(multitask / "model.keras", safe_mode=True, compile=False)
     out = again.predict({"image": val_arrays["images"][:4, ..., None]}, verbose=0)
@@ -123,10 +125,10 @@ def test_multitask_outputs_record_the_targets_and_keep_the_emotion_contract(mult
 
 
 def test_emotion_only_variant_has_one_output_and_no_aux(tiny_variant):
-    model, config = training.load_variant(tiny_variant)
+    model, config = load_variant(tiny_variant)
     assert "aux" not in config and len(model.outputs) == 1
     with pytest.raises(ValueError, match="has no auxiliary targets"):
-        training.predict_aux_proba(model, config, np.zeros((1, 48, 48), np.uint8), np.zeros((1, 2728), np.float32))
+        predict_aux_proba(model, config, np.zeros((1, 48, 48), np.uint8), np.zeros((1, 2728), np.float32))
 
 
 def test_resume_of_a_finished_multitask_run_writes_its_outputs(multitask, sample_store, aux_csv, tmp_path):

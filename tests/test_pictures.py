@@ -82,6 +82,7 @@ def test_ensemble_grad_cam_weights_members_by_their_share_of_the_score(tiny_vari
     from ensemble_fer.inference import gradcam
     from ensemble_fer.training import train as training
     from ensemble_fer.inference.predictor import load_predictor
+    from ensemble_fer.models.variant_dir import load_variant
     from pipelines import fit_ensemble
 
     import shutil
@@ -102,7 +103,7 @@ def test_ensemble_grad_cam_weights_members_by_their_share_of_the_score(tiny_vari
     member_p = predictor.member_probas(features["images"], features["landmarks"], features["bovw"])[:, 0, c]
     expected = np.zeros((48, 48))
     for i, folder in enumerate(predictor.member_folders):
-        model, config = training.load_variant(folder)
+        model, config = load_variant(folder)
         vector = features["bovw"][0] if config["bovw"] else None
         expected += predictor.weights[i] * member_p[i] * gradcam.grad_cam(model, features["images"][0], vector, c)
     np.testing.assert_allclose(got, expected / expected.max(), atol=1e-5)

@@ -16,6 +16,8 @@ from ensemble_fer import artifacts
 
 from ensemble_fer.models import blocks
 
+from ensemble_fer.inference.forward import predict_proba
+from ensemble_fer.models.variant_dir import load_variant
 from ensemble_fer.training import train as training
 from ensemble_fer.features.bovw import BOVW_SIZE, assemble_bovw
 from ensemble_fer.features.feature_store import FeatureStore
@@ -76,20 +78,20 @@ def test_two_input_variant_writes_every_output(trained, sample_store):
 
 
 def test_saved_model_reloads_in_safe_mode_and_gives_the_same_probabilities(trained, sample_store):
-    model, config = training.load_variant(trained)
+    model, config = load_variant(trained)
     inputs = {t.name: t for t in model.inputs}
     assert inputs["image"].dtype == "uint8" and tuple(inputs["image"].shape) == (None, 48, 48, 1)
     assert inputs["bovw"].dtype == "float32" and tuple(inputs["bovw"].shape) == (None, BOVW_SIZE)
     val = FeatureStore(sample_store).load("val")
-    proba = training.predict_proba(model, config, val["images"], val["bovw"], batch_size=32)
+    proba = predict_proba(model, config, val["images"], val["bovw"], batch_size=32)
     np.testing.assert_allclose(proba, artifacts.load_npz(trained / "predictions.npz")["val_proba"], atol=1e-5)
     again = keras.models.load_model(trained / "model.keras", safe_mode=True, compile=False)
     np.testing.assert_allclose(again.predict({"image": val["images"][:4, ..., None], "bovw": val["bovw"][:4]},
                                              verbose=0), proba[:4], atol=1e-5)
     with pytest.raises(ValueError, match="bovw: variant 'cnn5\\+bovw' needs BOVW features"):
-        training.predict_proba(model, config, val["images"])
+        predict_proba(model, config, val["images"])
     with pytest.raises(ValueError, match="images must have shape"):
-        training.predict_proba(model, config, val["images"][:, :40], val["bovw"])
+        predict_proba(model, config, val["images"][:, :40], val["bovw"])
 
 
 def test_same_seed_gives_the_same_model(trained, sample_store, tmp_path):
@@ -212,7 +214,7 @@ def test_bovw_only_network_trains_and_reports_a_test_split(sample_store, tmp_pat
     assert _cli("--block", "none", "--bovw", "--features", store, "--out", out, "--epochs", 2,
                 "--no-augment", "--labels", "happy,sad,surprise", "--label-smoothing", 0.1,
                 "--bovw-units", "64,32") == 0
-    model, config = training.load_variant(out)
+    model, config = load_variant(out)
     assert [t.name for t in model.inputs] == ["bovw"] and config["variant"] == "bovw"
     assert config["args"]["bovw_units"] == [64, 32]
     assert [model.get_layer(f"bovw_dense{i}").units for i in (1, 2)] == [64, 32]
@@ -255,7 +257,7 @@ def test_cosine_schedule_decays_per_step_across_a_resume_under_bfloat16(sample_s
     checkpoint = keras.models.load_model(out / ".run" / state["checkpoint"], safe_mode=True)
     assert int(checkpoint.optimizer.iterations) == 3 * steps
     # The shipped model is float32 whatever the training precision.
-    model, _ = training.load_variant(out)
+    model, _ = load_variant(out)
     assert all(w.dtype == "float32" for w in model.weights)
 
 
@@ -570,7 +572,7 @@ def test_what_the_user_gave_is_refused_with_input_errors(sample_store, tmp_path)
     with pytest.raises(InputError, match="block must be one of"):
         training.train_variant(sample_store, "resnet9000", out=tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="not a trained variant") as missing:
-        training.load_variant(tmp_path)
+        load_variant(tmp_path)
     assert isinstance(missing.value, InputError)
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="out: must be a folder"):
