@@ -55,7 +55,7 @@ from ensemble_fer.models import blocks
 
 from ensemble_fer.models import networks
 
-from ensemble_fer.training.train import train as training  # noqa: E402
+from ensemble_fer.training import data as training  # noqa: E402
 from ensemble_fer.training.augment import AugmentConfig  # noqa: E402
 from ensemble_fer.features.feature_store import FeatureStore  # noqa: E402
 from ensemble_fer.labels import get_label_set  # noqa: E402

@@ -9,7 +9,7 @@
 a grid may use: lr, batch_size, dropout, epochs, patience, lr_patience, lr_factor, min_lr,
 label_smoothing, mixup, class_weight, augment, lr_schedule, epochs_frozen, frozen_lr,
 scratch_optimizer, weights, image_size, bovw_units, dense_units, seed, aux_targets,
-aux_loss_weight (the list is read from train_variant).
+aux_loss_weight (the fields of ensemble_fer.training.config.TrainConfig).
 Parameters not in the grid keep train_variant's defaults (note: augment on, epochs 50).
 
 Outputs in --out: ``run-NNN/`` (one variant folder per combination, kept for good: the

@@ -88,7 +88,7 @@ def test_models_and_arrays_follow_the_umask(tmp_path):
     saved the way training saves it included, gives 0o640, not mkstemp's 0o600 nor a fixed 0o644."""
     import keras
 
-    from ensemble_fer.training import train as training
+    from ensemble_fer.training import resume as training
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
     previous = os.umask(0o027)
     try:

@@ -18,7 +18,9 @@ from ensemble_fer.models import blocks
 
 from ensemble_fer.inference.forward import predict_proba
 from ensemble_fer.models.variant_dir import load_variant
+from ensemble_fer.training import data, resume, schedule
 from ensemble_fer.training import train as training
+from ensemble_fer.training.config import check_arguments
 from ensemble_fer.features.bovw import BOVW_SIZE, assemble_bovw
 from ensemble_fer.features.feature_store import FeatureStore
 from ensemble_fer.features.hog import sliding_hog
@@ -245,7 +247,7 @@ def test_cosine_schedule_decays_per_step_across_a_resume_under_bfloat16(sample_s
 
     n_train = FeatureStore(sample_store).manifest["splits"]["train"]["kept"]
     steps = -(-n_train // 128)
-    floor = training.COSINE_FLOOR
+    floor = schedule.COSINE_FLOOR
     expected = [0.01 * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * e / 3))) for e in (1, 2, 3)]
     rows = [r.split(",") for r in (out / "history.csv").read_text().splitlines()[1:]]
     # The logged rate is the schedule's after each epoch's `steps` steps: the resumed run
@@ -324,10 +326,10 @@ def test_unknown_block_is_refused(sample_store, tmp_path, capsys):
 def test_mixup_blends_inputs_and_labels_of_the_same_augmented_batch(sample_store):
     from ensemble_fer.training.augment import AugmentConfig
 
-    splits, _ = training.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
+    splits, _ = data.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
 
     def first_batch(mixup):
-        ds, _ = training.train_dataset(splits["train"], "cnn5", True, 7, 64, 0, 0, 1, AugmentConfig(),
+        ds, _ = data.train_dataset(splits["train"], "cnn5", True, 7, 64, 0, 0, 1, AugmentConfig(),
                                        mixup=mixup)
         x, y = next(iter(ds))
         return x["image"].numpy()[..., 0].astype(np.float64), x["bovw"].numpy(), y.numpy()
@@ -353,11 +355,11 @@ def test_mixup_blends_inputs_and_labels_of_the_same_augmented_batch(sample_store
 def test_augmented_batches_keep_image_and_bovw_together_and_repeat_by_seed(sample_store):
     from ensemble_fer.training.augment import AugmentConfig
 
-    splits, _ = training.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
+    splits, _ = data.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
     train = splits["train"]
 
     def batches(first_epoch, last_epoch, seed=0):
-        ds, steps = training.train_dataset(train, "cnn5", True, 7, 64, seed, first_epoch, last_epoch,
+        ds, steps = data.train_dataset(train, "cnn5", True, 7, 64, seed, first_epoch, last_epoch,
                                            AugmentConfig())
         return [(x["image"].numpy(), x["bovw"].numpy(), y.numpy()) for x, y in ds], steps
 
@@ -394,15 +396,15 @@ def test_resume_writes_the_outputs_of_a_run_cut_short_after_training(trained, sa
 
 
 def test_check_arguments_validates_without_training():
-    resolved = training.check_arguments(block="cnn5", lr=0.01, weights="none")
+    resolved = check_arguments(block="cnn5", lr=0.01, weights="none")
     assert resolved["lr"] == 0.01 and resolved["weights"] is None and resolved["image_size"] == 48
     assert resolved["epochs"] == 50 and resolved["class_weight"] == "none"
     with pytest.raises(ValueError, match="label_smoothing must be a number in"):
-        training.check_arguments(block="cnn5", label_smoothing=1.5)
+        check_arguments(block="cnn5", label_smoothing=1.5)
     with pytest.raises(ValueError, match="learning_rate: not an argument of train_variant"):
-        training.check_arguments(block="cnn5", learning_rate=0.1)
+        check_arguments(block="cnn5", learning_rate=0.1)
     with pytest.raises(ValueError, match=r"lr_schedule must be one of \('plateau', 'cosine'\); received 'step'"):
-        training.check_arguments(block="cnn5", lr_schedule="step")
+        check_arguments(block="cnn5", lr_schedule="step")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -416,12 +418,12 @@ def test_check_arguments_validates_without_training():
 ])
 def test_check_arguments_refuses_bad_network_sizes_and_seeds(kwargs, message):
     with pytest.raises(ValueError) as error:
-        training.check_arguments(block=None, bovw=True, **kwargs)
+        check_arguments(block=None, bovw=True, **kwargs)
     assert message in str(error.value)
 
 
 def test_check_arguments_accepts_the_edges():
-    resolved = training.check_arguments(block=None, bovw=True, seed=2**32 - 1, dense_units=0, bovw_units=(8,))
+    resolved = check_arguments(block=None, bovw=True, seed=2**32 - 1, dense_units=0, bovw_units=(8,))
     assert resolved["seed"] == 2**32 - 1 and resolved["dense_units"] == 0 and resolved["bovw_units"] == [8]
 
 
@@ -527,7 +529,7 @@ def test_stopping_and_plateau_state_round_trips_through_state_and_load_state():
     model.compile(keras.optimizers.SGD(learning_rate=0.1), "mse")
     best = [np.full_like(w, 7.0) for w in model.get_weights()]
 
-    stopping = training._EarlyStopping(patience=2)
+    stopping = resume._EarlyStopping(patience=2)
     stopping.set_model(model)
     stopping.load_state({"wait": 1, "best": 0.5, "best_epoch": 3}, best)
     stopping.on_epoch_end(5, {"val_loss": 0.7})
@@ -536,7 +538,7 @@ def test_stopping_and_plateau_state_round_trips_through_state_and_load_state():
     stopping.on_train_end()
     assert all(np.array_equal(w, b) for w, b in zip(model.get_weights(), best))
 
-    plateau = training._ReduceLROnPlateau(factor=0.5, patience=2, min_lr=1e-6)
+    plateau = resume._ReduceLROnPlateau(factor=0.5, patience=2, min_lr=1e-6)
     plateau.set_model(model)
     plateau.load_state({"wait": 1, "best": 0.5})
     logs = {"val_loss": 0.49995}                 # not better by min_delta (1e-4)
@@ -568,7 +570,7 @@ def test_what_the_user_gave_is_refused_with_input_errors(sample_store, tmp_path)
     from ensemble_fer.errors import InputError
 
     with pytest.raises(InputError, match="label_smoothing must be a number in"):
-        training.check_arguments(block="cnn5", label_smoothing=1.5)
+        check_arguments(block="cnn5", label_smoothing=1.5)
     with pytest.raises(InputError, match="block must be one of"):
         training.train_variant(sample_store, "resnet9000", out=tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="not a trained variant") as missing:
@@ -576,13 +578,13 @@ def test_what_the_user_gave_is_refused_with_input_errors(sample_store, tmp_path)
     assert isinstance(missing.value, InputError)
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="out: must be a folder"):
-        training._check_out(tmp_path / "file", {}, resume=False, force=False, say=print)
+        resume.check_out(tmp_path / "file", {}, resume=False, force=False, say=print)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "model.keras").write_text("")
     with pytest.raises(InputError, match="already holds a variant"):
-        training._check_out(tmp_path / "old", {}, resume=False, force=False, say=print)
+        resume.check_out(tmp_path / "old", {}, resume=False, force=False, say=print)
     with pytest.raises(InputError, match="no checkpoint to resume from"):
-        training._check_out(tmp_path / "old", {}, resume=True, force=False, say=print)
+        resume.check_out(tmp_path / "old", {}, resume=True, force=False, say=print)
 
 
 def _raising_in(module_name, exc):

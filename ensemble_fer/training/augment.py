@@ -19,7 +19,7 @@ reproduces a batch exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -71,13 +71,20 @@ class AugmentConfig:
         transform (landmarks stay, the HOG is computed from the erased image).
     """
 
-    rotation_deg: float = 10.0
-    shear_deg: float = 10.0
-    zoom: float = 0.1
-    horizontal_flip: bool = True
-    strength: float = 1.0
-    shift: float = 0.0
-    erase: float = 0.0
+    # The metadata makes the options of pipelines.train_variant (see training.config.CLI_KEYS).
+    rotation_deg: float = field(default=10.0, metadata={"cli": False})
+    shear_deg: float = field(default=10.0, metadata={"cli": False})
+    zoom: float = field(default=0.1, metadata={"cli": False})
+    horizontal_flip: bool = field(default=True, metadata={"cli": False})
+    strength: float = field(default=1.0, metadata={
+        "flag": "--augment-strength",
+        "help": "multiplies the augmentation ranges (rotation 10 deg, shear 10 deg, zoom 0.1); default 1, the paper's"})
+    shift: float = field(default=0.0, metadata={
+        "flag": "--augment-shift", "metavar": "PX",
+        "help": "largest random translation in pixels (random crops); default 0"})
+    erase: float = field(default=0.0, metadata={
+        "flag": "--random-erase", "metavar": "P",
+        "help": "probability of erasing a random rectangle of each training image; default 0"})
 
     def __post_init__(self):
         for name in ("rotation_deg", "shear_deg", "zoom", "strength", "shift", "erase"):

@@ -1,6 +1,7 @@
 """Hyperparameter grid search over :func:`ensemble_fer.training.train.train_variant`.
 
-A grid is a JSON object mapping ``train_variant`` keyword arguments to lists of values (or a
+A grid is a JSON object mapping :class:`~ensemble_fer.training.config.TrainConfig` fields to
+lists of values (or a
 list of such objects, as :class:`sklearn.model_selection.ParameterGrid` takes), e.g.::
 
     {"lr": [1e-3, 3e-4], "batch_size": [32, 64], "dropout": [0.3, 0.5], "epochs": [30]}
@@ -18,7 +19,7 @@ Layout of the search folder::
     results.md    the same table, with the search's description
 
 Stable mapping: a combination keeps its folder forever. Its key is the canonical JSON of its
-parameters *after* ``train_variant``'s own argument normalisation (``1e-3`` and ``0.001``
+parameters *after* ``TrainConfig``'s normalisation (``1e-3`` and ``0.001``
 are one combination), so reordering the grid, or adding values to it, never renames or
 retrains a run; new combinations get the next free numbers.
 
@@ -36,7 +37,7 @@ unknown parameter name) stops the search at once with one line naming it.
 from __future__ import annotations
 
 import csv
-import inspect
+import dataclasses
 import io
 import json
 import time
@@ -48,11 +49,14 @@ from sklearn.base import BaseEstimator
 from ensemble_fer import artifacts
 
 from ensemble_fer.models import networks
+from ensemble_fer.models.variant_dir import FINISHED, INCOMPLETE, RESUMABLE, STALE, VariantDir
 
-from ensemble_fer.training import train as training
 from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.features.feature_store import FeatureStore
 from ensemble_fer.labels import get_label_set
+from ensemble_fer.training import train as training
+from ensemble_fer.training.config import MAX_MINUTES, TrainConfig
+from ensemble_fer.training.data import load_splits
 
 SEARCH_FILE = "search.json"
 RESULTS_CSV = "results.csv"
@@ -68,11 +72,8 @@ store, the network, the label set: runs scored on other classes cannot be ranked
 where and how it runs (folders, resume, time budget, progress, numeric precision), and
 objects that are not JSON (callbacks, an augmentation config)."""
 
-NOT_CHECKED = ("store", "out", "resume", "force", "progress", "callbacks", "augment_config")
-"""Arguments ``training.check_arguments`` does not check (it ignores them)."""
-
 METRIC_COLUMNS = ("val_accuracy", "val_macro_f1", "val_loss", "epochs_run", "best_epoch", "train_seconds")
-FINISHED, INCOMPLETE, FAILED, PENDING = "finished", "incomplete", "failed", "pending"
+FAILED, PENDING = "failed", "pending"
 RUN_ERRORS = (InputError,)
 """Exceptions that fail one run without stopping the search: a problem with the run's arguments
 (a learning rate that makes training diverge, see ``training``). Anything else is a bug and
@@ -80,16 +81,8 @@ propagates (the run is left ``interrupted``, the search stops with the traceback
 
 
 def searchable_parameters() -> tuple[str, ...]:
-    """The ``train_variant`` keyword arguments a grid may name, read from its signature."""
-    signature = inspect.signature(training.train_variant)
-    return tuple(sorted(name for name, p in signature.parameters.items()
-                        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in NOT_SEARCHABLE))
-
-
-def _train_defaults() -> dict:
-    signature = inspect.signature(training.train_variant)
-    return {name: p.default for name, p in signature.parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    """The :class:`TrainConfig` fields a grid may name."""
+    return tuple(sorted(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_SEARCHABLE))
 
 
 def check_grid(grid, where="grid") -> list[dict]:
@@ -196,8 +189,8 @@ class HparamSearch(BaseEstimator):
     def plan(self) -> list[dict]:
         """Every combination of the grid as resolved ``train_variant`` arguments, checked.
 
-        Returns dicts holding only the grid's parameters, normalised by ``train_variant``'s
-        own argument check; duplicates (after normalisation) are dropped. Raises
+        Returns dicts holding only the grid's parameters, normalised as :class:`TrainConfig`
+        normalises them; duplicates (after normalisation) are dropped. Raises
         ``InputError`` naming the grid and the combination when a value is refused.
         """
         return self._plan(*self._grid())
@@ -205,16 +198,15 @@ class HparamSearch(BaseEstimator):
     def _plan(self, grids: list[dict], where: str) -> list[dict]:
         from sklearn.model_selection import ParameterGrid
 
-        fixed = {"block": self.block, "bovw": self.bovw, "labels": self.labels,
-                 "max_minutes": self.max_minutes_per_run}
-        defaults = {k: v for k, v in _train_defaults().items() if k not in NOT_CHECKED}
+        MAX_MINUTES("max_minutes_per_run", self.max_minutes_per_run)
+        base = TrainConfig(block=self.block, bovw=self.bovw, labels=self.labels)
         combos, seen = [], set()
         for params in ParameterGrid(grids):
             try:
-                settings = _check_arguments({**defaults, **fixed, **params})
+                config = dataclasses.replace(base, **params).to_json()
             except InputError as exc:
                 raise InputError(f"{where}: {exc} (in the combination {_key(params)})") from None
-            resolved = {name: settings[name] for name in sorted(params)}
+            resolved = {name: config[name] for name in sorted(params)}
             key = _key(resolved)
             if key not in seen:
                 seen.add(key)
@@ -246,7 +238,7 @@ class HparamSearch(BaseEstimator):
             # The store and the label set are the same for every run: a problem with them (a
             # class of val without training rows, an empty split) stops the search here,
             # before anything is written, instead of failing every run.
-            training.load_splits(store, label_set)
+            load_splits(store, label_set)
         self._save(out, record)
 
         n = len(names)
@@ -266,8 +258,8 @@ class HparamSearch(BaseEstimator):
                 say(f"[{i}/{n}] {name} {_key(entry['params'])}: failed before ({entry.get('error')}); skipped "
                     f"(retry_failed / --retry-failed trains it again)")
                 continue
-            resume = state in ("resumable", INCOMPLETE)
-            force = state == "stale"
+            resume = state in (RESUMABLE, INCOMPLETE)
+            force = state == STALE
             verb = "resuming" if resume else "training"
             say(f"[{i}/{n}] {name} {_key(entry['params'])}: {verb}")
             started = time.time()
@@ -345,17 +337,13 @@ class HparamSearch(BaseEstimator):
 
 def _check_run_args(folder: Path, params: dict) -> None:
     """Refuse a run folder whose model was trained with other values than search.json maps to it."""
-    args = artifacts.read_json(folder / "config.json").get("args", {})
-    differ = {k: (args.get(k), v) for k, v in params.items() if args.get(k) != v}
+    variant = VariantDir(folder)
+    args = TrainConfig.from_json(variant.read_config().get("args", {}), where=f"{variant.config_path}: args").to_json()
+    differ = {k: (args[k], v) for k, v in params.items() if args[k] != v}
     if differ:
         detail = "; ".join(f"{k} is {a!r}, search.json says {v!r}" for k, (a, v) in differ.items())
         raise InputError(f"{folder}: trained with other arguments than {SEARCH_FILE} records ({detail}); "
                          f"move the folder away to retrain it")
-
-
-def _check_arguments(arguments: dict) -> dict:
-    # train_variant's own check, so that the search refuses exactly what training would.
-    return training.check_arguments(**arguments)
 
 
 # ------------------------------------------------------------------------------------------
@@ -363,25 +351,9 @@ def _check_arguments(arguments: dict) -> dict:
 # ------------------------------------------------------------------------------------------
 
 def run_state(folder: Path) -> str:
-    """What a run folder holds: ``finished``; ``incomplete`` (outputs of a run cut short by
-    its time budget); ``resumable`` (a checkpoint, no outputs yet); ``stale`` (leftovers to
-    replace: a checkpoint marked complete without outputs, or files without a checkpoint);
-    ``new`` (nothing)."""
-    folder = Path(folder)
-    config_path = folder / "config.json"
-    state_path = folder / training.RUN_DIR / "state.json"
-    if config_path.is_file():
-        config = artifacts.read_json(config_path)
-        if config.get("training", {}).get("complete"):
-            return FINISHED
-        return INCOMPLETE if state_path.is_file() else "stale"
-    if state_path.is_file():
-        # A state marked complete whose outputs were never written: train_variant(resume=True)
-        # would return at once without writing them, so the run starts over.
-        return "stale" if artifacts.read_json(state_path).get("complete") else "resumable"
-    if folder.is_dir() and any(folder.iterdir()):
-        return "stale"
-    return "new"
+    """What a run folder holds (:meth:`VariantDir.status`): ``finished``, ``incomplete`` (cut
+    short by its time budget), ``resumable``, ``stale`` or ``new``."""
+    return VariantDir(folder).status()
 
 
 def read_run(folder: Path, name: str, entry: dict) -> dict:
@@ -391,8 +363,8 @@ def read_run(folder: Path, name: str, entry: dict) -> dict:
     row.update({column: None for column in METRIC_COLUMNS})
     state = run_state(folder)
     if state in (FINISHED, INCOMPLETE) and row["status"] != FAILED:
-        config = artifacts.read_json(folder / "config.json")
-        val = artifacts.read_json(folder / "metrics.json")["val"]
+        variant = VariantDir(folder)
+        config, val = variant.read_config(), variant.read_metrics()["val"]
         train = config["training"]
         row.update(val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"], val_loss=val["log_loss"],
                    epochs_run=train["epochs_run"], best_epoch=train["best_epoch"],
@@ -400,7 +372,7 @@ def read_run(folder: Path, name: str, entry: dict) -> dict:
         row["status"] = FINISHED if state == FINISHED else f"{INCOMPLETE} ({train.get('stopped')}; rerun resumes)"
         row["error"] = None
     elif row["status"] in (FINISHED, INCOMPLETE, "running", "interrupted"):
-        row["status"] = "interrupted (rerun resumes)" if state == "resumable" else PENDING
+        row["status"] = "interrupted (rerun resumes)" if state == RESUMABLE else PENDING
     return row
 
 

@@ -1,0 +1,336 @@
+"""The training configuration of a variant: one frozen dataclass, saved with the run and read back.
+
+:class:`TrainConfig` holds everything that makes the model (network, data, schedule, seed).
+Each field carries its default, its check and its help text; from them come
+
+* the validation (``TrainConfig(...)`` refuses a bad value with one ``InputError`` line naming
+  the field, what is allowed and what it received, and normalises the others: ints, floats,
+  ``weights="none"`` -> None, the block's default ``image_size`` ...),
+* the CLI of ``pipelines.train_variant`` (flag, help, metavar of each field: see
+  :data:`CLI_KEYS`),
+* the grid search (a combination is ``dataclasses.replace(config, **params)``),
+* the ``args`` of a variant's ``config.json`` and ``.run/state.json`` (:meth:`TrainConfig.to_json`,
+  plus the :data:`RUN_ARGS` of the run) and reading them back (:meth:`TrainConfig.from_json`),
+  which is also what ``resume`` compares.
+
+Adding an option is one field here and its use where training reads it. A field added after
+runs were saved gets ``missing=<value those runs were made with>``, so that old runs still read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from ensemble_fer.errors import InputError
+from ensemble_fer.labels import get_label_set
+from ensemble_fer.models import networks
+from ensemble_fer.training.augment import AugmentConfig
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+CLASS_WEIGHTS = ("none", "balanced")
+SCRATCH_OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("plateau", "cosine")
+
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy's and Keras's generators take seeds in [0, 2**32 - 1]."""
+
+RUN_ARGS = {"max_minutes": True, "features": True, "feature_store": False, "out": True, "progress": True,
+            "precision_policy": False}
+"""Entries of a saved ``args`` that describe the run rather than the model (written by
+``train.train``), each with whether ``resume`` accepts a change of it: the time budget, where
+the files are and how much is printed may change; the feature store's hashes and the numeric
+precision actually used may not."""
+
+CLI_KEYS = ("help", "flag", "metavar", "parse", "cli", "nested")
+"""Metadata of a field that make its command-line option (``pipelines.train_variant``):
+``help``; ``flag`` (default ``--name-with-dashes``); ``metavar``; ``parse``, the argparse
+``type`` (default: the type of the default value); ``cli=False`` for a field without an option;
+``nested``, a dataclass whose fields' options stand for this field (``augment_config``:
+:class:`~ensemble_fer.training.augment.AugmentConfig`). A bool field is a switch (``--x`` when
+off by default, ``--x/--no-x`` when on); a field whose check is :class:`OneOf` gets its choices."""
+
+
+# ------------------------------------------------------------------------------------------
+# checks: each takes (name, value, config being built) and returns the normalised value
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Int:
+    """An int >= ``minimum`` (and <= ``maximum``)."""
+
+    minimum: int
+    maximum: int | None = None
+    note: str = ""
+
+    def __call__(self, name, value, config=None) -> int:
+        if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < self.minimum
+                or (self.maximum is not None and value > self.maximum)):
+            allowed = f">= {self.minimum}" if self.maximum is None else f"in [{self.minimum}, {self.maximum}]"
+            raise InputError(f"{name} must be an int {allowed}{self.note}; received {value!r}")
+        return int(value)
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite number in an interval (``low_open`` / ``high_open``: bound excluded); None too
+    when ``optional``."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = True
+    optional: bool = False
+
+    def __call__(self, name, value, config=None) -> float | None:
+        if value is None and self.optional:
+            return None
+        ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok:
+            ok = ((value > self.low if self.low_open else value >= self.low)
+                  and (value < self.high if self.high_open else value <= self.high))
+        if not ok:
+            interval = f"{'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+            raise InputError(f"{name} must be a number in {interval}; received {value!r}")
+        return float(value)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of ``choices``; None stands for ``none`` when given."""
+
+    choices: tuple
+    none: str | None = None
+
+    def __call__(self, name, value, config=None):
+        if value is None and self.none is not None:
+            return self.none
+        if value not in self.choices:
+            raise InputError(f"{name} must be one of {self.choices}{' or None' if self.none else ''}; "
+                             f"received {value!r}")
+        return value
+
+
+def _flag(name, value, config=None) -> bool:
+    return bool(value)
+
+
+def _block(name, value, config):
+    from ensemble_fer.models import blocks
+
+    if value is not None and value not in blocks.list_blocks():
+        raise InputError(f"block must be one of {blocks.list_blocks()} or None; received {value!r}")
+    if value is None and not config.bovw:
+        raise InputError("block: a variant needs an image block, the BOVW input or both; received "
+                         "block=None with bovw=False (pass a block or bovw=True / --bovw)")
+    return value
+
+
+def _labels(name, value, config):
+    get_label_set(value)   # raises InputError naming the label set
+    return value
+
+
+def _weights(name, value, config):
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"weights must be 'default', None, 'none', a named weight set or a file path; "
+                         f"received {value!r}")
+    return None if value is None or str(value).lower() == "none" else str(value)
+
+
+def _image_size(name, value, config):
+    if config.block is None:
+        if value is not None:
+            raise InputError(f"image_size: only meaningful with an image block; received {value!r}")
+        return None
+    from ensemble_fer.models import blocks
+
+    spec = blocks.get_block_spec(config.block)
+    size = spec.default_size if value is None else value
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < spec.min_size:
+        raise InputError(f"image_size: block {config.block!r} needs images of at least {spec.min_size} px "
+                         f"(default {spec.default_size}); received {value!r}")
+    return int(size)
+
+
+def _augment_config(name, value, config):
+    if not config.augment:
+        return None   # no augmentation: nothing to configure
+    if value is None:
+        return AugmentConfig()
+    if isinstance(value, Mapping):   # read back from JSON
+        known = {f.name for f in fields(AugmentConfig)}
+        if set(value) - known:
+            raise InputError(f"augment_config: unknown keys {sorted(set(value) - known)}; allowed: {sorted(known)}")
+        return AugmentConfig(**value)
+    if not isinstance(value, AugmentConfig):
+        raise InputError(f"augment_config must be an AugmentConfig or None; received {value!r}")
+    return value
+
+
+def _bovw_units(name, value, config):
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or any(
+            isinstance(u, bool) or not isinstance(u, (int, np.integer)) or u < 1 for u in value):
+        raise InputError(f"bovw_units must be a sequence of ints >= 1 (the dense layers of the BOVW branch); "
+                         f"received {value!r}")
+    return tuple(int(u) for u in value)
+
+
+def _aux_targets(name, value, config):
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise InputError(f"aux_targets must be None or the path of a CSV file; received {value!r}")
+    return str(Path(value).resolve())
+
+
+def _units(text: str) -> list[int]:
+    """``--bovw-units 1024,256``; the error is argparse's (raised as ArgumentTypeError)."""
+    import argparse
+
+    try:
+        units = [int(u) for u in text.split(",")]
+    except ValueError:
+        units = []
+    if not units or min(units) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes >= 1 such as 1024,256; got {text!r}")
+    return units
+
+
+def _field(default, check, help=None, *, missing=dataclasses.MISSING, resumable=False, **cli):
+    metadata = {"check": check, "help": help, "resumable": resumable, **cli}
+    if missing is not dataclasses.MISSING:
+        metadata["missing"] = missing
+    return field(default=default, metadata=metadata)
+
+
+MAX_MINUTES = Number(0.0, math.inf, low_open=True, optional=True)
+"""The check of a time budget (``max_minutes``, a run option rather than a field)."""
+
+
+# ------------------------------------------------------------------------------------------
+# the configuration
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that makes a variant's model; see the module docstring and
+    ``ensemble_fer.training.train`` for the schedule the fields drive."""
+
+    block: str | None = _field(None, _block, "image block; 'none' with --bovw for the BOVW-only network")
+    bovw: bool = _field(False, _flag, "add the BOVW (landmarks + HOG) input")
+    labels: str = _field("fer7", _labels,
+                         "label set: fer7, valence3 or a comma-separated subset such as happy,sad,neutral")
+    weights: str | None = _field(
+        "default", _weights, "block weights: default (pretrained where the block has them), none, or a file path")
+    image_size: int | None = _field(None, _image_size, "side the 48 px crops are resized to (default: the block's)",
+                                    parse=int)
+    epochs_frozen: int = _field(
+        5, Int(0), "epochs with the pretrained block frozen (Adam); skipped without pretrained weights")
+    epochs: int = _field(50, Int(1), "most epochs of the fine-tuning / from-scratch phase", resumable=True)
+    batch_size: int = _field(64, Int(1))
+    lr: float = _field(1e-3, Number(0.0, 10.0, low_open=True, high_open=False),
+                       "learning rate of fine-tuning (SGD Nesterov) or of training from scratch")
+    frozen_lr: float = _field(1e-3, Number(0.0, 10.0, low_open=True, high_open=False),
+                              "Adam learning rate of the frozen phase")
+    scratch_optimizer: str = _field("adam", OneOf(SCRATCH_OPTIMIZERS),
+                                    "optimiser when there are no pretrained weights (default adam)")
+    class_weight: str = _field("none", OneOf(CLASS_WEIGHTS, none="none"))
+    label_smoothing: float = _field(0.0, Number(0.0, 1.0))
+    augment: bool = _field(True, _flag,
+                           "random affine augmentation of training images with their landmarks (default on)")
+    augment_config: AugmentConfig | None = _field(None, _augment_config, nested=AugmentConfig)
+    mixup: float = _field(0.0, Number(0.0, math.inf),
+                          "blend each training row with another (images, BOVW and labels alike) by a "
+                          "Beta(ALPHA, ALPHA) weight; 0 (default) is off, 0.2 is usual", metavar="ALPHA",
+                          missing=0.0)
+    weight_decay: float = _field(0.0, Number(0.0, 1.0),
+                                 "decoupled weight decay (w -= lr * wd * w each step); default 0", missing=0.0)
+    patience: int = _field(10, Int(1), "early-stopping patience in epochs (val_loss)")
+    lr_schedule: str = _field("plateau", OneOf(LR_SCHEDULES),
+                              "plateau: drop the rate when val_loss stalls (the paper's); cosine: decay it to ~0 "
+                              "over --epochs (best for a fixed time budget)", missing="plateau")
+    lr_patience: int = _field(4, Int(1), "epochs without val_loss gain before the rate drops")
+    lr_factor: float = _field(0.5, Number(0.0, 1.0, low_open=True), "factor of each learning-rate drop")
+    min_lr: float = _field(1e-6, Number(0.0, 10.0, high_open=False), cli=False)
+    dropout: float = _field(0.5, Number(0.0, 1.0))
+    bovw_units: tuple[int, ...] = _field(
+        networks.BOVW_UNITS, _bovw_units,
+        f"dense layer sizes of the BOVW branch (default {','.join(map(str, networks.BOVW_UNITS))})",
+        metavar="N,N", parse=_units)
+    dense_units: int = _field(networks.DENSE_UNITS, Int(0), cli=False)
+    seed: int = _field(0, Int(0, MAX_SEED, note=" (2**32 - 1)"))
+    precision: str = _field("auto", OneOf(PRECISIONS),
+                            "auto (default): mixed_float16 on a GPU; on the CPU mixed_bfloat16 where it has "
+                            "native bfloat16 (avx512_bf16 / amx_bf16), else float32")
+    aux_targets: str | None = _field(None, _aux_targets,
+                                     "per-image 0/1 targets (image,<target>,...; e.g. action units): adds a "
+                                     "multi-label sigmoid output 'aux' beside the emotion softmax",
+                                     metavar="CSV", parse=Path, missing=None)
+    aux_loss_weight: float = _field(1.0, Number(0.0, math.inf, low_open=True),
+                                    "weight of the auxiliary binary cross-entropy (the emotion loss has 1; "
+                                    "default 1)", missing=1.0)
+
+    def __post_init__(self):
+        # In field order: a check may read the fields before it (image_size reads block).
+        for f in fields(self):
+            object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name), self))
+
+    def to_json(self) -> dict:
+        """The fields as JSON values (the ``args`` of ``config.json`` without the run's)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value = dataclasses.asdict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, saved: Mapping, where: str = "args") -> TrainConfig:
+        """Read back saved ``args`` (``config.json`` or ``.run/state.json``).
+
+        :data:`RUN_ARGS` entries are the run's and are left out; a field missing from a run
+        saved before it existed takes its ``missing`` value; any other missing or unknown key
+        is refused (``InputError`` naming ``where``)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(saved) - names - set(RUN_ARGS))
+        if unknown:
+            raise InputError(f"{where}: unknown training arguments {unknown}; saved by a newer version?")
+        values = {}
+        for f in fields(cls):
+            if f.name in saved:
+                values[f.name] = saved[f.name]
+            elif "missing" in f.metadata:
+                values[f.name] = f.metadata["missing"]
+            else:
+                raise InputError(f"{where}: no {f.name!r}; not the arguments of a training run")
+        return cls(**values)
+
+
+FIELDS = tuple(f.name for f in fields(TrainConfig))
+
+
+def check_arguments(**kwargs) -> dict:
+    """Validate ``train_variant`` keyword arguments without training; returns them resolved
+    (:meth:`TrainConfig.to_json`). Fields not given take their defaults; raises ``InputError``
+    naming the first bad argument."""
+    unknown = sorted(set(kwargs) - set(FIELDS))
+    if unknown:
+        raise InputError(f"{unknown[0]}: not an argument of train_variant; allowed: {sorted(FIELDS)}")
+    return TrainConfig(**kwargs).to_json()
+
+
+def resumable(name: str) -> bool:
+    """Whether ``resume`` accepts a change of saved ``args[name]``."""
+    if name in RUN_ARGS:
+        return RUN_ARGS[name]
+    return TrainConfig.__dataclass_fields__[name].metadata["resumable"]
