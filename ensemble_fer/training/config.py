@@ -220,8 +220,28 @@ MAX_MINUTES = Number(0.0, math.inf, low_open=True, optional=True)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that makes a variant's model; see the module docstring and
-    ``ensemble_fer.training.train`` for the schedule the fields drive."""
+    """Everything that makes a variant's model. Each field's help text is its ``--option``'s;
+    the schedule the fields drive is described in :mod:`ensemble_fer.training.schedule`.
+    Notes on the fields whose option says little or that have none:
+
+    * ``block``: :func:`ensemble_fer.models.blocks.list_blocks`, or None for the BOVW-only
+      network (then ``bovw`` must be True). ``weights``: "default" (pretrained where the block
+      has weights, e.g. ``resnet50``), None / "none", a named weight set or a file; pretrained
+      weights bring the frozen phase.
+    * ``class_weight="balanced"``: loss weights ``n / (k * count)`` per class.
+    * ``augment_config``: the ranges of the augmentation (None: ``AugmentConfig()``; always
+      None without ``augment``).
+    * ``weight_decay``: decoupled (AdamW-style, each step ``w -= lr * weight_decay * w``); with
+      SGD momentum 0.9 it matches an L2 term of ``weight_decay / 10`` in frameworks that add the
+      decay to the gradient.
+    * ``lr_patience``, ``lr_factor``, ``min_lr``: ReduceLROnPlateau (``lr_schedule="plateau"``).
+    * ``dropout``, ``bovw_units``, ``dense_units``: the head (:func:`ensemble_fer.models.networks.build_network`).
+    * ``seed``: initialisation, dropout, data order and augmentation; the same configuration on
+      the same machine gives the same model.
+    * ``precision``: the saved ``model.keras`` is float32 whatever the training precision.
+    * ``aux_targets``: a CSV of per-image 0/1 targets (:mod:`ensemble_fer.training.aux_targets`):
+      a second, sigmoid output ``aux``; ``val_loss`` is then the weighted sum of both losses.
+    """
 
     block: str | None = _field(None, _block, "image block; 'none' with --bovw for the BOVW-only network")
     bovw: bool = _field(False, _flag, "add the BOVW (landmarks + HOG) input")

@@ -284,7 +284,7 @@ class _Checkpointer(keras.callbacks.Callback):
 
     def __init__(self, run_state: RunState, phase: str, stopping: _EarlyStopping, reduce_lr):
         super().__init__()
-        self.run_state, self.phase, self.stopping, self.reduce_lr = run, phase, stopping, reduce_lr
+        self.run_state, self.phase, self.stopping, self.reduce_lr = run_state, phase, stopping, reduce_lr
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.time()
