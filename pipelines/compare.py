@@ -3,8 +3,8 @@
     python -m pipelines.compare [--models models/] [--out DIR] [--speed-images 256] [--repeats 3]
         [--batch-size 256] [--no-speed] [--quiet]
 
-Inputs: every folder under --models (searched recursively, so runs of
-`pipelines.search_hparams` count too) holding ``config.json`` and ``predictions.npz``.
+Inputs: every variant folder under --models (one holding ``config.json``, searched recursively, so
+runs of `pipelines.search_hparams` count too; the rule `pipelines.fit_ensemble` shares).
 Val scores come from the saved predictions; the parameter count and training time from
 ``config.json``; images/s is measured here: ``predict_proba`` on --speed-images rows (the
 variant's own val inputs from its feature store, or, when that store is gone, crops of the

@@ -122,3 +122,35 @@ def test_existing_outputs_are_refused_without_force(saved, tmp_path):
     check_ensemble_outputs(out, force=True)
     check_ensemble_outputs(tmp_path / "new.json", force=False)
     assert ensemble_file.ensemble_outputs(out)["markdown"] == out.with_name("ensemble_report.md")
+
+
+def test_fit_writes_what_read_ensemble_reads(tmp_path):
+    """fit_ensemble on synthetic members (saved predictions and a stand-in model file: no Keras)."""
+    import numpy as np
+
+    from ensemble_fer.ensemble.fit import fit_ensemble
+    from ensemble_fer.models.variant_dir import VariantDir, find_variants
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    models = tmp_path / "models"
+    for i, name in enumerate(("a", "b")):
+        variant = VariantDir(models / name)
+        variant.path.mkdir(parents=True)
+        proba = rng.dirichlet(np.ones(3), size=60)
+        proba[np.arange(60), y] += 1.0 + i       # b is the better member
+        variant.write_predictions({"val": {"ids": np.array([f"row{r}" for r in range(60)]), "y": y,
+                                           "proba": proba / proba.sum(axis=1, keepdims=True),
+                                           "face_found": np.ones(60, bool)}})
+        (variant.model_path).write_text(f"model {name}")
+        variant.write_config({"variant": name, "block": None, "bovw": True, "labels": LABELS,
+                              "feature_store": {"path": "f", "config_hash": "c", "manifest_hash": "m",
+                                                "extractor": EXTRACTOR}})
+    out = models / "ensemble.json"
+    report = fit_ensemble(find_variants(models), out, cv_splits=2, say=lambda *a: None)
+    saved = read_ensemble(out)
+    assert [m.name for m in saved.members] == report["members"] == ["a", "b"]
+    assert [m.weight for m in saved.members] == pytest.approx(list(report["weights"].values()))
+    assert saved.data["report"]["markdown"] == "ensemble_report.md" and (models / "ensemble_report.md").is_file()
+    with pytest.raises(InputError, match="exists .*; pass --force"):
+        fit_ensemble([models / "a"], out, say=lambda *a: None)

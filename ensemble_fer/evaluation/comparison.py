@@ -2,9 +2,9 @@
 measured inference speed. The library behind ``pipelines.compare``.
 
 Variants are found recursively (:func:`ensemble_fer.models.variant_dir.find_variants`, the rule
-``pipelines.fit_ensemble`` shares): every folder holding ``config.json`` and ``predictions.npz``
-(so the runs of a hyperparameter search under ``runs/search/`` are found too), hidden folders
-(``.run/`` checkpoints) excepted.
+``pipelines.fit_ensemble`` shares): every folder holding ``config.json``, which training writes
+last (so the runs of a hyperparameter search under ``runs/search/`` are found too), hidden
+folders (``.run/`` checkpoints) excepted.
 
 Per variant (:func:`compare_variant`):
 
@@ -269,7 +269,8 @@ def comparison_markdown(result: dict, figure: str) -> str:
              f"cross-entropy of those probabilities; training time is the sum of the epoch times.", ""]
     if speed["measured"]:
         sources = sorted({r["speed_inputs"] for r in rows if r["speed_inputs"]})
-        lines += [f"Inference images/s: `inference.forward.predict_proba` on {speed['rows']} rows, batch {speed['batch_size']}, "
+        lines += [f"Inference images/s: `inference.forward.predict_proba` on {speed['rows']} rows, "
+                  f"batch {speed['batch_size']}, "
                   f"best of {speed['repeats']} timed calls after one warm-up call, on {speed['device']}. The network "
                   f"only: face detection, landmarks and HOG (the BOVW input) are not timed. Inputs: "
                   + "; ".join(sources) + ".", ""]

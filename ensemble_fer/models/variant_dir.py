@@ -4,7 +4,7 @@ files, reads and writes them, and says what a folder holds.
 ::
 
     folder = VariantDir("models/cnn5")
-    folder.has_outputs()            # config.json (written last by training) and predictions.npz
+    folder.is_trained()             # config.json, written last by training: the outputs are complete
     config = folder.read_config()   # checked for the keys inference and ensembling need
     splits = folder.read_predictions()      # {"val": {"ids", "y", "proba", "face_found"}, "test": ...}
     model = folder.load_model()     # Keras safe mode, no optimizer
@@ -111,11 +111,12 @@ class VariantDir:
 
     # ------------------------------------------------------------------ what it holds
 
-    def has_outputs(self) -> bool:
-        """A variant that can be scored, compared and ensembled: ``config.json`` (written last,
-        so its presence means the outputs are complete) and ``predictions.npz``. A run stopped
-        by its time budget has them too (``status()`` then says ``incomplete``)."""
-        return self.config_path.is_file() and self.predictions_path.is_file()
+    def is_trained(self) -> bool:
+        """A variant to score, compare and ensemble: training writes ``config.json`` last, so its
+        presence means the other outputs are complete. A run stopped by its time budget has it
+        too (``status()`` then says ``incomplete``). A file of it that has gone missing since
+        is refused by the reader that needs it, naming the file."""
+        return self.config_path.is_file()
 
     def unfinished(self) -> bool:
         """Traces of a run that has not written its outputs: a checkpoint or a model, no config."""
@@ -290,7 +291,7 @@ def _check_probabilities(path: Path, split: str, ids, proba) -> None:
 
 
 def find_variants(root, say=_say_nothing) -> list[Path]:
-    """Every variant folder (:meth:`VariantDir.has_outputs`) under ``root``, itself included,
+    """Every variant folder (:meth:`VariantDir.is_trained`) under ``root``, itself included,
     searched recursively (so the runs of a hyperparameter search count) and sorted by path;
     hidden folders (``.run/`` checkpoints) are skipped, linked folders followed once. Folders
     of unfinished runs are mentioned through ``say``. The one rule of ``pipelines.fit_ensemble``
@@ -308,10 +309,8 @@ def find_variants(root, say=_say_nothing) -> list[Path]:
             return
         seen.add(real)
         variant = VariantDir(folder)
-        if variant.has_outputs():
+        if variant.is_trained():
             found.append(folder)
-        elif variant.config_path.is_file():
-            say(f"note: {folder} skipped: no {PREDICTIONS}")
         elif variant.unfinished():
             say(f"note: {folder} skipped: no {CONFIG} (training unfinished or interrupted)")
         for child in sorted(folder.iterdir()):
@@ -320,8 +319,8 @@ def find_variants(root, say=_say_nothing) -> list[Path]:
 
     visit(root)
     if not found:
-        raise MissingInputError(f"{root}: holds no trained variant (no folder with {CONFIG} and {PREDICTIONS}, "
-                                f"searched recursively); {TRAIN_HINT}")
+        raise MissingInputError(f"{root}: holds no trained variant (no folder with {CONFIG}, searched "
+                                f"recursively); {TRAIN_HINT}")
     return sorted(found)
 
 
