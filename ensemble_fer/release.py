@@ -12,8 +12,8 @@ Two places hold a release:
 :func:`default_model` prefers the packaged copy and falls back to the working copy, so an
 editable install in a clone (which has no packaged copy) keeps using ``models/release``.
 
-This module imports only the standard library: ``setup.py`` loads it by file path while the
-package's dependencies may not be installed yet.
+This module imports only the standard library and :mod:`ensemble_fer.errors`: ``setup.py``
+loads it by file path while the package's dependencies may not be installed yet.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+
+try:
+    from ensemble_fer.errors import InputError, MissingInputError
+except ImportError:     # loaded by path from setup.py in an isolated build, where the package is not importable
+    InputError, MissingInputError = ValueError, FileNotFoundError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGED = PACKAGE_DIR / "release"
@@ -51,7 +56,7 @@ def default_model() -> Path:
     for folder in (PACKAGED, WORKING_COPY):
         if is_model_folder(folder):
             return folder
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"{WORKING_COPY}: no release model here (and none packaged in {PACKAGED}). Train one "
         f"(ensemble-fer extract, ensemble-fer train --block cnn5 --bovw, optionally ensemble-fer fit-ensemble) "
         f"and pass it with --model PATH (a variant folder or an ensemble.json), or put it in {WORKING_COPY}")
@@ -60,28 +65,34 @@ def default_model() -> Path:
 def release_files(source) -> list[str]:
     """The files (relative paths, sorted) that make the release in ``source``: the
     ``ensemble.json`` and model card, and each member's config and network; or, for a single
-    variant, its config and network. Raises ``FileNotFoundError`` naming what is missing."""
+    variant, its config and network. Raises :class:`~ensemble_fer.errors.MissingInputError`
+    naming what is missing (:class:`~ensemble_fer.errors.InputError` for an unreadable
+    ``ensemble.json``)."""
     source = Path(source)
     if (source / "ensemble.json").is_file():
-        data = json.loads((source / "ensemble.json").read_text())
-        members = [entry["path"] for entry in data.get("members", []) if isinstance(entry, dict) and "path" in entry]
+        try:
+            data = json.loads((source / "ensemble.json").read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{source / 'ensemble.json'}: not valid JSON ({exc})") from None
+        entries = data.get("members", []) if isinstance(data, dict) else []
+        members = [entry["path"] for entry in entries if isinstance(entry, dict) and "path" in entry]
         if not members:
-            raise FileNotFoundError(f"{source / 'ensemble.json'}: lists no members")
+            raise MissingInputError(f"{source / 'ensemble.json'}: lists no members")
     elif (source / "config.json").is_file():
         members = ["."]
     else:
-        raise FileNotFoundError(f"{source}: no ensemble.json or config.json: not a model folder")
+        raise MissingInputError(f"{source}: no ensemble.json or config.json: not a model folder")
     files = {name for name in TOP_FILES if (source / name).is_file()}
     for member in members:
         folder = (source / member).resolve()
         if source.resolve() not in folder.parents and folder != source.resolve():
             # A member outside the folder would not travel with it.
-            raise FileNotFoundError(f"{source}: member {member!r} lies outside the release folder")
+            raise MissingInputError(f"{source}: member {member!r} lies outside the release folder")
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder / 'config.json'}: file not found (member of {source})")
+            raise MissingInputError(f"{folder / 'config.json'}: file not found (member of {source})")
         found = [name for name in MODEL_FILES if (folder / name).is_file()]
         if not found:
-            raise FileNotFoundError(f"{folder}: no {' or '.join(MODEL_FILES)} (member of {source})")
+            raise MissingInputError(f"{folder}: no {' or '.join(MODEL_FILES)} (member of {source})")
         for name in ("config.json", *found):
             files.add((Path(member) / name).as_posix().removeprefix("./"))
     return sorted(files)

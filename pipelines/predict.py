@@ -143,7 +143,7 @@ def main(argv=None) -> int:
 def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
     """Predict every ``(path, output name)`` in ``files`` not done yet, writing each file's
     rows (and pictures) through ``sink`` as soon as its batch has run, in input order."""
-    from ensemble_fer.features.datasets import read_image_file
+    from ensemble_fer.features.datasets import DatasetError, read_image_file
 
     classes = recognizer.classes
     counts = {"read": 0, "faces": 0, "errors": 0, "skipped": 0}
@@ -166,7 +166,7 @@ def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
         for path, name in progress:
             try:
                 image = read_photo(path)
-            except ValueError as exc:       # DatasetError (an InputError): this file only
+            except DatasetError as exc:     # this file only; anything else is a bug and stops the run
                 queue.append((path, name, str(exc)))
                 _write_above_progress(progress, str(exc))
                 continue

@@ -87,6 +87,26 @@ def test_bad_inputs_are_refused(tiny_variant):
         gradcam.grad_cam(bovw_only, crop, np.zeros(2728, np.float32), 0)
 
 
+def test_bad_arguments_are_input_errors():
+    """Untrained networks suffice: every check runs before the gradient."""
+    from ensemble_fer.errors import InputError
+    from ensemble_fer.models import networks
+
+    image_only = networks.build_network("cnn5", False, 7, dense_units=0, weights=None)
+    crop = sample_crops(1)[0][0]
+    with pytest.raises(InputError, match="has no bovw input; pass bovw_vector=None"):
+        gradcam.grad_cam(image_only, crop, np.zeros(2728, np.float32), 0)
+    with pytest.raises(InputError, match="class_index must be in 0..6; got -1"):
+        gradcam.grad_cam(image_only, crop, None, -1)
+    with pytest.raises(InputError, match=r"image_crop must be a 48x48 uint8 grayscale crop; got float32 \(48, 48\)"):
+        gradcam.grad_cam(image_only, crop.astype(np.float32), None, 0)
+    two_inputs = networks.build_network("cnn5", True, 7, dense_units=0, weights=None)
+    with pytest.raises(InputError, match=r"bovw_vector must hold 2728 values; got shape \(10,\)"):
+        gradcam.grad_cam(two_inputs, crop, np.zeros(10, np.float32), 0)
+    with pytest.raises(InputError, match="has no image branch"):
+        gradcam.grad_cam(networks.build_network(None, True, 7), crop, np.zeros(2728, np.float32), 0)
+
+
 # ----------------------------------------------------------------------------- recognizer
 
 @pytest.fixture(scope="module")

@@ -391,10 +391,10 @@ def test_cli_reports_input_errors_and_lets_bugs_show_their_traceback(capsys):
         numpy_bug()
 
     @cli_errors.reports_errors
-    def unconverted(argv=None):
-        from ensemble_fer.evaluation.evaluate import metrics  # MissingInputError, off the transitional list
+    def missing(argv=None):
+        from ensemble_fer.evaluation import metrics  # a MissingInputError
 
         metrics.read_history_csv("/nonexistent/history.csv")
 
-    assert unconverted() == 2
+    assert missing() == 2
     assert capsys.readouterr().err == "error: /nonexistent/history.csv: file not found\n"

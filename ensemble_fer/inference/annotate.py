@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble_fer.errors import InputError
+
 BOX_COLOUR = (0, 200, 0)         # RGB
 NO_FACE_COLOUR = (220, 40, 40)   # RGB
 
@@ -19,14 +21,14 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) RGB from grayscale, RGB or RGBA (alpha dropped)."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8; got {image.dtype}")
+        raise InputError(f"image must be uint8; got {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if image.ndim == 2:
         return np.repeat(image[..., None], 3, axis=2)
     if image.ndim == 3 and image.shape[2] in (3, 4):
         return np.ascontiguousarray(image[..., :3])
-    raise ValueError(f"image must be (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}")
+    raise InputError(f"image must be (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}")
 
 
 def draw_faces(image: np.ndarray, faces, labels=None) -> np.ndarray:
@@ -51,7 +53,7 @@ def draw_faces(image: np.ndarray, faces, labels=None) -> np.ndarray:
     if labels is None:
         labels = ["{} {:.2f}".format(*_top(face)) for face in faces]
     if len(labels) != len(faces):
-        raise ValueError(f"labels: {len(labels)} texts for {len(faces)} faces")
+        raise InputError(f"labels: {len(labels)} texts for {len(faces)} faces")
     boxes = [tuple(int(v) for v in face.box) for face in faces]
     sizes = [_label_size(text, font, scale, thickness) for text in labels]
     for left, top, right, bottom in boxes:
@@ -131,7 +133,7 @@ def heatmap_overlay(crop: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) 
     crop = to_rgb(crop)
     heatmap = np.asarray(heatmap, dtype=np.float32)
     if heatmap.shape != crop.shape[:2]:
-        raise ValueError(f"heatmap shape {heatmap.shape} differs from the crop's {crop.shape[:2]}")
+        raise InputError(f"heatmap shape {heatmap.shape} differs from the crop's {crop.shape[:2]}")
     levels = np.clip(np.rint(heatmap * 255), 0, 255).astype(np.uint8)
     colours = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     blended = (1.0 - alpha) * crop.astype(np.float32) + alpha * colours.astype(np.float32)
@@ -149,7 +151,7 @@ def gradcam_figure(crop: np.ndarray, heatmap: np.ndarray, caption: str, size: in
     crop = to_rgb(crop)
     heatmap = np.asarray(heatmap, dtype=np.float32)
     if heatmap.shape != crop.shape[:2]:
-        raise ValueError(f"heatmap shape {heatmap.shape} differs from the crop's {crop.shape[:2]}")
+        raise InputError(f"heatmap shape {heatmap.shape} differs from the crop's {crop.shape[:2]}")
     face = cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
     smooth = np.clip(cv2.resize(heatmap, (size, size), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
     panels = np.concatenate([face, heatmap_overlay(face, smooth)], axis=1)
@@ -173,9 +175,12 @@ def write_image(path, image: np.ndarray) -> Path:
     image = np.asarray(image)
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     suffix = path.suffix or ".png"
+    # asked first: for a suffix it has no encoder for, imencode raises a cv2.error, not False
+    if not cv2.haveImageWriter(f"image{suffix}"):
+        raise InputError(f"{path}: cannot encode an image as {suffix}")
     with atomic_path(path) as tmp:
         ok, encoded = cv2.imencode(suffix, bgr)
         if not ok:
-            raise ValueError(f"{path}: cannot encode an image as {suffix}")
+            raise RuntimeError(f"{path}: OpenCV failed to encode a {image.dtype} {image.shape} image as {suffix}")
         tmp.write_bytes(encoded.tobytes())
     return path

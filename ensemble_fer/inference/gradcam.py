@@ -11,7 +11,7 @@ input gives that tensor *in the outer model's graph*, so one sub-model
 ``inputs -> (feature map, logits)`` computes both in one pass. For a network that does not
 follow this naming, the input of the first global-pooling or ``Flatten`` layer that receives
 a 4-D tensor is used. A network without either (the BOVW-only variant) has no image branch
-and :func:`grad_cam` raises :class:`ValueError`.
+and :func:`grad_cam` raises :class:`~ensemble_fer.errors.InputError`, as for every bad argument.
 
 What is computed
 ----------------
@@ -29,6 +29,7 @@ import weakref
 
 import numpy as np
 
+from ensemble_fer.errors import InputError
 from ensemble_fer.features.bovw import BOVW_SIZE, IMAGE_SIZE
 
 IMAGE_INPUT = "image"
@@ -47,7 +48,7 @@ def has_image_branch(model) -> bool:
 def feature_map_tensor(model):
     """The symbolic tensor Grad-CAM explains: the last 4-D map of the image branch."""
     if not has_image_branch(model):
-        raise ValueError(f"model {model.name!r} has no image branch (inputs: {sorted(input_names(model))}); "
+        raise InputError(f"model {model.name!r} has no image branch (inputs: {sorted(input_names(model))}); "
                          "Grad-CAM needs a variant with an image block")
     try:
         return model.get_layer(POOL_LAYER).input
@@ -59,7 +60,7 @@ def feature_map_tensor(model):
     for layer in model.layers:
         if isinstance(layer, pooling) and len(layer.input.shape) == 4:
             return layer.input
-    raise ValueError(f"model {model.name!r}: no 4-D feature map found before a pooling layer "
+    raise InputError(f"model {model.name!r}: no 4-D feature map found before a pooling layer "
                      f"(expected a layer named {POOL_LAYER!r})")
 
 
@@ -77,22 +78,22 @@ def grad_cam(model, image_crop: np.ndarray, bovw_vector: np.ndarray | None, clas
     if crop.ndim == 3 and crop.shape[2] == 1:
         crop = crop[..., 0]
     if crop.shape != (IMAGE_SIZE, IMAGE_SIZE) or crop.dtype != np.uint8:
-        raise ValueError(f"image_crop must be a 48x48 uint8 grayscale crop; got {crop.dtype} {crop.shape}")
+        raise InputError(f"image_crop must be a 48x48 uint8 grayscale crop; got {crop.dtype} {crop.shape}")
     sub = _submodel(model)
     names = input_names(model)
     inputs = {IMAGE_INPUT: crop[None, :, :, None]}
     if BOVW_INPUT in names:
         if bovw_vector is None:
-            raise ValueError(f"model {model.name!r} has a bovw input: pass the crop's BOVW vector")
+            raise InputError(f"model {model.name!r} has a bovw input: pass the crop's BOVW vector")
         vector = np.asarray(bovw_vector, dtype=np.float32).reshape(-1)
         if vector.shape != (BOVW_SIZE,):
-            raise ValueError(f"bovw_vector must hold {BOVW_SIZE} values; got shape {vector.shape}")
+            raise InputError(f"bovw_vector must hold {BOVW_SIZE} values; got shape {vector.shape}")
         inputs[BOVW_INPUT] = vector[None]
     elif bovw_vector is not None:
-        raise ValueError(f"model {model.name!r} has no bovw input; pass bovw_vector=None")
+        raise InputError(f"model {model.name!r} has no bovw input; pass bovw_vector=None")
     n_classes = int(sub.outputs[1].shape[-1])
     if not 0 <= int(class_index) < n_classes:
-        raise ValueError(f"class_index must be in 0..{n_classes - 1}; got {class_index}")
+        raise InputError(f"class_index must be in 0..{n_classes - 1}; got {class_index}")
 
     with tf.GradientTape() as tape:
         feature_map, scores = sub(inputs, training=False)

@@ -86,10 +86,7 @@ class EmotionRecognizer:
     """
 
     def __init__(self, predictor, *, detector: str = "hog", upsample: int = 1, source: Path | None = None):
-        if detector not in faces.DETECTORS:
-            raise InputError(f"detector must be one of {faces.DETECTORS}; got {detector!r}")
-        if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or upsample < 0:
-            raise InputError(f"upsample must be an int >= 0; got {upsample!r}")
+        _check_detection(detector, upsample)
         self._predictor = predictor
         self.detector = detector
         self.upsample = int(upsample)
@@ -103,6 +100,7 @@ class EmotionRecognizer:
         release model (see :data:`DEFAULT_MODEL`)."""
         from ensemble_fer.inference import export
         from ensemble_fer.inference import predictor as inference
+        _check_detection(detector, upsample)       # before the model's files are read
         resolved = resolve_model_path(path)
         # a TFLite export (ensemble_fer.inference.export) predicts through the same Predictor
         load = export.load_predictor if export.is_export(resolved) else inference.load_predictor
@@ -281,6 +279,13 @@ def resolve_model_path(path=None) -> Path:
             f"python -m pipelines.train_variant --block cnn5 --bovw, optionally python -m pipelines.fit_ensemble) "
             f"and pass it with --model PATH (a variant folder or an ensemble.json), or put it in {release}")
     return release
+
+
+def _check_detection(detector, upsample) -> None:
+    if detector not in faces.DETECTORS:
+        raise InputError(f"detector must be one of {faces.DETECTORS}; got {detector!r}")
+    if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or upsample < 0:
+        raise InputError(f"upsample must be an int >= 0; got {upsample!r}")
 
 
 def check_color(color) -> None:

@@ -1,0 +1,125 @@
+"""Bad input through the recognizer, annotation and release paths: InputError from the API,
+one ``error:`` line and exit status 2 from the CLI; a plain ValueError is a bug and keeps its
+traceback. No Keras model is loaded here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TEST_DATA
+from ensemble_fer import release
+from ensemble_fer.errors import InputError, MissingInputError
+from ensemble_fer.inference import annotate
+from ensemble_fer.inference.recognizer import EmotionRecognizer, FaceResult
+from pipelines import cli_errors, predict
+
+PHOTO = TEST_DATA / "photos" / "2008_002470.jpg"
+RELEASE_MEMBER = REPO / "models" / "release" / "vgg_fast+bovw_40px"
+
+
+class _Classes:
+    """Stands in for a Predictor where only the class names are read."""
+
+    classes = ("angry", "happy")
+
+
+def test_recognizer_arguments_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match=r"detector must be one of \('hog', 'mmod'\); got 'haar'"):
+        EmotionRecognizer(_Classes(), detector="haar")
+    with pytest.raises(InputError, match="upsample must be an int >= 0; got -1"):
+        EmotionRecognizer(_Classes(), upsample=-1)
+    # checked before the model's files are read
+    with pytest.raises(InputError, match="upsample must be an int >= 0; got 1.5"):
+        EmotionRecognizer.load(tmp_path / "no-model", upsample=1.5)
+    recognizer = EmotionRecognizer(_Classes())
+    image = np.zeros((48, 48), np.uint8)
+    with pytest.raises(InputError, match="color must be one of"):
+        recognizer.face_crop(image, (0, 0, 47, 47), color="hsv")
+    with pytest.raises(InputError, match="uint8 array or a path; got an array of dtype float64"):
+        recognizer.locate_faces(np.zeros((48, 48)))
+    with pytest.raises(InputError, match=r"face must be a FaceResult or a \(left, top, right, bottom\) box"):
+        recognizer.face_crop(image, (0, 0, 47))
+    with pytest.raises(InputError, match="batch_size must be an int >= 1; got 0"):
+        recognizer.predict_many([image], batch_size=0)
+    with pytest.raises(InputError, match="emotion: give the emotion to explain when face is a box"):
+        recognizer.grad_cam(image, (0, 0, 47, 47))
+    face = FaceResult((0, 0, 47, 47), "happy", {"angry": 0.2, "happy": 0.8})
+    with pytest.raises(InputError, match=r"emotion 'sad' is not one of the model's classes \['angry', 'happy'\]"):
+        recognizer.grad_cam(image, face, emotion="sad")
+    with pytest.raises(TypeError, match="use predict for one image"):     # a call mistake, not input
+        recognizer.predict_many(image)
+
+
+def test_annotation_arguments_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="image must be uint8; got float32"):
+        annotate.to_rgb(np.zeros((4, 4), np.float32))
+    with pytest.raises(InputError, match=r"got shape \(4, 4, 2\)"):
+        annotate.to_rgb(np.zeros((4, 4, 2), np.uint8))
+    face = FaceResult((1, 1, 10, 10), "happy", {"happy": 1.0})
+    with pytest.raises(InputError, match="labels: 2 texts for 1 faces"):
+        annotate.draw_faces(np.zeros((20, 20), np.uint8), [face], labels=["a", "b"])
+    with pytest.raises(InputError, match=r"heatmap shape \(24, 24\) differs from the crop's \(48, 48\)"):
+        annotate.heatmap_overlay(np.zeros((48, 48), np.uint8), np.zeros((24, 24)))
+    with pytest.raises(InputError, match=r"heatmap shape \(24, 24\) differs"):
+        annotate.gradcam_figure(np.zeros((48, 48), np.uint8), np.zeros((24, 24)), "x")
+    target = tmp_path / "figure.notanimage"
+    with pytest.raises(InputError, match=f"{target}: cannot encode an image as .notanimage"):
+        annotate.write_image(target, np.zeros((8, 8, 3), np.uint8))
+    assert not target.exists()
+
+
+def test_release_problems_are_input_errors(tmp_path):
+    with pytest.raises(MissingInputError, match="no ensemble.json or config.json: not a model folder"):
+        release.release_files(tmp_path)
+    (tmp_path / "ensemble.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"ensemble.json: not valid JSON"):
+        release.release_files(tmp_path)
+    (tmp_path / "ensemble.json").write_text(json.dumps({"members": []}))
+    with pytest.raises(MissingInputError, match="ensemble.json: lists no members"):
+        release.release_files(tmp_path)
+    (tmp_path / "ensemble.json").write_text(json.dumps({"members": [{"path": "../elsewhere"}]}))
+    with pytest.raises(MissingInputError, match="member '../elsewhere' lies outside the release folder"):
+        release.release_files(tmp_path)
+
+
+def test_cli_bad_detection_argument_is_one_line(tmp_path, capsys):
+    assert predict.main([str(PHOTO), "--upsample", "-1", "--model", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err == "error: upsample must be an int >= 0; got -1\n"
+
+
+def test_cli_grad_cam_of_a_bovw_only_model_is_one_line(tmp_path, capsys):
+    """The member's files are the release's (read only); its config says it has no image block."""
+    variant = tmp_path / "bovw_only"
+    variant.mkdir()
+    shutil.copy(RELEASE_MEMBER / "model.keras", variant / "model.keras")
+    config = json.loads((RELEASE_MEMBER / "config.json").read_text())
+    (variant / "config.json").write_text(json.dumps({**config, "block": None}))
+    out = tmp_path / "gradcam"
+    assert predict.main([str(PHOTO), "--model", str(variant), "--gradcam", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {variant}: Grad-CAM needs an image branch, and no member of this model has one "
+                   f"(BOVW-only: ['bovw_only'])\n")
+    assert not out.exists()
+
+
+def test_only_input_errors_are_reported_as_user_errors(capsys):
+    """A plain ValueError raised in a module whose user errors are InputError is a bug: it
+    keeps its traceback (it once printed as ``error: too many values to unpack``)."""
+    @cli_errors.reports_errors
+    def bug(argv=None):
+        annotate.place_labels([(0, 0, 1, 1, 9)], [(5, 5)], (10, 10))     # a 5-value box: the caller's bug
+
+    with pytest.raises(ValueError, match="too many values to unpack") as raised:
+        bug()
+    assert not isinstance(raised.value, InputError)
+
+    @cli_errors.reports_errors
+    def bad_input(argv=None):
+        annotate.to_rgb(np.zeros((2, 2), np.float64))
+
+    assert bad_input() == 2
+    assert capsys.readouterr().err == "error: image must be uint8; got float64\n"
