@@ -1,7 +1,7 @@
 """Thin command-line stages over the ensemble_fer library (`python -m pipelines.<stage>`)."""
 
-import os
+from ensemble_fer import tf_startup
 
-# TensorFlow's C++ start-up chatter (oneDNN notes, "no CUDA driver") buries the stages' own
-# output; errors still show. Set TF_CPP_MIN_LOG_LEVEL=0 to see everything.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Runs before any stage module: TensorFlow's C++ start-up chatter (oneDNN notes, "no CUDA
+# driver") would bury the stages' own output; other lines it writes still show.
+tf_startup.quiet_tensorflow_import()

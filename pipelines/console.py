@@ -8,8 +8,8 @@
 
 Each subcommand runs the same ``main(argv)`` as ``python -m pipelines.<stage>`` (those entry
 points stay), so options, outputs and exit statuses are the same; ``ensemble-fer <stage>
---help`` shows every option with its default. TensorFlow is started without its C++ start-up
-lines (:mod:`ensemble_fer.tf_startup`).
+--help`` shows every option with its default. TensorFlow starts without its C++ start-up
+lines, as in every stage (``pipelines/__init__.py``, :mod:`ensemble_fer.tf_startup`).
 
 ``ensemble-fer extract --scheduler ADDRESS`` runs the extraction's joblib chunks on a running
 dask cluster (``dask scheduler`` + ``dask worker ADDRESS`` on the machines, each with this
@@ -22,11 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import os
 import sys
-
-# TensorFlow's C++ logging level must be set before it is imported anywhere.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from ensemble_fer.errors import InputError
 
@@ -34,17 +30,17 @@ from .cli_errors import EXIT_BAD_INPUT
 
 PROG = "ensemble-fer"
 
-# subcommand -> (pipelines module, one-line description, needs TensorFlow)
+# subcommand -> (pipelines module, one-line description)
 STAGES = {
-    "extract": ("extract_features", "faces, landmarks, HOG and BOVW features of a dataset", False),
-    "train": ("train_variant", "train one two-input variant on a feature store", True),
-    "fit-ensemble": ("fit_ensemble", "fit the weighted ensemble of trained variants on validation", True),
-    "evaluate": ("evaluate", "score a model on labelled data", True),
-    "predict": ("predict", "emotions of every face in photos and videos, as CSV", True),
-    "export": ("export", "export a model to TFLite (float32, float16, int8)", True),
-    "demo": ("demo", "the whole pipeline on the bundled sample (needs a clone)", True),
-    "compare": ("compare", "compare the trained variants under a folder", True),
-    "search": ("search_hparams", "hyperparameter grid search of one variant", True),
+    "extract": ("extract_features", "faces, landmarks, HOG and BOVW features of a dataset"),
+    "train": ("train_variant", "train one two-input variant on a feature store"),
+    "fit-ensemble": ("fit_ensemble", "fit the weighted ensemble of trained variants on validation"),
+    "evaluate": ("evaluate", "score a model on labelled data"),
+    "predict": ("predict", "emotions of every face in photos and videos, as CSV"),
+    "export": ("export", "export a model to TFLite (float32, float16, int8)"),
+    "demo": ("demo", "the whole pipeline on the bundled sample (needs a clone)"),
+    "compare": ("compare", "compare the trained variants under a folder"),
+    "search": ("search_hparams", "hyperparameter grid search of one variant"),
 }
 
 
@@ -58,7 +54,7 @@ def _usage() -> str:
     width = max(map(len, STAGES))
     lines = [f"usage: {PROG} [--version] <command> [options]   ({PROG} <command> --help for its options)",
              "", "commands:"]
-    lines += [f"  {name:<{width}}  {description}" for name, (_, description, _) in STAGES.items()]
+    lines += [f"  {name:<{width}}  {description}" for name, (_, description) in STAGES.items()]
     return "\n".join(lines)
 
 
@@ -103,12 +99,7 @@ def main(argv=None) -> int:
     if "-h" in rest or "--help" in rest:
         stage_parser(command).print_help()
         return 0
-    module_name, _, needs_tf = STAGES[command]
-    if needs_tf:
-        from ensemble_fer import tf_startup
-
-        tf_startup.start_quietly()
-    module = importlib.import_module(f"pipelines.{module_name}")
+    module = importlib.import_module(f"pipelines.{STAGES[command][0]}")
     try:
         scheduler, rest = _take_option(rest, "--scheduler") if command == "extract" else (None, rest)
         with on_cluster(scheduler):

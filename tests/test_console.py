@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -153,3 +154,48 @@ def test_wheel_ships_release_and_predicts_outside_the_repo(tiny_release, tmp_pat
     assert lines[0].endswith(",frame,time_s,track")
     assert len(lines) == 1 + 2 * 6 and all(line.startswith("clip.mp4,") for line in lines[1:])
     assert run.stderr == ""
+
+
+# ------------------------------------------------------------------ quiet TensorFlow start-up
+CHATTER_WORDS = re.compile(r"cuda|onednn|cpu_feature_guard", re.IGNORECASE)
+
+
+def test_first_import_of_tensorflow_hides_only_its_start_up_lines(tmp_path, monkeypatch, capfd):
+    """The import hook on a stand-in package that writes what TensorFlow writes at import and
+    at the device probe, plus one line that is not chatter: only that line is left."""
+    from ensemble_fer import tf_startup
+
+    (tmp_path / "noisy_tf").mkdir()
+    (tmp_path / "noisy_tf" / "__init__.py").write_text(
+        "import os, types\n"
+        "os.write(2, b'I0000 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.\\n')\n"
+        "os.write(2, b'I0000 port.cc:153] oneDNN custom operations are on.\\n')\n"
+        "os.write(2, b'a real warning\\n')\n"
+        "config = types.SimpleNamespace(list_physical_devices=lambda: os.write(\n"
+        "    2, b'E0000 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\\n'))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    finder = tf_startup._QuietFinder("noisy_tf")
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    monkeypatch.delitem(sys.modules, "noisy_tf", raising=False)
+    import noisy_tf
+
+    assert finder not in sys.meta_path                  # the first import only
+    assert noisy_tf.__loader__ is noisy_tf.__spec__.loader and not isinstance(noisy_tf.__loader__,
+                                                                              tf_startup._QuietLoader)
+    assert capfd.readouterr().err == "a real warning\n"
+
+
+@pytest.mark.slow
+def test_python_m_stage_starts_tensorflow_quietly():
+    """`python -m pipelines.<stage>`, not only the console, hides TensorFlow's start-up lines on
+    a CPU-only machine. ``-X importtime`` shows that the run did import TensorFlow."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipelines.train_variant", "--help"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.startswith("usage:")
+    lines = run.stderr.splitlines()
+    imported = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+    assert "tensorflow" in imported, "this run no longer imports TensorFlow: pick a stage that does"
+    ours = [line for line in lines if not line.startswith("import time:")]
+    assert not [line for line in ours if CHATTER_WORDS.search(line)], ours
