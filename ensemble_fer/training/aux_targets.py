@@ -74,6 +74,14 @@ class AuxTargets:
                              f"one")
         return self.values[np.asarray(rows, dtype=np.int64)].astype(np.float32).reshape(len(rows), len(self.names))
 
+    def attach(self, store, splits: dict) -> AuxTargets:
+        """Check the CSV against every split of ``store`` and give each of ``splits``
+        (``data.SplitData``) its target rows; returns self."""
+        self.check_ids(np.concatenate([store.load(split)["ids"] for split in store.splits]), store.path)
+        for name, split in splits.items():
+            split.aux = self.align(split.ids, name)
+        return self
+
     def describe(self) -> dict:
         from ensemble_fer import artifacts
 

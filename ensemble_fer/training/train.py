@@ -106,10 +106,7 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
     if config.aux_targets is not None:
         from ensemble_fer.training.aux_targets import read_aux_targets
 
-        aux = read_aux_targets(config.aux_targets)
-        aux.check_ids(np.concatenate([store.load(split)["ids"] for split in store.splits]), store.path)
-        for name, split in splits.items():
-            split.aux = aux.align(split.ids, name)
+        aux = read_aux_targets(config.aux_targets).attach(store, splits)
     state, stale = check_out(out, args, resume=resume, force=force, say=say)
     clean_after_kill(out, state)
     finish_only = False
