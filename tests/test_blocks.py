@@ -1,4 +1,5 @@
-"""Tests of ensemble_fer.models.blocks: every registered block gets the generic tests for free.
+"""Tests of the image blocks (factory, registry, weights, architectures): every registered block
+gets the generic tests for free.
 
 Big blocks are built at their smallest allowed input (resnet50 needs 197 px) and only as often
 as needed: one cached random-init model per block is shared by the tests of this module.
@@ -15,11 +16,12 @@ import pytest
 
 import keras
 
-from ensemble_fer.models import blocks
-from ensemble_fer.models.blocks import WeightsUnavailableError
+from ensemble_fer.models import (applications, blocks, compact, legacy_h5, preprocessing, registry,
+                                 vggface, weights)
+from ensemble_fer.models.weights import WeightsUnavailableError
 
 BLOCKS = blocks.list_blocks()
-HEAVY = {"resnet50", "inception_resnet_v2"}
+HEAVY = {name for name in BLOCKS if blocks.get_block_spec(name).pretrained}
 _CACHE: dict[str, keras.Model] = {}
 
 
@@ -63,7 +65,7 @@ def offline_cache(tmp_path, monkeypatch):
     home = tmp_path / "keras_home"
     home.mkdir()
     monkeypatch.setenv("KERAS_HOME", str(home))
-    monkeypatch.setenv(blocks.OFFLINE_ENV, "1")
+    monkeypatch.setenv(weights.OFFLINE_ENV, "1")
     return home
 
 
@@ -110,14 +112,14 @@ def test_unknown_block_name_lists_valid_names():
 
 def test_register_block_rejects_duplicates_and_bad_specs():
     with pytest.raises(ValueError, match="already registered"):
-        blocks.register_block("cnn5", default_size=48, min_size=32, channels=1,
-                              description="", preprocessing=blocks.symmetric_preprocessing)
+        registry.register_block("cnn5", default_size=48, min_size=32, channels=1,
+                              description="", preprocessing=preprocessing.symmetric_preprocessing)
     with pytest.raises(ValueError, match="channels"):
-        blocks.register_block("x_bad", default_size=48, min_size=32, channels=2,
-                              description="", preprocessing=blocks.symmetric_preprocessing)
+        registry.register_block("x_bad", default_size=48, min_size=32, channels=2,
+                              description="", preprocessing=preprocessing.symmetric_preprocessing)
     with pytest.raises(ValueError, match="default_weights"):
-        blocks.register_block("x_bad", default_size=48, min_size=32, channels=1,
-                              description="", preprocessing=blocks.symmetric_preprocessing,
+        registry.register_block("x_bad", default_size=48, min_size=32, channels=1,
+                              description="", preprocessing=preprocessing.symmetric_preprocessing,
                               default_weights="imagenet")
     assert "x_bad" not in blocks.list_blocks()
 
@@ -128,10 +130,10 @@ def exploding_block():
     def builder(inputs, name):
         raise AssertionError("the block was built")
 
-    blocks.register_block("x_exploding", default_size=48, min_size=40, channels=1,
-                          description="test", preprocessing=blocks.symmetric_preprocessing)(builder)
+    registry.register_block("x_exploding", default_size=48, min_size=40, channels=1,
+                          description="test", preprocessing=preprocessing.symmetric_preprocessing)(builder)
     yield "x_exploding"
-    blocks._REGISTRY.pop("x_exploding", None)
+    registry._REGISTRY.pop("x_exploding", None)
 
 
 def test_arguments_are_checked_before_building(exploding_block, tmp_path):
@@ -200,7 +202,7 @@ def test_vgg_fast_cost_matches_its_docstring():
         if isinstance(layer, keras.layers.Conv2D):
             macs += int(np.prod(layer.output.shape[1:3])) * int(np.prod(layer.kernel.shape))
     assert macs == 96_215_040
-    assert "1,165,216" in blocks.vgg_fast.__doc__ and "96.2M" in blocks.vgg_fast.__doc__
+    assert "1,165,216" in compact.vgg_fast.__doc__ and "96.2M" in compact.vgg_fast.__doc__
 
 
 # ------------------------------------------------------------------ preprocessing
@@ -262,6 +264,7 @@ def test_inception_preprocessing_is_keras_applications():
     assert got.min() >= -1 and got.max() <= 1
 
 
+
 # ------------------------------------------------------------------ argument checks
 
 @pytest.mark.parametrize("name", BLOCKS)
@@ -310,11 +313,12 @@ def save_in_published_format(name: str, model: keras.Model, folder) -> str:
     """Save ``model``'s weights as the block's published weight file would be."""
     if name == "resnet50":
         path = folder / "rcmalli_vggface_tf_notop_resnet50.h5"
-        published = {blocks.keras_layer_name(n): n for n in blocks.VGGFACE_RESNET50_LAYER_NAMES}
-        blocks.save_legacy_h5_weights(model, path, layer_names=published)
-    elif name == "inception_resnet_v2":
-        path = folder / blocks.IMAGENET_INCEPTION_RESNET_V2_WEIGHTS.fname
-        blocks.save_legacy_h5_weights(model, path)   # keras' file: loaded in topological order
+        published = {legacy_h5.keras_layer_name(n): n for n in vggface.VGGFACE_RESNET50_LAYER_NAMES}
+        legacy_h5.save_legacy_h5_weights(model, path, layer_names=published)
+    elif not blocks.get_block_spec(name).legacy_h5_by_name:   # the keras.applications blocks
+        spec = blocks.get_block_spec(name)
+        path = folder / spec.weights_file(spec.default_weights).fname
+        legacy_h5.save_legacy_h5_weights(model, path)   # keras' file: loaded in topological order
     else:
         path = folder / f"{name}.weights.h5"
         model.save_weights(path)
@@ -351,8 +355,8 @@ def test_resnet50_file_has_the_keras_vggface_layout(tmp_path):
         for key in src:
             src.copy(key, dst)
     target = blocks.create_block("resnet50", weights=None)
-    report = blocks.load_legacy_h5_weights(target, reordered, by_name=True)
-    assert len(report.matched) == len(blocks.VGGFACE_RESNET50_LAYER_NAMES) == 106
+    report = legacy_h5.load_legacy_h5_weights(target, reordered, by_name=True)
+    assert len(report.matched) == len(vggface.VGGFACE_RESNET50_LAYER_NAMES) == 106
     assert not report.unmatched_model_layers
     assert_same_weights(source, target)
 
@@ -361,7 +365,7 @@ def test_resnet50_architecture_is_keras_vggface():
     model = built("resnet50")
     with_weights = [layer.name for layer in model.layers if layer.weights]
     assert sorted(with_weights) == sorted(
-        blocks.keras_layer_name(n) for n in blocks.VGGFACE_RESNET50_LAYER_NAMES)
+        legacy_h5.keras_layer_name(n) for n in vggface.VGGFACE_RESNET50_LAYER_NAMES)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(convs) == len(bns) == 53
@@ -385,7 +389,7 @@ def test_legacy_h5_under_model_weights_and_reports(tmp_path):
     source = blocks.create_block("cnn5", weights=None)
     randomize(source, seed=1)
     flat = tmp_path / "flat.h5"
-    blocks.save_legacy_h5_weights(source, flat)
+    legacy_h5.save_legacy_h5_weights(source, flat)
     nested = tmp_path / "whole_model.h5"   # a Keras 2 model.save(): weights under model_weights
     with h5py.File(flat, "r") as src, h5py.File(nested, "w") as dst:
         group = dst.create_group("model_weights")
@@ -405,21 +409,21 @@ def test_legacy_h5_under_model_weights_and_reports(tmp_path):
             src.copy(key.decode(), dst)
     target = blocks.create_block("cnn5", weights=None)
     with pytest.warns(UserWarning, match="not in the file"):
-        report = blocks.load_legacy_h5_weights(target, partial)
+        report = legacy_h5.load_legacy_h5_weights(target, partial)
     assert sorted(report.matched) == ["cnn5_s1_c1_bn", "cnn5_s1_c1_conv", "cnn5_s1_c2_bn",
                                       "cnn5_s1_c2_conv"]
     assert "cnn5_s2_c1_conv" in report.unmatched_model_layers
 
     # a file of another block: no layer matches -> error naming both sides
     other = tmp_path / "other.h5"
-    blocks.save_legacy_h5_weights(blocks.create_block("vgg_fast", weights=None), other)
+    legacy_h5.save_legacy_h5_weights(blocks.create_block("vgg_fast", weights=None), other)
     with pytest.raises(ValueError, match="no layer .* matches"):
         blocks.create_block("cnn5", weights=str(other))
 
 
 def test_legacy_h5_shape_mismatch_is_an_error(tmp_path):
     path = tmp_path / "wide.h5"
-    blocks.save_legacy_h5_weights(blocks.create_block("cnn5", weights=None, input_size=32), path)
+    legacy_h5.save_legacy_h5_weights(blocks.create_block("cnn5", weights=None, input_size=32), path)
     with h5py.File(path, "a") as f:
         del f["cnn5_s1_c1_conv"]["cnn5_s1_c1_conv/kernel:0"]
         f["cnn5_s1_c1_conv"].create_dataset("cnn5_s1_c1_conv/kernel:0",
@@ -456,8 +460,8 @@ def test_offline_default_weights_error_says_what_to_do(name, offline_cache):
 
 def test_unreachable_origin_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.delenv(blocks.OFFLINE_ENV, raising=False)
-    file = blocks.WeightsFile(name="x", fname="x.h5", origin="http://127.0.0.1:9/x.h5",
+    monkeypatch.delenv(weights.OFFLINE_ENV, raising=False)
+    file = weights.WeightsFile(name="x", fname="x.h5", origin="http://127.0.0.1:9/x.h5",
                               file_hash=None)
     start = time.perf_counter()
     with pytest.raises(WeightsUnavailableError, match="cannot be reached|download failed"):
@@ -467,11 +471,11 @@ def test_unreachable_origin_fails_fast(tmp_path, monkeypatch):
 
 def test_no_internet_default_weights_fail_fast(tmp_path, monkeypatch):
     """The real path on a machine without internet (skipped where the host is reachable)."""
-    file = blocks.VGGFACE2_RESNET50_WEIGHTS
-    if blocks._probe(file.origin) is None:
+    file = vggface.VGGFACE2_RESNET50_WEIGHTS
+    if weights._probe(file.origin) is None:
         pytest.skip("the weights host is reachable: this would download 94 MB")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.delenv(blocks.OFFLINE_ENV, raising=False)
+    monkeypatch.delenv(weights.OFFLINE_ENV, raising=False)
     start = time.perf_counter()
     with pytest.raises(WeightsUnavailableError, match="--weights none"):
         blocks.create_block("resnet50")
@@ -489,7 +493,7 @@ def test_cached_default_weights_load_offline(offline_cache):
 
 
 def test_cached_file_with_a_wrong_hash_is_not_used_offline(offline_cache):
-    file = blocks.IMAGENET_INCEPTION_RESNET_V2_WEIGHTS
+    file = applications.IMAGENET_INCEPTION_RESNET_V2_WEIGHTS
     (offline_cache / "models").mkdir()
     (offline_cache / "models" / file.fname).write_bytes(b"corrupt")
     with pytest.raises(WeightsUnavailableError, match="expected hash"):
@@ -509,6 +513,6 @@ def test_refused_blocks_and_weights_are_input_errors(tmp_path):
         blocks.create_block("cnn5", weights=str(tmp_path / "missing.h5"))
     assert issubclass(WeightsUnavailableError, InputError) and issubclass(WeightsUnavailableError, RuntimeError)
     with pytest.raises(ValueError, match="already registered") as info:
-        blocks.register_block("cnn5", default_size=48, min_size=32, channels=1,
-                              description="", preprocessing=blocks.symmetric_preprocessing)
+        registry.register_block("cnn5", default_size=48, min_size=32, channels=1,
+                              description="", preprocessing=preprocessing.symmetric_preprocessing)
     assert not isinstance(info.value, InputError)

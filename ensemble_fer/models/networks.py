@@ -167,14 +167,7 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
 
 def _image_branch(block: str, weights, image_size):
     spec = blocks.get_block_spec(block)
-    size = spec.default_size if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise InputError(f"image_size must be None or an int >= {spec.min_size} for block "
-                         f"{block!r}; received {image_size!r}")
-    if size < spec.min_size:
-        raise InputError(f"image_size: block {block!r} needs images of at least {spec.min_size} px "
-                         f"(default {spec.default_size}); received {size}")
-    size = int(size)
+    size = spec.check_size(image_size, argument="image_size")
     # Built first: it validates the weights and may fail (offline) before anything else.
     net = blocks.create_block(block, weights=weights, input_size=size)
 
