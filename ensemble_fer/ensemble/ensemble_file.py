@@ -174,8 +174,9 @@ def write_ensemble(path, members: list[EnsembleMember], fitted: WeightedEnsemble
 
 def read_ensemble(path) -> EnsembleFile:
     """An ``ensemble.json`` checked as a file: its format and version, the member entries (paths
-    inside its folder, recorded hashes, weights agreeing with the fitted ones, distinct names),
-    the label set and the extractor config. The members' folders are not read here."""
+    to folders inside its own, recorded hashes, weights agreeing with the fitted ones, distinct
+    names), the label set and the extractor config. What the members' folders hold is checked
+    by their reader (the predictor)."""
     path = Path(path)
     data = artifacts.read_json(path)
     if not isinstance(data, dict) or data.get("format") != ENSEMBLE_FORMAT:
@@ -213,6 +214,8 @@ def read_ensemble(path) -> EnsembleFile:
     members = []
     for i, entry in enumerate(data["members"]):
         folder = member_folder(path, entry.get("path"), f"members[{i}]")
+        if not folder.is_dir():
+            raise MissingInputError(f"{path}: member {entry.get('name', i)!r} is missing: no folder {folder}")
         if "weight" in entry and abs(float(entry["weight"]) - fitted.weights_[i]) > 1e-9:
             raise InputError(f"{path}: members[{i}].weight {entry['weight']} disagrees with ensemble.weights "
                              f"{fitted.weights_[i]}; edit neither by hand, refit instead")

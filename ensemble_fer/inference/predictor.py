@@ -306,8 +306,6 @@ def _ensemble_predictor(path: Path) -> Predictor:
     members = []
     for entry in saved.members:
         folder = entry.folder
-        if not folder.is_dir():
-            raise MissingInputError(f"{path}: member {entry.name!r} is missing: no folder {folder}")
         variant = VariantDir(folder)
         config = variant.read_config()
         check_member_hashes(folder, entry.hashes, path)
