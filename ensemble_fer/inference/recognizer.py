@@ -236,15 +236,15 @@ class EmotionRecognizer:
         every member with an image branch. :class:`~ensemble_fer.errors.InputError` when there is none."""
         if getattr(self, "_gradcam_models", None) is None:
             from ensemble_fer.models.variant_dir import VariantDir
-            folders = {index: folder for index, folder in enumerate(self._predictor.member_folders)
-                       if VariantDir(folder).read_config().get("block") is not None}
-            if not folders:
+            variants = {index: VariantDir(folder) for index, folder in enumerate(self._predictor.member_folders)}
+            variants = {index: v for index, v in variants.items() if v.read_config().get("block") is not None}
+            if not variants:
                 raise InputError(f"{self.source}: Grad-CAM needs an image branch, and no member of this model "
                                  f"has one (BOVW-only: {list(self._predictor.members)})")
-            if any(not (folder / "model.keras").is_file() for folder in folders.values()):
+            if any(not variant.model_path.is_file() for variant in variants.values()):
                 raise InputError(f"{self.source}: Grad-CAM needs the Keras networks (model.keras), and this is "
                                  f"an exported model; explain the model it was exported from")
-            self._gradcam_models = {index: VariantDir(folder).load_model() for index, folder in folders.items()}
+            self._gradcam_models = {index: variant.load_model() for index, variant in variants.items()}
         return self._gradcam_models
 
     # ------------------------------------------------------------------ helpers
