@@ -264,6 +264,21 @@ def test_inception_preprocessing_is_keras_applications():
     assert got.min() >= -1 and got.max() <= 1
 
 
+@pytest.mark.parametrize("name, module", [("vgg16", keras.applications.vgg16),
+                                          ("resnet50v2", keras.applications.resnet_v2)])
+def test_transfer_preprocessing_is_keras_applications(name, module):
+    x = pixels((5, 5, 3))
+    got = apply(blocks.get_block_spec(name).preprocessing(), x)
+    np.testing.assert_allclose(got, module.preprocess_input(np.copy(x)), rtol=1e-5, atol=1e-4)
+
+
+def test_efficientnetv2_preprocessing_is_its_include_preprocessing_layers():
+    """keras' EfficientNetV2-B* scale inside the model: x / 255, then ImageNet mean and std."""
+    x = pixels((5, 5, 3))
+    got = apply(blocks.get_block_spec("efficientnetv2b2").preprocessing(), x)
+    want = (x / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
 
 # ------------------------------------------------------------------ argument checks
 
@@ -383,6 +398,22 @@ def test_resnet50_architecture_is_keras_vggface():
     # parameters from the architecture: conv kernels + 4 per batch-norm channel
     expected = sum(int(np.prod(c.kernel.shape)) + 4 * c.filters for c in convs)
     assert model.count_params() == expected == 23_561_152
+
+
+@pytest.mark.parametrize("name, application", [("vgg16", "VGG16"), ("resnet50v2", "ResNet50V2"),
+                                               ("efficientnetv2b2", "EfficientNetV2B2")])
+def test_transfer_block_takes_the_keras_applications_file(name, application):
+    """Same layers with weights, in the same order and shapes, as the keras.applications model
+    that keras loads its ImageNet file into (topologically), in-model scaling included."""
+    def layout(model):
+        return [(layer.name, [tuple(v.shape) for v in layer.weights])
+                for layer in model.layers if layer.weights]
+
+    size = small_size(name)
+    theirs = getattr(keras.applications, application)(include_top=False, weights=None,
+                                                        input_shape=(size, size, 3))
+    assert layout(built(name)) == layout(theirs)
+    assert built(name).layers[-1].name == theirs.layers[-1].name
 
 
 def test_legacy_h5_under_model_weights_and_reports(tmp_path):

@@ -12,7 +12,7 @@ Where things are: the registry and :class:`BlockSpec` in :mod:`~ensemble_fer.mod
 :mod:`~ensemble_fer.models.legacy_h5`; the input scaling layers in
 :mod:`~ensemble_fer.models.preprocessing`; the architectures, one family per module, in
 :mod:`~ensemble_fer.models.vggface` (``resnet50``), :mod:`~ensemble_fer.models.applications`
-(``inception_resnet_v2``) and
+(``inception_resnet_v2``, ``vgg16``, ``resnet50v2``, ``efficientnetv2b2``) and
 :mod:`~ensemble_fer.models.compact` (``cnn5``, ``complex_cnn``, ``se_resnet``, ``vgg_fast``).
 """
 
