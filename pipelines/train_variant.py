@@ -76,11 +76,11 @@ def add_field_option(p: argparse.ArgumentParser, f, **overrides) -> None:
 
 def add_variant_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments that name a variant and its data (shared with pipelines.search_hparams)."""
-    from ensemble_fer.models import blocks
+    from ensemble_fer.models.registry import list_blocks
     from ensemble_fer.training.config import TrainConfig
 
     fields = TrainConfig.__dataclass_fields__
-    add_field_option(p, fields["block"], required=True, choices=blocks.list_blocks() + ["none"])
+    add_field_option(p, fields["block"], required=True, choices=list_blocks() + ["none"])
     add_field_option(p, fields["bovw"])
     p.add_argument("--features", type=Path, default=REPO / "features" / "sample",
                    help="feature store folder (default: features/sample)")

@@ -30,7 +30,7 @@ RELEASE_CONFIG = REPO / "models" / "release" / "vgg_fast_40px" / "config.json"
     ({"block": None}, "block=None with bovw=False"),
     ({"block": None, "bovw": True, "image_size": 64}, "image_size: only meaningful with an image block"),
     ({"image_size": 16}, "image_size: block 'cnn5' needs images of at least 32 px (default 48); received 16"),
-    ({"image_size": 40.0}, "image_size: block 'cnn5' needs images of at least 32 px"),
+    ({"image_size": 40.0}, "image_size: must be None or an int >= 32 for block 'cnn5'; received 40.0"),
     ({"labels": "happy,grumpy"}, "unknown emotion 'grumpy'"),
     ({"weights": 3}, "weights must be 'default', None, 'none', a named weight set or a file path; received 3"),
     ({"epochs_frozen": -1}, "epochs_frozen must be an int >= 0; received -1"),

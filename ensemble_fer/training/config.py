@@ -31,6 +31,7 @@ import numpy as np
 from ensemble_fer.errors import InputError
 from ensemble_fer.labels import get_label_set
 from ensemble_fer.models import networks
+from ensemble_fer.models.registry import get_block_spec, list_blocks
 from ensemble_fer.training.augment import AugmentConfig
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -122,10 +123,8 @@ def _flag(name, value, config=None) -> bool:
 
 
 def _block(name, value, config):
-    from ensemble_fer.models import blocks
-
-    if value is not None and value not in blocks.list_blocks():
-        raise InputError(f"block must be one of {blocks.list_blocks()} or None; received {value!r}")
+    if value is not None and value not in list_blocks():
+        raise InputError(f"block must be one of {list_blocks()} or None; received {value!r}")
     if value is None and not config.bovw:
         raise InputError("block: a variant needs an image block, the BOVW input or both; received "
                          "block=None with bovw=False (pass a block or bovw=True / --bovw)")
@@ -149,14 +148,7 @@ def _image_size(name, value, config):
         if value is not None:
             raise InputError(f"image_size: only meaningful with an image block; received {value!r}")
         return None
-    from ensemble_fer.models import blocks
-
-    spec = blocks.get_block_spec(config.block)
-    size = spec.default_size if value is None else value
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < spec.min_size:
-        raise InputError(f"image_size: block {config.block!r} needs images of at least {spec.min_size} px "
-                         f"(default {spec.default_size}); received {value!r}")
-    return int(size)
+    return get_block_spec(config.block).check_size(value, name)
 
 
 def _augment_config(name, value, config):
@@ -224,7 +216,7 @@ class TrainConfig:
     the schedule the fields drive is described in :mod:`ensemble_fer.training.schedule`.
     Notes on the fields whose option says little or that have none:
 
-    * ``block``: :func:`ensemble_fer.models.blocks.list_blocks`, or None for the BOVW-only
+    * ``block``: :func:`ensemble_fer.models.registry.list_blocks`, or None for the BOVW-only
       network (then ``bovw`` must be True). ``weights``: "default" (pretrained where the block
       has weights, e.g. ``resnet50``), None / "none", a named weight set or a file; pretrained
       weights bring the frozen phase.

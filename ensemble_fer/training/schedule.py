@@ -35,6 +35,7 @@ from pathlib import Path
 import keras
 
 from ensemble_fer.models import networks
+from ensemble_fer.models.registry import get_block_spec
 from ensemble_fer.training.config import TrainConfig
 
 PHASE_FROZEN = "frozen"
@@ -79,9 +80,7 @@ def has_pretrained_weights(config: TrainConfig) -> bool:
         return False
     if config.weights != "default":
         return True   # a named weight set or a file
-    from ensemble_fer.models import blocks
-
-    return blocks.get_block_spec(config.block).default_weights is not None
+    return get_block_spec(config.block).default_weights is not None
 
 
 def plan_phases(pretrained: bool, config: TrainConfig) -> list[dict]:
