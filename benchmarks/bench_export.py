@@ -48,7 +48,6 @@ def main(argv=None) -> int:
     import numpy as np
 
     from ensemble_fer import artifacts
-
     from ensemble_fer.inference import export
     from ensemble_fer.inference.predictor import load_predictor
     from ensemble_fer.release import default_model

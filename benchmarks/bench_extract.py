@@ -20,7 +20,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from ensemble_fer.features import bovw
-
 from ensemble_fer.features import datasets  # noqa: E402
 
 FER2013_IMAGES = 35_887

@@ -104,9 +104,7 @@ def main(argv=None) -> int:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
     from ensemble_fer import EmotionRecognizer
-
     from ensemble_fer.features import faces
-
     from ensemble_fer.models.variant_dir import load_variant
     from ensemble_fer.features.datasets import read_image_file, to_gray
 

@@ -51,10 +51,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ensemble_fer.models import blocks
-
-from ensemble_fer.models import networks
-
+from ensemble_fer.models import blocks, networks
 from ensemble_fer.training import data as training  # noqa: E402
 from ensemble_fer.training.augment import AugmentConfig  # noqa: E402
 from ensemble_fer.features.feature_store import FeatureStore  # noqa: E402

@@ -75,8 +75,7 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
              quiet=False) -> dict:
     """Run the four steps into ``out`` and write the report; returns ``report.json``'s dict."""
     from ensemble_fer import artifacts
-    from ensemble_fer.features import bovw
-    from ensemble_fer.features import datasets
+    from ensemble_fer.features import bovw, datasets
     from ensemble_fer.evaluation import evaluate as evaluation
     from ensemble_fer.ensemble import fit as ensemble_fit
     from ensemble_fer.features import feature_store

@@ -48,11 +48,7 @@ import contextlib
 from pathlib import Path
 
 from ensemble_fer import artifacts
-
-from ensemble_fer.features import bovw
-
-from ensemble_fer.features import datasets
-
+from ensemble_fer.features import bovw, datasets
 from ensemble_fer.evaluation import evaluate as evaluation
 from ensemble_fer.inference import predictor as inference
 from ensemble_fer.errors import InputError

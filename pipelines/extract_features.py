@@ -19,11 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ensemble_fer.features import bovw
-
-from ensemble_fer.features import datasets
-
-from ensemble_fer.features import feature_store
+from ensemble_fer.features import bovw, datasets, feature_store
 
 from .cli_errors import reports_errors
 

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from ensemble_fer import artifacts
-
 from ensemble_fer.features import datasets
-
 from ensemble_fer.ensemble.fit import fit_ensemble
 from ensemble_fer.evaluation import evaluate as evaluation
 from ensemble_fer.inference import predictor as inference

@@ -9,10 +9,7 @@ import pytest
 
 from conftest import SAMPLE, sample_crops, write_fer_csv
 from ensemble_fer import artifacts
-from ensemble_fer.features import bovw
-from ensemble_fer.features import datasets
-from ensemble_fer.features import feature_store
-from ensemble_fer.features import hog
+from ensemble_fer.features import bovw, datasets, feature_store, hog
 from ensemble_fer.features.feature_store import FeatureStore, FeatureStoreError
 from pipelines import extract_features
 

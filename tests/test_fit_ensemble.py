@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from ensemble_fer import artifacts
-
 from ensemble_fer.inference import predictor as inference
 from pipelines import fit_ensemble
 

@@ -6,9 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble_fer.models import blocks
-
-from ensemble_fer.models import networks
+from ensemble_fer.models import blocks, networks
 from ensemble_fer.features.bovw import BOVW_SIZE
 
 COMPACT = [name for name in blocks.list_blocks() if not blocks.get_block_spec(name).pretrained]

@@ -8,8 +8,7 @@ import shutil
 
 import pytest
 
-from ensemble_fer.training import hparam_search
-from ensemble_fer.training import train as training
+from ensemble_fer.training import hparam_search, train as training
 from ensemble_fer.errors import InputError
 from pipelines import search_hparams
 

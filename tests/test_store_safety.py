@@ -21,9 +21,7 @@ import pytest
 
 from conftest import REPO, SAMPLE, sample_crops, write_fer_csv
 from ensemble_fer import artifacts
-from ensemble_fer.features import bovw
-from ensemble_fer.features import datasets
-from ensemble_fer.features import feature_store
+from ensemble_fer.features import bovw, datasets, feature_store
 from ensemble_fer.features.datasets import DatasetError
 from ensemble_fer.errors import InputError
 from ensemble_fer.features.feature_store import FeatureStore, FeatureStoreError
@@ -57,9 +55,7 @@ def test_a_second_run_into_the_same_store_stops_at_once_naming_the_first(tmp_pat
     out = tmp_path / "store"
     first = _child("""
         import sys
-        from ensemble_fer.features import bovw
-        from ensemble_fer.features import datasets
-        from ensemble_fer.features import feature_store
+        from ensemble_fer.features import bovw, datasets, feature_store
         real = bovw.analyse_crops
         def paused(images, config):
             if not paused.done:
@@ -280,9 +276,7 @@ def test_kill_9_leaves_no_workers_and_the_next_run_cleans_up_and_resumes(tmp_pat
     victim = _child("""
         import sys, time
         from ensemble_fer import artifacts
-        from ensemble_fer.features import bovw
-        from ensemble_fer.features import datasets
-        from ensemble_fer.features import feature_store
+        from ensemble_fer.features import bovw, datasets, feature_store
         real, calls = artifacts.save_npz, []
         def save_slowly(path, **arrays):
             calls.append(path)

@@ -13,13 +13,10 @@ import numpy as np
 import pytest
 
 from ensemble_fer import artifacts
-
 from ensemble_fer.models import blocks
-
 from ensemble_fer.inference.forward import predict_proba
 from ensemble_fer.models.variant_dir import load_variant
-from ensemble_fer.training import data, resume, schedule
-from ensemble_fer.training import train as training
+from ensemble_fer.training import data, resume, schedule, train as training
 from ensemble_fer.training.config import check_arguments
 from ensemble_fer.features.bovw import BOVW_SIZE, assemble_bovw
 from ensemble_fer.features.feature_store import FeatureStore

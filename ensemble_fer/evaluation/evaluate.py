@@ -239,10 +239,8 @@ def frame_face(path) -> np.ndarray | None:
     from ensemble_fer.features import faces
 
     gray = datasets.to_gray(datasets.read_image_file(path))
-    if gray.shape == (bovw.IMAGE_SIZE, bovw.IMAGE_SIZE):
-        return gray
-    boxes = faces.detect_faces(gray, detector="hog", upsample=1)
-    return faces.crop_face(gray, boxes[0]) if boxes else None
+    found = faces.picture_faces(gray, detector="hog", upsample=1)
+    return faces.crop_face(gray, found[0][0]) if found else None
 
 
 def extract_records(records, frames: bool, config: bovw.ExtractorConfig, face_config: bovw.ExtractorConfig,

@@ -19,9 +19,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ensemble_fer.features import faces
-
-from ensemble_fer.features import hog
+from ensemble_fer.features import faces, hog
 from ensemble_fer.errors import InputError
 from ensemble_fer.features.landmarks import N_LANDMARKS
 
@@ -29,7 +27,6 @@ IMAGE_SIZE = 48
 N_LANDMARK_VALUES = 2 * N_LANDMARKS
 BOVW_SIZE = N_LANDMARK_VALUES + hog.HOG_SIZE
 DETECTORS = ("mmod", "hog", "none")
-FULL_FRAME: faces.Box = (0, 0, IMAGE_SIZE - 1, IMAGE_SIZE - 1)
 
 
 @dataclass(frozen=True)
@@ -116,7 +113,7 @@ def analyse_crops(images: np.ndarray, config: ExtractorConfig) -> dict[str, np.n
         found = locate_faces_in_crop(image, config)
         if config.detector != "none":
             n_faces[i] = len(found)
-        box = found[0] if found else FULL_FRAME
+        box = found[0] if found else faces.WHOLE_FRAME
         boxes[i] = box
         landmarks[i] = faces.face_landmarks(image, box)
     hog_values = hog.sliding_hog(images) if n else np.empty((0, hog.HOG_SIZE), np.float32)

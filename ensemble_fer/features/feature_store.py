@@ -29,14 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_fer import artifacts
-
-from ensemble_fer.features import bovw
-
-from ensemble_fer.features import datasets
-
-from ensemble_fer.features import hog
-
-from ensemble_fer.features import sharpness
+from ensemble_fer.features import bovw, datasets, hog, sharpness
 from ensemble_fer.errors import InputError
 from ensemble_fer.labels import ALL_CODES
 

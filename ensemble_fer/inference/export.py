@@ -39,8 +39,6 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_fer import artifacts
-
-from ensemble_fer.features import bovw
 from ensemble_fer.errors import InputError
 
 FORMATS = ("float32", "float16", "int8")
@@ -272,8 +270,7 @@ def _check_inputs(predictor) -> dict:
 def load_predictor(path):
     """A :class:`ensemble_fer.inference.predictor.Predictor` over an exported folder (see the module doc)."""
     from ensemble_fer.inference import predictor as inference
-    from ensemble_fer.ensemble.ensemble_file import member_folder
-    from ensemble_fer.ensemble.weighted import WeightedEnsemble
+    from ensemble_fer.ensemble.ensemble_file import read_ensemble
     from ensemble_fer.labels import label_set_from_json
     from ensemble_fer.models.variant_dir import VariantDir
 
@@ -292,27 +289,19 @@ def load_predictor(path):
                                    inference.extractor_of(config, folder / "config.json"),
                                    {k: config["feature_store"].get(k) for k in ("path", "dataset", "config_hash")},
                                    config)
-    ensemble_path = folder / "ensemble.json"
-    data = artifacts.read_json(ensemble_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fitted = WeightedEnsemble.from_json(data["ensemble"])
-    label_set = label_set_from_json(data["labels"])
+    ensemble = read_ensemble(folder / "ensemble.json")
     members = []
-    for i, entry in enumerate(data["members"]):
-        member_dir = member_folder(ensemble_path, entry.get("path"), f"members[{i}]")
-        model_path = member_dir / name
+    for member in ensemble.members:
+        model_path = member.folder / name
         if not model_path.is_file():
-            raise InputError(f"{model_path}: file not found (member of {ensemble_path})")
-        if artifacts.sha256_file(model_path) != entry.get("model_sha256"):
-            raise InputError(f"{ensemble_path}: member {member_dir} changed since the export (its {name} "
+            raise InputError(f"{model_path}: file not found (member of {ensemble.path})")
+        if artifacts.sha256_file(model_path) != member.hashes["model_sha256"]:
+            raise InputError(f"{ensemble.path}: member {member.folder} changed since the export (its {name} "
                              f"differs); export again")
-        config = VariantDir(member_dir).read_config()
-        members.append(inference.Member(name=str(entry.get("name", member_dir.name)), folder=member_dir,
-                                        config=config, _model=_load_member(model_path)))
-    return inference.Predictor(ensemble_path, "ensemble", members, fitted.weights_, label_set,
-                               bovw.ExtractorConfig.from_json(data["extractor"], ensemble_path),
-                               data.get("feature_store") or {}, data)
+        members.append(inference.Member(name=member.name, folder=member.folder,
+                                        config=VariantDir(member.folder).read_config(), _model=_load_member(model_path)))
+    return inference.Predictor(ensemble.path, "ensemble", members, ensemble.fitted.weights_, ensemble.label_set,
+                               ensemble.extractor, ensemble.data.get("feature_store") or {}, ensemble.data)
 
 
 def _load_member(path: Path):

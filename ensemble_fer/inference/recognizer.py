@@ -98,8 +98,7 @@ class EmotionRecognizer:
         """Load a model: a trained variant folder, an ``ensemble.json``, a folder holding one,
         or one format's folder of a TFLite export (``ensemble-fer export``); ``None`` for the
         release model (see :data:`DEFAULT_MODEL`)."""
-        from ensemble_fer.inference import export
-        from ensemble_fer.inference import predictor as inference
+        from ensemble_fer.inference import export, predictor as inference
         _check_detection(detector, upsample)       # before the model's files are read
         resolved = resolve_model_path(path)
         # a TFLite export (ensemble_fer.inference.export) predicts through the same Predictor

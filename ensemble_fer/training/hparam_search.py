@@ -47,10 +47,8 @@ from pathlib import Path
 from sklearn.base import BaseEstimator
 
 from ensemble_fer import artifacts
-
 from ensemble_fer.models import networks
 from ensemble_fer.models.variant_dir import FINISHED, INCOMPLETE, RESUMABLE, STALE, VariantDir
-
 from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.features.feature_store import FeatureStore
 from ensemble_fer.labels import get_label_set
