@@ -119,3 +119,17 @@ def test_one_discovery_rule_recursive_hidden_skipped(tmp_path):
         find_variants(empty)
     with pytest.raises(MissingInputError, match="no such folder of trained variants"):
         find_variants(tmp_path / "missing")
+
+
+def test_a_packaged_ensemble_below_the_root_is_not_searched(tmp_path):
+    # models/release holds its own ensemble.json: a default fit_ensemble over models/ must not take
+    # the release's members as candidates (they clash in name and feature store with the user's).
+    models = tmp_path / "models"
+    _variant(models / "mine")
+    _variant(models / "release" / "mine")
+    (models / "release" / "ensemble.json").write_text("{}")
+    said = []
+    assert [f.relative_to(models).as_posix() for f in find_variants(models, say=said.append)] == ["mine"]
+    assert any("release skipped: it holds its own ensemble.json" in s for s in said)
+    # named as the root itself, the packaged folder is searched as usual
+    assert [f.name for f in find_variants(models / "release")] == ["mine"]

@@ -293,7 +293,8 @@ def _check_probabilities(path: Path, split: str, ids, proba) -> None:
 def find_variants(root, say=_say_nothing) -> list[Path]:
     """Every variant folder (:meth:`VariantDir.is_trained`) under ``root``, itself included,
     searched recursively (so the runs of a hyperparameter search count) and sorted by path;
-    hidden folders (``.run/`` checkpoints) are skipped, linked folders followed once. Folders
+    hidden folders (``.run/`` checkpoints) and sub-folders holding their own ``ensemble.json``
+    (a packaged model such as ``models/release``) are skipped, linked folders followed once. Folders
     of unfinished runs are mentioned through ``say``. The one rule of ``pipelines.fit_ensemble``
     and ``pipelines.compare``.
 
@@ -314,8 +315,14 @@ def find_variants(root, say=_say_nothing) -> list[Path]:
         elif variant.unfinished():
             say(f"note: {folder} skipped: no {CONFIG} (training unfinished or interrupted)")
         for child in sorted(folder.iterdir()):
-            if child.is_dir() and not child.name.startswith("."):
-                visit(child)
+            if not child.is_dir() or child.name.startswith("."):
+                continue
+            if (child / "ensemble.json").is_file():
+                # A folder with its own ensemble (models/release) is a packaged model of its own:
+                # its members are not candidates of the ensemble fitted here.
+                say(f"note: {child} skipped: it holds its own ensemble.json")
+                continue
+            visit(child)
 
     visit(root)
     if not found:
