@@ -43,11 +43,11 @@ MAX_SEED = 2**32 - 1
 """Largest seed: numpy's and Keras's generators take seeds in [0, 2**32 - 1]."""
 
 RUN_ARGS = {"max_minutes": True, "features": True, "feature_store": False, "out": True, "progress": True,
-            "precision_policy": False}
+            "precision_policy": False, "teacher_sha256": False}
 """Entries of a saved ``args`` that describe the run rather than the model (written by
 ``train.train``), each with whether ``resume`` accepts a change of it: the time budget, where
-the files are and how much is printed may change; the feature store's hashes and the numeric
-precision actually used may not."""
+the files are and how much is printed may change; the feature store's hashes, the numeric
+precision actually used and the teacher's fingerprint may not."""
 
 CLI_KEYS = ("help", "flag", "metavar", "parse", "cli", "nested")
 """Metadata of a field that make its command-line option (``pipelines.train_variant``):
@@ -182,6 +182,15 @@ def _aux_targets(name, value, config):
     return str(Path(value).resolve())
 
 
+def _teacher(name, value, config):
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise InputError(f"teacher must be None or the path of a trained model (an ensemble.json, a release "
+                         f"or variant folder); received {value!r}")
+    return str(Path(value).resolve())
+
+
 def _units(text: str) -> list[int]:
     """``--bovw-units 1024,256``; the error is argparse's (raised as ArgumentTypeError)."""
     import argparse
@@ -233,6 +242,8 @@ class TrainConfig:
     * ``precision``: the saved ``model.keras`` is float32 whatever the training precision.
     * ``aux_targets``: a CSV of per-image 0/1 targets (:mod:`ensemble_fer.training.aux_targets`):
       a second, sigmoid output ``aux``; ``val_loss`` is then the weighted sum of both losses.
+    * ``teacher``, ``distill_weight``: knowledge distillation (:mod:`ensemble_fer.training.distill`);
+      the teacher's fingerprint is a run argument, so a resume with another teacher is refused.
     """
 
     block: str | None = _field(None, _block, "image block; 'none' with --bovw for the BOVW-only network")
@@ -288,6 +299,13 @@ class TrainConfig:
     aux_loss_weight: float = _field(1.0, Number(0.0, math.inf, low_open=True),
                                     "weight of the auxiliary binary cross-entropy (the emotion loss has 1; "
                                     "default 1)", missing=1.0)
+    teacher: str | None = _field(None, _teacher,
+                                 "knowledge distillation: a trained model (ensemble.json, release or variant "
+                                 "folder) whose probabilities on the training crops join the labels as soft "
+                                 "targets", metavar="MODEL", parse=Path, missing=None)
+    distill_weight: float = _field(0.7, Number(0.0, 1.0, high_open=False),
+                                   "share of the teacher's probabilities in each training target "
+                                   "(1 - it for the one-hot label); only with --teacher", missing=0.7)
 
     def __post_init__(self):
         # In field order: a check may read the fields before it (image_size reads block).

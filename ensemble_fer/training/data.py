@@ -32,6 +32,7 @@ class SplitData:
     bovw: np.ndarray         # float32 (n, 2728)
     face_found: np.ndarray   # bool (n,)
     aux: np.ndarray | None = None   # float32 (n, k) auxiliary 0/1 targets, when the variant has them
+    soft: np.ndarray | None = None  # float32 (n, n_classes) a teacher's probabilities (distillation)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -94,7 +95,7 @@ def load_splits(store: FeatureStore, label_set) -> tuple[dict[str, SplitData], d
 
 
 def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, first_epoch, last_epoch,
-                  augment_config=None, class_weights=None, mixup=0.0):
+                  augment_config=None, class_weights=None, mixup=0.0, distill_weight=0.0):
     """A ``tf.data`` pipeline of training batches for epochs ``first_epoch .. last_epoch - 1``.
 
     Element ``i`` is batch ``i % steps`` of epoch ``i // steps``. The order of epoch ``e`` and
@@ -109,6 +110,9 @@ def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, fi
     row keeps its identity (and its class weight), applied alike to the image, the BOVW
     vector and the one-hot label (and the auxiliary targets). The BOVW of a blend is then the
     blend of the two BOVW vectors, as mixup treats every input of a multi-input network.
+
+    With a teacher's probabilities (``split.soft``, :mod:`ensemble_fer.training.distill`) the
+    target of a row is ``(1 - distill_weight) * one_hot + distill_weight * soft`` (before mixup).
 
     With auxiliary targets (``split.aux``) the labels are a dict ``{"probabilities": one-hot,
     "aux": targets}``; Keras takes no ``class_weight`` for two outputs, so ``class_weights``
@@ -142,6 +146,8 @@ def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, fi
         else:
             images, features = split.images[rows], split.bovw[rows]
         one_hot = np.eye(n_classes, dtype=np.float32)[split.y[rows]]
+        if split.soft is not None:
+            one_hot = (1.0 - distill_weight) * one_hot + distill_weight * split.soft[rows]
         aux = aux_rows[rows]
         if mixup > 0:
             images, features, one_hot, aux = _mix(np.random.default_rng([seed, epoch, step + 1, 1]), mixup,

@@ -101,6 +101,11 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
             "feature_store": {"config_hash": store.config_hash, "manifest_hash": store.manifest_hash},
             "out": str(out), "progress": bool(progress), "precision_policy": policy}
 
+    teacher = None
+    if config.teacher is not None:
+        from ensemble_fer.training import distill
+
+        teacher, args["teacher_sha256"] = distill.load_teacher(config.teacher, label_set)
     splits, counts = load_splits(store, label_set)
     aux = None
     if config.aux_targets is not None:
@@ -120,6 +125,12 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
         say(f"{out}: the run finished training; writing its outputs")
         finish_only = True
 
+    teacher_info = None
+    if teacher is not None:
+        train_rows = splits["train"]
+        train_rows.soft = distill.teacher_probabilities(teacher, train_rows, store, say)
+        teacher_info = distill.describe(teacher, args["teacher_sha256"], train_rows.soft, train_rows.y,
+                                        config.distill_weight)
     pretrained = has_pretrained_weights(config)
     phases = plan_phases(pretrained, config)
     note = describe_plan(phases, config.block)
@@ -163,7 +174,7 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
-    _write_outputs(folder, final, run, label_set, store, counts, variant, pretrained, aux,
+    _write_outputs(folder, final, run, label_set, store, counts, variant, pretrained, aux, teacher_info,
                    {"precision": policy, "gpus": len(gpus), "strategy": type(strategy).__name__,
                     "replicas": int(strategy.num_replicas_in_sync)},
                    time.time() - started)
@@ -201,7 +212,8 @@ class _Run:
             if state["epoch"] < phase_end:
                 train, steps = train_dataset(self.splits["train"], config.block, config.bovw, self.n_classes,
                                              config.batch_size, config.seed, state["epoch"], phase_end,
-                                             config.augment_config, self.class_weights, config.mixup)
+                                             config.augment_config, self.class_weights, config.mixup,
+                                             config.distill_weight)
                 if not resumed:
                     enter_phase(self.model, phase, config, steps, self.strategy, self.has_aux)
                 lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -254,8 +266,8 @@ def _inference_copy(model, build_args: dict) -> keras.Model:
     return copy
 
 
-def _write_outputs(folder: VariantDir, model, run: _Run, label_set, store, counts, variant, pretrained, aux, device,
-                   wall_seconds) -> None:
+def _write_outputs(folder: VariantDir, model, run: _Run, label_set, store, counts, variant, pretrained, aux,
+                   teacher_info, device, wall_seconds) -> None:
     state, train_config = run.run_state.state, run.config
     classes = list(label_set.classes)
     config = {"variant": variant, "block": train_config.block, "bovw": train_config.bovw,
@@ -320,6 +332,7 @@ def _write_outputs(folder: VariantDir, model, run: _Run, label_set, store, count
             "wall_seconds_last_call": round(wall_seconds, 2), "device": device,
         },
         "data": counts,
+        **({"teacher": teacher_info} if teacher_info is not None else {}),
         "figures": {"confusion_matrix": cm_split},
     })
     folder.write_config(config)   # last: its presence means complete outputs
