@@ -1,9 +1,11 @@
-"""Packaging hook: the wheel carries the release model (see ensemble_fer/release.py).
+"""Packaging hook: the wheel carries the shipped models (see ensemble_fer/release.py).
 
 Everything else is declared in pyproject.toml. ``build_py`` copies the prediction files of
-``models/release`` (or of the folder named by ``ENSEMBLE_FER_RELEASE``) into
-``ensemble_fer/release/`` of the build, so that an installed package predicts offline from
-any directory. Editable installs skip the copy: they read ``models/release`` in place.
+``models/release`` and ``models/fast`` (or of the folders named by ``ENSEMBLE_FER_RELEASE`` and
+``ENSEMBLE_FER_FAST``) into ``ensemble_fer/release/`` and ``ensemble_fer/fast/`` of the build,
+so that an installed package predicts offline from any directory. The release is required; a
+fork without a fast model builds without it (``--model fast`` then says so). Editable installs
+skip the copy: they read ``models/`` in place.
 """
 
 import importlib.util
@@ -30,12 +32,16 @@ class BuildPyWithRelease(build_py):
         if getattr(self, "editable_mode", False):
             return
         release = _release_module()
-        source = Path(os.environ.get(release.ENVIRONMENT_VARIABLE) or ROOT / "models" / "release")
-        if not release.is_model_folder(source):
-            raise SystemExit(f"error: {source}: no release model to package (ensemble.json or config.json); "
-                             f"set {release.ENVIRONMENT_VARIABLE}=FOLDER to package another one")
-        files = release.copy_release(source, Path(self.build_lib) / "ensemble_fer" / "release")
-        print(f"packaged the release model from {source}: {len(files)} files")
+        for name, variable in release.ENVIRONMENT_VARIABLES.items():
+            source = Path(os.environ.get(variable) or ROOT / "models" / name)
+            if not release.is_model_folder(source):
+                if name != "release":
+                    print(f"no {name!r} model packaged: {source} holds none")
+                    continue
+                raise SystemExit(f"error: {source}: no release model to package (ensemble.json or config.json); "
+                                 f"set {variable}=FOLDER to package another one")
+            files = release.copy_release(source, Path(self.build_lib) / "ensemble_fer" / name)
+            print(f"packaged the {name} model from {source}: {len(files)} files")
 
 
 setup(cmdclass={"build_py": BuildPyWithRelease})

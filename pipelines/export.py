@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ensemble_fer import release
+
 from .cli_errors import reports_errors
 
 
@@ -23,8 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ensemble_fer.inference.export import ALL_FORMATS, FORMATS
 
     p = argparse.ArgumentParser(prog="python -m pipelines.export", description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, metavar="PATH",
-                   help="a trained variant folder or an ensemble.json (default: the release model)")
+    p.add_argument("--model", metavar="MODEL", help=release.MODEL_HELP)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the export folder")
     p.add_argument("--format", nargs="+", choices=ALL_FORMATS, default=list(FORMATS), metavar="FORMAT",
                    help=f"formats to write, of {', '.join(ALL_FORMATS)} (onnx needs pip install "
@@ -37,11 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 @reports_errors
 def main(argv=None) -> int:
     from ensemble_fer.inference import export
-    from ensemble_fer.inference.recognizer import resolve_model_path
 
     args = build_parser().parse_args(argv)
     say = (lambda *a, **k: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    report = export.export_model(resolve_model_path(args.model), args.out, args.format, force=args.force, say=say)
+    report = export.export_model(release.resolve_model(args.model), args.out, args.format, force=args.force, say=say)
     print(f"{'format':<8} {'size (MB)':>10} {'max |p - p_keras|':>18} {'same top class':>15}")
     for precision, entry in report["formats"].items():
         print(f"{precision:<8} {entry['total_bytes'] / 1e6:>10.2f} {entry['max_abs_diff_vs_keras']:>18.5f} "

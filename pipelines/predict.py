@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble_fer import release
+
 from .cli_errors import EXIT_BAD_INPUT, reports_errors
 
 NO_FACE = "no_face"
@@ -62,8 +64,7 @@ ANNOTATION_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.predict", description=__doc__.split("\n")[0])
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
-    p.add_argument("--model", type=Path, metavar="PATH",
-                   help="a trained variant folder or an ensemble.json (default: models/release)")
+    p.add_argument("--model", metavar="MODEL", help=release.MODEL_HELP)
     p.add_argument("--csv", type=Path, metavar="FILE",
                    help="write the CSV here, row by row into FILE.partial, renamed to FILE when every input is "
                         "done (default: stdout); an existing FILE is refused unless --force or --resume")

@@ -110,15 +110,23 @@ def _source_tree(dest: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_wheel_ships_release_and_predicts_outside_the_repo(tiny_release, tmp_path):
+def test_wheel_ships_release_and_predicts_outside_the_repo(tiny_release, tiny_variant, tmp_path):
     source = _source_tree(tmp_path / "src")
-    env = dict(os.environ, **{release.ENVIRONMENT_VARIABLE: str(tiny_release)})
+    # the fast model: an int8 TFLite export of one variant, as models/fast is
+    from pipelines import console
+
+    assert console.main(["export", "--model", str(tiny_variant), "--out", str(tmp_path / "fast"), "--format", "int8",
+                         "--quiet"]) == 0
+    fast = tmp_path / "fast" / "int8"
+    env = dict(os.environ, **{release.ENVIRONMENT_VARIABLES["release"]: str(tiny_release),
+                              release.ENVIRONMENT_VARIABLES["fast"]: str(fast)})
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path / "dist"), "-q"], check=True, env=env, cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("ensemble_fer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     packaged = {f"ensemble_fer/release/{name}" for name in release.release_files(tiny_release)}
     assert packaged <= names
+    assert {f"ensemble_fer/fast/{name}" for name in ("config.json", "model.tflite", "export.json")} <= names
     assert not any(name.endswith((".npz", ".png", ".csv", ".log")) for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "ensemble-fer = pipelines.console:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
@@ -132,7 +140,7 @@ def test_wheel_ships_release_and_predicts_outside_the_repo(tiny_release, tmp_pat
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(PHOTO, elsewhere / "photo.jpg")
-    where = subprocess.run([str(python), "-c", "import ensemble_fer.inference.recognizer as r; print(r.DEFAULT_MODEL)"],
+    where = subprocess.run([str(python), "-c", "from ensemble_fer import release; print(release.default_model())"],
                            cwd=elsewhere, check=True, capture_output=True, text=True).stdout.strip()
     assert Path(where).is_relative_to(venv), where
     run = subprocess.run([str(script), "predict", "photo.jpg"], cwd=elsewhere, capture_output=True, text=True)
@@ -142,6 +150,12 @@ def test_wheel_ships_release_and_predicts_outside_the_repo(tiny_release, tmp_pat
     assert len(lines) == 7 and all(line.startswith("photo.jpg,") for line in lines[1:])
     # a CPU-only run: no TensorFlow/CUDA start-up lines, no retracing warnings
     assert run.stderr.strip() == "1 photo(s) read, 6 face(s), 0 unreadable", run.stderr
+    # the packaged fast model, by name: the same faces, another network
+    run = subprocess.run([str(script), "predict", "photo.jpg", "--model", "fast"], cwd=elsewhere, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    fast_lines = run.stdout.strip().splitlines()
+    assert [line.split(",")[:6] for line in fast_lines] == [line.split(",")[:6] for line in lines]
 
     # and a video, written here by OpenCV
     from test_video import write_video

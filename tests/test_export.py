@@ -117,3 +117,19 @@ def test_onnx_export_predicts_like_keras(mixed_release, tmp_path):
     for a, b in zip(keras.predict(PHOTO), onnx.predict(PHOTO)):
         assert a.box == b.box and a.emotion == b.emotion
         np.testing.assert_allclose(list(a.scores.values()), list(b.scores.values()), atol=1e-4)
+
+
+def test_an_image_only_model_reads_crops_without_landmarks_or_hog(mixed_release, monkeypatch):
+    """An image-only model (here the cnn5 member) predicts crops from the pixels alone, with the
+    probabilities the full feature path gives."""
+    from conftest import sample_crops
+    from ensemble_fer.inference.predictor import load_predictor
+
+    crops, _ = sample_crops(24)
+    predictor = load_predictor(mixed_release / "cnn5")
+    features = predictor.analyse(crops)
+    full = predictor.predict_features(features["images"], features["landmarks"], features["bovw"])
+    assert predictor.predict_proba(crops, tta=2).shape == full.shape   # views need the landmarks: analysed
+    monkeypatch.setattr(predictor, "analyse", lambda images: pytest.fail("analysed the crops"))
+    np.testing.assert_array_equal(predictor.predict_proba(crops), full)
+

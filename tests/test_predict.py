@@ -141,8 +141,8 @@ def test_bad_arguments(recognizer, tmp_path):
 
 
 def test_missing_release_model_says_what_to_do(monkeypatch, tmp_path, capsys):
-    from ensemble_fer.inference import recognizer as module
-    monkeypatch.setattr(module, "DEFAULT_MODEL", tmp_path / "release")
+    from ensemble_fer import release
+    monkeypatch.setattr(release, "SEARCH_PATH", (tmp_path / "package", tmp_path))
     with pytest.raises(FileNotFoundError, match="train_variant.*--model PATH"):
         EmotionRecognizer.load()
     assert cli.main([str(DOGS)]) == 2
@@ -389,3 +389,27 @@ def test_a_model_file_keras_cannot_read_stops_the_run_before_any_output(tiny_var
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{model / 'model.keras'}: not a valid Keras model" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_shipped_model_names_resolve_unless_a_path_of_that_name_exists(monkeypatch, tmp_path, capsys):
+    from ensemble_fer import release
+    monkeypatch.setattr(release, "SEARCH_PATH", (tmp_path / "package", tmp_path / "models"))
+    (tmp_path / "models" / "fast").mkdir(parents=True)
+    (tmp_path / "models" / "fast" / "config.json").write_text("{}")
+    assert release.resolve_model("fast") == tmp_path / "models" / "fast"
+    (tmp_path / "package" / "fast").mkdir(parents=True)
+    (tmp_path / "package" / "fast" / "config.json").write_text("{}")
+    assert release.resolve_model("fast") == tmp_path / "package" / "fast"     # the packaged copy first
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fast").mkdir()
+    assert release.resolve_model("fast") == Path("fast")                     # a path of that name wins
+    assert release.resolve_model("other") == Path("other")                   # loading it says it is missing
+
+
+def test_a_shipped_model_this_installation_lacks_is_one_line(monkeypatch, tmp_path, capsys):
+    from ensemble_fer import release
+    monkeypatch.setattr(release, "SEARCH_PATH", (tmp_path / "package", tmp_path / "models"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([str(DOGS), "--model", "fast"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no 'fast' model" in err and "--model PATH" in err

@@ -20,7 +20,7 @@ exported folder is laid out like the model it came from: ``ensemble.json`` (same
 label set and extractor config; members' ``model_sha256`` now of their ``model.tflite``)
 and one folder per member with its unchanged ``config.json`` and a ``model.tflite``, plus
 ``export.json`` (source, format, sizes, and the largest difference from the Keras model's
-probabilities measured at export on a few hundred crops). :func:`load_predictor` reads it
+probabilities measured at export on a few hundred crops). :func:`load_export` reads it
 into the same :class:`ensemble_fer.inference.predictor.Predictor` as a Keras model, so features,
 test-time augmentation and the weighted average are the same code.
 
@@ -216,7 +216,7 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
             entry = _write_export(predictor, target, {i: converted[precision, i] for i in range(len(predictor.members))},
                                   precision)
             artifacts.write_json(target / EXPORT_FILE, dict(_marker(predictor, precision, source), **entry))
-            exported = load_predictor(target)
+            exported = load_export(target)
             diff = np.abs(exported.member_probas(**check) - keras_proba)
             entry["max_abs_diff_vs_keras"] = float(diff.max())
             entry["same_top_class"] = float(np.mean(exported.member_probas(**check).argmax(-1)
@@ -267,7 +267,7 @@ def _check_inputs(predictor) -> dict:
     return {"images": features["images"], "landmarks": features["landmarks"], "bovw_rows": features["bovw"]}
 
 
-def load_predictor(path):
+def load_export(path):
     """A :class:`ensemble_fer.inference.predictor.Predictor` over an exported folder (see the module doc)."""
     from ensemble_fer.inference import predictor as inference
     from ensemble_fer.ensemble.ensemble_file import read_ensemble

@@ -170,6 +170,9 @@ class Predictor:
         """
         images = bovw.check_crops(images)
         check_tta(tta)
+        if not self.needs_bovw and not tta:
+            # Image-only members without test-time views read the crops alone: no landmarks or HOG.
+            return self.predict_features(images=images, batch_size=batch_size).astype(np.float64)
         out = np.empty((len(images), len(self.classes)))
         for start in range(0, len(images), CHUNK):
             part = images[start:start + CHUNK]
@@ -261,11 +264,16 @@ def check_tta(tta) -> None:
 
 def load_predictor(path) -> Predictor:
     """A :class:`Predictor` from a variant folder (or its ``config.json`` / ``model.keras``),
-    an ``ensemble.json``, or a folder holding ``ensemble.json``. Nothing is loaded into
+    an ``ensemble.json``, a folder holding ``ensemble.json``, or one format's folder of an
+    export (:mod:`ensemble_fer.inference.export`). Nothing is loaded into
     Keras yet; every file and the members' agreement are checked now."""
     path = Path(path)
     if not path.exists():
         raise MissingInputError(f"{path}: no such file or folder")
+    from ensemble_fer.inference import export
+
+    if export.is_export(path):
+        return export.load_export(path)     # a TFLite / ONNX export predicts through the same Predictor
     if path.is_dir():
         if (path / CONFIG).is_file():
             return _variant_predictor(path)

@@ -46,10 +46,6 @@ from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.features import faces
 from ensemble_fer.features.datasets import IMAGE_SIZE, read_image_file, to_gray
 
-DEFAULT_MODEL = release.PACKAGED if release.is_model_folder(release.PACKAGED) else release.WORKING_COPY
-"""Where :meth:`EmotionRecognizer.load` looks without a path: the release model packaged in
-the installed wheel, or ``models/release`` in a clone (see :mod:`ensemble_fer.release`)."""
-
 COLOR_ORDERS = ("rgb", "bgr")
 
 Box = faces.Box
@@ -97,13 +93,12 @@ class EmotionRecognizer:
     def load(cls, path=None, *, detector: str = "hog", upsample: int = 1) -> "EmotionRecognizer":
         """Load a model: a trained variant folder, an ``ensemble.json``, a folder holding one,
         or one format's folder of a TFLite export (``ensemble-fer export``); ``None`` for the
-        release model (see :data:`DEFAULT_MODEL`)."""
-        from ensemble_fer.inference import export, predictor as inference
+        release model, ``"fast"`` for the shipped fast one (see :func:`ensemble_fer.release.resolve_model`)."""
+        from ensemble_fer.inference.predictor import load_predictor
+
         _check_detection(detector, upsample)       # before the model's files are read
-        resolved = resolve_model_path(path)
-        # a TFLite export (ensemble_fer.inference.export) predicts through the same Predictor
-        load = export.load_predictor if export.is_export(resolved) else inference.load_predictor
-        return cls(load(resolved), detector=detector, upsample=upsample, source=resolved)
+        resolved = release.resolve_model(path)
+        return cls(load_predictor(resolved), detector=detector, upsample=upsample, source=resolved)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -265,19 +260,6 @@ class EmotionRecognizer:
         found = faces.picture_faces(gray, detector=self.detector, upsample=self.upsample)
         boxes = [box for box, _ in found]
         return boxes, [score for _, score in found], [faces.crop_face(gray, box) for box in boxes]
-
-
-def resolve_model_path(path=None) -> Path:
-    """The model to load: ``path``, or the release model, with a clear error when it is missing."""
-    if path is not None:
-        return Path(path)
-    release = DEFAULT_MODEL
-    if not (release / "ensemble.json").is_file() and not (release / "config.json").is_file():
-        raise MissingInputError(
-            f"{release}: no release model here yet. Train one (python -m pipelines.extract_features, "
-            f"python -m pipelines.train_variant --block cnn5 --bovw, optionally python -m pipelines.fit_ensemble) "
-            f"and pass it with --model PATH (a variant folder or an ensemble.json), or put it in {release}")
-    return release
 
 
 def _check_detection(detector, upsample) -> None:
