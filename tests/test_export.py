@@ -95,6 +95,12 @@ def test_export_refuses_overwrite_and_bad_folders(mixed_release, exported, tmp_p
     assert "exists; pass --force" in capsys.readouterr().err
     with pytest.raises(InputError, match="pass one of them"):
         EmotionRecognizer.load(exported)
+    # an export is not exported again: one line naming the model it came from
+    assert console.main(["export", "--model", str(exported / "int8"), "--out", str(tmp_path / "again"),
+                         "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "already an exported model" in err and str(mixed_release) in err
+    assert not (tmp_path / "again").exists()
     # a member's network swapped after the export is noticed
     import shutil
 

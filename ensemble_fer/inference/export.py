@@ -197,6 +197,10 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
     unknown = [f for f in formats if f not in ALL_FORMATS]
     if unknown or not formats:
         raise InputError(f"--format: each must be one of {ALL_FORMATS}; got {list(formats)}")
+    if is_export(source):
+        origin = artifacts.read_json(Path(source) / EXPORT_FILE if Path(source).is_dir()
+                                     else Path(source).parent / EXPORT_FILE).get("source", "its Keras model")
+        raise InputError(f"{source}: already an exported model; export the Keras model it came from ({origin})")
     predictor = inference.load_predictor(source)
     out = Path(out)
     check = _check_inputs(predictor)
