@@ -108,7 +108,7 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
     elif split == "all":
         note = "every image of the data, all splits together"
     elif split in available:
-        note = f"asked for (--split {split})"
+        note = f"--split {split}"
     elif split in ("train", "val") and "train" in available and "val" not in available:
         note = ("asked for; the data has no val split, so val is held out of train as the feature store does "
                 "(10 %, stratified, seed 0)")
@@ -277,7 +277,7 @@ def _eval_data_from_store(path: Path, predictor: Predictor, split, detector, n_j
     if split is None:
         split, note = default_split(store.splits, False)
     elif split in store.splits:
-        note = f"asked for (--split {split})"
+        note = f"--split {split}"
     else:
         raise InputError(f"{path}: the feature store has no {split!r} split; it has {store.splits}")
     started = time.time()
@@ -299,7 +299,7 @@ def _eval_data_from_store(path: Path, predictor: Predictor, split, detector, n_j
         face_config = bovw.ExtractorConfig(**{**store.config.to_json(), "detector": detector})
         face_found = np.concatenate(_parallel_chunks(_count_faces, images, n_jobs, progress, face_config)) == 1
     return EvalData(
-        split=split, split_note=note + " (a feature store: its features are used as they are)",
+        split=split, split_note=note + "; a feature store: its features are used as they are",
         ids=arrays["ids"][inside], y=y[inside], images=images, landmarks=arrays["landmarks"][inside],
         bovw=arrays["bovw"][inside], face_found=face_found, face_detector=detector,
         source={"path": str(path), "format": "feature store", "name": store.manifest["dataset"]["name"],
