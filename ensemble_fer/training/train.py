@@ -99,7 +99,7 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
     # The saved args: the configuration, then the run's (config.RUN_ARGS).
     args = {**config.to_json(), "max_minutes": max_minutes, "features": str(store.path),
             "feature_store": {"config_hash": store.config_hash, "manifest_hash": store.manifest_hash},
-            "out": str(out), "progress": bool(progress), "precision_policy": policy}
+            "out": str(out), "progress": bool(progress), "precision_policy": policy, "teacher_sha256": None}
 
     teacher = None
     if config.teacher is not None:
