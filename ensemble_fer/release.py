@@ -2,7 +2,8 @@
 ``--model`` names.
 
 Two models are shipped (:data:`SHIPPED`): ``release``, the ensemble (the default everywhere),
-and ``fast``, one network distilled from it and exported to TFLite int8. Two places hold each:
+and ``fast``, one image-only network exported to TFLite int8 (a member of the release, or a
+student distilled from it: ``models/fast/README.md`` says which). Two places hold each:
 
 * ``models/<name>/`` in a clone: the working copy that training, ``fit_ensemble`` and
   ``export`` write (with its figures, predictions and logs);
@@ -31,7 +32,7 @@ except ImportError:     # loaded by path from setup.py in an isolated build, whe
     InputError, MissingInputError = ValueError, FileNotFoundError
 
 SHIPPED = {"release": "the ensemble (default): the most accurate",
-           "fast": "one network distilled from the ensemble, TFLite int8: the fastest"}
+           "fast": "one image-only network, TFLite int8: the fastest"}
 """The models a package ships, by the name ``--model`` takes."""
 
 PACKAGE_DIR = Path(__file__).resolve().parent
