@@ -40,15 +40,8 @@ SEARCH_PATH = (PACKAGE_DIR, PACKAGE_DIR.parent / "models")
 """Where a shipped model ``<name>/`` is looked for, in order: inside an installed wheel, then
 in a clone of the repository (the working copy)."""
 
-PACKAGED = PACKAGE_DIR / "release"
-"""The release inside an installed wheel."""
-
-WORKING_COPY = PACKAGE_DIR.parent / "models" / "release"
-"""The release in a clone of the repository."""
-
 ENVIRONMENT_VARIABLES = {"release": "ENSEMBLE_FER_RELEASE", "fast": "ENSEMBLE_FER_FAST"}
 """Set at build time to package another folder than ``models/<name>`` (tests, forks)."""
-ENVIRONMENT_VARIABLE = ENVIRONMENT_VARIABLES["release"]
 
 # What prediction reads from a variant folder (inference.load_predictor): the network
 # (Keras, or a TFLite export) and its config. Figures, predictions.npz, histories and logs

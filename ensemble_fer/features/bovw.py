@@ -55,6 +55,11 @@ class ExtractorConfig:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def differences(self, other: "ExtractorConfig") -> dict:
+        """``{field: (this value, other's value)}`` of the fields where the two configs differ."""
+        ours, theirs = self.to_json(), other.to_json()
+        return {k: (v, theirs[k]) for k, v in ours.items() if theirs[k] != v}
+
     @classmethod
     def from_json(cls, data: dict, where) -> "ExtractorConfig":
         """The config recorded in a feature store or beside a model; ``where`` names the file.

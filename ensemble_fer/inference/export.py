@@ -60,10 +60,14 @@ CHECK_ROWS = 256
 """Crops predicted by both the Keras model and each export to measure their difference."""
 
 
-def is_export(path) -> bool:
+def _marker_path(path) -> Path:
+    """The ``export.json`` that would mark ``path`` (a format folder or a file in it) as an export."""
     path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    return (folder / EXPORT_FILE).is_file()
+    return (path if path.is_dir() else path.parent) / EXPORT_FILE
+
+
+def is_export(path) -> bool:
+    return _marker_path(path).is_file()
 
 
 def convert(model, precision: str) -> bytes:
@@ -198,8 +202,7 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
     if unknown or not formats:
         raise InputError(f"--format: each must be one of {ALL_FORMATS}; got {list(formats)}")
     if is_export(source):
-        origin = artifacts.read_json(Path(source) / EXPORT_FILE if Path(source).is_dir()
-                                     else Path(source).parent / EXPORT_FILE).get("source", "its Keras model")
+        origin = artifacts.read_json(_marker_path(source)).get("source", "its Keras model")
         raise InputError(f"{source}: already an exported model; export the Keras model it came from ({origin})")
     predictor = inference.load_predictor(source)
     out = Path(out)
@@ -279,7 +282,7 @@ def load_export(path):
     from ensemble_fer.models.variant_dir import VariantDir
 
     path = Path(path)
-    folder = path if path.is_dir() else path.parent
+    folder = _marker_path(path).parent
     marker = artifacts.read_json(folder / EXPORT_FILE)
     if marker.get("format") != EXPORT_FORMAT or "precision" not in marker:
         raise InputError(f"{folder / EXPORT_FILE}: not an exported model (the top folder of an export holds one "

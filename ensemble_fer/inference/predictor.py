@@ -323,10 +323,9 @@ def _ensemble_predictor(path: Path) -> Predictor:
                              f"{list(saved.label_set.classes)}; members must share the label set")
         member_extractor = extractor_of(config, variant.config_path)
         if member_extractor != saved.extractor:
-            ours = saved.extractor.to_json()
-            differ = {k: (v, ours[k]) for k, v in member_extractor.to_json().items() if ours[k] != v}
             raise InputError(f"{path}: member {folder} was trained on features of another extractor config "
-                             f"(member vs ensemble: {differ}); members must share one")
+                             f"(member vs ensemble: {member_extractor.differences(saved.extractor)}); "
+                             f"members must share one")
         members.append(Member(name=entry.name, folder=folder, config=config, hashes=entry.hashes, source=path))
     return Predictor(path, "ensemble", members, saved.fitted.weights_, saved.label_set, saved.extractor,
                      saved.data.get("feature_store") or feature_store_summary(members[0].config["feature_store"]),

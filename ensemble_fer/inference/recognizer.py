@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_fer import release
-from ensemble_fer.errors import InputError, MissingInputError
+from ensemble_fer.errors import InputError
 from ensemble_fer.features import faces
 from ensemble_fer.features.datasets import IMAGE_SIZE, read_image_file, to_gray
 

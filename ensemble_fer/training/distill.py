@@ -66,14 +66,11 @@ def teacher_probabilities(predictor, split, store, say=print) -> np.ndarray:
 
     A teacher with a BOVW input reads the store's BOVW vectors, so it must have been trained on
     features of the same extractor configuration (refused otherwise)."""
-    if predictor.needs_bovw:
-        stored = store.config
-        if predictor.extractor_config != stored:
-            ours, theirs = stored.to_json(), predictor.extractor_config.to_json()
-            differ = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs.get(k)}
-            raise InputError(f"teacher: {predictor.source} reads BOVW features of another extractor configuration "
-                             f"than {store.path} (teacher vs store: {differ}); re-extract the store with the "
-                             f"teacher's settings or choose an image-only teacher")
+    if predictor.needs_bovw and predictor.extractor_config != store.config:
+        differ = predictor.extractor_config.differences(store.config)
+        raise InputError(f"teacher: {predictor.source} reads BOVW features of another extractor configuration "
+                         f"than {store.path} (teacher vs store: {differ}); re-extract the store with the "
+                         f"teacher's settings or choose an image-only teacher")
     say(f"teacher {predictor.source}: predicting the {len(split):,} training crops ...")
     proba = predictor.predict_features(images=split.images if predictor.needs_images else None,
                                        bovw_rows=split.bovw if predictor.needs_bovw else None)
