@@ -56,7 +56,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
 from ensemble_fer.errors import InputError
-from ensemble_fer.evaluation.metrics import check_probabilities
+from ensemble_fer.evaluation.metrics import check_class_indices, check_probabilities
 
 OBJECTIVES = ("accuracy", "log-loss")
 LOG_LOSS_EPS = 1e-15
@@ -371,18 +371,7 @@ def _check_probas(probas) -> np.ndarray:
 
 
 def _check_y(y, n_samples: int, n_classes: int) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"y must be a 1-D array of class indices; got shape {y.shape}")
+    y = check_class_indices(y, n_classes, "y")
     if len(y) != n_samples:
         raise ValueError(f"y must have one label per sample of probas ({n_samples}); got {len(y)}")
-    if y.dtype.kind not in "iu":
-        if y.dtype.kind != "f" or not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise ValueError(f"y must hold integer class indices in [0, {n_classes}); "
-                             f"got dtype {y.dtype}")
-    y = y.astype(np.int64)
-    bad = (y < 0) | (y >= n_classes)
-    if bad.any():
-        raise ValueError(f"y must hold class indices in [0, {n_classes}); got {y[bad][0]} "
-                         f"(at index {int(np.flatnonzero(bad)[0])})")
     return y

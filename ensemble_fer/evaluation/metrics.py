@@ -76,7 +76,7 @@ def classification_metrics(y_true, proba_or_pred, class_names) -> dict:
     if len(set(class_names)) != n_classes:
         raise ValueError(f"class_names must be unique; got {class_names}")
 
-    y_true = _as_class_indices(y_true, n_classes, "y_true")
+    y_true = check_class_indices(y_true, n_classes, "y_true")
     if y_true.size == 0:
         raise ValueError("y_true is empty: metrics need at least one sample")
 
@@ -86,7 +86,7 @@ def classification_metrics(y_true, proba_or_pred, class_names) -> dict:
         y_pred = proba.argmax(axis=1)
     elif values.ndim == 1:
         proba = None
-        y_pred = _as_class_indices(values, n_classes, "proba_or_pred")
+        y_pred = check_class_indices(values, n_classes, "proba_or_pred")
     else:
         raise ValueError("proba_or_pred must be probabilities of shape (n_samples, n_classes) or "
                          f"predicted class indices of shape (n_samples,); got shape {values.shape}")
@@ -118,7 +118,9 @@ def classification_metrics(y_true, proba_or_pred, class_names) -> dict:
     }
 
 
-def _as_class_indices(values, n_classes: int, name: str) -> np.ndarray:
+def check_class_indices(values, n_classes: int, name: str) -> np.ndarray:
+    """``values`` as an int64 1-D array of class indices in [0, ``n_classes``); a ValueError naming
+    ``name`` otherwise (integral floats are accepted, as labels read from CSV or JSON are)."""
     values = np.asarray(values)
     if values.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of class indices; got shape {values.shape}")
