@@ -98,12 +98,11 @@ def main(argv=None) -> int:
     from ensemble_fer.errors import InputError
 
     args = build_parser().parse_args(argv)
-    from ensemble_fer.inference.predictor import MAX_TTA
+    from ensemble_fer.inference.predictor import check_tta
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1; got {args.batch_size}")
-    if not 0 <= args.tta <= MAX_TTA:
-        raise InputError(f"--tta must be from 0 (none) to {MAX_TTA}; got {args.tta}")
+    check_tta(args.tta)
     if args.resume and not args.csv:
         raise InputError("--resume needs --csv FILE: the CSV's rows say which inputs are done")
     from ensemble_fer.inference import video

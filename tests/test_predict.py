@@ -363,6 +363,8 @@ def test_existing_outputs_are_refused_before_any_work(tiny_variant, tmp_path, ca
             (["--annotate", str(annotated)], f"error: {annotated}: exists; pass --force"),
             (["--csv", str(tmp_path)], f"error: --csv {tmp_path}: is a folder; give the path of the CSV file"),
             (["--resume"], "error: --resume needs --csv FILE"),
+            (["--tta", "11"], "error: tta must be an integer from 0 (none) to 10 views; got 11"),
+            (["--batch-size", "0"], "error: --batch-size must be >= 1; got 0"),
     ):
         assert cli.main([str(photo), "--model", str(missing_model), *args]) == 2
         err = capsys.readouterr().err
