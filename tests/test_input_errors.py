@@ -5,12 +5,11 @@ traceback. No Keras model is loaded here."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
-from conftest import REPO, TEST_DATA
+from conftest import TEST_DATA
 from ensemble_fer import release
 from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.inference import annotate
@@ -18,7 +17,6 @@ from ensemble_fer.inference.recognizer import EmotionRecognizer, FaceResult
 from pipelines import cli_errors, predict
 
 PHOTO = TEST_DATA / "photos" / "2008_002470.jpg"
-RELEASE_MEMBER = REPO / "models" / "release" / "vgg_fast+bovw_40px"
 
 
 class _Classes:
@@ -91,18 +89,13 @@ def test_cli_bad_detection_argument_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == "error: upsample must be an int >= 0; got -1\n"
 
 
-def test_cli_grad_cam_of_a_bovw_only_model_is_one_line(tmp_path, capsys):
-    """The member's files are the release's (read only); its config says it has no image block."""
-    variant = tmp_path / "bovw_only"
-    variant.mkdir()
-    shutil.copy(RELEASE_MEMBER / "model.keras", variant / "model.keras")
-    config = json.loads((RELEASE_MEMBER / "config.json").read_text())
-    (variant / "config.json").write_text(json.dumps({**config, "block": None}))
+def test_cli_grad_cam_of_a_bovw_only_model_is_one_line(variant_pair, tmp_path, capsys):
+    variant = variant_pair / "bovw"     # a real BOVW-only variant: no image branch
     out = tmp_path / "gradcam"
     assert predict.main([str(PHOTO), "--model", str(variant), "--gradcam", str(out)]) == 2
     err = capsys.readouterr().err
     assert err == (f"error: {variant}: Grad-CAM needs an image branch, and no member of this model has one "
-                   f"(BOVW-only: ['bovw_only'])\n")
+                   f"(BOVW-only: ['bovw'])\n")
     assert not out.exists()
 
 
