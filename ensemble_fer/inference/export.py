@@ -281,11 +281,11 @@ def load_export(path):
     from ensemble_fer.labels import label_set_from_json
     from ensemble_fer.models.variant_dir import VariantDir
 
-    path = Path(path)
-    folder = _marker_path(path).parent
-    marker = artifacts.read_json(folder / EXPORT_FILE)
+    marker_path = _marker_path(path)
+    folder = marker_path.parent
+    marker = artifacts.read_json(marker_path)
     if marker.get("format") != EXPORT_FORMAT or "precision" not in marker:
-        raise InputError(f"{folder / EXPORT_FILE}: not an exported model (the top folder of an export holds one "
+        raise InputError(f"{marker_path}: not an exported model (the top folder of an export holds one "
                          f"sub-folder per format: pass one of them, e.g. {folder / 'float32'})")
     name = model_file(marker["precision"])
     if (folder / "config.json").is_file():
