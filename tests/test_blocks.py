@@ -93,7 +93,7 @@ def test_spec_is_consistent(name):
 
 
 def test_compact_blocks_are_native_grayscale():
-    for name in ("cnn5", "complex_cnn", "se_resnet", "vgg_fast"):
+    for name in ("cnn5", "complex_cnn", "se_resnet", "vgg_fast", "vgg_wide"):
         spec = blocks.get_block_spec(name)
         assert (spec.channels, spec.default_size, spec.default_weights) == (1, 48, None)
         assert 32 <= spec.min_size <= 48
@@ -188,21 +188,23 @@ def test_compact_block_model_saves_and_loads_safely(name, tmp_path):
 
 def test_compact_block_at_default_size_shapes():
     expected = {"cnn5": (12, 12, 64), "complex_cnn": (3, 3, 256), "se_resnet": (6, 6, 256),
-                "vgg_fast": (6, 6, 256)}
+                "vgg_fast": (6, 6, 256), "vgg_wide": (6, 6, 384)}
     for name, shape in expected.items():
         model = blocks.create_block(name)   # default weights: None for compact blocks
         assert tuple(model.output_shape[1:]) == shape
 
 
-def test_vgg_fast_cost_matches_its_docstring():
-    model = blocks.create_block("vgg_fast", weights=None)
-    assert model.count_params() == 1_165_216
-    macs = 0
+@pytest.mark.parametrize("name, params, macs, doc", [("vgg_fast", 1_165_216, 96_215_040, "96.2M"),
+                                                     ("vgg_wide", 2_618_736, 215_986_176, "216.0M")])
+def test_vgg_cost_matches_its_docstring(name, params, macs, doc):
+    model = blocks.create_block(name, weights=None)
+    assert model.count_params() == params
+    counted = 0
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
-            macs += int(np.prod(layer.output.shape[1:3])) * int(np.prod(layer.kernel.shape))
-    assert macs == 96_215_040
-    assert "1,165,216" in compact.vgg_fast.__doc__ and "96.2M" in compact.vgg_fast.__doc__
+            counted += int(np.prod(layer.output.shape[1:3])) * int(np.prod(layer.kernel.shape))
+    assert counted == macs
+    assert f"{params:,}" in getattr(compact, name).__doc__ and doc in getattr(compact, name).__doc__
 
 
 # ------------------------------------------------------------------ preprocessing
