@@ -25,10 +25,12 @@ Reported: accuracy, macro-F1, log-loss, per-class precision/recall/F1 and the co
 matrix, on the whole split and on the face-found subset (exactly one face detected: the
 EmoNet paper's filtered protocol; counted with the model's detector, or dlib's HOG detector
 when the model was trained without one), each labelled; for an ensemble also each member.
---tta N averages N deterministic views per image (identity, mirror, small rotations/zooms).
+--tta N averages N deterministic views per image (identity, mirror, small rotations/zooms);
+without it the model's own views are used (an ensemble's ``tta``: 2 for the release, 0 for a
+variant), --tta 0 turns them off.
 
 --json FILE writes the result; its keys: model {path, kind, members, member_folders, weights,
-classes, label_set, extractor, feature_store}, data {path, format, name, kind,
+classes, label_set, extractor, default_tta, feature_store}, data {path, format, name, kind,
 ignored_label_folders}, split, split_note, tta, classes, counts {images, evaluated, no_face,
 left_out {outside_label_set, by_label}, face_found}, face_detector, subsets, all (metrics of
 the whole split: n, accuracy, macro_f1, weighted_f1, log_loss, classes, per_class,
@@ -66,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=datasets.FORMATS, default="auto")
     p.add_argument("--split", choices=("train", "val", "test", "all"),
                    help="split to score (default: test if the data has it, else val)")
-    p.add_argument("--tta", type=int, default=0, metavar="N",
-                   help=f"test-time augmentation: average N views per image (0 none, up to {inference.MAX_TTA})")
+    p.add_argument("--tta", type=int, metavar="N",
+                   help=f"test-time augmentation: average N views per image (0 none, up to {inference.MAX_TTA}; "
+                        f"default: the model's own, 2 for the release)")
     p.add_argument("--ignore-unknown-labels", action="store_true",
                    help="leave out label folders that are not emotions instead of stopping")
     # --detector as in every stage; --face-detector, its first name, still works
@@ -93,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 @reports_errors
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    inference.check_tta(args.tta)   # fail before any extraction, not after it
+    if args.tta is not None:
+        inference.check_tta(args.tta, where="--tta")   # fail before any extraction, not after it
     if args.json is not None and args.json.is_dir():
         raise InputError(f"--json {args.json}: is a folder; give the path of a .json file")
     if args.out is not None and args.out.exists() and not args.out.is_dir():

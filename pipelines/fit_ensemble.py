@@ -1,7 +1,7 @@
 """Stage 3: fit the weighted ensemble of trained variants on their validation predictions.
 
     python -m pipelines.fit_ensemble [--models DIR] [--variants NAME ...] [--objective accuracy|log-loss]
-        [--seed 0] [--cv-splits 5] [--out models/ensemble.json] [--force]
+        [--seed 0] [--cv-splits 5] [--tta N [--features DIR]] [--out models/ensemble.json] [--force]
 
 Inputs: variant folders (``config.json`` + ``predictions.npz``; the models themselves are not
 loaded): every one under --models, searched recursively as ``pipelines.compare`` does
@@ -19,6 +19,12 @@ test when the store has it), the weights, the ensemble's per-class scores and co
 matrix, the cross-validated accuracy over val folds, and the face-found subset when the
 store flags faces. Weights are fitted on val only, so the ensemble's val figures are
 optimistic; the report says so.
+
+--tta N: the members' models are loaded and predict the feature store's val (and test) rows
+averaged over N test-time views (identity, mirror, ...); the weights are fitted on those, and
+``ensemble.json`` records ``tta`` so that evaluate and predict average the same views unless
+told otherwise (--tta 0). --features names the store when it is not at the path the members
+record.
 
 The members must be inside the folder of --out (the ensemble names them by relative paths
 and can only be loaded with them); loading refuses a member whose config.json or model.keras
@@ -38,6 +44,7 @@ from ensemble_fer.ensemble.ensemble_file import ENSEMBLE_FILE, check_ensemble_ou
 from ensemble_fer.ensemble.weighted import OBJECTIVES
 from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.models.variant_dir import find_variants
+from ensemble_fer.training.augment import check_tta
 
 from .cli_errors import reports_errors
 
@@ -55,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of differential evolution and of the CV folds")
     p.add_argument("--cv-splits", type=int, default=fit.CV_SPLITS,
                    help="folds of the cross-validated estimate over val (default 5)")
+    p.add_argument("--tta", type=int, default=0, metavar="N",
+                   help="fit on the members' predictions averaged over N test-time views (default 0: their saved "
+                        "predictions); the ensemble then predicts with N views by default")
+    p.add_argument("--features", type=Path, metavar="DIR",
+                   help="with --tta: the members' feature store (default: the path they record)")
     p.add_argument("--out", type=Path, help="the ensemble file, in the folder holding the members (default: "
                                             "<models>/ensemble.json); refused if it exists, unless --force")
     p.add_argument("--force", action="store_true",
@@ -79,12 +91,15 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.cv_splits < 2:
         raise InputError(f"--cv-splits must be at least 2; got {args.cv_splits}")
+    check_tta(args.tta, where="--tta")
+    if args.features is not None and not args.tta:
+        raise InputError("--features is read only with --tta N (the saved predictions need no store)")
     out = args.out or args.models / ENSEMBLE_FILE
     check_ensemble_outputs(out, args.force)   # before any work
     folders = (resolve_variants(args.models, args.variants) if args.variants
                else find_variants(args.models, say=print))
     report = fit.fit_ensemble(folders, out, objective=args.objective, seed=args.seed, cv_splits=args.cv_splits,
-                              say=print, force=args.force)
+                              say=print, force=args.force, tta=args.tta, features=args.features)
     print(summary(report))
     print(f"wrote {out} and {ensemble_outputs(out)['markdown']}")
     return 0

@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--resume", action="store_true",
                        help="continue an interrupted run (FILE.partial) or add to a finished FILE: files that "
                             "already have an ok or no_face row are skipped, the rest predicted (needs --csv)")
-    p.add_argument("--tta", type=int, default=0, metavar="N", help="test-time augmentation views (0: none, up to 10)")
+    p.add_argument("--tta", type=int, metavar="N",
+                   help="test-time augmentation views (0: none, up to 10; default: the model's own, 2 for the release)")
     p.add_argument("--detector", choices=("hog", "mmod"), default="hog",
                    help="dlib face detector: hog (fast, frontal) or mmod (CNN, more poses, slow on a CPU)")
     p.add_argument("--upsample", type=int, default=1, metavar="N",
@@ -102,7 +103,8 @@ def main(argv=None) -> int:
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1; got {args.batch_size}")
-    check_tta(args.tta)
+    if args.tta is not None:
+        check_tta(args.tta, where="--tta")
     if args.resume and not args.csv:
         raise InputError("--resume needs --csv FILE: the CSV's rows say which inputs are done")
     from ensemble_fer.inference import video

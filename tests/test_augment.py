@@ -9,12 +9,15 @@ import pytest
 from conftest import sample_crops
 from ensemble_fer.features import faces
 from ensemble_fer.training.augment import (
+    MAX_TTA,
     TTA_VIEWS,
+    check_tta,
     AugmentConfig,
     affine_matrix,
     augment_batch,
     random_affine,
     transform_batch,
+    tta_images,
     tta_views,
 )
 from ensemble_fer.features.hog import HOG_SIZE, sliding_hog
@@ -259,6 +262,26 @@ def test_tta_views(batch):
     for bad in (0, 11, 2.0, True):
         with pytest.raises(ValueError, match="n_views"):
             tta_views(images, points, bad)
+        with pytest.raises(ValueError, match="n_views"):
+            tta_images(images, bad)
+
+
+def test_tta_images_are_the_images_of_tta_views(batch):
+    images, points = batch
+    views = tta_views(images, points, MAX_TTA)
+    only_images = tta_images(images, MAX_TTA)
+    assert len(only_images) == MAX_TTA == len(TTA_VIEWS)
+    for view, image_view in zip(views, only_images):
+        np.testing.assert_array_equal(image_view, view[0])
+    with pytest.raises(ValueError, match="images must be uint8"):
+        tta_images(images.astype(np.float32), 2)
+
+
+def test_check_tta_names_where_the_value_came_from():
+    assert check_tta(0) == 0 and check_tta(np.int64(MAX_TTA)) == MAX_TTA
+    for bad in (-1, MAX_TTA + 1, 2.0, True, None):
+        with pytest.raises(ValueError, match=r"^--tta must be an integer from 0 \(none\) to 10 views; got "):
+            check_tta(bad, where="--tta")
 
 
 @pytest.mark.parametrize(

@@ -270,7 +270,7 @@ def test_evaluate_bad_arguments(variant_pair, tmp_path, capsys):
     code, _, stderr = _cli(["--model", variant_pair / "bovw", "--data", SAMPLE, "--split", "test"], capsys)
     assert code == 2 and "has no 'test' split" in stderr
     code, _, stderr = _cli(["--model", variant_pair / "bovw", "--data", SAMPLE, "--tta", "11"], capsys)
-    assert code == 2 and "tta must be an integer from 0" in stderr
+    assert code == 2 and "error: --tta must be an integer from 0 (none) to 10 views; got 11" in stderr
     code, _, stderr = _cli(["--model", tmp_path / "nope", "--data", SAMPLE], capsys)
     assert code == 2 and "no such file or folder" in stderr
 

@@ -135,7 +135,13 @@ def test_an_image_only_model_reads_crops_without_landmarks_or_hog(mixed_release,
     predictor = load_predictor(mixed_release / "cnn5")
     features = predictor.analyse(crops)
     full = predictor.predict_features(features["images"], features["landmarks"], features["bovw"])
-    assert predictor.predict_proba(crops, tta=2).shape == full.shape   # views need the landmarks: analysed
     monkeypatch.setattr(predictor, "analyse", lambda images: pytest.fail("analysed the crops"))
     np.testing.assert_array_equal(predictor.predict_proba(crops), full)
+    # its test-time views are the images of the full path's views, without their landmarks and HOG
+    from ensemble_fer.training.augment import tta_views
+
+    views = tta_views(features["images"], features["landmarks"], 2)
+    np.testing.assert_allclose(predictor.predict_proba(crops, tta=2),
+                               np.mean([predictor.predict_features(view[0], None, None) for view in views], axis=0),
+                               atol=1e-6)
 

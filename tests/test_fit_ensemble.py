@@ -320,3 +320,65 @@ def test_refuses_a_member_without_its_model(variant_pair, tmp_path, capsys):
     models = _copy_members(variant_pair, tmp_path)
     (models / "cnn5+bovw" / "model.keras").unlink()
     _refused(models, tmp_path, capsys, str(models / "cnn5+bovw" / "model.keras"), "file not found")
+
+
+def test_tta_fits_on_the_members_views_and_the_ensemble_predicts_with_them(variant_pair, sample_store, tmp_path,
+                                                                            capsys):
+    from ensemble_fer.features.feature_store import FeatureStore
+
+    models = _linked_members(variant_pair, tmp_path / "ens")
+    out = models / "ensemble.json"
+    code, stdout, stderr = _run(["--models", models, "--tta", "2"], capsys)
+    assert code == 0, stderr
+    assert "with 2 test-time views" in stdout
+    data = json.loads(out.read_text())
+    report = json.loads((models / "ensemble_report.json").read_text())
+    assert data["tta"] == 2 and report["tta"] == 2
+    assert "averaged over 2 test-time views" in (models / "ensemble_report.md").read_text()
+
+    # the report's figures are those of the members' two-view predictions of the store's rows
+    val = FeatureStore(sample_store).load("val")
+    saved = artifacts.load_npz(variant_pair / MEMBERS[0] / "predictions.npz")
+    assert np.array_equal(val["ids"], saved["val_ids"])
+    views = np.stack([inference.load_predictor(variant_pair / name).member_probas(
+        val["images"], val["landmarks"], None, tta=2)[0] for name in MEMBERS])
+    weights = np.array([m["weight"] for m in data["members"]])
+    accuracy = float((np.tensordot(weights, views, axes=1).argmax(1) == saved["val_y"]).mean())
+    assert report["results"]["val"]["ensemble"]["accuracy"] == pytest.approx(accuracy)
+
+    # loaded, the ensemble averages the same two views unless told otherwise
+    predictor = inference.load_predictor(out)
+    assert predictor.default_tta == 2
+    np.testing.assert_allclose(predictor.member_probas(val["images"], val["landmarks"], None), views, atol=1e-6)
+    without = predictor.member_probas(val["images"], val["landmarks"], val["bovw"], tta=0)
+    assert not np.allclose(without, views)
+
+    data["tta"] = 11
+    out.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"ensemble.json: tta must be an integer from 0 \(none\) to 10 views; "
+                                         r"got 11$"):
+        inference.load_predictor(out)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tta", "11"], "error: --tta must be an integer from 0 (none) to 10 views; got 11"),
+    (["--features", "x"], "error: --features is read only with --tta N"),
+])
+def test_refuses_bad_tta_arguments(variant_pair, tmp_path, capsys, args, message):
+    models = _linked_members(variant_pair, tmp_path / "ens")
+    code, _, stderr = _run(["--models", models, *args], capsys)
+    assert code == 2 and stderr.startswith(message) and stderr.count("\n") == 1, stderr
+    assert not (models / "ensemble.json").exists()
+
+
+def test_tta_refuses_a_feature_store_the_members_were_not_trained_on(variant_pair, tmp_path, capsys):
+    from pipelines import extract_features
+    from conftest import SAMPLE
+
+    other = tmp_path / "other_store"     # the same extractor on fewer images: another manifest
+    assert extract_features.main(["--data", str(SAMPLE), "--out", str(other), "--detector", "none", "--quiet",
+                                  "--n-jobs", "1", "--limit", "20"]) == 0
+    models = _linked_members(variant_pair, tmp_path / "ens")
+    code, _, stderr = _run(["--models", models, "--tta", "2", "--features", other], capsys)
+    assert code == 2 and f"error: {other}: not the feature store the members were trained on (manifest_hash" in stderr
+    assert not (models / "ensemble.json").exists()

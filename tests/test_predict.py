@@ -140,6 +140,17 @@ def test_bad_arguments(recognizer, tmp_path):
         EmotionRecognizer(recognizer._predictor, detector="haar")
 
 
+def test_the_release_predicts_with_the_views_its_weights_were_fitted_on():
+    """Release 0.6's ensemble.json records tta 2: photos are scored with the face and its mirror
+    image unless the caller passes tta (0: the networks alone)."""
+    recognizer = EmotionRecognizer.load()
+    assert recognizer._predictor.default_tta == 2
+    photo = PHOTOS / "2008_002470.jpg"
+    default, two, none = (recognizer.predict(photo, **kwargs) for kwargs in ({}, {"tta": 2}, {"tta": 0}))
+    assert [f.scores for f in default] == [f.scores for f in two]
+    assert len(default) == len(none) and [f.scores for f in default] != [f.scores for f in none]
+
+
 def test_missing_release_model_says_what_to_do(monkeypatch, tmp_path, capsys):
     from ensemble_fer import release
     monkeypatch.setattr(release, "SEARCH_PATH", (tmp_path / "package", tmp_path))
@@ -363,7 +374,7 @@ def test_existing_outputs_are_refused_before_any_work(tiny_variant, tmp_path, ca
             (["--annotate", str(annotated)], f"error: {annotated}: exists; pass --force"),
             (["--csv", str(tmp_path)], f"error: --csv {tmp_path}: is a folder; give the path of the CSV file"),
             (["--resume"], "error: --resume needs --csv FILE"),
-            (["--tta", "11"], "error: tta must be an integer from 0 (none) to 10 views; got 11"),
+            (["--tta", "11"], "error: --tta must be an integer from 0 (none) to 10 views; got 11"),
             (["--batch-size", "0"], "error: --batch-size must be >= 1; got 0"),
     ):
         assert cli.main([str(photo), "--model", str(missing_model), *args]) == 2

@@ -10,8 +10,10 @@ Format ``ensemble_fer.ensemble``, version 2 (docs/ARCHITECTURE.md, "Ensemble"): 
 in weight order, each with ``name``, ``path`` (relative to the JSON file's folder and inside
 it: an ensemble names only the models that ship with it), ``variant``, ``weight``, and the
 SHA-256 of its ``config.json`` and ``model.keras`` taken before the fit; ``ensemble``
-(:meth:`WeightedEnsemble.to_json`), ``labels``, ``extractor``, ``feature_store``, ``scores``,
-``report`` (the names of the files beside it, :func:`ensemble_outputs`) and ``versions``.
+(:meth:`WeightedEnsemble.to_json`), ``tta`` (the test-time views the weights were fitted on and
+the predictor averages by default; absent in files written before it: 0, none), ``labels``,
+``extractor``, ``feature_store``, ``scores``, ``report`` (the names of the files beside it,
+:func:`ensemble_outputs`) and ``versions``.
 Version-1 files (no member hashes) are refused with a request to refit: a replaced model
 would go unnoticed.
 """
@@ -29,6 +31,7 @@ from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.features.bovw import ExtractorConfig
 from ensemble_fer.labels import LabelSet, label_set_from_json
 from ensemble_fer.models.variant_dir import CONFIG, MODEL
+from ensemble_fer.training.augment import check_tta
 
 ENSEMBLE_FILE = "ensemble.json"
 """Its default name, in the folder holding the variants (``<models>/ensemble.json``)."""
@@ -68,6 +71,8 @@ class EnsembleFile:
     fitted: WeightedEnsemble
     label_set: LabelSet
     extractor: ExtractorConfig
+    tta: int = 0
+    """Test-time views the weights were fitted on: what the predictor averages unless told otherwise."""
 
 
 def ensemble_outputs(out) -> dict[str, Path]:
@@ -150,7 +155,8 @@ def feature_store_summary(store: dict) -> dict:
 # ---------------------------------------------------------------------- writing and reading
 
 def write_ensemble(path, members: list[EnsembleMember], fitted: WeightedEnsemble, *, objective: str, seed: int,
-                   labels: dict, extractor: dict, feature_store: dict, scores: dict, report: dict) -> dict:
+                   labels: dict, extractor: dict, feature_store: dict, scores: dict, report: dict,
+                   tta: int = 0) -> dict:
     """Write the ensemble JSON to ``path`` (atomically; a temporary of the fit may stand in for
     the final file, the member paths being relative to the final one) and return it."""
     data = {
@@ -164,6 +170,7 @@ def write_ensemble(path, members: list[EnsembleMember], fitted: WeightedEnsemble
         "extractor": extractor,
         "feature_store": feature_store,
         "ensemble": fitted.to_json(),
+        "tta": check_tta(tta),
         "scores": scores,
         "report": report,
         "versions": artifacts.package_versions(),
@@ -210,6 +217,7 @@ def read_ensemble(path) -> EnsembleFile:
     except (KeyError, TypeError) as exc:
         raise InputError(f"{path}: labels is not a label set ({exc!r})") from None
     extractor = ExtractorConfig.from_json(data["extractor"], path)
+    tta = check_tta(data.get("tta", 0), where=f"{path}: tta")
 
     members = []
     for i, entry in enumerate(data["members"]):
@@ -225,4 +233,4 @@ def read_ensemble(path) -> EnsembleFile:
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         raise InputError(f"{path}: two members share a name ({names})")
-    return EnsembleFile(path, data, members, fitted, label_set, extractor)
+    return EnsembleFile(path, data, members, fitted, label_set, extractor, tta)

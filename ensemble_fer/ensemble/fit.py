@@ -8,7 +8,10 @@ feature store (``config_hash`` and ``manifest_hash``) with one label set and tha
 :class:`~ensemble_fer.ensemble.weighted.WeightedEnsemble` on the validation probabilities only
 (with a cross-validated estimate over val folds), and writes ``<name>.json`` (``ensemble.json``
 by default, :mod:`ensemble_fer.ensemble.ensemble_file`) with ``<name>_report.{md,json}`` and
-``<name>_confusion_matrix.png`` beside it. The members must lie inside the folder of the JSON
+``<name>_confusion_matrix.png`` beside it. With ``tta`` > 0 the members' probabilities are not
+the saved ones: each member's model is loaded and predicts the feature store's val (and test)
+rows averaged over ``tta`` test-time views, the weights are fitted on those, and the file
+records ``tta`` so that the predictor averages the same views. The members must lie inside the folder of the JSON
 file (it names them by relative paths without ``..``), and the SHA-256 of each one's
 ``config.json`` and ``model.keras`` is recorded so that loading refuses a swapped model.
 Existing outputs are refused unless ``force``; the four files are built as temporary siblings
@@ -30,6 +33,7 @@ from ensemble_fer.ensemble.ensemble_file import (EnsembleMember, check_ensemble_
 from ensemble_fer.ensemble.members import check_members, read_member
 from ensemble_fer.ensemble.weighted import OBJECTIVES, WeightedEnsemble
 from ensemble_fer.errors import InputError
+from ensemble_fer.training.augment import check_tta
 from ensemble_fer.evaluation import metrics
 from ensemble_fer.labels import label_set_from_json
 
@@ -53,13 +57,16 @@ def _score_rows(probas: np.ndarray, y: np.ndarray, names: list[str], fitted: Wei
 
 
 def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_splits: int = CV_SPLITS,
-                 say=print, force: bool = False) -> dict:
+                 say=print, force: bool = False, tta: int = 0, features=None) -> dict:
     """Fit the weighted ensemble of the variants in ``folders`` on their val predictions and
     write ``out`` (``ensemble.json``) with its report beside it (see :func:`ensemble_outputs`).
     Returns the report dict. Existing outputs are refused unless ``force``, before any work;
-    replaced ones stay in place until the new files are complete."""
+    replaced ones stay in place until the new files are complete. ``tta`` > 0: the members
+    predict the rows of the feature store ``features`` (default: the one they record) with
+    that many test-time views, and the weights are fitted on those probabilities."""
     if objective not in OBJECTIVES:
         raise InputError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+    tta = check_tta(tta)
     started = time.time()
     out = Path(out)
     check_ensemble_outputs(out, force)
@@ -68,6 +75,8 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
     splits = check_members(members)
     # hashed now, before the fit, so that a file replaced during the fit is noticed at load
     hashes = {m.name: member_hashes(m.folder) for m in members}
+    if tta:
+        _predict_with_views(members, splits, tta, features, say)
     names = [m.name for m in members]
     first = members[0]
     label_set = label_set_from_json(first.config["labels"])
@@ -136,6 +145,7 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
         "weights": weights,
         "objective": objective,
         "seed": seed,
+        "tta": tta,
         "single_member": single,
         "best_single": best,
         "classes": classes,
@@ -172,8 +182,38 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
         building["markdown"].write_text(ensemble_report_markdown(report, files["confusion_matrix"]))
         write_ensemble(building["ensemble"], entries, fitted, objective=objective, seed=seed,
                        labels=first.config["labels"], extractor=extractor, feature_store=report["feature_store"],
-                       scores=_summary_scores(report), report=files)
+                       scores=_summary_scores(report), report=files, tta=tta)
     return report
+
+
+def _predict_with_views(members, splits: list[str], tta: int, features, say) -> None:
+    """Replace each member's saved ``proba`` of every split by its prediction of the same rows
+    of the feature store, averaged over ``tta`` test-time views."""
+    from ensemble_fer.features.feature_store import FeatureStore
+    from ensemble_fer.inference.predictor import load_predictor
+
+    recorded = members[0].config["feature_store"]
+    path = Path(features if features is not None else recorded["path"])
+    store = FeatureStore(path)
+    for key in ("config_hash", "manifest_hash"):
+        if getattr(store, key) != recorded.get(key):
+            raise InputError(f"{path}: not the feature store the members were trained on ({key} "
+                             f"{getattr(store, key)}, they record {recorded.get(key)}); pass the features they "
+                             f"were trained on")
+    for split in splits:
+        arrays = store.load(split)
+        row_of = {i: k for k, i in enumerate(arrays["ids"].tolist())}
+        ids = members[0].splits[split]["ids"].tolist()
+        missing = [i for i in ids if i not in row_of]
+        if missing:
+            raise InputError(f"{path}: its {split} split lacks {len(missing)} of the members' rows (e.g. id "
+                             f"{missing[0]}); pass the features they were trained on")
+        rows = np.array([row_of[i] for i in ids])
+        images, landmarks = arrays["images"][rows], arrays["landmarks"][rows]
+        for member in members:
+            say(f"{member.name}: predicting {split} ({len(rows)} rows) with {tta} test-time views")
+            member.splits[split]["proba"] = load_predictor(member.folder).member_probas(
+                images, landmarks, None, tta=tta)[0]
 
 
 def _face_note(flags_faces: bool, face_results: dict, splits: list[str]) -> str | None:
@@ -208,6 +248,9 @@ def ensemble_report_markdown(report: dict, figure: str) -> str:
                    f"config {store['config_hash']}, manifest {store['manifest_hash']}); label set "
                    f"`{report['label_set']}`. Weights fitted on **val** (n = {report['n']['val']}) by differential "
                    f"evolution, objective `{report['objective']}`, seed {report['seed']}.")
+    if report.get("tta"):
+        lines.append(f"Every member's probabilities here are averaged over {report['tta']} test-time views "
+                     f"(its model predicting the feature store's rows), as the ensemble predicts by default.")
     lines.append("")
     for note in report["notes"]:
         lines += [f"**{note}**", ""]

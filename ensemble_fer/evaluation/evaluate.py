@@ -310,9 +310,11 @@ def _eval_data_from_store(path: Path, predictor: Predictor, split, detector, n_j
                   "extractor": store.config.to_json()})
 
 
-def evaluate_predictor(predictor: Predictor, data: EvalData, tta: int = 0, batch_size: int = 256) -> dict:
+def evaluate_predictor(predictor: Predictor, data: EvalData, tta: int | None = None, batch_size: int = 256) -> dict:
     """Metrics of ``predictor`` on ``data``: the whole split and its face-found subset, and
-    each member's accuracy for an ensemble. Returns the JSON-able result (see pipelines.evaluate)."""
+    each member's accuracy for an ensemble. Returns the JSON-able result (see pipelines.evaluate).
+    ``tta``: test-time views, None for the model's own (:meth:`Predictor.resolve_tta`)."""
+    tta = predictor.resolve_tta(tta)
     started = time.time()
     predictor.load_models()
     load_seconds = time.time() - started

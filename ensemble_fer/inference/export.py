@@ -308,7 +308,8 @@ def load_export(path):
         members.append(inference.Member(name=member.name, folder=member.folder,
                                         config=VariantDir(member.folder).read_config(), _model=_load_member(model_path)))
     return inference.Predictor(ensemble.path, "ensemble", members, ensemble.fitted.weights_, ensemble.label_set,
-                               ensemble.extractor, ensemble.data.get("feature_store") or {}, ensemble.data)
+                               ensemble.extractor, ensemble.data.get("feature_store") or {}, ensemble.data,
+                               default_tta=ensemble.tta)
 
 
 def _load_member(path: Path):

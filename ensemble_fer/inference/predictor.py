@@ -6,7 +6,7 @@
     predictor = load_predictor("models/ensemble.json")   # or a variant folder such as models/cnn5
     predictor.classes, predictor.members, predictor.weights, predictor.extractor_config
     proba = predictor.predict_proba(crops)                # uint8 (N, 48, 48) -> (N, n_classes)
-    proba = predictor.predict_proba(crops, tta=10)        # averaged over 10 test-time views
+    proba = predictor.predict_proba(crops, tta=10)        # averaged over 10 test-time views (0: none)
     proba = predictor.predict_features(images, landmarks, bovw)   # arrays of a feature store
 
 A variant is a predictor with one member of weight 1. An ensemble (``ensemble.json``, written
@@ -26,7 +26,10 @@ Prediction: features are extracted once per image (:func:`ensemble_fer.features.
 with the model's extractor config); each member gets the inputs its model names (``image``
 and/or ``bovw``) in batches; with ``tta=n`` each member's probabilities are averaged over
 ``n`` deterministic views (:func:`ensemble_fer.training.augment.tta_views`: identity, mirror, then
-small rotations and zooms; landmarks moved with the image, HOG recomputed); the ensemble's
+small rotations and zooms; landmarks moved with the image and HOG recomputed when a member takes
+BOVW features, the images alone otherwise). ``tta=None`` (the default everywhere) takes the
+model's own: the views its ensemble weights were fitted on (``ensemble.json``'s ``tta``), 0 for
+a variant. The ensemble's
 probabilities are the members' averaged with the learnt weights
 (:class:`ensemble_fer.ensemble.weighted.WeightedEnsemble`).
 """
@@ -46,8 +49,7 @@ from ensemble_fer.features import bovw
 from ensemble_fer.labels import LabelSet, label_set_from_json
 from ensemble_fer.models.variant_dir import CONFIG, MODEL, VariantDir
 
-MAX_TTA = 10
-"""Most test-time views (the length of ``augment.TTA_VIEWS``)."""
+from ensemble_fer.training.augment import MAX_TTA, check_tta, tta_images, tta_views  # noqa: F401 (re-exported)
 
 CHUNK = 512
 """Images analysed and predicted together: bounds the memory of ``tta`` views."""
@@ -99,13 +101,15 @@ class Predictor:
     ``label_set``, ``extractor_config`` (:class:`ensemble_fer.features.bovw.ExtractorConfig` shared by
     every member), ``members`` (names), ``member_folders``, ``weights`` (ndarray summing to 1),
     ``kind`` (``"variant"`` or ``"ensemble"``), ``source`` (the path it was loaded from),
+    ``default_tta`` (the test-time views a ``tta=None`` call averages: see the module docstring),
     ``feature_store`` (what the members were trained on) and ``info`` (the ensemble JSON, or
     the variant's config).
     """
 
     def __init__(self, source: Path, kind: str, members: list[Member], weights, label_set: LabelSet,
-                 extractor_config: bovw.ExtractorConfig, feature_store: dict, info: dict):
+                 extractor_config: bovw.ExtractorConfig, feature_store: dict, info: dict, default_tta: int = 0):
         self.source = Path(source)
+        self.default_tta = check_tta(default_tta, where=f"{source}: tta")
         self.kind = kind
         self._members = members
         self.weights = np.asarray(weights, dtype=float)
@@ -153,6 +157,7 @@ class Predictor:
                 "member_folders": [str(f) for f in self.member_folders],
                 "weights": [float(w) for w in self.weights], "classes": list(self.classes),
                 "label_set": self.label_set.name, "extractor": self.extractor_config.to_json(),
+                "default_tta": self.default_tta,
                 "feature_store": self.feature_store}
 
     # ------------------------------------------------------------------ prediction
@@ -162,17 +167,22 @@ class Predictor:
         extractor config; ``images`` in the result are the crops as the model sees them."""
         return bovw.analyse_crops(images, self.extractor_config)
 
-    def predict_proba(self, images, tta: int = 0, batch_size: int = 256) -> np.ndarray:
+    def resolve_tta(self, tta) -> int:
+        """The test-time views a call averages: ``tta``, checked, or the model's own for None."""
+        return self.default_tta if tta is None else check_tta(tta)
+
+    def predict_proba(self, images, tta: int | None = None, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, n_classes) of 48x48 uint8 crops (N, 48, 48).
 
-        Features are extracted here (once per image); ``tta``: 0 for none, else the number
-        of test-time views averaged (1 to 10; 1 is the identity view only).
+        Features are extracted here (once per image); ``tta``: None for the model's own
+        (:attr:`default_tta`), 0 for none, else the number of test-time views averaged (1 to
+        10; 1 is the identity view only).
         """
         images = bovw.check_crops(images)
-        check_tta(tta)
-        if not self.needs_bovw and not tta:
-            # Image-only members without test-time views read the crops alone: no landmarks or HOG.
-            return self.predict_features(images=images, batch_size=batch_size).astype(np.float64)
+        tta = self.resolve_tta(tta)
+        if not self.needs_bovw:
+            # Image-only members read the crops alone (and their views): no landmarks or HOG.
+            return self.predict_features(images=images, tta=tta, batch_size=batch_size).astype(np.float64)
         out = np.empty((len(images), len(self.classes)))
         for start in range(0, len(images), CHUNK):
             part = images[start:start + CHUNK]
@@ -181,14 +191,15 @@ class Predictor:
                                                              features["bovw"], tta=tta, batch_size=batch_size)
         return out
 
-    def predict_features(self, images=None, landmarks=None, bovw_rows=None, tta: int = 0,
+    def predict_features(self, images=None, landmarks=None, bovw_rows=None, tta: int | None = None,
                          batch_size: int = 256) -> np.ndarray:
         """Class probabilities from already-extracted arrays (a feature store's rows, whose
         ``images`` are already as the model sees them).
 
         ``images`` uint8 (N, 48, 48) is needed when a member has an image input or when
-        ``tta`` > 0; ``landmarks`` (N, 68, 2) when ``tta`` > 0; ``bovw_rows`` (N, 2728) when
-        a member has a BOVW input and ``tta`` is 0 (views recompute their own).
+        ``tta`` > 0; ``landmarks`` (N, 68, 2) when ``tta`` > 0 and a member has a BOVW input;
+        ``bovw_rows`` (N, 2728) when a member has a BOVW input and ``tta`` is 0 (views
+        recompute their own). ``tta`` as in :meth:`predict_proba`.
         """
         return self.combine(self.member_probas(images, landmarks, bovw_rows, tta=tta, batch_size=batch_size))
 
@@ -199,17 +210,17 @@ class Predictor:
             return np.zeros((0, len(self.classes)))
         return self._ensemble.predict_proba(member_probas)
 
-    def member_probas(self, images=None, landmarks=None, bovw_rows=None, tta: int = 0,
+    def member_probas(self, images=None, landmarks=None, bovw_rows=None, tta: int | None = None,
                       batch_size: int = 256) -> np.ndarray:
         """Each member's probabilities, shape (n_members, N, n_classes) (TTA-averaged)."""
-        check_tta(tta)
+        tta = self.resolve_tta(tta)
         images, landmarks, bovw_rows, n = self._check_arrays(images, landmarks, bovw_rows, tta)
         out = np.empty((len(self._members), n, len(self.classes)))
         for start in range(0, n, CHUNK):
             rows = slice(start, min(start + CHUNK, n))
-            if tta:
-                from ensemble_fer.training.augment import tta_views
-
+            if tta and not self.needs_bovw:
+                view_images, view_bovw = np.concatenate(tta_images(images[rows], tta)), None
+            elif tta:
                 views = tta_views(images[rows], landmarks[rows], tta)
                 view_images = np.concatenate([np.asarray(v[0], dtype=np.uint8) for v in views])
                 view_bovw = np.concatenate([np.asarray(v[2], dtype=np.float32) for v in views])
@@ -245,19 +256,15 @@ class Predictor:
             why = f"tta={tta} makes views of the images" if tta else \
                 f"members {[m.name for m in self._members if 'image' in m.inputs]} take images"
             raise ValueError(f"images: {self.source} needs the 48x48 crops ({why}); got None")
-        if landmarks is None and tta:
-            raise ValueError(f"landmarks: tta={tta} needs the landmarks, which move with each view; got None")
+        if landmarks is None and tta and self.needs_bovw:
+            raise ValueError(f"landmarks: tta={tta} with a BOVW member needs the landmarks, which move with each "
+                             f"view; got None")
         if bovw_rows is None and self.needs_bovw and not tta:
             raise ValueError(f"bovw: members {[m.name for m in self._members if 'bovw' in m.inputs]} of "
                              f"{self.source} take BOVW features; got None")
         if len(set(sizes.values())) > 1:
             raise ValueError(f"images, landmarks and bovw must describe the same faces; got row counts {sizes}")
         return images, landmarks, bovw_rows, (next(iter(sizes.values())) if sizes else 0)
-
-
-def check_tta(tta) -> None:
-    if isinstance(tta, bool) or not isinstance(tta, (int, np.integer)) or not 0 <= tta <= MAX_TTA:
-        raise InputError(f"tta must be an integer from 0 (none) to {MAX_TTA} views; got {tta!r}")
 
 
 # ---------------------------------------------------------------------- loading
@@ -329,4 +336,4 @@ def _ensemble_predictor(path: Path) -> Predictor:
         members.append(Member(name=entry.name, folder=folder, config=config, hashes=entry.hashes, source=path))
     return Predictor(path, "ensemble", members, saved.fitted.weights_, saved.label_set, saved.extractor,
                      saved.data.get("feature_store") or feature_store_summary(members[0].config["feature_store"]),
-                     saved.data)
+                     saved.data, default_tta=saved.tta)

@@ -120,16 +120,17 @@ class EmotionRecognizer:
         return faces.crop_face(self._gray(image, color), _box_of(face))
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, image, tta: int = 0, color: str = "rgb") -> list[FaceResult]:
+    def predict(self, image, tta: int | None = None, color: str = "rgb") -> list[FaceResult]:
         """Every face in ``image`` (a path or an array) with its emotion; ``[]`` when none.
 
-        ``tta``: test-time augmentation passes averaged by the predictor (0: none).
+        ``tta``: test-time views averaged by the predictor (None: the model's own, 2 for the
+        release; 0: none).
         ``color``: channel order of a colour array, ``"rgb"`` (PIL, imageio, matplotlib) or
         ``"bgr"`` (OpenCV's ``cv2.imread`` and ``VideoCapture``); files are always read right.
         """
         return self.predict_many([image], tta=tta, color=color)[0]
 
-    def predict_many(self, images: Iterable, batch_size: int = 64, tta: int = 0,
+    def predict_many(self, images: Iterable, batch_size: int = 64, tta: int | None = None,
                      color: str = "rgb") -> list[list[FaceResult]]:
         """:meth:`predict` for many photos (paths or arrays, or one stacked array such as
         (N, 48, 48) crops), one result list per input, in order.
@@ -138,7 +139,7 @@ class EmotionRecognizer:
         """
         return list(self.iter_predict(images, batch_size=batch_size, tta=tta, color=color))
 
-    def iter_predict(self, images: Iterable, batch_size: int = 64, tta: int = 0,
+    def iter_predict(self, images: Iterable, batch_size: int = 64, tta: int | None = None,
                      color: str = "rgb") -> Iterator[list[FaceResult]]:
         """Lazy :meth:`predict_many`: yields each input's faces, in input order, as soon as
         the batch holding them has run. It reads ``images`` only as far as it needs to fill a
@@ -151,6 +152,7 @@ class EmotionRecognizer:
         elif isinstance(images, (str, os.PathLike, np.ndarray)):
             raise TypeError("predict_many takes a list (or a stacked array) of images or paths; "
                             "use predict for one image")
+        tta = self._predictor.resolve_tta(tta)      # a bad value fails before any photo is read
         pending: deque = deque()        # (box, detection score) of the inputs not yielded yet, in order
         crops: list[np.ndarray] = []    # crops of their faces not classified yet
         proba: list[np.ndarray] = []    # rows of their faces classified already

@@ -202,7 +202,7 @@ class Tracker:
         return ids
 
 
-def predict_video(recognizer, path, fps: float = DEFAULT_FPS, *, batch_size: int = 64, tta: int = 0,
+def predict_video(recognizer, path, fps: float = DEFAULT_FPS, *, batch_size: int = 64, tta: int | None = None,
                   tracker: Tracker | None = None, progress: bool = False) -> Iterator[VideoFace]:
     """The :class:`VideoFace` rows of a video, frame by frame (see the module doc);
     ``progress`` shows a tqdm bar on stderr (sampled frames, frames/s)."""
@@ -211,7 +211,7 @@ def predict_video(recognizer, path, fps: float = DEFAULT_FPS, *, batch_size: int
         yield from rows
 
 
-def iter_video_frames(recognizer, path, fps: float = DEFAULT_FPS, *, batch_size: int = 64, tta: int = 0,
+def iter_video_frames(recognizer, path, fps: float = DEFAULT_FPS, *, batch_size: int = 64, tta: int | None = None,
                       tracker: Tracker | None = None, progress: bool = False):
     """``(frame, time_s, RGB frame, [VideoFace])`` for every sampled frame, in order; frames
     wait in memory only until the batch holding their faces has run."""

@@ -36,7 +36,10 @@ __all__ = [
     "random_affine",
     "augment_batch",
     "transform_batch",
+    "warp_images",
     "tta_views",
+    "tta_images",
+    "check_tta",
 ]
 
 _CENTRE = (IMAGE_SIZE - 1) / 2.0  # 23.5: the image centre in pixel-centre coordinates
@@ -245,6 +248,16 @@ def _check_batch(images, landmarks):
     return images, landmarks
 
 
+def warp_images(images, matrices) -> np.ndarray:
+    """``images`` uint8 (N, 48, 48) through the forward affine ``matrices`` (N, 2, 3): bilinear
+    resampling, the border replicated (the image half of :func:`transform_batch`)."""
+    out = np.empty_like(images)
+    for i in range(len(images)):
+        out[i] = cv2.warpAffine(images[i], matrices[i], (IMAGE_SIZE, IMAGE_SIZE), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
 def transform_batch(images, landmarks, matrices, flips):
     """Apply given transforms to images and landmarks, and rebuild the BOVW.
 
@@ -279,15 +292,7 @@ def transform_batch(images, landmarks, matrices, flips):
         raise InputError(f"matrices must have shape (2, 3) or ({n}, 2, 3); got shape {matrices.shape}")
     flips = np.broadcast_to(np.asarray(flips, dtype=bool), (n,))
 
-    out_images = np.empty_like(images)
-    for i in range(n):
-        out_images[i] = cv2.warpAffine(
-            images[i],
-            matrices[i],
-            (IMAGE_SIZE, IMAGE_SIZE),
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
+    out_images = warp_images(images, matrices)
     # p -> A p + t for every point (row vectors: p A^T), in float64, stored as float32.
     points = np.matmul(landmarks.astype(np.float64), matrices[:, :, :2].transpose(0, 2, 1))
     points += matrices[:, None, :, 2]
@@ -350,6 +355,21 @@ TTA_VIEWS = (
 """The fixed test-time views, in order: identity, flip, then small rotations and zooms
 each without and with the flip."""
 
+MAX_TTA = len(TTA_VIEWS)
+"""Most test-time views; ``tta = 0`` means none (the images as they are)."""
+
+
+def check_tta(tta, where: str = "tta") -> int:
+    """``tta`` as an int from 0 (no views) to :data:`MAX_TTA`; ``where`` names it in the error."""
+    if isinstance(tta, bool) or not isinstance(tta, (int, np.integer)) or not 0 <= tta <= MAX_TTA:
+        raise InputError(f"{where} must be an integer from 0 (none) to {MAX_TTA} views; got {tta!r}")
+    return int(tta)
+
+
+def _check_n_views(n_views) -> None:
+    if isinstance(n_views, bool) or not isinstance(n_views, (int, np.integer)) or not 1 <= n_views <= MAX_TTA:
+        raise InputError(f"n_views must be an integer from 1 to {MAX_TTA}; got {n_views!r}")
+
 
 def tta_views(images, landmarks, n_views: int):
     """Deterministic views of a batch for test-time augmentation.
@@ -369,13 +389,24 @@ def tta_views(images, landmarks, n_views: int):
     list of ``n_views`` tuples ``(images, landmarks, bovw)``
         Each as returned by :func:`augment_batch`.
     """
-    if isinstance(n_views, bool) or not isinstance(n_views, (int, np.integer)) or not (
-        1 <= n_views <= len(TTA_VIEWS)
-    ):
-        raise InputError(f"n_views must be an integer from 1 to {len(TTA_VIEWS)}; got {n_views!r}")
+    _check_n_views(n_views)
     images, landmarks = _check_batch(images, landmarks)
     views = []
     for rotation_deg, scale, flip in TTA_VIEWS[:n_views]:
         matrix = affine_matrix(rotation_deg=rotation_deg, scale=scale, flip=flip)
         views.append(transform_batch(images, landmarks, matrix, flip))
     return views
+
+
+def tta_images(images, n_views: int) -> list[np.ndarray]:
+    """The images of :func:`tta_views` alone, for models without a BOVW input: the same views,
+    without the landmarks and HOG that only a BOVW input needs (which cost far more than the
+    warps)."""
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or images.dtype != np.uint8:
+        raise InputError(f"images must be uint8 of shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}); got "
+                         f"{images.dtype} {images.shape}")
+    _check_n_views(n_views)
+    return [warp_images(images, np.broadcast_to(affine_matrix(rotation_deg=rotation_deg, scale=scale, flip=flip),
+                                                (len(images), 2, 3)))
+            for rotation_deg, scale, flip in TTA_VIEWS[:n_views]]
