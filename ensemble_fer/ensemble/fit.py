@@ -11,9 +11,10 @@ by default, :mod:`ensemble_fer.ensemble.ensemble_file`) with ``<name>_report.{md
 ``<name>_confusion_matrix.png`` beside it. With ``tta`` > 0 the members' probabilities are not
 the saved ones: each member's model is loaded and predicts the feature store's val (and test)
 rows averaged over ``tta`` test-time views, the weights are fitted on those, and the file
-records ``tta`` so that the predictor averages the same views. The members must lie inside the folder of the JSON
-file (it names them by relative paths without ``..``), and the SHA-256 of each one's
-``config.json`` and ``model.keras`` is recorded so that loading refuses a swapped model.
+records ``tta`` so that the predictor averages the same views. The members must lie inside
+the folder of the JSON file (it names them by relative paths without ``..``), and the SHA-256
+of each one's ``config.json`` and ``model.keras`` is recorded so that loading refuses a swapped
+model.
 Existing outputs are refused unless ``force``; the four files are built as temporary siblings
 and swapped in together at the end, the JSON last.
 """

@@ -48,8 +48,8 @@ from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.features import bovw
 from ensemble_fer.labels import LabelSet, label_set_from_json
 from ensemble_fer.models.variant_dir import CONFIG, MODEL, VariantDir
-
-from ensemble_fer.training.augment import MAX_TTA, check_tta, tta_images, tta_views  # noqa: F401 (re-exported)
+# MAX_TTA and check_tta are re-exported: the pipelines check --tta through this module
+from ensemble_fer.training.augment import MAX_TTA, check_tta, tta_images, tta_views  # noqa: F401
 
 CHUNK = 512
 """Images analysed and predicted together: bounds the memory of ``tta`` views."""
