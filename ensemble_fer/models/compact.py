@@ -134,8 +134,14 @@ def vgg_fast(inputs, name):
     augmentation and to the network's dropout head (only a light Dropout(0.1) here), because
     heavy dropout slows convergence per epoch, which is what a CPU budget pays for.
     """
-    return conv_stack(inputs, name, [(32, 1, True, 0.0), (64, 2, True, 0.0),
-                                     (128, 2, True, 0.1), (256, 2, False, 0.0)])
+    return conv_stack(inputs, name, _vgg_fast_stages(32, 64, 128, 256))
+
+
+def _vgg_fast_stages(*widths):
+    """vgg_fast's layout at the given widths: one conv at full resolution, then three conv pairs,
+    pooling after all stages but the last, Dropout(0.1) after the third."""
+    return [(widths[0], 1, True, 0.0), (widths[1], 2, True, 0.0), (widths[2], 2, True, 0.1),
+            (widths[3], 2, False, 0.0)]
 
 
 @register_block(
@@ -152,5 +158,4 @@ def vgg_wide(inputs, name):
     member fits ~40 epochs of 2.25x the cost at 40 px on two cores; the published 64-128-256-512
     trunk (4x the cost) would fit ~25.
     """
-    return conv_stack(inputs, name, [(48, 1, True, 0.0), (96, 2, True, 0.0),
-                                     (192, 2, True, 0.1), (384, 2, False, 0.0)])
+    return conv_stack(inputs, name, _vgg_fast_stages(48, 96, 192, 384))

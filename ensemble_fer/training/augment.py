@@ -229,15 +229,20 @@ def random_affine(rng, config: AugmentConfig | None = None) -> tuple[np.ndarray,
     return matrices[0], bool(flips[0])
 
 
-def _check_batch(images, landmarks):
+def _check_images(images) -> np.ndarray:
     images = np.asarray(images)
-    landmarks = np.asarray(landmarks)
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise InputError(
             f"images must have shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}); got shape {images.shape}"
         )
     if images.dtype != np.uint8:
         raise InputError(f"images must be uint8; got dtype {images.dtype}")
+    return images
+
+
+def _check_batch(images, landmarks):
+    images = _check_images(images)
+    landmarks = np.asarray(landmarks)
     if landmarks.shape != (len(images), N_LANDMARKS, 2):
         raise InputError(
             f"landmarks must have shape (N, {N_LANDMARKS}, 2) with N = {len(images)} "
@@ -359,15 +364,20 @@ MAX_TTA = len(TTA_VIEWS)
 """Most test-time views; ``tta = 0`` means none (the images as they are)."""
 
 
+def _is_view_count(value, low: int) -> bool:
+    """An int (not a bool) from ``low`` to :data:`MAX_TTA`."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and low <= value <= MAX_TTA
+
+
 def check_tta(tta, where: str = "tta") -> int:
     """``tta`` as an int from 0 (no views) to :data:`MAX_TTA`; ``where`` names it in the error."""
-    if isinstance(tta, bool) or not isinstance(tta, (int, np.integer)) or not 0 <= tta <= MAX_TTA:
+    if not _is_view_count(tta, 0):
         raise InputError(f"{where} must be an integer from 0 (none) to {MAX_TTA} views; got {tta!r}")
     return int(tta)
 
 
 def _check_n_views(n_views) -> None:
-    if isinstance(n_views, bool) or not isinstance(n_views, (int, np.integer)) or not 1 <= n_views <= MAX_TTA:
+    if not _is_view_count(n_views, 1):
         raise InputError(f"n_views must be an integer from 1 to {MAX_TTA}; got {n_views!r}")
 
 
@@ -402,10 +412,7 @@ def tta_images(images, n_views: int) -> list[np.ndarray]:
     """The images of :func:`tta_views` alone, for models without a BOVW input: the same views,
     without the landmarks and HOG that only a BOVW input needs (which cost far more than the
     warps)."""
-    images = np.asarray(images)
-    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or images.dtype != np.uint8:
-        raise InputError(f"images must be uint8 of shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}); got "
-                         f"{images.dtype} {images.shape}")
+    images = _check_images(images)
     _check_n_views(n_views)
     return [warp_images(images, np.broadcast_to(affine_matrix(rotation_deg=rotation_deg, scale=scale, flip=flip),
                                                 (len(images), 2, 3)))
