@@ -1,6 +1,6 @@
 """Prediction latency and throughput on one CPU core.
 
-    taskset -c 0 python benchmarks/bench_predict.py [--model PATH] [--repeats 30] [--upsample 1,0]
+    taskset -c 0 python benchmarks/bench_predict.py [--model PATH] [--repeats 30] [--upsample auto,1,0]
 
 1. Latency: a 640x480 photo with one face (the right-hand face of dlib's test photo
    2008_002506.jpg, its third of the photo scaled to 480 px high and padded grey to 640 px wide,
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, help="variant folder or ensemble.json (default: see above)")
     p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--upsample", default="1,0", help="comma-separated upsample settings to time")
+    p.add_argument("--upsample", default="auto,1,0", help="comma-separated upsample settings to time")
     args = p.parse_args(argv)
 
     import tensorflow as tf
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
 
         image = read_image_file(photo)
         gray = to_gray(image)
-        for upsample in (int(u) for u in args.upsample.split(",")):
+        for upsample in (u if u == faces.UPSAMPLE_AUTO else int(u) for u in args.upsample.split(",")):
             recognizer = EmotionRecognizer(predictor, detector="hog", upsample=upsample)
             total, result = timed(lambda: recognizer.predict(photo), args.repeats)
             assert len(result) == 1, f"expected one face, found {len(result)}"

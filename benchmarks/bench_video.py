@@ -1,11 +1,11 @@
 """Video prediction speed on a 640x480 video: sampled frames per second, end to end.
 
-    python benchmarks/bench_video.py [--model PATH] [--seconds 8] [--fps 4 25] [--upsample 1]
+    python benchmarks/bench_video.py [--model PATH] [--seconds 8] [--fps 4 25] [--upsample auto]
 
 The video (MPEG-4, 25 fps, 640x480) is written by the benchmark from the bundled photos
 (2008_002470: 6 faces, 2008_007676: 7 faces, 2009_004587: 2 faces, each for a third of the
 time, drifting 2 px per frame). ``ensemble_fer.inference.video.predict_video`` runs over it at each
-``--fps`` (25 = every frame): decode, gray, HOG face detection (upsample 1), crops, BOVW
+``--fps`` (25 = every frame): decode, gray, HOG face detection (``--upsample``, default auto as predict), crops, BOVW
 features, the networks (faces batched across frames), tracking. Reported: sampled frames
 per second and faces per second of processing, and decoding alone for reference. Without
 ``--model``, the shipped release.
@@ -47,11 +47,13 @@ def write_video(path: Path, seconds: float, fps: int = 25) -> Path:
 
 
 def main(argv=None) -> int:
+    from pipelines.predict import upsample_value
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--fps", type=float, nargs="+", default=[4.0, 25.0])
-    p.add_argument("--upsample", type=int, default=1)
+    p.add_argument("--upsample", type=upsample_value, default="auto")
     args = p.parse_args(argv)
 
     from ensemble_fer import tf_startup

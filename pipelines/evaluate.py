@@ -16,7 +16,7 @@ under the same names are extracted again.
 set without split folders (happy/, sad/, ... directly inside it) is scored whole (``all``); any
 other dataset without a val split gets the feature store's held-out val (10 % of train, seed
 0) for --split val or train, and ``all`` scores every image. In class-folder sets each
-picture's face is the one ``pipelines.predict`` reports first (dlib HOG, upsampled once, the
+picture's face is the one ``pipelines.predict`` reports first (dlib HOG, upsample auto, the
 largest; a 48x48 picture is the face itself), so every split scores what predict says about
 the same pictures; pictures without a face are left out and counted (counts.no_face). Labels outside the model's label set are left out and counted;
 label folders that are not emotions stop the run unless --ignore-unknown-labels.

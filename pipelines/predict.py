@@ -1,7 +1,7 @@
 """Predict: the emotion of every face in photos, videos and folders, as CSV.
 
     python -m pipelines.predict PATH... [--model PATH] [--csv FILE] [--annotate DIR] [--gradcam DIR]
-        [--force | --resume] [--tta N] [--detector hog|mmod] [--upsample N] [--recursive] [--batch-size N]
+        [--force | --resume] [--tta N] [--detector hog|mmod] [--upsample auto|N] [--recursive] [--batch-size N]
         [--fps N] [--quiet]
 
 Videos (any container OpenCV reads) are handled by ``pipelines/predict_videos.py``: frames
@@ -83,14 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation views (0: none, up to 10; default: the model's own, 2 for the release)")
     p.add_argument("--detector", choices=("hog", "mmod"), default="hog",
                    help="dlib face detector: hog (fast, frontal) or mmod (CNN, more poses, slow on a CPU)")
-    p.add_argument("--upsample", type=int, default=1, metavar="N",
-                   help="times the photo is doubled before detection (1: faces down to ~40 px; 0: faster)")
+    p.add_argument("--upsample", type=upsample_value, default="auto", metavar="auto|N",
+                   help="times the photo is doubled before detection (1: faces down to ~40 px; 0: ~75 px, 4x "
+                        "faster); auto: 0, then 1 unless every face found is 146 px or more")
     p.add_argument("--recursive", action="store_true", help="also read the folders inside a folder")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="face crops per network batch")
     p.add_argument("--fps", type=float, default=4.0, metavar="N",
                    help="video frames sampled per second of video (videos: any container OpenCV reads)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
+
+
+def upsample_value(text: str) -> int | str:
+    """``--upsample``'s value: ``auto`` or a whole number (checked, with the other options, in main)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 @reports_errors

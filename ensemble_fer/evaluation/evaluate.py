@@ -13,7 +13,7 @@ Evaluating (:func:`load_eval_data`, :func:`evaluate_predictor`, :func:`write_eva
     Only the split asked for is extracted, never the whole dataset. A class-folder set
     without split folders is scored whole by default (``all``). In class-folder sets, whose
     pictures may be whole frames, each picture's face is found exactly as
-    ``pipelines.predict`` finds it (dlib HOG, upsampled once, the largest face; a 48x48
+    ``pipelines.predict`` finds it (dlib HOG, ``upsample="auto"``, the largest face; a 48x48
     picture is the face itself), so that every split scores what ``predict`` says about the
     same pictures; pictures where predict finds no face are left out and counted (``no_face``). A feature store folder is
     accepted as data too (its arrays are used as they are, when its extractor config is the
@@ -162,7 +162,7 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
     found = arrays["found"].astype(bool)
     if not found.any():
         raise InputError(f"{data}: no face found in any of the {len(records)} images of split {split!r} (as "
-                         f"pipelines.predict finds faces: dlib HOG, upsampled once)")
+                         f"pipelines.predict finds faces: dlib HOG, upsample auto)")
     if not found.all():
         say(f"note: {int((~found).sum())} images left out: no face found in them (predict says no_face), e.g. "
             f"{records[int(np.flatnonzero(~found)[0])].id}")
@@ -179,7 +179,7 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
                   "seconds": round(time.time() - started, 2), "extractor": config.to_json()})
 
 
-FRAME_FACES = "the largest face dlib's HOG detector finds, upsampled once (as pipelines.predict); 48x48: itself"
+FRAME_FACES = "the largest face dlib's HOG detector finds, upsample auto (as pipelines.predict); 48x48: itself"
 
 
 def has_split_folders(dataset) -> bool:
@@ -234,12 +234,12 @@ def _parallel_chunks(function, images, n_jobs, progress, *args) -> list:
 
 def frame_face(path) -> np.ndarray | None:
     """The 48x48 crop of the face ``pipelines.predict`` reports first for the picture at
-    ``path`` (the largest one dlib's HOG detector finds, upsampled once, framed like FER2013;
+    ``path`` (the largest one dlib's HOG detector finds with ``upsample="auto"``, framed like FER2013;
     a 48x48 picture is the face itself), or None where predict finds no face."""
     from ensemble_fer.features import faces
 
     gray = datasets.to_gray(datasets.read_image_file(path))
-    found = faces.picture_faces(gray, detector="hog", upsample=1)
+    found = faces.picture_faces(gray, detector="hog")     # predict's defaults
     return faces.crop_face(gray, found[0][0]) if found else None
 
 

@@ -24,6 +24,16 @@ from ensemble_fer.errors import InputError
 DETECTORS = ("hog", "mmod")
 CROP_SIZE = 48
 
+UPSAMPLE_AUTO = "auto"
+"""Detect on the photo as it is, and again on the photo doubled unless every face found is
+large; see :func:`detect_scored_faces`. The default for photos and video frames."""
+
+# The smallest face box each detector reports on an image that is not doubled (pixels, box
+# side): HOG scans an 80x80 window over an image pyramid in steps of 6/5 and its smallest
+# boxes are 73 px wide; MMOD's are 80 px (measured on dlib's test photos,
+# benchmarks/bench_detect.py). Doubling the image shows faces down to half these sides.
+SMALLEST_FACE_UNDOUBLED = {"hog": 73, "mmod": 80}
+
 Box = tuple[int, int, int, int]
 
 WHOLE_FRAME: Box = (0, 0, CROP_SIZE - 1, CROP_SIZE - 1)
@@ -53,42 +63,72 @@ def _shape_predictor():
     return dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
 
 
-def detect_faces(image: np.ndarray, detector: str = "hog", upsample: int = 1,
+def detect_faces(image: np.ndarray, detector: str = "hog", upsample: int | str = 1,
                  threshold: float = 0.0) -> list[Box]:
     """Boxes of the faces in ``image`` (uint8 grayscale or RGB), largest first.
 
     ``detector`` is ``hog`` (dlib's HOG + linear SVM: fast, frontal faces) or ``mmod``
     (dlib's CNN: slower, more poses). ``upsample`` doubles the image that many times first,
-    to find faces smaller than about 80 pixels. ``threshold`` shifts the HOG detector's
-    decision threshold (negative finds more, less certain faces); MMOD ignores it.
+    to find faces smaller than about 80 pixels (1: down to about 40), or is ``"auto"``
+    (:data:`UPSAMPLE_AUTO`, see :func:`detect_scored_faces`). ``threshold`` shifts the HOG
+    detector's decision threshold (negative finds more, less certain faces); MMOD ignores it.
     """
     return [box for box, _ in detect_scored_faces(image, detector, upsample, threshold)]
 
 
-def detect_scored_faces(image: np.ndarray, detector: str = "hog", upsample: int = 1,
+def detect_scored_faces(image: np.ndarray, detector: str = "hog", upsample: int | str = 1,
                         threshold: float = 0.0) -> list[tuple[Box, float]]:
     """:func:`detect_faces` with each box's detection score: ``[(box, score), ...]``, largest first.
 
     The score is the detector's own confidence: for ``hog`` the SVM margin (0 at the decision
     threshold, above about 1 for clear frontal faces), for ``mmod`` the CNN's output (above
     about 0.5 for clear faces). Scores of the two detectors are not on one scale.
+
+    ``upsample="auto"`` detects on the image as it is first (about a quarter of the work of
+    the doubled image). When every face found is at least twice the smallest face that pass
+    can report (:data:`SMALLEST_FACE_UNDOUBLED`: 146 px for HOG), those faces are the result:
+    any face only the doubled image shows would be less than half the size of each of them.
+    Otherwise (no face, or a smaller one) the result is that of ``upsample=1``. So a portrait
+    costs one cheap pass, a group photo of small faces gets the full search, and what ``auto``
+    can miss is a face under ~73 px beside faces all 146 px or more.
     """
+    check_upsample(upsample)
+    if detector not in DETECTORS:
+        raise InputError(f"detector must be one of {DETECTORS}; got {detector!r}")
     image = _as_dlib_image(image)
+    if upsample == UPSAMPLE_AUTO:
+        found = _detect(image, detector, 0, threshold)
+        large = 2 * SMALLEST_FACE_UNDOUBLED[detector]
+        if found and all(min(right - left, bottom - top) + 1 >= large for (left, top, right, bottom), _ in found):
+            return found
+        upsample = 1
+    return _detect(image, detector, upsample, threshold)
+
+
+def check_upsample(upsample) -> None:
+    """An ``upsample`` value is ``"auto"`` or an int >= 0."""
+    if upsample == UPSAMPLE_AUTO:
+        return
+    if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or upsample < 0:
+        raise InputError(f"upsample must be {UPSAMPLE_AUTO!r} or an int >= 0; got {upsample!r}")
+
+
+def _detect(image: np.ndarray, detector: str, upsample: int, threshold: float) -> list[tuple[Box, float]]:
     if detector == "hog":
         rects, scores, _ = _hog_detector().run(image, upsample, threshold)
-    elif detector == "mmod":
+    else:
         found = _mmod_detector()(image, upsample)
         rects, scores = [d.rect for d in found], [d.confidence for d in found]
-    else:
-        raise InputError(f"detector must be one of {DETECTORS}; got {detector!r}")
     scored = [((r.left(), r.top(), r.right(), r.bottom()), float(score)) for r, score in zip(rects, scores)]
     return sorted(scored, key=lambda item: (item[0][2] - item[0][0]) * (item[0][3] - item[0][1]), reverse=True)
 
 
-def picture_faces(image: np.ndarray, detector: str = "hog", upsample: int = 1) -> list[tuple[Box, float | None]]:
+def picture_faces(image: np.ndarray, detector: str = "hog",
+                  upsample: int | str = UPSAMPLE_AUTO) -> list[tuple[Box, float | None]]:
     """The faces of a picture as prediction classifies them: ``[(box, detection score), ...]``,
-    largest first (:func:`detect_scored_faces`). A 48x48 picture is taken to be a FER2013 face
-    crop itself: no detection runs, its one face is :data:`WHOLE_FRAME` with score ``None``."""
+    largest first (:func:`detect_scored_faces`; ``upsample="auto"`` unless told). A 48x48
+    picture is taken to be a FER2013 face crop itself: no detection runs, its one face is
+    :data:`WHOLE_FRAME` with score ``None``."""
     if np.shape(image)[:2] == (CROP_SIZE, CROP_SIZE):
         return [(WHOLE_FRAME, None)]
     return detect_scored_faces(image, detector, upsample)

@@ -16,8 +16,8 @@ How a photo becomes results
    alpha dropped). Detection and cropping both work on that gray image, so a photo given as
    RGB, RGBA or grayscale gives the same faces and the same scores.
 2. Faces are found by dlib (:func:`ensemble_fer.features.faces.detect_faces`; HOG detector by default,
-   ``detector="mmod"`` for the CNN one, the image upsampled ``upsample`` times first), largest
-   first. An input that is already 48x48 is taken to be a face crop itself (FER2013 style):
+   ``detector="mmod"`` for the CNN one; ``upsample="auto"``: the photo as it is, then doubled
+   unless every face found is large), largest first. An input that is already 48x48 is taken to be a face crop itself (FER2013 style):
    no detection runs and its one face has the whole frame as box ``(0, 0, 47, 47)``
    (:func:`ensemble_fer.features.faces.picture_faces`).
 3. Each face is cropped with FER2013's framing to 48x48 (:func:`ensemble_fer.features.faces.crop_face`).
@@ -76,21 +76,25 @@ class FaceResult:
 class EmotionRecognizer:
     """A trained model (one variant or a weighted ensemble) plus dlib's face detector.
 
-    Make one with :meth:`load`. ``detector`` (``"hog"`` or ``"mmod"``) and ``upsample`` (how
-    many times the photo is doubled before detection: 1 finds faces down to about 40 pixels,
-    0 only those above about 80 pixels but is about 4 times faster) set the face detection.
+    Make one with :meth:`load`. ``detector`` (``"hog"`` or ``"mmod"``) and ``upsample`` set the
+    face detection. ``upsample`` is how many times the photo is doubled before detection (1
+    finds faces down to about 40 pixels, 0 only those above about 75 pixels but is about 4
+    times faster), or ``"auto"`` (the default): 0 first, and 1 unless every face found is
+    twice that size (:func:`ensemble_fer.features.faces.detect_scored_faces`).
     """
 
-    def __init__(self, predictor, *, detector: str = "hog", upsample: int = 1, source: Path | None = None):
+    def __init__(self, predictor, *, detector: str = "hog", upsample: int | str = faces.UPSAMPLE_AUTO,
+                 source: Path | None = None):
         _check_detection(detector, upsample)
         self._predictor = predictor
         self.detector = detector
-        self.upsample = int(upsample)
+        self.upsample = upsample if upsample == faces.UPSAMPLE_AUTO else int(upsample)
         self.source = source if source is not None else getattr(predictor, "source", None)
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path=None, *, detector: str = "hog", upsample: int = 1) -> "EmotionRecognizer":
+    def load(cls, path=None, *, detector: str = "hog",
+             upsample: int | str = faces.UPSAMPLE_AUTO) -> "EmotionRecognizer":
         """Load a model: a trained variant folder, an ``ensemble.json``, a folder holding one,
         or one format's folder of a TFLite export (``ensemble-fer export``); ``None`` for the
         release model, ``"fast"`` for the shipped fast one (see :func:`ensemble_fer.release.resolve_model`)."""
@@ -107,7 +111,7 @@ class EmotionRecognizer:
 
     def __repr__(self) -> str:
         return (f"EmotionRecognizer(source={str(self.source)!r}, classes={list(self.classes)}, "
-                f"detector={self.detector!r}, upsample={self.upsample})")
+                f"detector={self.detector!r}, upsample={self.upsample!r})")
 
     # ------------------------------------------------------------------ faces
     def locate_faces(self, image, color: str = "rgb") -> list[Box]:
@@ -267,8 +271,7 @@ class EmotionRecognizer:
 def _check_detection(detector, upsample) -> None:
     if detector not in faces.DETECTORS:
         raise InputError(f"detector must be one of {faces.DETECTORS}; got {detector!r}")
-    if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or upsample < 0:
-        raise InputError(f"upsample must be an int >= 0; got {upsample!r}")
+    faces.check_upsample(upsample)
 
 
 def check_color(color) -> None:
