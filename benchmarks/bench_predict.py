@@ -75,10 +75,13 @@ def timed(fn, repeats: int) -> tuple[Ms, object]:
 
 
 def default_model(workdir: Path) -> Path:
-    from ensemble_fer.inference.recognizer import DEFAULT_MODEL as release
+    from ensemble_fer import release
+    from ensemble_fer.errors import MissingInputError
 
-    if (release / "ensemble.json").is_file() or (release / "config.json").is_file():
-        return release
+    try:
+        return release.default_model()
+    except MissingInputError:
+        pass
     from pipelines import extract_features, train_variant
 
     print("no --model and no models/release: training a throwaway cnn5+bovw for one epoch ...", file=sys.stderr)
