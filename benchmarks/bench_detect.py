@@ -62,6 +62,7 @@ def main(argv=None) -> int:
 
     from ensemble_fer.features import faces
     from ensemble_fer.features.datasets import read_image_file, to_gray
+    from pipelines.predict import upsample_value
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--photos", type=Path, default=SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else BUNDLED_PHOTOS)
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--upsample", default="0,1,auto", help="comma-separated upsample settings")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
-    settings = [s if s == faces.UPSAMPLE_AUTO else int(s) for s in args.upsample.split(",")]
+    settings = [upsample_value(s) for s in args.upsample.split(",")]
     truth = ground_truth(args.photos)
     with tempfile.TemporaryDirectory() as tmp:
         portrait = to_gray(read_image_file(one_face_photo(Path(tmp) / "one_face.jpg")))

@@ -110,6 +110,7 @@ def main(argv=None) -> int:
     from ensemble_fer.features import faces
     from ensemble_fer.models.variant_dir import load_variant
     from ensemble_fer.features.datasets import read_image_file, to_gray
+    from pipelines.predict import upsample_value
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
 
         image = read_image_file(photo)
         gray = to_gray(image)
-        for upsample in (u if u == faces.UPSAMPLE_AUTO else int(u) for u in args.upsample.split(",")):
+        for upsample in (upsample_value(u) for u in args.upsample.split(",")):
             recognizer = EmotionRecognizer(predictor, detector="hog", upsample=upsample)
             total, result = timed(lambda: recognizer.predict(photo), args.repeats)
             assert len(result) == 1, f"expected one face, found {len(result)}"

@@ -201,6 +201,7 @@ def _predict_with_views(members, splits: list[str], tta: int, features, say) -> 
             raise InputError(f"{path}: not the feature store the members were trained on ({key} "
                              f"{getattr(store, key)}, they record {recorded.get(key)}); pass the features they "
                              f"were trained on")
+    predictors = {member.name: load_predictor(member.folder) for member in members}   # loaded once, used per split
     for split in splits:
         arrays = store.load(split)
         row_of = {i: k for k, i in enumerate(arrays["ids"].tolist())}
@@ -213,8 +214,7 @@ def _predict_with_views(members, splits: list[str], tta: int, features, say) -> 
         images, landmarks = arrays["images"][rows], arrays["landmarks"][rows]
         for member in members:
             say(f"{member.name}: predicting {split} ({len(rows)} rows) with {tta} test-time views")
-            member.splits[split]["proba"] = load_predictor(member.folder).member_probas(
-                images, landmarks, None, tta=tta)[0]
+            member.splits[split]["proba"] = predictors[member.name].member_probas(images, landmarks, None, tta=tta)[0]
 
 
 def _face_note(flags_faces: bool, face_results: dict, splits: list[str]) -> str | None:

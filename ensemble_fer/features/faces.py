@@ -92,9 +92,7 @@ def detect_scored_faces(image: np.ndarray, detector: str = "hog", upsample: int 
     costs one cheap pass, a group photo of small faces gets the full search, and what ``auto``
     can miss is a face under ~73 px beside faces all 146 px or more.
     """
-    check_upsample(upsample)
-    if detector not in DETECTORS:
-        raise InputError(f"detector must be one of {DETECTORS}; got {detector!r}")
+    check_detection(detector, upsample)
     image = _as_dlib_image(image)
     if upsample == UPSAMPLE_AUTO:
         found = _detect(image, detector, 0, threshold)
@@ -105,8 +103,10 @@ def detect_scored_faces(image: np.ndarray, detector: str = "hog", upsample: int 
     return _detect(image, detector, upsample, threshold)
 
 
-def check_upsample(upsample) -> None:
-    """An ``upsample`` value is ``"auto"`` or an int >= 0."""
+def check_detection(detector, upsample) -> None:
+    """``detector`` is one of :data:`DETECTORS`; ``upsample`` is ``"auto"`` or an int >= 0."""
+    if detector not in DETECTORS:
+        raise InputError(f"detector must be one of {DETECTORS}; got {detector!r}")
     if upsample == UPSAMPLE_AUTO:
         return
     if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or upsample < 0:

@@ -85,7 +85,7 @@ class EmotionRecognizer:
 
     def __init__(self, predictor, *, detector: str = "hog", upsample: int | str = faces.UPSAMPLE_AUTO,
                  source: Path | None = None):
-        _check_detection(detector, upsample)
+        faces.check_detection(detector, upsample)
         self._predictor = predictor
         self.detector = detector
         self.upsample = upsample if upsample == faces.UPSAMPLE_AUTO else int(upsample)
@@ -100,7 +100,7 @@ class EmotionRecognizer:
         release model, ``"fast"`` for the shipped fast one (see :func:`ensemble_fer.release.resolve_model`)."""
         from ensemble_fer.inference.predictor import load_predictor
 
-        _check_detection(detector, upsample)       # before the model's files are read
+        faces.check_detection(detector, upsample)       # before the model's files are read
         resolved = release.resolve_model(path)
         return cls(load_predictor(resolved), detector=detector, upsample=upsample, source=resolved)
 
@@ -266,12 +266,6 @@ class EmotionRecognizer:
         found = faces.picture_faces(gray, detector=self.detector, upsample=self.upsample)
         boxes = [box for box, _ in found]
         return boxes, [score for _, score in found], [faces.crop_face(gray, box) for box in boxes]
-
-
-def _check_detection(detector, upsample) -> None:
-    if detector not in faces.DETECTORS:
-        raise InputError(f"detector must be one of {faces.DETECTORS}; got {detector!r}")
-    faces.check_upsample(upsample)
 
 
 def check_color(color) -> None:
