@@ -78,9 +78,6 @@ def main(argv=None) -> int:
     n_faces = sum(len(boxes) for boxes in truth.values())
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {args.photos}: "
           f"{len(photos)} photos, {n_faces} faces; median (fastest) of {args.repeats} repeats")
-    for detector in args.detectors.split(","):     # warm-up: the first passes of a process run slower
-        for image in [*photos.values(), portrait] * 3:
-            faces.detect_faces(image, detector, 1)
     print("| detector | upsample | faces found | extras | smallest box, px | ms a photo, median | "
           "one-face 640x480 photo, ms | its box, px |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
