@@ -12,7 +12,14 @@ Every stage that writes a folder or file also:
 
 Temporaries are named ``.<name>.tmp-<pid>...`` (and an old result being swapped out
 ``.<name>.old-<pid>``), so :func:`clean_stale_temporaries` can tell those of a dead
-process (``kill -9``, power loss) from those of a run still going.
+process (``kill -9``, power loss) from those of a run still going. A result of several
+sibling files is swapped in with :func:`replacing_together`, which journals the swap so that
+a kill half-way is completed, never left half old, half new.
+
+An output is never allowed to be, contain or lie inside one of the run's inputs
+(:func:`check_apart`), so ``--force`` can never delete what the run reads. A write that
+fails for a full disk, a file-size limit or a quota is one :class:`InputError` naming the
+path (:func:`reporting_disk_full`), never a traceback, and leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -39,24 +46,87 @@ PACKAGES = ("ensemble_fer", "tensorflow", "keras", "dlib-bin", "face_recognition
             "numpy", "scipy", "scikit-learn", "scikit-image", "opencv-python-headless", "joblib")
 
 
+DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file too large for this file system or limit",
+             errno.EDQUOT: "disk quota exceeded"}
+"""The write failures that are the machine's state, not a bug: reported as one line naming the path."""
+
+
+def disk_full_error(exc: BaseException, path) -> InputError | None:
+    """The one-line :class:`InputError` for a write that failed for a full disk, a file-size
+    limit (``RLIMIT_FSIZE``) or a quota; ``None`` for any other exception."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return InputError(f"{DISK_FULL[exc.errno]} writing {path}; free some space (or choose another output) "
+                          f"and run again")
+    return None
+
+
+@contextlib.contextmanager
+def reporting_disk_full(path):
+    """Turn a full-disk ``OSError`` inside the block into :func:`disk_full_error`'s InputError."""
+    try:
+        yield
+    except OSError as exc:
+        error = disk_full_error(exc, path)
+        if error is None:
+            raise
+        raise error from None
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = ".tmp"):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
-    ``suffix`` ends the temporary name (Keras, for one, insists on ``.keras``)."""
+    ``suffix`` ends the temporary name (Keras, for one, insists on ``.keras``). A full disk
+    while the block writes is :func:`disk_full_error`'s one line; the temporary is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The pid in the name lets clean_stale_temporaries remove it after a kill -9.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=suffix)
+    with reporting_disk_full(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=suffix)
     os.close(fd)
     try:
-        yield Path(tmp)
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        with reporting_disk_full(path):
+            yield Path(tmp)
+            # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- outputs apart from inputs
+def check_apart(output, inputs, *, output_name: str, allow_inside: bool = False) -> None:
+    """Refuse an ``output`` that is, contains or lies inside one of ``inputs`` (links resolved).
+
+    Replacing such an output (``--force``) would delete the inputs, and writing inside an
+    input folder mixes results with data that is read. ``output_name`` and each input's
+    name (``inputs`` maps a description such as ``"--data"`` to a path, or is a list of
+    paths) make the message. ``allow_inside``: an output inside an input *folder* is allowed
+    (``predict . --csv out.csv``); the stage must then leave its outputs out of what it reads.
+    Whatever the flags: this runs before ``--force`` is looked at.
+    """
+    out = _resolved(output)
+    items = inputs.items() if isinstance(inputs, dict) else ((None, p) for p in inputs)
+    for name, source in items:
+        if source is None:
+            continue
+        src = _resolved(source)
+        what = f"{name} {source}" if name else f"the input {source}"
+        if out == src:
+            problem = f"is {what}"
+        elif out in src.parents:
+            problem = f"contains {what}"
+        elif src in out.parents and not allow_inside:
+            problem = f"lies inside {what}"
+        else:
+            continue
+        raise InputError(f"{output_name} {output}: {problem}; an output must be apart from the inputs (it would "
+                         f"replace or mix with what the run reads): choose another {output_name}")
+
+
+def _resolved(path) -> Path:
+    return Path(os.path.realpath(os.path.abspath(path)))
 
 
 # --------------------------------------------------------------------------- locks
@@ -94,6 +164,8 @@ def _acquire(lock: Path, path: Path) -> int:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            if disk_full_error(exc, lock):
+                raise disk_full_error(exc, lock) from None
             raise InputError(f"{lock}: cannot create the lock file for {path} ({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -114,8 +186,18 @@ def _acquire(lock: Path, path: Path) -> int:
             # the file that is now (or will be) at that path.
             os.close(fd)
             continue
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            # A full disk: no empty lock file left behind, one line instead of a traceback.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+            os.close(fd)
+            error = disk_full_error(exc, lock)
+            if error is None:
+                raise
+            raise error from None
         return fd
 
 
@@ -133,7 +215,7 @@ def pid_alive(pid: int) -> bool:
 
 
 # --------------------------------------------------------------------------- replacing
-_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:-.*)?$")
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?P<kind>tmp|old|swap)-(?P<pid>\d+)(?:-.*)?$")
 
 
 @contextlib.contextmanager
@@ -186,6 +268,87 @@ def _swap_in(tmp: Path, path: Path) -> None:
     _remove(old)
 
 
+@contextlib.contextmanager
+def replacing_together(paths, force: bool = False):
+    """:func:`replacing` for a result made of several files or folders (an ensemble and its
+    report): yields ``{path: temporary}``, and when the block ends without an exception
+    swaps them all in as one unit with :func:`swap_in_together`, the last path last (make
+    it the one that points to the others). Without ``force`` any existing path is refused
+    before the block runs."""
+    paths = [Path(p) for p in paths]
+    existing = [p for p in paths if p.exists() or p.is_symlink()]
+    if existing and not force:
+        raise InputError(f"{existing[0]}: exists; pass --force to replace it")
+    for folder in dict.fromkeys(p.parent for p in paths):
+        folder.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(folder)
+    building = {p: p.parent / f".{p.name}.tmp-{os.getpid()}" for p in paths}
+    for tmp in building.values():
+        _remove(tmp)
+    swapping = False
+    try:
+        yield building
+        empty = [str(tmp) for tmp in building.values() if not (tmp.exists() or tmp.is_symlink())]
+        if empty:
+            raise RuntimeError(f"replacing_together: the block wrote nothing at {empty}")
+        swapping = True
+        swap_in_together(building)
+    finally:
+        if not swapping:
+            for tmp in building.values():
+                _remove(tmp)
+
+
+def swap_in_together(built: dict) -> None:
+    """Move each complete ``built`` file or folder onto its key path, as one unit.
+
+    The list of moves is first written (atomically) to a journal beside the last path,
+    ``.<name>.swap-<pid>``; only then are the renames made, in order, and the journal
+    removed. A process killed between two renames leaves the journal, and whoever next
+    cleans that folder (:func:`clean_stale_temporaries`, :func:`complete_interrupted_swaps`)
+    finishes the moves: the result is never left half old, half new."""
+    pairs = [(str(Path(b).absolute()), str(Path(p).absolute())) for p, b in built.items()]
+    last = Path(pairs[-1][1])
+    journal = last.parent / f".{last.name}.swap-{os.getpid()}"
+    write_json(journal, {"moves": pairs})
+    _finish_swap(journal, os.getpid())
+
+
+def _finish_swap(journal: Path, pid: int) -> None:
+    moves = json.loads(journal.read_text())["moves"]
+    for built, final in moves:
+        built, final = Path(built), Path(final)
+        old = final.parent / f".{final.name}.old-{pid}"
+        if built.exists() or built.is_symlink():
+            if (old.exists() or old.is_symlink()) and not (final.exists() or final.is_symlink()):
+                os.rename(built, final)     # killed between the two renames of a folder swap
+            else:
+                _swap_in(built, final)
+        if old.exists() or old.is_symlink():
+            _remove(old)
+    os.unlink(journal)
+
+
+def complete_interrupted_swaps(folder) -> list[Path]:
+    """Finish the swaps (:func:`swap_in_together`) that dead processes left half done in
+    ``folder``; returns the journals completed. Readers of a multi-file result call it so
+    that a kill during a swap is never seen; a folder they cannot write is left as it is."""
+    done = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return done
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match and match["kind"] == "swap" and not pid_alive(int(match["pid"])):
+            try:
+                _finish_swap(Path(entry.path), int(match["pid"]))
+            except (OSError, ValueError, KeyError):
+                continue
+            done.append(Path(entry.path))
+    return done
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -199,18 +362,20 @@ def clean_stale_temporaries(folder) -> list[Path]:
 
     ``.<name>.tmp-<pid>...`` of a pid that is no longer running are deleted. An old result
     ``.<name>.old-<pid>`` is deleted when ``<name>`` exists again and otherwise renamed back
-    to ``<name>`` (the process died between the two renames of a swap). Temporaries of live
-    processes are left alone. A missing or unlistable folder cleans nothing.
+    to ``<name>`` (the process died between the two renames of a swap). An interrupted
+    multi-file swap is finished first (:func:`complete_interrupted_swaps`). Temporaries of
+    live processes are left alone. A missing or unlistable folder cleans nothing.
     """
     folder = Path(folder)
-    removed = []
+    # First an interrupted multi-file swap is finished: its temporaries are the new result.
+    removed = complete_interrupted_swaps(folder)
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:
         match = _TEMPORARY.match(entry.name)
-        if not match or pid_alive(int(match["pid"])):
+        if not match or match["kind"] == "swap" or pid_alive(int(match["pid"])):
             continue
         path = Path(entry.path)
         original = folder / match["name"]
@@ -241,6 +406,10 @@ def read_json(path) -> dict:
         raise MissingInputError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text, so not JSON (byte {exc.start}: {exc.reason})") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to be one of this project's files (a crafted file?)") from None
 
 
 def save_npz(path, **arrays) -> None:

@@ -111,5 +111,18 @@ def get_label_set(spec: str = "fer7") -> LabelSet:
     return LabelSet(",".join(classes), classes, tuple((c,) for c in codes))
 
 
-def label_set_from_json(data: dict) -> LabelSet:
+def label_set_from_json(data: dict, where=None) -> LabelSet:
+    """The label set of :meth:`LabelSet.to_json`'s dict, checked: ``name`` a string, ``classes``
+    at least two distinct names, ``groups`` one list of emotion codes per class. Anything else
+    is an :class:`InputError` naming ``where`` (the file) when given."""
+    prefix = f"{where}: " if where is not None else ""
+    ok = (isinstance(data, dict) and isinstance(data.get("name"), str)
+          and isinstance(data.get("classes"), (list, tuple)) and len(data["classes"]) >= 2
+          and all(isinstance(c, str) for c in data["classes"]) and len(set(data["classes"])) == len(data["classes"])
+          and isinstance(data.get("groups"), (list, tuple)) and len(data["groups"]) == len(data["classes"])
+          and all(isinstance(g, (list, tuple)) and g and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                                     for c in g) for g in data["groups"]))
+    if not ok:
+        raise InputError(f"{prefix}labels must be an object with name (a string), classes (two or more names) and "
+                         f"groups (a list of emotion codes per class); got {str(data)[:120]}")
     return LabelSet(data["name"], tuple(data["classes"]), tuple(tuple(g) for g in data["groups"]))

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .cli_errors import reports_errors
+from .cli_numbers import MAX_BATCH, int_in
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
@@ -34,12 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, default=REPO / "models",
                    help="folder searched recursively for variant folders (default: models/)")
     p.add_argument("--out", type=Path, help="output folder (default: <models>/comparison)")
-    p.add_argument("--speed-images", type=int, default=comparison.SPEED_IMAGES, metavar="N",
-                   help=f"rows each variant is timed on (default {comparison.SPEED_IMAGES})")
-    p.add_argument("--repeats", type=int, default=comparison.REPEATS, metavar="N",
-                   help=f"timed calls after the warm-up; the best counts (default {comparison.REPEATS})")
-    p.add_argument("--batch-size", type=int, default=comparison.BATCH_SIZE, metavar="N",
-                   help=f"batch size of predict_proba (default {comparison.BATCH_SIZE})")
+    p.add_argument("--speed-images", type=int_in(1, 100_000), default=comparison.SPEED_IMAGES, metavar="N",
+                   help=f"rows each variant is timed on (1 to 100000; default {comparison.SPEED_IMAGES})")
+    p.add_argument("--repeats", type=int_in(1, 1000), default=comparison.REPEATS, metavar="N",
+                   help=f"timed calls after the warm-up; the best counts (1 to 1000; default {comparison.REPEATS})")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=comparison.BATCH_SIZE, metavar="N",
+                   help=f"batch size of predict_proba (1 to {MAX_BATCH}; default {comparison.BATCH_SIZE})")
     p.add_argument("--no-speed", action="store_true", help="do not load the models to time them")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p

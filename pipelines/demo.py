@@ -32,6 +32,7 @@ from pathlib import Path
 from ensemble_fer.errors import InputError
 
 from .cli_errors import reports_errors
+from .cli_numbers import MAX_MINUTES, N_JOBS, float_in, int_in, with_range
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
@@ -43,13 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "runs" / "demo", help="output folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs per variant (default 4)")
-    p.add_argument("--max-minutes", type=float, default=1.5,
-                   help="wall-clock cap per variant's training, so the demo ends in minutes on any machine")
+    p.add_argument("--epochs", type=int_in(1, 1000), default=4, help="epochs per variant (1 to 1000; default 4)")
+    p.add_argument("--max-minutes", type=float_in(0, MAX_MINUTES), default=1.5,
+                   help=f"wall-clock cap per variant's training, so the demo ends in minutes on any machine "
+                        f"(0 to {MAX_MINUTES:g})")
     p.add_argument("--detector", choices=bovw.DETECTORS, default="hog",
                    help="face detector of the extraction (default hog; none is quicker)")
-    p.add_argument("--tta", type=int, default=0, help="test-time views averaged in the evaluation (0: none)")
-    p.add_argument("--n-jobs", type=int, default=-1, help="worker processes for extraction (-1: all cores)")
+    p.add_argument("--tta", type=int_in(0, 10), default=0,
+                   help="test-time views averaged in the evaluation (0: none, up to 10)")
+    p.add_argument("--n-jobs", type=N_JOBS, default=-1,
+                   help=with_range("worker processes for extraction (-1: all cores)", N_JOBS))
     p.add_argument("--force", action="store_true", help="redo every step, replacing earlier outputs")
     p.add_argument("--quiet", action="store_true", help="only the final lines")
     return p

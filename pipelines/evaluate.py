@@ -57,6 +57,7 @@ from ensemble_fer.errors import InputError
 from ensemble_fer import release
 
 from .cli_errors import reports_errors
+from .cli_numbers import MAX_BATCH, N_JOBS, int_in, with_range
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=datasets.FORMATS, default="auto")
     p.add_argument("--split", choices=("train", "val", "test", "all"),
                    help="split to score (default: test if the data has it, else val)")
-    p.add_argument("--tta", type=int, metavar="N",
+    p.add_argument("--tta", type=int_in(0, inference.MAX_TTA), metavar="N",
                    help=f"test-time augmentation: average N views per image (0 none, up to {inference.MAX_TTA}; "
                         f"default: the model's own, 2 for the release)")
     p.add_argument("--ignore-unknown-labels", action="store_true",
@@ -81,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=REPO / "features",
                    help="folder of the extraction cache (default features/)")
     p.add_argument("--no-cache", action="store_true", help="extract in memory only")
-    p.add_argument("--n-jobs", type=int, default=-1, help="worker processes for extraction (-1: all cores)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--n-jobs", type=N_JOBS, default=-1,
+                   help=with_range("worker processes for extraction (-1: all cores)", N_JOBS))
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=256, help=f"crops per batch (1 to {MAX_BATCH})")
     p.add_argument("--json", type=Path, help="write the result as JSON here (refused if it exists, unless --force)")
     p.add_argument("--out", type=Path, help="write evaluation.md, evaluation.json and figures into this folder "
                                             "(refused if it exists, unless --force)")
@@ -104,6 +106,9 @@ def main(argv=None) -> int:
         raise InputError(f"--out {args.out}: is a file; give a folder for evaluation.md, evaluation.json and figures")
     say = (lambda *a, **k: None) if args.quiet else print
     outputs = {key: path for key, path in (("json", args.json), ("out", args.out)) if path is not None}
+    for key, path in outputs.items():     # before --force is looked at: an input is never replaced
+        artifacts.check_apart(path, {"--data": args.data, "--model": release.resolve_model(args.model)},
+                              output_name=f"--{key}")
     with contextlib.ExitStack() as stack:
         # Locked and checked before the model is loaded or anything extracted: a refused
         # overwrite costs nothing, and nothing is replaced until the new result is complete.

@@ -22,6 +22,7 @@ from pathlib import Path
 from ensemble_fer.features import bovw, datasets, feature_store
 
 from .cli_errors import reports_errors
+from .cli_numbers import MAX_SEED, N_JOBS, int_in, with_range
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
@@ -40,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", choices=feature_store.FILTERS, default="blank",
                    help="blank: drop near-blank train crops; paper: also drop train crops with zero or "
                         "several faces (EmoNet). Val/test are never dropped, only flagged.")
-    p.add_argument("--n-jobs", type=int, default=-1, help="worker processes (-1: all cores)")
-    p.add_argument("--limit", type=int, help="at most this many images per split (seeded sample)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --limit and the held-out val split")
+    p.add_argument("--n-jobs", type=N_JOBS, default=-1, help=with_range("worker processes (-1: all cores)", N_JOBS))
+    p.add_argument("--limit", type=int_in(1), help="at most this many images per split (seeded sample; >= 1)")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
+                   help=f"seed for --limit and the held-out val split (0 to {MAX_SEED})")
     p.add_argument("--ignore-unknown-labels", action="store_true",
                    help="leave out label folders that are not emotions instead of stopping")
     p.add_argument("--force", action="store_true",

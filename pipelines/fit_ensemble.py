@@ -44,9 +44,10 @@ from ensemble_fer.ensemble.ensemble_file import ENSEMBLE_FILE, check_ensemble_ou
 from ensemble_fer.ensemble.weighted import OBJECTIVES
 from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.models.variant_dir import find_variants
-from ensemble_fer.training.augment import check_tta
+from ensemble_fer.training.augment import MAX_TTA, check_tta
 
 from .cli_errors import reports_errors
+from .cli_numbers import MAX_SEED, int_in
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,10 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these variants: folder names under --models, or paths (default: all found)")
     p.add_argument("--objective", choices=OBJECTIVES, default="accuracy",
                    help="what the weights optimise on val (default accuracy, the paper's; ties broken by log-loss)")
-    p.add_argument("--seed", type=int, default=0, help="seed of differential evolution and of the CV folds")
-    p.add_argument("--cv-splits", type=int, default=fit.CV_SPLITS,
-                   help="folds of the cross-validated estimate over val (default 5)")
-    p.add_argument("--tta", type=int, default=0, metavar="N",
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
+                   help=f"seed of differential evolution and of the CV folds (0 to {MAX_SEED})")
+    p.add_argument("--cv-splits", type=int_in(2, 100), default=fit.CV_SPLITS,
+                   help="folds of the cross-validated estimate over val (2 to 100; default 5)")
+    p.add_argument("--tta", type=int_in(0, MAX_TTA), default=0, metavar="N",
                    help="fit on the members' predictions averaged over N test-time views (default 0: their saved "
                         "predictions); the ensemble then predicts with N views by default")
     p.add_argument("--features", type=Path, metavar="DIR",

@@ -59,9 +59,18 @@ STATUS_COLUMNS = ("status", "reason")
 PARTIAL = ".partial"
 """Suffix of the outputs of a run still going (or interrupted): FILE.partial, DIR.partial."""
 ANNOTATION_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet evaluate a cell (OWASP, CSV injection): such text cells get a leading '."""
+RESUMED_KEYS = ("model_sha256", "tta", "detector", "upsample")
+"""What --resume requires to be the same as in the run it continues (and ``fps`` with a video)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ensemble_fer.features.faces import MAX_UPSAMPLE
+    from ensemble_fer.training.augment import MAX_TTA
+
+    from .cli_numbers import MAX_BATCH, MAX_FPS, float_in, int_in
+
     p = argparse.ArgumentParser(prog="python -m pipelines.predict", description=__doc__.split("\n")[0])
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
     p.add_argument("--model", metavar="MODEL", help=release.MODEL_HELP)
@@ -79,27 +88,39 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--resume", action="store_true",
                        help="continue an interrupted run (FILE.partial) or add to a finished FILE: files that "
                             "already have an ok or no_face row are skipped, the rest predicted (needs --csv)")
-    p.add_argument("--tta", type=int, metavar="N",
-                   help="test-time augmentation views (0: none, up to 10; default: the model's own, 2 for the release)")
+    p.add_argument("--tta", type=int_in(0, MAX_TTA), metavar="N",
+                   help=f"test-time augmentation views (0: none, up to {MAX_TTA}; default: the model's own, 2 for the "
+                        f"release)")
     p.add_argument("--detector", choices=("hog", "mmod"), default="hog",
                    help="dlib face detector: hog (fast, frontal) or mmod (CNN, more poses, slow on a CPU)")
     p.add_argument("--upsample", type=upsample_value, default="auto", metavar="auto|N",
-                   help="times the photo is doubled before detection (1: faces down to ~40 px; 0: ~75 px, 4x "
-                        "faster); auto: 0, then 1 unless every face found is 146 px or more")
+                   help=f"times the photo is doubled before detection, 0 to {MAX_UPSAMPLE} (1: faces down to ~40 px; "
+                        f"0: ~75 px, 4x faster); auto: 0, then 1 unless every face found is 146 px or more; a photo "
+                        f"that would need more memory than is available gets an error row")
     p.add_argument("--recursive", action="store_true", help="also read the folders inside a folder")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="face crops per network batch")
-    p.add_argument("--fps", type=float, default=4.0, metavar="N",
-                   help="video frames sampled per second of video (videos: any container OpenCV reads)")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=64, metavar="N",
+                   help=f"face crops per network batch (1 to {MAX_BATCH})")
+    p.add_argument("--fps", type=float_in(0, MAX_FPS), default=4.0, metavar="N",
+                   help=f"video frames sampled per second of video, in (0, {MAX_FPS}]; at most the clip's own frame "
+                        f"rate is used (videos: any container OpenCV reads)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
 
 
 def upsample_value(text: str) -> int | str:
-    """``--upsample``'s value: ``auto`` or a whole number (checked, with the other options, in main)."""
+    """``--upsample``'s value: ``auto`` or a whole number in [0, MAX_UPSAMPLE], checked as parsed."""
+    from ensemble_fer.features.faces import MAX_UPSAMPLE, UPSAMPLE_AUTO
+
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        return text
+        if text == UPSAMPLE_AUTO:
+            return text
+        value = None
+    if value is None or not 0 <= value <= MAX_UPSAMPLE:
+        raise argparse.ArgumentTypeError(f"must be {UPSAMPLE_AUTO} or an int in [0, {MAX_UPSAMPLE}] (each doubles "
+                                         f"the photo before detection); got {text!r}")
+    return value
 
 
 @reports_errors
@@ -110,8 +131,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from ensemble_fer.inference.predictor import check_tta
 
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1; got {args.batch_size}")
     if args.tta is not None:
         check_tta(args.tta, where="--tta")
     if args.resume and not args.csv:
@@ -120,7 +139,11 @@ def main(argv=None) -> int:
     from . import predict_videos
 
     video.check_fps(args.fps)
-    files, problems = list_inputs(args.paths, args.recursive)
+    own = own_outputs(args)
+    from ensemble_fer import artifacts
+    for option, path in own:      # before --force is looked at: an input is never replaced
+        artifacts.check_apart(path, args.paths, output_name=option, allow_inside=True)
+    files, problems = list_inputs(args.paths, args.recursive, exclude=[path for _, path in own])
     annotate_file = predict_videos.annotate_target(args, files)     # --annotate out.mp4: one video
     outputs = Outputs(args.csv, None if annotate_file else args.annotate, args.gradcam, force=args.force,
                       resume=args.resume, video=any(video.is_video(path) for path, _ in files))
@@ -135,9 +158,10 @@ def main(argv=None) -> int:
     # One blank crop through every member loads the models now, so that a model file Keras
     # cannot read stops the run before any output is started.
     recognizer.predict(np.zeros((48, 48), np.uint8))
+    outputs.record = run_record(recognizer, args)
 
     with outputs.open(classes) as sink:
-        videos = [(path, name) for path, name in files if video.is_video(path) and str(path) not in sink.done]
+        videos = [(path, name) for path, name in files if video.is_video(path) and not sink.is_done(path)]
         counts = predict_files(recognizer, [f for f in files if not video.is_video(f[0])], problems, sink, args)
         predict_videos.predict_videos(recognizer, videos, sink, args, counts, annotate_file)
     if not args.quiet:
@@ -154,6 +178,8 @@ def main(argv=None) -> int:
 def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
     """Predict every ``(path, output name)`` in ``files`` not done yet, writing each file's
     rows (and pictures) through ``sink`` as soon as its batch has run, in input order."""
+    from ensemble_fer.errors import InputError
+    from ensemble_fer.features import faces
     from ensemble_fer.features.datasets import DatasetError, read_image_file
 
     classes = recognizer.classes
@@ -163,7 +189,7 @@ def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
         path, _, reason = problem.partition(": ")
         sink.write(path, [error_row(path, reason, classes)])
         counts["errors"] += 1
-    todo = [(path, name) for path, name in files if str(path) not in sink.done]
+    todo = [(path, name) for path, name in files if not sink.is_done(path)]
     counts["skipped"] = len(files) - len(todo)
     # Every input in order; error entries wait here until the files before them are written.
     queue: deque = deque()      # (path, name, reason or None)
@@ -177,7 +203,9 @@ def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
         for path, name in progress:
             try:
                 image = read_photo(path)
-            except DatasetError as exc:     # this file only; anything else is a bug and stops the run
+                if image.shape[:2] != (48, 48):
+                    faces.check_detection_memory(image.shape, recognizer.upsample, path)
+            except (DatasetError, InputError) as exc:   # this file only; anything else is a bug: it stops the run
                 queue.append((path, name, str(exc)))
                 _write_above_progress(progress, str(exc))
                 continue
@@ -219,51 +247,125 @@ def read_photo(path):
         raise DatasetError(f"{path}: not read, too large ({exc})") from None
 
 
-def list_inputs(paths, recursive: bool = False) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """``(file, output name)`` for every image to read, and one message per path that is missing.
+def list_inputs(paths, recursive: bool = False, exclude=()) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """``(file, output name)`` for every image to read, and one message per path that cannot be.
 
     A file named on the command line is read whatever its extension (so a file that is not
     an image is reported, not ignored); in a folder only files with an image extension are
     taken, hidden ones left out. The output name is the file's path relative to its folder
-    argument (its name for a file argument); names that collide get ``_2``, ``_3``, ...
+    argument (its name for a file argument); names whose stems collide (``x.png``, ``x.gif``)
+    get ``_2``, ``_3``, ... so that the pictures named after them never share a file.
+    ``exclude``: this run's own outputs, never read back as inputs. A path that is missing, a
+    folder that cannot be listed and a broken link with an image name each get a message
+    (and so an error row), never silence or a traceback.
     """
     from ensemble_fer.features.datasets import IMAGE_SUFFIXES
     from ensemble_fer.inference.video import VIDEO_SUFFIXES
 
+    suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    excluded = [Path(os.path.realpath(p)) for p in exclude]
     files, problems, used = [], [], set()
     for path in paths:
         path = Path(path)
-        if path.is_dir():
-            pattern = path.rglob("*") if recursive else path.iterdir()
-            found = sorted(f for f in pattern if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
-                           and not any(part.startswith(".") for part in f.relative_to(path).parts))
+        try:
+            is_dir = path.is_dir()
+            exists = is_dir or path.exists()
+        except OSError as exc:      # e.g. inside a folder that cannot be searched
+            problems.append(f"{path}: cannot be read ({exc.strerror})")
+            continue
+        if is_dir:
+            found, unreadable = _folder_files(path, recursive, suffixes, excluded)
+            problems += unreadable
             entries = [(f, f.relative_to(path)) for f in found]
-        elif path.exists():
+        elif exists:
             entries = [(path, Path(path.name))]
+        elif path.is_symlink():
+            problems.append(f"{path}: broken symbolic link (to {os.readlink(path)}); nothing to read")
+            continue
         else:
             problems.append(f"{path}: no such file or folder")
             continue
         for file, name in entries:
             unique, k = name, 1
-            while unique in used:
+            while unique.with_suffix("") in used:
                 k += 1
                 unique = name.with_name(f"{name.stem}_{k}{name.suffix}")
-            used.add(unique)
+            used.add(unique.with_suffix(""))
             files.append((file, unique))
     return files, problems
+
+
+def _folder_files(folder: Path, recursive: bool, suffixes, excluded) -> tuple[list[Path], list[str]]:
+    """The files of ``folder`` to read (see :func:`list_inputs`), and a message per folder
+    that cannot be listed and per broken link. Non-regular files with an image name (a FIFO)
+    are kept: reading them is refused with a reason (``datasets.read_image_file``)."""
+    found, problems, todo = [], [], [folder]
+    while todo:
+        current = todo.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError as exc:
+            problems.append(f"{current}: cannot list this folder ({exc.strerror}); its files are not read")
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            real = Path(os.path.realpath(path))
+            if entry.name.startswith(".") or any(real == out or out in real.parents for out in excluded):
+                continue
+            if entry.is_dir(follow_symlinks=False):     # as rglob: links to folders are not followed
+                if recursive:
+                    todo.append(path)
+                continue
+            if path.suffix.lower() not in suffixes:
+                continue
+            if entry.is_symlink() and not path.exists():
+                problems.append(f"{path}: broken symbolic link (to {os.readlink(path)}); nothing to read")
+                continue
+            found.append(path)
+    return sorted(found), problems
+
+
+def own_outputs(args) -> list[tuple[str, Path]]:
+    """``(option, path)`` of everything this run writes: each output and its ``.partial``."""
+    named = [("--csv", args.csv), ("--annotate", args.annotate), ("--gradcam", args.gradcam)]
+    return [(option, path) for option, out in named if out is not None
+            for path in (Path(out), Outputs.partial(Path(out)))]
+
+
+def text_cell(text) -> str:
+    """A CSV cell of text: bytes of a file name that are not UTF-8 escaped (``\\xe9``), and a
+    cell a spreadsheet would evaluate as a formula (starting with ``= + - @``, a tab or a
+    carriage return) neutralised with a leading ``'`` (OWASP's rule for CSV injection)."""
+    from ensemble_fer.features.datasets import name_text
+
+    text = name_text(str(text))
+    return "'" + text if text[:1] in FORMULA_STARTS else text
+
+
+def path_cell(path) -> str:
+    """The ``path`` column of an input (see :func:`text_cell`)."""
+    return text_cell(os.fspath(path))
+
+
+def run_record(recognizer, args) -> dict:
+    """What decides an input's rows, recorded beside the CSV (``.FILE.run.json``) so that
+    --resume continues only the same run: the model (the hash of its files), the options
+    that change rows, and the working folders that relative input paths were given from."""
+    return {"model": str(recognizer.source), "model_sha256": recognizer.fingerprint(), "tta": args.tta,
+            "detector": args.detector, "upsample": args.upsample, "fps": args.fps, "cwd": [os.getcwd()]}
 
 
 def csv_rows(path, faces, classes) -> list[list]:
     """The CSV rows of one photo (see the module doc)."""
     if not faces:
-        return [[str(path), "", "", "", "", "", NO_FACE] + [""] * len(classes) + [NO_FACE, "no face found"]]
-    return [[str(path), k, *face.box, face.emotion] + [f"{face.scores[c]:.6f}" for c in classes] + [OK, ""]
+        return [[path_cell(path), "", "", "", "", "", NO_FACE] + [""] * len(classes) + [NO_FACE, "no face found"]]
+    return [[path_cell(path), k, *face.box, face.emotion] + [f"{face.scores[c]:.6f}" for c in classes] + [OK, ""]
             for k, face in enumerate(faces)]
 
 
 def error_row(path, reason: str, classes) -> list:
     """The one row of an input that could not be read."""
-    return [str(path), "", "", "", "", "", ""] + [""] * len(classes) + [ERROR, reason]
+    return [path_cell(path), "", "", "", "", "", ""] + [""] * len(classes) + [ERROR, text_cell(reason)]
 
 
 def csv_header(classes, video: bool = False) -> list[str]:
@@ -298,10 +400,26 @@ class Outputs:
         self.force, self.resume = force, resume
         self.done: set[str] = set()
         self.pictures = bool(self.dirs)
+        self.record: dict = {}
+        """What produced the rows (:func:`run_record`), set before :meth:`open`."""
+        self._cwds: list[str] = []
 
     @staticmethod
     def partial(path: Path) -> Path:
         return path.with_name(path.name + PARTIAL)
+
+    @staticmethod
+    def record_path(path: Path) -> Path:
+        """Where the record of the run that wrote the CSV ``path`` lies (hidden, beside it)."""
+        return path.with_name(f".{path.name}.run.json")
+
+    def is_done(self, path) -> bool:
+        """Whether ``path`` has its rows already: as given, absolute, or relative to a working
+        folder of the run being continued (so ``photos/`` and ``/abs/photos/`` are one input)."""
+        absolute = os.path.abspath(path)
+        names = {path_cell(path), path_cell(absolute)}
+        names.update(path_cell(os.path.relpath(absolute, cwd)) for cwd in self._cwds)
+        return not names.isdisjoint(self.done)
 
     def check(self) -> None:
         """Refuse outputs that would be overwritten, or that are of the wrong kind."""
@@ -328,33 +446,73 @@ class Outputs:
         --resume), yield self to write through, and swap the results in when the block ends
         without an exception."""
         from ensemble_fer import artifacts
+        from ensemble_fer.errors import InputError
 
         header = self.header = csv_header(classes, self.video)
         finals = ([self.csv] if self.csv is not None else []) + list(self.dirs.values())
         with contextlib.ExitStack() as stack:
             for path in finals:
                 stack.enter_context(artifacts.output_lock(path))
+            # Decided under the lock: another run may have written the outputs since main's check.
+            self.check()
+            for folder in dict.fromkeys(path.parent for path in finals):
+                artifacts.complete_interrupted_swaps(folder)     # a run killed while swapping in
             self.building = {key: self.partial(folder) for key, folder in self.dirs.items()}
             rows = self._start(header)
             if self.csv is None:
                 handle = sys.stdout
             else:
-                handle = stack.enter_context(open(self.partial(self.csv), "a" if self.resume else "w", newline=""))
-            self._handle, self._writer = handle, csv.writer(handle, lineterminator="\n")
-            if rows is None:
-                self._writer.writerow(header)
-                handle.flush()
-            yield self
-            handle.flush()
+                # unbuffered: a row is on disk once written, and a full disk fails that write
+                # alone, with nothing left in a buffer to fail again on close
+                with artifacts.reporting_disk_full(self.partial(self.csv)):
+                    handle = stack.enter_context(open(self.partial(self.csv), "ab" if self.resume else "wb",
+                                                      buffering=0))
+            self._handle = handle
+            self._rows_written = 0
+            try:
+                if rows is None:
+                    self._emit([header])
+                yield self
+            except InputError:
+                if self._rows_written == 0 and not self.resume:
+                    self._discard()     # a full disk before any row: no empty FILE.partial left
+                raise
             if self.csv is not None:
                 handle.close()
-            # every input is done: swap the new results in, pictures first, the CSV (which
-            # says what is done) last
-            for key, folder in self.dirs.items():
-                with artifacts.replacing(folder, force=True) as tmp:
-                    os.rename(self.building[key], tmp)
+            # every input is done: swap the new results in as one unit, pictures first, the
+            # CSV (which says what is done) last, with the record of the run that wrote it
+            built = {folder: self.building[key] for key, folder in self.dirs.items()}
             if self.csv is not None:
-                os.replace(self.partial(self.csv), self.csv)
+                built[self.record_path(self.csv)] = self.record_path(self.partial(self.csv))
+                built[self.csv] = self.partial(self.csv)
+            if built:
+                artifacts.swap_in_together(built)
+
+    def _emit(self, rows) -> None:
+        from ensemble_fer import artifacts
+
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(rows)
+        if self.csv is None:
+            self._handle.write(buffer.getvalue())
+            self._handle.flush()
+            return
+        data = memoryview(buffer.getvalue().encode())
+        with artifacts.reporting_disk_full(self.partial(self.csv)):
+            while data:
+                data = data[self._handle.write(data):]
+
+    def _discard(self) -> None:
+        """Remove what a fresh start made (FILE.partial, its record, DIR.partial)."""
+        scratch = [*self.building.values()]
+        if self.csv is not None:
+            scratch += [self.partial(self.csv), self.record_path(self.partial(self.csv))]
+        for path in scratch:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def _start(self, header) -> list | None:
         """Prepare FILE.partial and DIR.partial; the rows kept from before (None: a fresh start)."""
@@ -371,9 +529,16 @@ class Outputs:
                     path.unlink()
             for folder in self.building.values():
                 folder.mkdir(parents=True)
+            if partial is not None:
+                self._cwds = list(self.record.get("cwd", []))
+                artifacts.write_json(self.record_path(partial), self.record)
             return None
         source = partial if partial.exists() else self.csv if self.csv.exists() else None
+        if source is not None:
+            self._check_record(source)
         rows = [] if source is None else self._kept_rows(source, header)
+        self._cwds = list(dict.fromkeys(self._cwds + list(self.record.get("cwd", []))))
+        artifacts.write_json(self.record_path(partial), {**self.record, "cwd": self._cwds})
         # The rows kept go into a fresh FILE.partial (atomically); the rest is appended to it.
         with artifacts.atomic_path(partial) as tmp:
             tmp.write_text(format_csv(rows, header[len(FIXED_COLUMNS):header.index(STATUS_COLUMNS[0])], self.video),
@@ -388,14 +553,44 @@ class Outputs:
         self.done = {row[0] for row in rows}
         return rows
 
+    def _check_record(self, source: Path) -> None:
+        """Refuse to continue ``source`` unless the run that wrote it used this model and these
+        options (its record, :func:`run_record`); keeps its working folders for :meth:`is_done`."""
+        from ensemble_fer import artifacts
+        from ensemble_fer.errors import InputError
+
+        path = self.record_path(source)
+        if not path.is_file():
+            raise InputError(f"{source}: has no record of the run that wrote it ({path.name}: written by an older "
+                             f"predict, or copied without it), so --resume cannot check it continues the same model "
+                             f"and options; pass --force to start over")
+        old = artifacts.read_json(path)
+        if not isinstance(old, dict) or not isinstance(old.get("cwd", []), list):
+            raise InputError(f"{path}: not a run record (a JSON object); pass --force to start over")
+        keys = RESUMED_KEYS + ("fps",) * self.video
+        changed = [key for key in keys if old.get(key) != self.record.get(key)]
+        if changed:
+            said = [f"model {old.get('model')} then, {self.record.get('model')} now (their files differ)"
+                    if key == "model_sha256" else f"--{key} {old.get(key)} then, {self.record.get(key)} now"
+                    for key in changed]
+            raise InputError(f"{source}: written by another run ({'; '.join(said)}); resume with the same --model "
+                             f"and options, or pass --force to start over")
+        self._cwds = [str(cwd) for cwd in old.get("cwd", [])]
+
     def _kept_rows(self, source: Path, header) -> list[list[str]]:
         """The rows of ``source`` for files that are done: ``ok`` or ``no_face`` rows. The last
         file's rows are dropped (an interruption may have cut them short), and so is every
         file with an ``error`` row or a malformed one: those are done again."""
         from ensemble_fer.errors import InputError
 
-        with open(source, newline="") as handle:
-            rows = list(csv.reader(handle))
+        try:
+            with open(source, newline="", encoding="utf-8") as handle:
+                rows = list(csv.reader(handle))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{source}: not UTF-8 text (byte {exc.start}: {exc.reason}), so not a CSV this predict "
+                             f"wrote; pass --force to start over") from None
+        except csv.Error as exc:
+            raise InputError(f"{source}: not a readable CSV ({exc}); pass --force to start over") from None
         if not rows or rows[0] != header:
             raise InputError(f"{source}: its columns {rows[0] if rows else []} are not this model's {header}; "
                              f"resume with the model that wrote it, or pass --force to start over")
@@ -409,9 +604,9 @@ class Outputs:
     def write(self, path, rows) -> None:
         """The rows of one input, flushed so that an interruption keeps them."""
         # photo rows in a run with videos: empty frame, time_s, track
-        self._writer.writerows(row + [""] * (len(self.header) - len(row)) for row in rows)
-        self._handle.flush()
-        self.done.add(str(path))
+        self._emit([row + [""] * (len(self.header) - len(row)) for row in rows])
+        self._rows_written += len(rows)
+        self.done.add(path_cell(path))
 
     def write_pictures(self, recognizer, image, faces, name: Path) -> None:
         write_pictures(recognizer, image, faces, name, self.building.get("annotate"), self.building.get("gradcam"))

@@ -34,16 +34,16 @@ def annotate_target(args, files) -> Path | None:
 
 def video_rows(path, rows, classes) -> list[list]:
     """CSV rows of one video's :class:`ensemble_fer.inference.video.VideoFace` rows (see the module doc)."""
-    from .predict import NO_FACE, OK
+    from .predict import NO_FACE, OK, path_cell
 
     if not rows:
-        return [[str(path), "", "", "", "", "", NO_FACE] + [""] * len(classes)
+        return [[path_cell(path), "", "", "", "", "", NO_FACE] + [""] * len(classes)
                 + [NO_FACE, "no face in the sampled frames", "", "", ""]]
     out, face_in_frame, last_frame = [], 0, None
     for row in rows:
         face_in_frame = face_in_frame + 1 if row.frame == last_frame else 0
         last_frame = row.frame
-        out.append([str(path), face_in_frame, *row.box, row.emotion]
+        out.append([path_cell(path), face_in_frame, *row.box, row.emotion]
                    + [f"{row.face.scores[c]:.6f}" for c in classes]
                    + [OK, "", row.frame, f"{row.time_s:.3f}", row.track])
     return out

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from .cli_errors import reports_errors
+from .cli_numbers import MAX_MINUTES, float_in
 from .train_variant import add_variant_arguments
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_variant_arguments(p)
     p.add_argument("--grid", type=Path, required=True, help="JSON file: parameter name -> list of values")
     p.add_argument("--out", type=Path, help="search folder (default: runs/search/<variant>)")
-    p.add_argument("--max-minutes-per-run", type=float, metavar="M",
-                   help="wall-clock budget of each run in this call; a rerun resumes the runs it cut short")
+    p.add_argument("--max-minutes-per-run", type=float_in(0, MAX_MINUTES), metavar="M",
+                   help=f"wall-clock budget of each run in this call, in (0, {MAX_MINUTES:g}]; a rerun resumes the "
+                        f"runs it cut short")
     p.add_argument("--retry-failed", action="store_true", help="train again the runs that failed before")
     p.add_argument("--quiet", action="store_true", help="no progress output (the ranked table is still printed)")
     return p

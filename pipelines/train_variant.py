@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from ensemble_fer.errors import InputError
 
 from .cli_errors import reports_errors
+from .cli_numbers import MAX_MINUTES, float_in
 
 if TYPE_CHECKING:
     from ensemble_fer.training.config import TrainConfig
@@ -53,7 +54,7 @@ def _cli_fields(cls):
 
 def add_field_option(p: argparse.ArgumentParser, f, **overrides) -> None:
     """The option of a dataclass field, from its metadata (ensemble_fer.training.config.CLI_KEYS)."""
-    from ensemble_fer.training.config import OneOf
+    from ensemble_fer.training.config import Int, Number, OneOf
 
     meta = f.metadata
     if "nested" in meta:
@@ -67,11 +68,28 @@ def add_field_option(p: argparse.ArgumentParser, f, **overrides) -> None:
         parse = meta.get("parse", type(f.default) if isinstance(f.default, (int, float)) else None)
         if parse is not None:
             kwargs["type"] = parse
+        if parse is not None and isinstance(meta.get("check"), (Int, Number)):
+            # checked as parsed, with its range in --help
+            kwargs["type"] = _ranged(parse, meta["check"], _flag(f))
+            kwargs["help"] = f"{meta.get('help') or _flag(f).lstrip('-')} ({meta['check'].allowed})"
         if isinstance(meta.get("check"), OneOf):
             kwargs["choices"] = meta["check"].choices
         if "metavar" in meta:
             kwargs["metavar"] = meta["metavar"]
     p.add_argument(_flag(f), **{**kwargs, **overrides})
+
+
+def _ranged(parse, check, flag):
+    """An argparse type: ``parse`` the text, then the field's own range ``check``."""
+    def value(text):
+        try:
+            return check(flag, parse(text))
+        except (ValueError, InputError) as exc:
+            reason = str(exc) if isinstance(exc, InputError) else f"must be a number {check.allowed}; got {text!r}"
+            raise argparse.ArgumentTypeError(reason) from None
+
+    value.__name__ = getattr(parse, "__name__", "value")
+    return value
 
 
 def add_variant_arguments(p: argparse.ArgumentParser) -> None:
@@ -98,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default: models/<variant>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--force", action="store_true", help="replace an existing variant in --out")
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget; --resume continues later")
+    p.add_argument("--max-minutes", type=float_in(0, MAX_MINUTES), metavar="M",
+                   help=f"wall-clock budget, in (0, {MAX_MINUTES:g}]; --resume continues later")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 

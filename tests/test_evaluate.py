@@ -269,8 +269,10 @@ def test_unknown_label_folders_and_labels_outside_the_set(variant_pair, tmp_path
 def test_evaluate_bad_arguments(variant_pair, tmp_path, capsys):
     code, _, stderr = _cli(["--model", variant_pair / "bovw", "--data", SAMPLE, "--split", "test"], capsys)
     assert code == 2 and "has no 'test' split" in stderr
-    code, _, stderr = _cli(["--model", variant_pair / "bovw", "--data", SAMPLE, "--tta", "11"], capsys)
-    assert code == 2 and "error: --tta must be an integer from 0 (none) to 10 views; got 11" in stderr
+    with pytest.raises(SystemExit) as exit_:        # out of range: refused as the command line is parsed
+        _cli(["--model", variant_pair / "bovw", "--data", SAMPLE, "--tta", "11"], capsys)
+    assert exit_.value.code == 2 and "error: argument --tta: must be an int in [0, 10]; got 11" in \
+        capsys.readouterr().err
     code, _, stderr = _cli(["--model", tmp_path / "nope", "--data", SAMPLE], capsys)
     assert code == 2 and "no such file or folder" in stderr
 

@@ -117,11 +117,11 @@ def test_auto_upsample_misses_a_small_face_beside_large_ones_as_documented():
     assert len(full) == 2 and full[1][2] - full[1][0] + 1 < faces.SMALLEST_FACE_UNDOUBLED["hog"]
 
 
-@pytest.mark.parametrize("value", [-1, 1.5, True, "twice", None])
+@pytest.mark.parametrize("value", [-1, 1.5, True, "twice", None, 5, 40])
 def test_bad_upsample_values_are_input_errors(value):
     from ensemble_fer.errors import InputError
 
-    with pytest.raises(InputError, match=r"upsample must be 'auto' or an int >= 0; got "):
+    with pytest.raises(InputError, match=r"upsample must be 'auto' or an int in \[0, 4\]; got "):
         faces.detect_faces(np.zeros((10, 10), np.uint8), upsample=value)
 
 

@@ -374,12 +374,15 @@ def test_existing_outputs_are_refused_before_any_work(tiny_variant, tmp_path, ca
             (["--annotate", str(annotated)], f"error: {annotated}: exists; pass --force"),
             (["--csv", str(tmp_path)], f"error: --csv {tmp_path}: is a folder; give the path of the CSV file"),
             (["--resume"], "error: --resume needs --csv FILE"),
-            (["--tta", "11"], "error: --tta must be an integer from 0 (none) to 10 views; got 11"),
-            (["--batch-size", "0"], "error: --batch-size must be >= 1; got 0"),
     ):
         assert cli.main([str(photo), "--model", str(missing_model), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith(message) and err.count("\n") == 1, err
+    for args, message in ((["--tta", "11"], "argument --tta: must be an int in [0, 10]; got 11"),
+                          (["--batch-size", "0"], "argument --batch-size: must be an int in [1, 4096]; got 0")):
+        with pytest.raises(SystemExit) as exit_:        # out of range: refused as the command line is parsed
+            cli.main([str(photo), "--model", str(missing_model), *args])
+        assert exit_.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(message)
     assert out.read_text() == "an earlier result\n" and (annotated / "keep.png").read_bytes() == b"earlier"
     help_text = " ".join(cli.build_parser().format_help().split())
     assert "--force" in help_text and "--resume" in help_text and "refused if it exists" in help_text
@@ -389,7 +392,8 @@ def test_existing_outputs_are_refused_before_any_work(tiny_variant, tmp_path, ca
                      "--force", "--quiet"]) == 0
     assert [r["status"] for r in _read_csv(out)] == ["no_face"]
     assert sorted(p.name for p in annotated.iterdir()) == ["dogs.jpg"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated", "faces.csv"]
+    # and the record of the run that wrote the CSV, hidden beside it (--resume checks it)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".faces.csv.run.json", "annotated", "faces.csv"]
 
 
 def test_a_model_file_keras_cannot_read_stops_the_run_before_any_output(tiny_variant, tmp_path, capsys):

@@ -185,6 +185,8 @@ def read_ensemble(path) -> EnsembleFile:
     names), the label set and the extractor config. What the members' folders hold is checked
     by their reader (the predictor)."""
     path = Path(path)
+    # a fit killed while swapping its four files in is finished first, never read half done
+    artifacts.complete_interrupted_swaps(path.parent)
     data = artifacts.read_json(path)
     if not isinstance(data, dict) or data.get("format") != ENSEMBLE_FORMAT:
         raise InputError(f"{path}: not an ensemble file (format is not {ENSEMBLE_FORMAT!r}); make one with {REFIT}")
@@ -198,6 +200,11 @@ def read_ensemble(path) -> EnsembleFile:
     for i, entry in enumerate(data["members"]):
         if not isinstance(entry, dict) or "path" not in entry:
             raise InputError(f"{path}: members[{i}] must be an object with a path; got {entry!r}")
+        weight = entry.get("weight", 0.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise InputError(f"{path}: members[{i}].weight must be a number; got {weight!r}")
+        if not isinstance(entry.get("name", ""), str):
+            raise InputError(f"{path}: members[{i}].name must be a string; got {entry['name']!r}")
     unhashed = [entry.get("name", i) for i, entry in enumerate(data["members"])
                 if any(not isinstance(entry.get(key), str) or len(entry[key]) != 64 for key in MEMBER_FILES)]
     if version < ENSEMBLE_VERSION or unhashed:
@@ -212,10 +219,7 @@ def read_ensemble(path) -> EnsembleFile:
         raise InputError(f"{path}: ensemble: {exc}") from None
     if fitted.n_members_ != len(data["members"]):
         raise InputError(f"{path}: lists {len(data['members'])} members but {fitted.n_members_} weights")
-    try:
-        label_set = label_set_from_json(data["labels"])
-    except (KeyError, TypeError) as exc:
-        raise InputError(f"{path}: labels is not a label set ({exc!r})") from None
+    label_set = label_set_from_json(data["labels"], where=path)
     extractor = ExtractorConfig.from_json(data["extractor"], path)
     tta = check_tta(data.get("tta", 0), where=f"{path}: tta")
 

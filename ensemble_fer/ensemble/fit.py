@@ -16,7 +16,7 @@ the folder of the JSON file (it names them by relative paths without ``..``), an
 of each one's ``config.json`` and ``model.keras`` is recorded so that loading refuses a swapped
 model.
 Existing outputs are refused unless ``force``; the four files are built as temporary siblings
-and swapped in together at the end, the JSON last.
+and swapped in as one unit at the end (:func:`ensemble_fer.artifacts.replacing_together`).
 """
 
 from __future__ import annotations
@@ -168,14 +168,15 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
     entries = [EnsembleMember(m.name, paths[m.folder], m.folder, m.config["variant"], float(w), hashes[m.name])
                for m, w in zip(members, fitted.weights_)]
     cm_metrics = results[detail_split][ENSEMBLE]
-    # Each file is built as a temporary sibling; the swaps happen together when the block
-    # ends, in reverse order of entry, so the ensemble JSON (entered first) comes last and the
-    # report it points to exists by then. An error before that leaves every old file as it was.
+    # Each file is built as a temporary sibling; all four are swapped in as one unit when the
+    # block ends (artifacts.replacing_together: journalled, so a kill half-way is finished by
+    # the next reader), the ensemble JSON last. An error before that leaves every old file.
+    order = [key for key in outputs if key != "ensemble"] + ["ensemble"]
     with contextlib.ExitStack() as stack:
         for path in outputs.values():
             stack.enter_context(artifacts.output_lock(path))
-        building = {key: stack.enter_context(artifacts.replacing(path, force=force))
-                    for key, path in outputs.items()}
+        together = stack.enter_context(artifacts.replacing_together([outputs[key] for key in order], force=force))
+        building = {key: together[outputs[key]] for key in outputs}
         metrics.plot_confusion_matrix(cm_metrics["confusion_matrix"], classes, building["confusion_matrix"],
                                       title=f"ensemble: {detail_split} (n = {cm_metrics['n']})")
         report["seconds"] = round(time.time() - started, 2)

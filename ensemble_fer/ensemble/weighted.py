@@ -275,8 +275,13 @@ class WeightedEnsemble(BaseEstimator):
         ensemble.weights_ = weights
         ensemble.classes_ = classes
         ensemble.n_members_ = int(len(weights))
-        ensemble.score_ = float(data["score"]) if data.get("score") is not None else math.nan
-        ensemble.n_iter_ = int(data.get("n_iter", 0))
+        score, n_iter = data.get("score"), data.get("n_iter", 0)
+        if score is not None and (isinstance(score, bool) or not isinstance(score, numbers.Real)):
+            raise InputError(f"data['score'] must be a number or null; got {score!r}")
+        if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral) or n_iter < 0:
+            raise InputError(f"data['n_iter'] must be an int >= 0; got {n_iter!r}")
+        ensemble.score_ = float(score) if score is not None else math.nan
+        ensemble.n_iter_ = int(n_iter)
         return ensemble
 
 

@@ -13,7 +13,7 @@ frame when it finds none (FER2013 crops are faces already, so the frame is a fai
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -68,8 +68,17 @@ class ExtractorConfig:
         ``blur_sigma`` and blurred every held-out crop (and photo) to match: they describe
         data that no longer exists and are refused. A recorded 0 (nothing blurred) is accepted.
         """
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: the extractor config must be a JSON object; got {str(data)[:80]}")
         data = dict(data)
         blur_sigma = data.pop("blur_sigma", 0.0)
+        if blur_sigma is not None and (isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float))):
+            raise InputError(f"{where}: extractor blur_sigma must be a number; got {blur_sigma!r}")
+        for f in fields(cls):       # the type of each field's default: str, int or float
+            value, kind = data.get(f.name, f.default), type(f.default)
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+                raise InputError(f"{where}: extractor {f.name} must be {'a number' if kind is float else kind.__name__}"
+                                 f"; got {value!r}")
         if blur_sigma is None or blur_sigma > 0:
             raise InputError(f"{where}: made with blur_sigma {blur_sigma} (held-out crops blurred to match a "
                              f"blurred training copy); this version never alters inputs: re-extract the features "

@@ -262,11 +262,11 @@ def _read_class_folders(folder: Path, split: str, dataset: Dataset, ignore_unkno
                 raise DatasetError(
                     f"{class_dir}: unknown label folder {class_dir.name!r}; known: {sorted(L.ALL_CODES)} "
                     f"and aliases (pass --ignore-unknown-labels to leave it out)") from None
-            dataset.ignored_labels[str(class_dir.relative_to(dataset.root))] = len(_files_under(class_dir))
+            dataset.ignored_labels[name_text(class_dir.relative_to(dataset.root))] = len(_files_under(class_dir))
             continue
         for file in _files_under(class_dir):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
-                dataset.skipped_files.append(str(file.relative_to(dataset.root)))
+                dataset.skipped_files.append(name_text(file.relative_to(dataset.root)))
                 continue
             file_split = split
             if dataset.format == "fer2013-folders":
@@ -274,7 +274,7 @@ def _read_class_folders(folder: Path, split: str, dataset: Dataset, ignore_unkno
                 if match:
                     file_split = _CSV_USAGE[match.group(1).lower()]
             dataset.splits.setdefault(file_split, []).append(ImageRecord(
-                id=str(file.relative_to(dataset.root)), label=code, split=file_split, path=file))
+                id=name_text(file.relative_to(dataset.root)), label=code, split=file_split, path=file))
 
 
 # --------------------------------------------------------------------------- images
@@ -297,6 +297,13 @@ def load_image(record: ImageRecord, crop_faces: bool = False) -> np.ndarray:
         if found:
             return faces.crop_face(gray, found[0][0])
     return gray if gray.shape == (IMAGE_SIZE, IMAGE_SIZE) else _centre_square(gray)
+
+
+def name_text(path) -> str:
+    """A file name as text that can be written anywhere (CSV, JSON, arrays, a terminal): bytes
+    of the name that are not UTF-8 (a Latin-1 ``caf\\xe9.jpg``) are escaped as ``\\xe9``
+    instead of failing every write with UnicodeEncodeError. Valid names are unchanged."""
+    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def read_image_file(path) -> np.ndarray:

@@ -27,6 +27,11 @@ CROP_SIZE = 48
 UPSAMPLE_AUTO = "auto"
 """Detect on the photo as it is, and again on the photo doubled unless every face found is
 large; see :func:`detect_scored_faces`. The default for photos and video frames."""
+MAX_UPSAMPLE = 4
+"""Most doublings allowed: 4 already makes a photo 256 times larger (faces down to ~5 px)."""
+DETECTION_BYTES_PER_PIXEL = 16
+"""Memory dlib's detection takes per pixel of the doubled photo, roughly: the doubled gray
+image, its scaled pyramid and the HOG planes of every level."""
 
 # The smallest face box each detector reports on an image that is not doubled (pixels, box
 # side): HOG scans an 80x80 window over an image pyramid in steps of 6/5 and its smallest
@@ -93,6 +98,7 @@ def detect_scored_faces(image: np.ndarray, detector: str = "hog", upsample: int 
     can miss is a face under ~73 px beside faces all 146 px or more.
     """
     check_detection(detector, upsample)
+    check_detection_memory(np.shape(image), upsample, "image")
     image = _as_dlib_image(image)
     if upsample == UPSAMPLE_AUTO:
         found = _detect(image, detector, 0, threshold)
@@ -104,13 +110,26 @@ def detect_scored_faces(image: np.ndarray, detector: str = "hog", upsample: int 
 
 
 def check_detection(detector, upsample) -> None:
-    """``detector`` is one of :data:`DETECTORS`; ``upsample`` is ``"auto"`` or an int >= 0."""
+    """``detector`` is one of :data:`DETECTORS`; ``upsample`` is ``"auto"`` or an int in
+    ``[0, MAX_UPSAMPLE]``."""
     if detector not in DETECTORS:
         raise InputError(f"detector must be one of {DETECTORS}; got {detector!r}")
     if upsample == UPSAMPLE_AUTO:
         return
-    if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or upsample < 0:
-        raise InputError(f"upsample must be {UPSAMPLE_AUTO!r} or an int >= 0; got {upsample!r}")
+    if (isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or upsample < 0
+            or upsample > MAX_UPSAMPLE):
+        raise InputError(f"upsample must be {UPSAMPLE_AUTO!r} or an int in [0, {MAX_UPSAMPLE}]; got {upsample!r}")
+
+
+def check_detection_memory(shape, upsample, where) -> None:
+    """Refuse (:class:`InputError` naming ``where``) a detection on a picture of ``shape`` at
+    ``upsample`` that would need more memory than the machine has available."""
+    from ensemble_fer import memory
+
+    doublings = 1 if upsample == UPSAMPLE_AUTO else int(upsample)
+    needed = shape[0] * shape[1] * 4 ** doublings * DETECTION_BYTES_PER_PIXEL
+    memory.check_fits(needed, f"{where}: face detection at upsample {doublings} ({shape[1]}x{shape[0]} px doubled "
+                              f"{doublings} times)")
 
 
 def _detect(image: np.ndarray, detector: str, upsample: int, threshold: float) -> list[tuple[Box, float]]:

@@ -65,6 +65,8 @@ def extract(dataset: datasets.Dataset, out_dir, config: bovw.ExtractorConfig, *,
     if filter not in FILTERS:
         raise InputError(f"filter must be one of {FILTERS}; got {filter!r}")
     out_dir = Path(out_dir)
+    # before --force is looked at: replacing a store that holds the dataset would delete it
+    artifacts.check_apart(out_dir, {"the dataset": dataset.root}, output_name="--out")
     if out_dir.exists() and not out_dir.is_dir():
         raise FeatureStoreError(f"{out_dir}: exists and is not a folder; the output of extraction is a folder "
                                 f"(give a new path or an existing feature store)")

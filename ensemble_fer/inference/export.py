@@ -202,10 +202,15 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
     if unknown or not formats:
         raise InputError(f"--format: each must be one of {ALL_FORMATS}; got {list(formats)}")
     if is_export(source):
-        origin = artifacts.read_json(_marker_path(source)).get("source", "its Keras model")
+        marker = artifacts.read_json(_marker_path(source))
+        origin = marker.get("source", "its Keras model") if isinstance(marker, dict) else "its Keras model"
         raise InputError(f"{source}: already an exported model; export the Keras model it came from ({origin})")
     predictor = inference.load_predictor(source)
     out = Path(out)
+    # before --force is looked at: replacing a folder that holds the model would delete it
+    artifacts.check_apart(out, {"the model": source, **{f"member {name}": folder for name, folder in
+                                                        zip(predictor.members, predictor.member_folders)}},
+                          output_name="--out")
     check = _check_inputs(predictor)
     keras_proba = predictor.member_probas(**check)      # (members, rows, classes)
     report = {"format": EXPORT_FORMAT, "source": str(Path(source).resolve()), "kind": predictor.kind,
@@ -284,7 +289,8 @@ def load_export(path):
     marker_path = _marker_path(path)
     folder = marker_path.parent
     marker = artifacts.read_json(marker_path)
-    if marker.get("format") != EXPORT_FORMAT or "precision" not in marker:
+    if (not isinstance(marker, dict) or marker.get("format") != EXPORT_FORMAT
+            or marker.get("precision") not in ALL_FORMATS):
         raise InputError(f"{marker_path}: not an exported model (the top folder of an export holds one "
                          f"sub-folder per format: pass one of them, e.g. {folder / 'float32'})")
     name = model_file(marker["precision"])

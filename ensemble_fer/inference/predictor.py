@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble_fer import artifacts
 from ensemble_fer.ensemble.ensemble_file import (ENSEMBLE_FILE, check_member_hashes, feature_store_summary,
                                                  read_ensemble)
 from ensemble_fer.ensemble.weighted import WeightedEnsemble
@@ -52,6 +53,8 @@ from ensemble_fer.models.variant_dir import CONFIG, MODEL, VariantDir
 from ensemble_fer.training.augment import MAX_TTA, check_tta, tta_images, tta_views  # noqa: F401
 
 CHUNK = 512
+NETWORK_FILES = (MODEL, "model.tflite", "model.onnx")
+"""The files a member's network may be in: Keras, or an export's (:mod:`ensemble_fer.inference.export`)."""
 """Images analysed and predicted together: bounds the memory of ``tta`` views."""
 
 
@@ -150,6 +153,18 @@ class Predictor:
         """Load every member's model now rather than at the first prediction."""
         for member in self._members:
             _ = member.model
+
+    def fingerprint(self) -> str:
+        """SHA-256 over what decides this model's predictions: every member's config and network
+        file, the weights and the extractor config. Two loads of the same files give the same
+        value; a retrained or swapped member, or another model, gives another."""
+        files = {}
+        for member in self._members:
+            for name in (CONFIG, *NETWORK_FILES):
+                if (member.folder / name).is_file():
+                    files[f"{member.name}/{name}"] = artifacts.sha256_file(member.folder / name)
+        return artifacts.sha256_json({"files": files, "weights": [float(w) for w in self.weights],
+                                      "classes": list(self.classes), "extractor": self.extractor_config.to_json()})
 
     def describe(self) -> dict:
         """What a report says about the model."""

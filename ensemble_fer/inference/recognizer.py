@@ -109,6 +109,10 @@ class EmotionRecognizer:
         """The class names, in the order of :attr:`FaceResult.scores`."""
         return tuple(self._predictor.classes)
 
+    def fingerprint(self) -> str:
+        """The SHA-256 of what decides the model's predictions (:meth:`Predictor.fingerprint`)."""
+        return self._predictor.fingerprint()
+
     def __repr__(self) -> str:
         return (f"EmotionRecognizer(source={str(self.source)!r}, classes={list(self.classes)}, "
                 f"detector={self.detector!r}, upsample={self.upsample!r})")

@@ -22,6 +22,9 @@ from typing import Callable, Sequence
 from ensemble_fer.errors import InputError
 from ensemble_fer.models.weights import WeightsFile
 
+MAX_INPUT_SIZE = 512
+"""Largest side a block's input may be resized to (the crops are 48 px): memory grows with its square."""
+
 Builder = Callable  # builder(inputs: KerasTensor, name: str) -> 4-D KerasTensor
 
 
@@ -73,6 +76,9 @@ class BlockSpec:
         if size < self.min_size:
             raise InputError(f"{argument}: block {self.name!r} needs images of at least "
                              f"{self.min_size} px (default {self.default_size}); received {size}")
+        if size > MAX_INPUT_SIZE:
+            raise InputError(f"{argument}: must be at most {MAX_INPUT_SIZE} px (the crops are 48 px; larger only "
+                             f"multiplies memory and time); received {size}")
         return int(size)
 
     def input_shape(self, input_size: int | None = None) -> tuple[int, int, int]:

@@ -156,6 +156,11 @@ class VariantDir:
         if missing:
             raise InputError(f"{self.config_path}: missing {missing}; not a variant written by "
                              f"pipelines.train_variant")
+        from ensemble_fer.features.bovw import ExtractorConfig
+        from ensemble_fer.labels import label_set_from_json
+
+        label_set_from_json(config["labels"], where=self.config_path)     # types checked before any use
+        ExtractorConfig.from_json(store["extractor"], self.config_path)
         return config
 
     def write_config(self, config: dict) -> None:
@@ -260,8 +265,14 @@ class VariantDir:
         if not self.config_path.is_file():
             raise MissingInputError(f"{self.path}: not a trained variant (no {CONFIG}); {TRAIN_HINT}")
         self.check_model()
+        import tensorflow as tf
+
         try:
             return keras.models.load_model(self.model_path, compile=False, safe_mode=True)
+        except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
+            # e.g. a crafted Dense(units=1e9): the file asks for more memory than there is
+            raise InputError(f"{self.model_path}: not loadable: its network needs more memory than this machine "
+                             f"has ({type(exc).__name__}); retrain the variant or restore the file") from None
         except (ValueError, TypeError, KeyError, OSError) as exc:
             # A zip with the right names but content Keras cannot rebuild (crafted, or
             # corrupted inside): a problem with the file, not with this code.

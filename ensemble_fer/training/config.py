@@ -31,7 +31,7 @@ import numpy as np
 from ensemble_fer.errors import InputError
 from ensemble_fer.labels import get_label_set
 from ensemble_fer.models import networks
-from ensemble_fer.models.registry import get_block_spec, list_blocks
+from ensemble_fer.models.registry import MAX_INPUT_SIZE, get_block_spec, list_blocks
 from ensemble_fer.training.augment import AugmentConfig
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -39,6 +39,9 @@ CLASS_WEIGHTS = ("none", "balanced")
 SCRATCH_OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("plateau", "cosine")
 
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 4096
+"""Rows per training batch: beyond it a batch of crops no longer fits a GPU's memory anyway."""
 MAX_SEED = 2**32 - 1
 """Largest seed: numpy's and Keras's generators take seeds in [0, 2**32 - 1]."""
 
@@ -70,11 +73,15 @@ class Int:
     maximum: int | None = None
     note: str = ""
 
+    @property
+    def allowed(self) -> str:
+        """The range, as help texts and messages state it."""
+        return f">= {self.minimum}" if self.maximum is None else f"in [{self.minimum}, {self.maximum}]"
+
     def __call__(self, name, value, config=None) -> int:
         if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < self.minimum
                 or (self.maximum is not None and value > self.maximum)):
-            allowed = f">= {self.minimum}" if self.maximum is None else f"in [{self.minimum}, {self.maximum}]"
-            raise InputError(f"{name} must be an int {allowed}{self.note}; received {value!r}")
+            raise InputError(f"{name} must be an int {self.allowed}{self.note}; received {value!r}")
         return int(value)
 
 
@@ -89,6 +96,11 @@ class Number:
     high_open: bool = True
     optional: bool = False
 
+    @property
+    def allowed(self) -> str:
+        """The range, as help texts and messages state it."""
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
     def __call__(self, name, value, config=None) -> float | None:
         if value is None and self.optional:
             return None
@@ -97,8 +109,7 @@ class Number:
             ok = ((value > self.low if self.low_open else value >= self.low)
                   and (value < self.high if self.high_open else value <= self.high))
         if not ok:
-            interval = f"{'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-            raise InputError(f"{name} must be a number in {interval}; received {value!r}")
+            raise InputError(f"{name} must be a number {self.allowed}; received {value!r}")
         return float(value)
 
 
@@ -149,6 +160,20 @@ def _image_size(name, value, config):
             raise InputError(f"image_size: only meaningful with an image block; received {value!r}")
         return None
     return get_block_spec(config.block).check_size(value, name)
+
+
+def _image_size_text(text: str) -> int:
+    """``--image-size`` as parsed: a whole number up to MAX_INPUT_SIZE (the block's minimum is
+    checked with the block, in the config)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= MAX_INPUT_SIZE:
+        raise argparse.ArgumentTypeError(f"must be an int in [1, {MAX_INPUT_SIZE}] (pixels); got {text!r}")
+    return value
 
 
 def _augment_config(name, value, config):
@@ -252,12 +277,12 @@ class TrainConfig:
                          "label set: fer7, valence3 or a comma-separated subset such as happy,sad,neutral")
     weights: str | None = _field(
         "default", _weights, "block weights: default (pretrained where the block has them), none, or a file path")
-    image_size: int | None = _field(None, _image_size, "side the 48 px crops are resized to (default: the block's)",
-                                    parse=int)
+    image_size: int | None = _field(None, _image_size, "side the 48 px crops are resized to (default: the block's; "
+                                    f"at most {MAX_INPUT_SIZE})", parse=_image_size_text)
     epochs_frozen: int = _field(
         5, Int(0), "epochs with the pretrained block frozen (Adam); skipped without pretrained weights")
-    epochs: int = _field(50, Int(1), "most epochs of the fine-tuning / from-scratch phase", resumable=True)
-    batch_size: int = _field(64, Int(1))
+    epochs: int = _field(50, Int(1, MAX_EPOCHS), "most epochs of the fine-tuning / from-scratch phase", resumable=True)
+    batch_size: int = _field(64, Int(1, MAX_BATCH_SIZE))
     lr: float = _field(1e-3, Number(0.0, 10.0, low_open=True, high_open=False),
                        "learning rate of fine-tuning (SGD Nesterov) or of training from scratch")
     frozen_lr: float = _field(1e-3, Number(0.0, 10.0, low_open=True, high_open=False),

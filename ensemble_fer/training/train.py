@@ -93,7 +93,11 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
     if not isinstance(store, FeatureStore):
         store = FeatureStore(store)
     out = Path(out) if out is not None else Path("models") / variant
+    # before --force is looked at: replacing a folder that holds the training data would delete it
+    artifacts.check_apart(out, {"--features": store.path, "--aux-targets": config.aux_targets,
+                                "--teacher": config.teacher}, output_name="--out")
     folder = VariantDir(out)
+    check_training_memory(config)
     gpus = tf.config.list_physical_devices("GPU")
     policy = config.precision if config.precision != "auto" else auto_precision(bool(gpus))
     # The saved args: the configuration, then the run's (config.RUN_ARGS).
@@ -112,74 +116,94 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
         from ensemble_fer.training.aux_targets import read_aux_targets
 
         aux = read_aux_targets(config.aux_targets).attach(store, splits)
-    state, stale = check_out(out, args, resume=resume, force=force, say=say)
-    clean_after_kill(out, state)
-    finish_only = False
-    if state is not None and state["complete"] and (
-            state["stopped"] == "early stopping" or state["args"]["epochs"] >= config.epochs):
-        if folder.config_path.is_file():
-            say(f"{out}: the run is already complete (stopped by {state['stopped']} after {state['epoch']} "
-                f"epochs); nothing to resume")
-            return out
-        # Training finished but the run stopped before its outputs were all written.
-        say(f"{out}: the run finished training; writing its outputs")
-        finish_only = True
+    # One run at a time writes a folder: locked before the folder is looked at, so two runs
+    # into one --out cannot both decide it is free (a second stops at once, naming the first).
+    with artifacts.output_lock(out):
+        state, stale = check_out(out, args, resume=resume, force=force, say=say)
+        clean_after_kill(out, state)
+        finish_only = False
+        if state is not None and state["complete"] and (
+                state["stopped"] == "early stopping" or state["args"]["epochs"] >= config.epochs):
+            if folder.config_path.is_file():
+                say(f"{out}: the run is already complete (stopped by {state['stopped']} after {state['epoch']} "
+                    f"epochs); nothing to resume")
+                return out
+            # Training finished but the run stopped before its outputs were all written.
+            say(f"{out}: the run finished training; writing its outputs")
+            finish_only = True
 
-    teacher_info = None
-    if teacher is not None:
-        train_rows = splits["train"]
-        train_rows.soft = distill.teacher_probabilities(teacher, train_rows, store, say)
-        teacher_info = distill.describe(teacher, args["teacher_sha256"], train_rows.soft, train_rows.y,
-                                        config.distill_weight)
-    pretrained = has_pretrained_weights(config)
-    phases = plan_phases(pretrained, config)
-    note = describe_plan(phases, config.block)
-    if note:
-        say(note)
-    class_weights = (balanced_class_weights(splits["train"].y, label_set.n_classes)
-                     if config.class_weight == "balanced" else None)
-    build_args = dict(block=config.block, bovw=config.bovw, n_classes=label_set.n_classes,
-                      image_size=config.image_size, dropout=config.dropout, bovw_units=list(config.bovw_units),
-                      dense_units=config.dense_units, n_aux=len(aux.names) if aux is not None else 0)
-    if config.bovw:
-        # Statistics of the training rows only: validation and test must not leak into the model.
-        build_args["bovw_mean"], build_args["bovw_var"] = networks.bovw_statistics(splits["train"].bovw)
+        teacher_info = None
+        if teacher is not None:
+            train_rows = splits["train"]
+            train_rows.soft = distill.teacher_probabilities(teacher, train_rows, store, say)
+            teacher_info = distill.describe(teacher, args["teacher_sha256"], train_rows.soft, train_rows.y,
+                                            config.distill_weight)
+        pretrained = has_pretrained_weights(config)
+        phases = plan_phases(pretrained, config)
+        note = describe_plan(phases, config.block)
+        if note:
+            say(note)
+        class_weights = (balanced_class_weights(splits["train"].y, label_set.n_classes)
+                         if config.class_weight == "balanced" else None)
+        build_args = dict(block=config.block, bovw=config.bovw, n_classes=label_set.n_classes,
+                          image_size=config.image_size, dropout=config.dropout, bovw_units=list(config.bovw_units),
+                          dense_units=config.dense_units, n_aux=len(aux.names) if aux is not None else 0)
+        if config.bovw:
+            # Statistics of the training rows only: validation and test must not leak into the model.
+            build_args["bovw_mean"], build_args["bovw_var"] = networks.bovw_statistics(splits["train"].bovw)
 
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    from ensemble_fer.distribute import choose_strategy
+        previous_policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(policy)
+        from ensemble_fer.distribute import choose_strategy
 
-    strategy = choose_strategy(gpus)     # TF_CONFIG workers, several GPUs, or the default
-    try:
-        keras.utils.set_random_seed(config.seed)
-        with strategy.scope():
-            if state is None:
-                # Built before the old outputs go, so that unavailable weights change nothing.
-                model = networks.build_network(weights=config.weights, **build_args)
-                remove(out, stale)
-                state = new_state(args, phases)
-            else:
-                model = load_checkpoint(out, state)
-                state["args"] = args
-        run = _Run(model=model, config=config, splits=splits, n_classes=label_set.n_classes, phases=phases,
-                   run_state=RunState(folder, state), strategy=strategy, class_weights=class_weights, say=say,
-                   started=started, max_minutes=max_minutes, progress=progress, extra_callbacks=list(callbacks))
-        if not finish_only:
-            run.train()
-        elif state["best_weights"]:
-            # EarlyStopping had restored these in memory; the checkpoint holds the last epoch's.
-            run.model.set_weights(run.run_state.best_weights())
-        keras.mixed_precision.set_global_policy("float32")
-        final = _inference_copy(run.model, build_args)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+        strategy = choose_strategy(gpus)     # TF_CONFIG workers, several GPUs, or the default
+        try:
+            keras.utils.set_random_seed(config.seed)
+            with strategy.scope():
+                if state is None:
+                    # Built before the old outputs go, so that unavailable weights change nothing.
+                    model = networks.build_network(weights=config.weights, **build_args)
+                    remove(out, stale)
+                    state = new_state(args, phases)
+                else:
+                    model = load_checkpoint(out, state)
+                    state["args"] = args
+            run = _Run(model=model, config=config, splits=splits, n_classes=label_set.n_classes, phases=phases,
+                       run_state=RunState(folder, state), strategy=strategy, class_weights=class_weights, say=say,
+                       started=started, max_minutes=max_minutes, progress=progress, extra_callbacks=list(callbacks))
+            if not finish_only:
+                run.train()
+            elif state["best_weights"]:
+                # EarlyStopping had restored these in memory; the checkpoint holds the last epoch's.
+                run.model.set_weights(run.run_state.best_weights())
+            keras.mixed_precision.set_global_policy("float32")
+            final = _inference_copy(run.model, build_args)
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
 
-    _write_outputs(folder, final, run, label_set, store, counts, variant, pretrained, aux, teacher_info,
-                   {"precision": policy, "gpus": len(gpus), "strategy": type(strategy).__name__,
-                    "replicas": int(strategy.num_replicas_in_sync)},
-                   time.time() - started)
-    say(f"wrote {out}")
+        _write_outputs(folder, final, run, label_set, store, counts, variant, pretrained, aux, teacher_info,
+                       {"precision": policy, "gpus": len(gpus), "strategy": type(strategy).__name__,
+                        "replicas": int(strategy.num_replicas_in_sync)},
+                       time.time() - started)
+        say(f"wrote {out}")
     return out
+
+
+ACTIVATION_BYTES_FACTOR = 32
+"""Training memory per byte of an input batch, roughly: the activations of the first layers
+(several times the input each) and their gradients. Used only to refuse what cannot fit."""
+
+
+def check_training_memory(config: TrainConfig) -> None:
+    """Refuse, before anything is built, a batch of images that would not fit in memory."""
+    if config.block is None:
+        return
+    from ensemble_fer import memory
+    from ensemble_fer.models.registry import get_block_spec
+
+    size, batch = config.image_size, config.batch_size
+    needed = batch * size * size * get_block_spec(config.block).channels * 4 * ACTIVATION_BYTES_FACTOR
+    memory.check_fits(needed, f"training {config.block} at image_size {size} with batch_size {batch}")
 
 
 class _Run:
