@@ -31,6 +31,16 @@ FILE and DIR only when every input is done, so an interrupted run keeps what it 
 earlier result stays until the new one is complete. --resume continues from ``FILE.partial``
 (or from a finished FILE, to add new inputs), skipping every file that already has an ``ok``
 or ``no_face`` row; files with an ``error`` row are tried again.
+
+A face crop that is near-blank (all black or white; extraction's ``blank_std``) gets status
+``blank`` and no emotion. --resume continues only the run that wrote the CSV: a hidden record
+beside it (``.FILE.run.json``) holds the model's fingerprint and the options that change rows,
+and a mismatch is refused; inputs match by place (``photos/`` and ``/abs/photos/`` are one).
+An output that is, contains or lies inside an input file (or is an input folder) is refused,
+whatever the flags; an output inside an input folder is never read back as an input. File
+names that are not UTF-8 are written with their bytes escaped (``caf\\xe9.jpg``), and a text
+cell a spreadsheet would evaluate (starting with ``= + - @``, tab, CR) gets a leading ``'``.
+See docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -54,6 +64,8 @@ from .cli_errors import EXIT_BAD_INPUT, reports_errors
 
 NO_FACE = "no_face"
 OK, ERROR = "ok", "error"
+BLANK = "blank"
+"""Status of a near-blank face crop (all black, all white), flagged as extraction flags them."""
 FIXED_COLUMNS = ("path", "face", "left", "top", "right", "bottom", "emotion")
 STATUS_COLUMNS = ("status", "reason")
 PARTIAL = ".partial"
@@ -101,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=64, metavar="N",
                    help=f"face crops per network batch (1 to {MAX_BATCH})")
     p.add_argument("--fps", type=float_in(0, MAX_FPS), default=4.0, metavar="N",
-                   help=f"video frames sampled per second of video, in (0, {MAX_FPS}]; at most the clip's own frame "
+                   help=f"video frames sampled per second of video, in (0, {MAX_FPS:g}]; at most the clip's own frame "
                         f"rate is used (videos: any container OpenCV reads)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
@@ -359,8 +371,13 @@ def csv_rows(path, faces, classes) -> list[list]:
     """The CSV rows of one photo (see the module doc)."""
     if not faces:
         return [[path_cell(path), "", "", "", "", "", NO_FACE] + [""] * len(classes) + [NO_FACE, "no face found"]]
-    return [[path_cell(path), k, *face.box, face.emotion] + [f"{face.scores[c]:.6f}" for c in classes] + [OK, ""]
+    return [[path_cell(path), k, *face.box, ""] + [""] * len(classes) + [BLANK, blank_reason()] if face.blank else
+            [path_cell(path), k, *face.box, face.emotion] + [f"{face.scores[c]:.6f}" for c in classes] + [OK, ""]
             for k, face in enumerate(faces)]
+
+
+def blank_reason() -> str:
+    return "the face crop is blank (almost no contrast), as extraction flags it: no expression to read"
 
 
 def error_row(path, reason: str, classes) -> list:
@@ -596,7 +613,7 @@ class Outputs:
                              f"resume with the model that wrote it, or pass --force to start over")
         rows = rows[1:]
         status = header.index("status")
-        bad = {row[0] for row in rows if len(row) != len(header) or row[status] not in (OK, NO_FACE)}
+        bad = {row[0] for row in rows if len(row) != len(header) or row[status] not in (OK, NO_FACE, BLANK)}
         if source.name.endswith(PARTIAL) and rows:
             bad.add(rows[-1][0])
         return [row for row in rows if row[0] not in bad]

@@ -34,7 +34,7 @@ def annotate_target(args, files) -> Path | None:
 
 def video_rows(path, rows, classes) -> list[list]:
     """CSV rows of one video's :class:`ensemble_fer.inference.video.VideoFace` rows (see the module doc)."""
-    from .predict import NO_FACE, OK, path_cell
+    from .predict import BLANK, NO_FACE, OK, blank_reason, path_cell
 
     if not rows:
         return [[path_cell(path), "", "", "", "", "", NO_FACE] + [""] * len(classes)
@@ -43,6 +43,10 @@ def video_rows(path, rows, classes) -> list[list]:
     for row in rows:
         face_in_frame = face_in_frame + 1 if row.frame == last_frame else 0
         last_frame = row.frame
+        if row.face.blank:
+            out.append([path_cell(path), face_in_frame, *row.box, ""] + [""] * len(classes)
+                       + [BLANK, blank_reason(), row.frame, f"{row.time_s:.3f}", row.track])
+            continue
         out.append([path_cell(path), face_in_frame, *row.box, row.emotion]
                    + [f"{row.face.scores[c]:.6f}" for c in classes]
                    + [OK, "", row.frame, f"{row.time_s:.3f}", row.track])
@@ -62,6 +66,11 @@ def predict_videos(recognizer, videos, sink, args, counts, annotate_file=None) -
             Path(annotate_dir) / name.with_suffix(".mp4") if annotate_dir else None)
         rows = []
         try:
+            info = video.video_info(path)
+            rate = video.sampling_rate(info, args.fps)
+            if rate < args.fps:
+                print(f"{path}: --fps {args.fps:g} is above the clip's frame rate ({info.fps:g} fps): every frame is "
+                      f"read, at {rate:g} fps", file=sys.stderr)
             frames = video.iter_video_frames(recognizer, path, args.fps, batch_size=args.batch_size,
                                              tta=args.tta, progress=not args.quiet)
             if target is None:
@@ -69,7 +78,7 @@ def predict_videos(recognizer, videos, sink, args, counts, annotate_file=None) -
                     rows.extend(frame_rows)
             else:
                 with artifacts.output_lock(target), artifacts.replacing(target, force=True) as tmp, \
-                        video.AnnotatedVideoWriter(tmp, args.fps, suffix=target.suffix) as writer:
+                        video.AnnotatedVideoWriter(tmp, rate, suffix=target.suffix) as writer:
                     for _, _, rgb, frame_rows in frames:
                         writer.write(rgb, frame_rows)
                         rows.extend(frame_rows)

@@ -397,18 +397,22 @@ def test_predict_on_a_full_disk_keeps_the_old_csv_and_says_so(tiny_variant, tmp_
 
 
 # ----------------------------------------------------------------- 10. numbers with documented ranges
-@pytest.mark.parametrize("stage, args, message", [
-    ("extract_features", ["--seed", str(2**32)], "argument --seed: must be an int in [0, 4294967295]"),
-    ("extract_features", ["--n-jobs", "0"], "argument --n-jobs: must be an int -1 or in [1, 256]"),
-    ("fit_ensemble", ["--seed", str(2**32)], "argument --seed: must be an int in [0, 4294967295]"),
-    ("train_variant", ["--block", "cnn5", "--image-size", "100000"], "argument --image-size: must be an int in [1, 512]"),
-    ("train_variant", ["--block", "cnn5", "--seed", str(2**32)], "argument --seed: --seed must be an int in [0, 4294967295]"),
-    ("predict", [str(DOGS), "--upsample", "40"], "argument --upsample: must be auto or an int in [0, 4]"),
-    ("predict", [str(DOGS), "--fps", "inf"], "argument --fps: must be a finite number in (0, 1000]"),
-    ("predict", [str(DOGS), "--fps", "nan"], "argument --fps: must be a finite number in (0, 1000]"),
-    ("evaluate", ["--data", "x", "--n-jobs", "0"], "argument --n-jobs: must be an int -1 or in [1, 256]"),
+@pytest.mark.parametrize("stage, args, message, shown", [
+    ("extract_features", ["--seed", str(2**32)], "argument --seed: must be an int in [0, 4294967295]",
+     "(0 to 4294967295)"),
+    ("extract_features", ["--n-jobs", "0"], "argument --n-jobs: must be an int -1 or in [1, 256]", "-1 or in [1, 256]"),
+    ("fit_ensemble", ["--seed", str(2**32)], "argument --seed: must be an int in [0, 4294967295]", "0 to 4294967295"),
+    ("train_variant", ["--block", "cnn5", "--image-size", "100000"], "argument --image-size: must be an int in [1, 512]",
+     "at most 512"),
+    ("train_variant", ["--block", "cnn5", "--seed", str(2**32)],
+     "argument --seed: --seed must be an int in [0, 4294967295]", "seed (in [0, 4294967295])"),
+    ("predict", [str(DOGS), "--upsample", "40"], "argument --upsample: must be auto or an int in [0, 4]", "0 to 4"),
+    ("predict", [str(DOGS), "--fps", "inf"], "argument --fps: must be a finite number in (0, 1000]", "in (0, 1000]"),
+    ("predict", [str(DOGS), "--fps", "nan"], "argument --fps: must be a finite number in (0, 1000]", "in (0, 1000]"),
+    ("evaluate", ["--data", "x", "--n-jobs", "0"], "argument --n-jobs: must be an int -1 or in [1, 256]",
+     "-1 or in [1, 256]"),
 ])
-def test_numbers_out_of_range_are_refused_as_parsed(stage, args, message, capsys):
+def test_numbers_out_of_range_are_refused_as_parsed(stage, args, message, shown, capsys):
     import importlib
 
     module = importlib.import_module(f"pipelines.{stage}")
@@ -416,9 +420,7 @@ def test_numbers_out_of_range_are_refused_as_parsed(stage, args, message, capsys
         module.main(args)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err.splitlines()[-1] and "Traceback" not in err, err
-    flag = message.split()[1].rstrip(":")
-    help_text = " ".join(module.build_parser().format_help().split())
-    assert flag in help_text and message.split(" in ")[-1].split(";")[0].replace("must be an int ", "") in help_text
+    assert shown in " ".join(module.build_parser().format_help().split())      # the range is in --help
 
 
 def test_requests_larger_than_memory_are_refused_before_they_start(tiny_variant, sample_store, tmp_path, capsys):
@@ -461,10 +463,12 @@ def test_broken_links_and_unlistable_folders_get_a_message(tmp_path):
         shutil.copy(FACES, top / "photos" / "a.jpg")
         shutil.copy(FACES, top / "photos" / "locked" / "b.jpg")
         os.chmod(top / "photos" / "locked", 0)
-        code = ("from pipelines.predict import list_inputs; import sys; "
-                "print(repr(list_inputs([sys.argv[1]], True)[1])); print(repr(list_inputs([sys.argv[2]], True)[1]))")
-        child = _run(["-c", code, str(top / "photos"), str(top / "photos" / "locked")],
-                     preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)))
+        # everything imported first, then the child becomes nobody (who may not read root's Python)
+        code = ("import os, sys; from pipelines.predict import list_inputs; list_inputs([]); "
+                "import ensemble_fer.features.datasets, ensemble_fer.inference.video; os.setgid(65534); "
+                "os.setuid(65534); print(repr(list_inputs([sys.argv[1]], True)[1])); "
+                "print(repr(list_inputs([sys.argv[2]], True)[1]))")
+        child = _run(["-c", code, str(top / "photos"), str(top / "photos" / "locked")])
         assert child.returncode == 0, child.stderr
         message = f"{top / 'photos' / 'locked'}: cannot list this folder (Permission denied); its files are not read"
         assert child.stdout.splitlines() == [repr([message])] * 2

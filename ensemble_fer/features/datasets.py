@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import stat
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,6 +318,16 @@ def read_image_file(path) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise MissingDatasetError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+    if stat.S_ISDIR(mode):
+        raise DatasetError(f"{path}: is a folder, not an image")
+    if not stat.S_ISREG(mode):      # a FIFO would block the read forever, a device never end
+        raise DatasetError(f"{path}: not a regular file (a FIFO, socket or device); only image files are read")
     try:
         with Image.open(path) as img:
             img.load()

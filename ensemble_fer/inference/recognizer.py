@@ -60,12 +60,16 @@ class FaceResult:
     order (see :attr:`EmotionRecognizer.classes`), summing to 1. ``detection_score`` is the
     face detector's confidence in the box (see :func:`ensemble_fer.features.faces.detect_scored_faces`;
     HOG and MMOD scores are on different scales), ``None`` for an input taken as a face crop.
+    ``blank`` flags a near-blank crop (all black, all white).
     """
 
     box: Box
     emotion: str
     scores: dict[str, float] = field(hash=False)
     detection_score: float | None = None
+    blank: bool = False
+    """The crop is near-blank (pixel standard deviation under the model's ``blank_std``, as
+    extraction flags such crops): there is no face to read, whatever ``emotion`` says."""
 
     @property
     def top_emotion(self) -> tuple[str, float]:
@@ -161,12 +165,14 @@ class EmotionRecognizer:
             raise TypeError("predict_many takes a list (or a stacked array) of images or paths; "
                             "use predict for one image")
         tta = self._predictor.resolve_tta(tta)      # a bad value fails before any photo is read
-        pending: deque = deque()        # (box, detection score) of the inputs not yielded yet, in order
+        pending: deque = deque()        # (box, detection score, blank) of the inputs not yielded yet, in order
         crops: list[np.ndarray] = []    # crops of their faces not classified yet
         proba: list[np.ndarray] = []    # rows of their faces classified already
         for image in images:
             boxes, scores, face_crops = self._faces(self._gray(image, color))
-            pending.append(list(zip(boxes, scores)))
+            blank_std = self._predictor.extractor_config.blank_std
+            pending.append([(box, score, float(crop.std()) < blank_std)
+                            for box, score, crop in zip(boxes, scores, face_crops)])
             crops.extend(face_crops)
             while len(crops) >= batch_size:     # full batches only: the rest waits for more faces
                 proba.extend(self._predict_proba(np.stack(crops[:batch_size]), tta))
@@ -180,7 +186,7 @@ class EmotionRecognizer:
         """Yield (and drop) the leading inputs whose faces are all classified."""
         while pending and len(pending[0]) <= len(proba):
             boxes = pending.popleft()
-            yield [self._result(box, score, proba[k]) for k, (box, score) in enumerate(boxes)]
+            yield [self._result(box, score, proba[k], blank) for k, (box, score, blank) in enumerate(boxes)]
             del proba[:len(boxes)]
 
     def _predict_proba(self, crops: np.ndarray, tta: int) -> np.ndarray:
@@ -190,11 +196,12 @@ class EmotionRecognizer:
                                f"and {len(self.classes)} classes")
         return proba
 
-    def _result(self, box: Box, detection_score, proba: np.ndarray) -> FaceResult:
+    def _result(self, box: Box, detection_score, proba: np.ndarray, blank: bool = False) -> FaceResult:
         classes = self.classes
         scores = {name: float(p) for name, p in zip(classes, proba)}
         return FaceResult(box=tuple(int(v) for v in box), emotion=classes[int(np.argmax(proba))], scores=scores,
-                          detection_score=None if detection_score is None else float(detection_score))
+                          detection_score=None if detection_score is None else float(detection_score),
+                          blank=bool(blank))
 
     # ------------------------------------------------------------------ Grad-CAM
     def grad_cam(self, image, face, emotion: str | None = None, color: str = "rgb") -> np.ndarray:

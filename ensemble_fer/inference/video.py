@@ -155,8 +155,23 @@ def read_frames(path, fps: float = DEFAULT_FPS) -> Iterator[tuple[int, float, np
 
 
 def check_fps(fps) -> None:
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not fps > 0:
-        raise InputError(f"fps must be a number > 0 (frames sampled per second); got {fps!r}")
+    if (isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not fps > 0
+            or not np.isfinite(fps)):
+        raise InputError(f"fps must be a finite number > 0 (frames sampled per second); got {fps!r}")
+
+
+def video_info(path) -> VideoInfo:
+    """The :class:`VideoInfo` of a video (:func:`open_video`, the file closed again)."""
+    capture, info = open_video(path)
+    capture.release()
+    return info
+
+
+def sampling_rate(info: VideoInfo, fps: float) -> float:
+    """The rate :func:`read_frames` really samples at: ``fps``, or the clip's own frame rate
+    when that is lower (then every frame is read). An annotated video written at this rate
+    lasts as long as the clip."""
+    return min(float(fps), info.fps)
 
 
 def iou(a, b) -> float:
