@@ -308,6 +308,8 @@ def swap_in_together(built: dict) -> None:
     cleans that folder (:func:`clean_stale_temporaries`, :func:`complete_interrupted_swaps`)
     finishes the moves: the result is never left half old, half new."""
     pairs = [(str(Path(b).absolute()), str(Path(p).absolute())) for p, b in built.items()]
+    if not pairs:
+        return
     last = Path(pairs[-1][1])
     journal = last.parent / f".{last.name}.swap-{os.getpid()}"
     write_json(journal, {"moves": pairs})

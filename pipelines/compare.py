@@ -49,15 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 @reports_errors
 def main(argv=None) -> int:
     from ensemble_fer.evaluation import comparison
-    from ensemble_fer.errors import InputError
 
     args = build_parser().parse_args(argv)
     say = (lambda *a, **k: None) if args.quiet else print
-    # Checked before any model is loaded, so a typo costs nothing.
-    for flag, value in (("--repeats", args.repeats), ("--speed-images", args.speed_images),
-                        ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise InputError(f"{flag} must be >= 1; got {value}")
     result = comparison.compare_variants(args.models, speed_images=args.speed_images, repeats=args.repeats,
                                          batch_size=args.batch_size, sample_dir=SAMPLE, speed=not args.no_speed,
                                          say=say)

@@ -114,8 +114,9 @@ def main(argv=None) -> int:
         # overwrite costs nothing, and nothing is replaced until the new result is complete.
         for path in outputs.values():
             stack.enter_context(artifacts.output_lock(path))
-        building = {key: stack.enter_context(artifacts.replacing(path, force=args.force))
-                    for key, path in outputs.items()}
+        # --json and --out are one result: swapped in as one unit
+        together = stack.enter_context(artifacts.replacing_together(outputs.values(), force=args.force))
+        building = {key: together[path] for key, path in outputs.items()}
         predictor = inference.load_predictor(release.resolve_model(args.model))
         data = evaluation.load_eval_data(args.data, predictor, split=args.split, format=args.format,
                                          ignore_unknown_labels=args.ignore_unknown_labels,

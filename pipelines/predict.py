@@ -191,8 +191,8 @@ def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
     """Predict every ``(path, output name)`` in ``files`` not done yet, writing each file's
     rows (and pictures) through ``sink`` as soon as its batch has run, in input order."""
     from ensemble_fer.errors import InputError
-    from ensemble_fer.features import faces
     from ensemble_fer.features.datasets import DatasetError, read_image_file
+    from ensemble_fer.features.faces import check_detection_memory
 
     classes = recognizer.classes
     counts = {"read": 0, "faces": 0, "errors": 0, "skipped": 0}
@@ -216,7 +216,7 @@ def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
             try:
                 image = read_photo(path)
                 if image.shape[:2] != (48, 48):
-                    faces.check_detection_memory(image.shape, recognizer.upsample, path)
+                    check_detection_memory(image.shape, recognizer.upsample, path)
             except (DatasetError, InputError) as exc:   # this file only; anything else is a bug: it stops the run
                 queue.append((path, name, str(exc)))
                 _write_above_progress(progress, str(exc))

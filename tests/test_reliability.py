@@ -15,11 +15,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import REPO, SAMPLE, TEST_DATA
-from ensemble_fer import artifacts
 from ensemble_fer.errors import InputError
 from pipelines import export as export_cli
 from pipelines import extract_features

@@ -59,7 +59,7 @@ def test_unreadable_video_is_one_line_naming_the_file(tmp_path):
     broken.write_bytes(b"not a video at all")
     with pytest.raises(InputError, match="broken.mp4: "):
         list(video.read_frames(broken))
-    with pytest.raises(InputError, match="fps must be a number > 0"):
+    with pytest.raises(InputError, match="fps must be a finite number > 0"):
         list(video.read_frames(broken, fps=0))
 
 

@@ -340,9 +340,9 @@ def write_comparison(result: dict, out_dir) -> dict[str, Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: --out must be a folder, not a file")
     paths = {name.split(".")[1]: out_dir / name for name in OUTPUT_FILES}
-    plot_comparison(result["rows"], paths["png"], measured=result["speed"]["measured"])
-    with artifacts.atomic_path(paths["csv"]) as tmp:
-        tmp.write_text(comparison_csv(result["rows"]))
-    with artifacts.atomic_path(paths["md"]) as tmp:
-        tmp.write_text(comparison_markdown(result, paths["png"].name))
+    # locked, and the three files swapped in as one unit (a rerun replaces them: a report)
+    with artifacts.output_lock(out_dir), artifacts.replacing_together(paths.values(), force=True) as building:
+        plot_comparison(result["rows"], building[paths["png"]], measured=result["speed"]["measured"])
+        building[paths["csv"]].write_text(comparison_csv(result["rows"]))
+        building[paths["md"]].write_text(comparison_markdown(result, paths["png"].name))
     return paths
