@@ -108,15 +108,24 @@ def _together(commands) -> list[subprocess.CompletedProcess]:
     return done
 
 
-def test_two_predicts_into_one_csv_do_not_both_write(tiny_variant, tmp_path):
+def test_a_predict_decides_about_its_csv_under_the_lock(tiny_variant, tmp_path, monkeypatch, capsys):
+    """The race of two runs started together, made certain: while this run loads its model
+    (after its early check found no CSV), another predict writes the CSV completely."""
+    from ensemble_fer import EmotionRecognizer
+
     out = tmp_path / "rows.csv"
-    runs = _together([["-m", "pipelines.predict", str(FACES), "--model", str(tiny_variant), "--csv", str(out),
-                       "--quiet"]] * 2)
-    codes = sorted(r.returncode for r in runs)
-    assert codes == [0, 2], [r.stderr[-500:] for r in runs]
-    loser = next(r for r in runs if r.returncode == 2)
-    assert ("another run (pid" in loser.stderr or f"{out}: exists" in loser.stderr), loser.stderr
-    assert len({r["path"] for r in _read_csv(out)}) == 1
+    load = EmotionRecognizer.load.__func__
+
+    def load_while_another_run_writes(cls, *args, **kwargs):
+        other = _run(["-m", "pipelines.predict", str(DOGS), "--model", str(tiny_variant), "--csv", str(out),
+                      "--quiet"])
+        assert other.returncode == 0, other.stderr[-2000:]
+        return load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(EmotionRecognizer, "load", classmethod(load_while_another_run_writes))
+    assert cli.main([str(FACES), "--model", str(tiny_variant), "--csv", str(out), "--quiet"]) == 2
+    assert f"{out}: exists" in _one_error_line(capsys)
+    assert [Path(r["path"]).name for r in _read_csv(out)] == ["dogs.jpg"]       # the other run's rows kept
 
 
 def test_two_trainings_into_one_folder_do_not_both_write(sample_store, tmp_path):
@@ -288,17 +297,22 @@ def test_json_nested_too_deeply_is_one_line(release_copy, capsys):
 
 
 @pytest.mark.parametrize("case", ["labels without groups", "extractor string"])
-def test_malformed_member_config_is_one_line(release_copy, case, capsys):
+def test_malformed_member_config_is_one_line(variant_pair, tmp_path, case, capsys):
     from ensemble_fer.inference.predictor import load_predictor
+    from pipelines import fit_ensemble
 
-    member = release_copy / json.loads((release_copy / "ensemble.json").read_text())["members"][0]["path"]
+    models = tmp_path / "models"
+    shutil.copytree(variant_pair, models, ignore=shutil.ignore_patterns(".run"))
     change = {"labels without groups": lambda d: d["labels"].pop("groups"),
               "extractor string": lambda d: d["feature_store"].update(extractor="hog")}[case]
-    _edit_json(member / "config.json", change)
+    _edit_json(models / "bovw" / "config.json", change)
     with pytest.raises(InputError, match=r"config.json: "):
-        load_predictor(member)
-    assert cli.main([str(DOGS), "--model", str(member), "--quiet"]) == 2
+        load_predictor(models / "bovw")
+    assert cli.main([str(DOGS), "--model", str(models / "bovw"), "--quiet"]) == 2
     assert "config.json" in _one_error_line(capsys)
+    capsys.readouterr()
+    assert fit_ensemble.main(["--models", str(models), "--out", str(models / "ensemble.json")]) == 2   # as a member
+    assert "bovw/config.json" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_export_marker_that_is_not_an_object_is_one_line(tiny_variant, tmp_path, capsys):
