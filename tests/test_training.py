@@ -286,12 +286,10 @@ def test_classes_missing_from_train_stop_before_training(sample_store, tmp_path,
     (["--block", "cnn5", "--image-size", "16"], "image_size: block 'cnn5' needs images of at least 32 px"),
     (["--block", "cnn5", "--features", "{missing}"], "not a feature store, no manifest.json"),
     (["--block", "cnn5", "--labels", "happy,grumpy"], "unknown emotion 'grumpy'"),
-    (["--block", "cnn5", "--epochs", "0"], "epochs must be an int >= 1; received 0"),
     (["--block", "cnn5", "--resume", "--force"], "choose one"),
     (["--block", "cnn5", "--augment-strength", "10"], "--augment-strength: shear_deg * strength must be below 90"),
     (["--block", "cnn5", "--augment-strength", "2", "--no-augment"], "has no effect with --no-augment"),
     (["--block", "cnn5", "--bovw-units", "64"], "--bovw-units 64 has no effect without --bovw"),
-    (["--block", "cnn5", "--mixup", "-0.2"], "mixup must be a number in [0.0, inf); received -0.2"),
 ])
 def test_bad_input_is_one_line_before_training(args, message, sample_store, tmp_path, capsys):
     args = [a.format(missing=tmp_path / "nothing") for a in args]
@@ -300,6 +298,17 @@ def test_bad_input_is_one_line_before_training(args, message, sample_store, tmp_
     assert _cli(*args, "--out", tmp_path / "m") == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("error: ") and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "argument --epochs: --epochs must be an int in [1, 100000]; received 0"),
+    (["--mixup", "-0.2"], "argument --mixup: --mixup must be a number in [0.0, inf); received -0.2"),
+])
+def test_numbers_out_of_range_are_refused_as_parsed(args, message, sample_store, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _cli("--block", "cnn5", *args, "--features", sample_store, "--out", tmp_path / "m")
+    assert exit_.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(message)
     assert not (tmp_path / "m").exists()
 
 
