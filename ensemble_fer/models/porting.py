@@ -122,9 +122,14 @@ def port(block: str, source, out, force: bool = False, say=print) -> Path:
             "rebuild": weights.convert_command,
         }
         out.mkdir(parents=True, exist_ok=True)
-        licence = source / weights.source_folder / "LICENSE"
+        licence, licence_copy = source / weights.source_folder / "LICENSE", out / f"{Path(weights.fname).stem}.LICENSE"
         if licence.is_file():
-            shutil.copyfile(licence, out / f"{Path(weights.fname).stem}.LICENSE")
+            shutil.copyfile(licence, licence_copy)
+        else:   # the original folder has no licence text: keep what is known of it beside the weights
+            with artifacts.atomic_path(licence_copy) as tmp_licence:
+                tmp_licence.write_text(f"{weights.licence}\n\n(The original folder {weights.source_folder}/ holds "
+                                       f"no licence text; this is its licence as shared/weights/README.md and the "
+                                       f"origin state it. Origin: {weights.origin}.)\n")
         artifacts.write_json(out / f"{weights.fname}.json", manifest)
         staged.replace(target)
     say(f"wrote {target}")

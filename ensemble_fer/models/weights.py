@@ -188,6 +188,23 @@ class ConvertedWeights(WeightsFile):
             f"({self.origin}) with `{self.convert_command}`, or train from scratch with `--weights none`")
 
 
+def published_files(source, folder: str, sha256_by_name: dict[str, str]) -> dict[str, Path]:
+    """The original files of a ported trunk, ``<source>/<folder>/<name>``, each hash-checked
+    against its published sha256 (``source`` is ``shared/weights``)."""
+    from ensemble_fer.artifacts import sha256_file
+
+    folder_path = Path(source) / folder
+    paths = {}
+    for name, sha256 in sha256_by_name.items():
+        path = folder_path / name
+        if not path.is_file():
+            raise InputError(f"{path}: not found (the published {folder} files belong in {folder_path})")
+        if sha256_file(path) != sha256:
+            raise InputError(f"{path}: sha256 is not the published file's {sha256}")
+        paths[name] = path
+    return paths
+
+
 def weights_content_hash(path) -> str:
     """sha256 over the names, dtypes, shapes and bytes of a converted ``.npz``, in name order."""
     from ensemble_fer.artifacts import load_npz
