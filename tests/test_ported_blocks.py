@@ -244,3 +244,17 @@ def test_squeezenet_port_is_checked_written_and_its_check_can_fail(tmp_path):
     np.savez(wrong, **arrays)
     check = porting.check_port("squeezenet11", converted("squeezenet11"), wrong, SHARED_WEIGHTS)
     assert min(row["max_abs_difference"] for row in check["sizes"]) > 1.0
+
+
+# ------------------------------------------------------------------ the paper's trunks, offline
+
+@pytest.mark.parametrize("name", ["resnet50", "inception_resnet_v2"])
+def test_the_papers_offline_error_names_the_trunks_that_can_be_had_offline(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv(weights.OFFLINE_ENV, "1")
+    with pytest.raises(WeightsUnavailableError) as info:
+        blocks.create_block(name)
+    message = str(info.value)
+    assert "\n" not in message and "--weights none" in message
+    assert ("need no download" in message and "faceres_mobilenet (VGGFace2)" in message
+            and "efficientnet_lite0 (ImageNet" in message and "squeezenet11 (ImageNet" in message)

@@ -130,7 +130,24 @@ class WeightsFile:
         return (f"{what} are not available: {reason}. Download {self.origin} and put it "
                 f"at {self.cache_path()}{hash_note} (the Keras cache: $KERAS_HOME/{self.cache_subdir}/, "
                 f"~/.keras/{self.cache_subdir}/ by default), or pass the path of the file as "
-                f"weights=..., or train from scratch with `--weights none` (weights=None).")
+                f"weights=..., or train from scratch with `--weights none` (weights=None)."
+                + offline_trunks_note())
+
+
+def offline_trunks_note() -> str:
+    """`` Pretrained trunks that need no download: faceres_mobilenet (VGGFace2), ...`` (the blocks
+    whose default weights are ported into ``pretrained/``), for the offline errors."""
+    from ensemble_fer.models.registry import get_block_spec, list_blocks   # the registry imports this module
+
+    trunks = []
+    for block in list_blocks():
+        spec = get_block_spec(block)
+        default = spec.weights_file(spec.default_weights) if spec.default_weights else None
+        if isinstance(default, ConvertedWeights):
+            trunks.append(f"{block} ({default.trained_on.split(' (')[0]})")
+    return (f" Pretrained trunks that need no download (in pretrained/, or rebuilt from shared/weights by "
+            f"`python -m pipelines.convert_weights BLOCK`): {', '.join(trunks)}."
+            if trunks else "")
 
 
 PRETRAINED_ENV = "ENSEMBLE_FER_PRETRAINED"
