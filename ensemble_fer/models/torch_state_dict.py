@@ -128,7 +128,7 @@ class _StateDictUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType)):
             raise ValueError(f"unexpected persistent id {str(pid)[:80]}")
-        storage_type, key, _location, numel = pid[1], str(pid[2]), pid[3], int(pid[4])
+        storage_type, key, numel = pid[1], str(pid[2]), int(pid[4])   # pid[3]: the device ("cpu"), unused
         view = pid[5] if len(pid) > 5 else None
         root = self.storages.get(key)
         if root is None:
