@@ -1,6 +1,6 @@
 """Port a published pretrained trunk into a block's weights, checked against the original.
 
-    python -m pipelines.convert_weights BLOCK [--source ../shared/weights] [--out pretrained] [--force]
+    python -m pipelines.convert_weights BLOCK [--source ../shared/weights] [--out pretrained] [--force] [--no-check]
 
 Inputs: the original files under --source (``shared/weights/<trunk>/``, hash-checked).
 Outputs in --out: ``<block>_<weights>.npz`` (pickle-free), ``.npz.json`` (provenance, licence, the
@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder holding the published originals (default ../shared/weights)")
     p.add_argument("--out", type=Path, default=Path("pretrained"), help="output folder (default pretrained/)")
     p.add_argument("--force", action="store_true", help="rebuild a file that exists")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not run the original network (its framework may be missing: PyTorch for "
+                        "efficientnet_lite0); refused unless the arrays are exactly the registered, checked ones")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -34,7 +37,8 @@ def main(argv=None) -> int:
     from ensemble_fer.models import blocks  # noqa: F401  registers every family
     from ensemble_fer.models.porting import port
 
-    port(args.block, args.source, args.out, force=args.force, say=(lambda *a, **k: None) if args.quiet else print)
+    port(args.block, args.source, args.out, force=args.force, say=(lambda *a, **k: None) if args.quiet else print,
+         check=not args.no_check)
     return 0
 
 

@@ -30,7 +30,7 @@ from ensemble_fer.errors import InputError
 from ensemble_fer.models import tfjs_graph
 from ensemble_fer.models.preprocessing import CAFFE_MEAN_BGR, ReverseChannels
 from ensemble_fer.models.registry import register_block
-from ensemble_fer.models.weights import ConvertedWeights
+from ensemble_fer.models.weights import ConvertedWeights, published_files
 
 INPUT_SCALE = 128.0
 """Inputs are divided by this after the mean (and ``conv1``'s kernel multiplied by it)."""
@@ -53,18 +53,7 @@ def faceres_preprocessing(prefix: str) -> list[layers.Layer]:
 
 def source_paths(source: Path) -> dict[str, Path]:
     """The published files under ``source`` (``shared/weights``), hash-checked."""
-    from ensemble_fer.artifacts import sha256_file
-
-    folder = Path(source) / SOURCE_FOLDER
-    paths = {}
-    for name, sha256 in SOURCE_FILES.items():
-        path = folder / name
-        if not path.is_file():
-            raise InputError(f"{path}: not found (the published faceres files belong in {folder})")
-        if sha256_file(path) != sha256:
-            raise InputError(f"{path}: sha256 is not the published file's {sha256}")
-        paths[name] = path
-    return paths
+    return published_files(source, SOURCE_FOLDER, SOURCE_FILES)
 
 
 def convert(source: Path) -> dict[str, np.ndarray]:

@@ -88,8 +88,13 @@ def check_port(block: str, weights: ConvertedWeights, arrays_path: Path, source:
             "sizes": results}
 
 
-def port(block: str, source, out, force: bool = False, say=print) -> Path:
-    """Convert, check and save block ``block``'s ported weights under ``out``; returns the ``.npz``."""
+def port(block: str, source, out, force: bool = False, say=print, check: bool = True) -> Path:
+    """Convert, check and save block ``block``'s ported weights under ``out``; returns the ``.npz``.
+
+    ``check=False`` (``--no-check``) skips running the original network (whose framework may not
+    be at hand: PyTorch for ``efficientnet_lite0``) and is refused unless the arrays' content hash
+    is the registered one, i.e. the very arrays whose check the committed manifest records: that
+    record is kept when the manifest in ``out`` has the same content hash."""
     weights = converted_weights(block)
     source, out = Path(source), Path(out)
     if not (source / weights.source_folder).is_dir():
@@ -103,12 +108,16 @@ def port(block: str, source, out, force: bool = False, say=print) -> Path:
     with artifacts.output_lock(target), tempfile.TemporaryDirectory(dir=out if out.is_dir() else None) as tmp:
         staged = Path(tmp) / weights.fname
         artifacts.save_npz(staged, **arrays)
-        say("checking the port against the original network ...")
-        check = check_port(block, weights, staged, source)
-        for row in check["sizes"]:
-            say(f"  {row['input_side']} px: max |difference| {row['max_abs_difference']:.3g} "
-                f"(features up to {row['max_abs_original']:.3g})")
         content = weights_content_hash(staged)
+        if check:
+            say("checking the port against the original network ...")
+            result = check_port(block, weights, staged, source)
+            for row in result["sizes"]:
+                say(f"  {row['input_side']} px: max |difference| {row['max_abs_difference']:.3g} "
+                    f"(features up to {row['max_abs_original']:.3g})")
+        else:
+            result = _unchecked_rebuild(weights, content, out)
+            say(f"not checked (--no-check): the arrays are the registered ones (content hash {content})")
         if weights.file_hash and content != weights.file_hash:
             say(f"warning: content hash {content} differs from the registered {weights.file_hash}; update "
                 f"the registry entry if the conversion changed on purpose")
@@ -118,14 +127,33 @@ def port(block: str, source, out, force: bool = False, say=print) -> Path:
             "n_arrays": len(arrays), "n_parameters": int(sum(v.size for v in arrays.values())),
             "origin": weights.origin, "trained_on": weights.trained_on, "licence": weights.licence,
             "original_files": {p.name: artifacts.sha256_file(p) for p in originals if p.name != "LICENSE"},
-            "check": check, "versions": artifacts.package_versions(),
+            "check": result, "versions": artifacts.package_versions(),
             "rebuild": weights.convert_command,
         }
         out.mkdir(parents=True, exist_ok=True)
-        licence = source / weights.source_folder / "LICENSE"
+        licence, licence_copy = source / weights.source_folder / "LICENSE", out / f"{Path(weights.fname).stem}.LICENSE"
         if licence.is_file():
-            shutil.copyfile(licence, out / f"{Path(weights.fname).stem}.LICENSE")
+            shutil.copyfile(licence, licence_copy)
+        else:   # the original folder has no licence text: keep what is known of it beside the weights
+            with artifacts.atomic_path(licence_copy) as tmp_licence:
+                tmp_licence.write_text(f"{weights.licence}\n\n(The original folder {weights.source_folder}/ holds "
+                                       f"no licence text; this is its licence as shared/weights/README.md and the "
+                                       f"origin state it. Origin: {weights.origin}.)\n")
         artifacts.write_json(out / f"{weights.fname}.json", manifest)
         staged.replace(target)
     say(f"wrote {target}")
     return target
+
+
+def _unchecked_rebuild(weights: ConvertedWeights, content: str, out: Path) -> dict:
+    """The check record of a ``--no-check`` rebuild: refused unless the arrays are the registered ones."""
+    if not weights.file_hash or content != weights.file_hash:
+        raise InputError(f"--no-check: the rebuilt arrays' content hash {content} is not the registered "
+                         f"{weights.file_hash}, so they must be checked against the original: drop --no-check")
+    manifest = out / f"{weights.fname}.json"
+    if manifest.is_file():
+        previous = artifacts.read_json(manifest)
+        if previous.get("content_sha256") == content and previous.get("check"):
+            return previous["check"]
+    return {"skipped": "rebuilt with --no-check: the arrays' content hash is the registered one, whose check "
+                       "the repository's manifest records"}

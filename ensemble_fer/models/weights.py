@@ -130,7 +130,24 @@ class WeightsFile:
         return (f"{what} are not available: {reason}. Download {self.origin} and put it "
                 f"at {self.cache_path()}{hash_note} (the Keras cache: $KERAS_HOME/{self.cache_subdir}/, "
                 f"~/.keras/{self.cache_subdir}/ by default), or pass the path of the file as "
-                f"weights=..., or train from scratch with `--weights none` (weights=None).")
+                f"weights=..., or train from scratch with `--weights none` (weights=None)."
+                + offline_trunks_note())
+
+
+def offline_trunks_note() -> str:
+    """`` Pretrained trunks that need no download: faceres_mobilenet (VGGFace2), ...`` (the blocks
+    whose default weights are ported into ``pretrained/``), for the offline errors."""
+    from ensemble_fer.models.registry import get_block_spec, list_blocks   # the registry imports this module
+
+    trunks = []
+    for block in list_blocks():
+        spec = get_block_spec(block)
+        default = spec.weights_file(spec.default_weights) if spec.default_weights else None
+        if isinstance(default, ConvertedWeights):
+            trunks.append(f"{block} ({default.trained_on.split(' (')[0]})")
+    return (f" Pretrained trunks that need no download (in pretrained/, or rebuilt from shared/weights by "
+            f"`python -m pipelines.convert_weights BLOCK`): {', '.join(trunks)}."
+            if trunks else "")
 
 
 PRETRAINED_ENV = "ENSEMBLE_FER_PRETRAINED"
@@ -186,6 +203,23 @@ class ConvertedWeights(WeightsFile):
         raise WeightsUnavailableError(
             f"{what} are not available: {self.fname} is in none of {looked}; build it from the original "
             f"({self.origin}) with `{self.convert_command}`, or train from scratch with `--weights none`")
+
+
+def published_files(source, folder: str, sha256_by_name: dict[str, str]) -> dict[str, Path]:
+    """The original files of a ported trunk, ``<source>/<folder>/<name>``, each hash-checked
+    against its published sha256 (``source`` is ``shared/weights``)."""
+    from ensemble_fer.artifacts import sha256_file
+
+    folder_path = Path(source) / folder
+    paths = {}
+    for name, sha256 in sha256_by_name.items():
+        path = folder_path / name
+        if not path.is_file():
+            raise InputError(f"{path}: not found (the published {folder} files belong in {folder_path})")
+        if sha256_file(path) != sha256:
+            raise InputError(f"{path}: sha256 is not the published file's {sha256}")
+        paths[name] = path
+    return paths
 
 
 def weights_content_hash(path) -> str:
