@@ -33,16 +33,16 @@ from ensemble_fer.errors import InputError
 
 from .cli_errors import reports_errors
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data" / "sample"
 VARIANTS = (("cnn5", False), ("cnn5", True))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ensemble_fer import paths
     from ensemble_fer.features import bovw
 
     p = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "demo", help="output folder (default runs/demo)")
+    p.add_argument("--out", type=Path, default=paths.runs_dir("demo"),
+                   help="output folder (default runs/demo in the current folder)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per variant (default 4)")
     p.add_argument("--max-minutes", type=float, default=1.5,
                    help="wall-clock cap per variant's training, so the demo ends in minutes on any machine")
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1, force=False,
              quiet=False) -> dict:
     """Run the four steps into ``out`` and write the report; returns ``report.json``'s dict."""
-    from ensemble_fer import artifacts
+    from ensemble_fer import artifacts, paths
     from ensemble_fer.features import bovw, datasets
     from ensemble_fer.evaluation import evaluate as evaluation
     from ensemble_fer.ensemble import fit as ensemble_fit
@@ -88,7 +88,8 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
 
     say("1/4 extracting features of the bundled sample")
     t = time.time()
-    dataset = datasets.open_dataset(SAMPLE)
+    sample = paths.sample_data()
+    dataset = datasets.open_dataset(sample)
     store_dir = out / "features" / "sample"
     manifest = feature_store.extract(dataset, store_dir, bovw.ExtractorConfig(detector=detector), n_jobs=n_jobs,
                                      force=force, progress=not quiet)
@@ -125,7 +126,7 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
     say("4/4 evaluating the ensemble on the sample's val split (features from the raw images)")
     t = time.time()
     predictor = inference.load_predictor(ensemble_path)
-    data = evaluation.load_eval_data(SAMPLE, predictor, split="val", cache=out / "features", n_jobs=n_jobs,
+    data = evaluation.load_eval_data(sample, predictor, split="val", cache=out / "features", n_jobs=n_jobs,
                                      progress=not quiet, say=say)
     result = evaluation.evaluate_predictor(predictor, data, tta=tta)
     files = evaluation.write_evaluation(result, out)
