@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from .cli_errors import reports_errors
-from .train_variant import add_variant_arguments
+from .train_variant import add_variant_arguments, check_store_first
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @reports_errors
 def main(argv=None) -> int:
+    check_store_first(argv)     # before the parser, which imports TensorFlow
     from ensemble_fer import paths
     from ensemble_fer.training import hparam_search
     from ensemble_fer.models import networks

@@ -139,8 +139,30 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def check_store_first(argv) -> None:
+    """The feature store (``--features``, or its default) is opened before the full parser is
+    built: the parser lists the blocks, which imports TensorFlow (10-25 s), and a wrong path
+    should answer at once. Anything this light pre-parse cannot read is left to the parser."""
+    from ensemble_fer.features.feature_store import FeatureStore
+
+    class PreParser(argparse.ArgumentParser):
+        def error(self, message):       # silent: the full parser reports it
+            raise ValueError(message)
+
+    pre = PreParser(add_help=False)
+    pre.add_argument("--features", type=Path, default=paths.features_dir("sample"))
+    pre.add_argument("-h", "--help", action="store_true")
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except ValueError:
+        return
+    if not known.help:
+        FeatureStore(known.features)
+
+
 @reports_errors
 def main(argv=None) -> int:
+    check_store_first(argv)
     from ensemble_fer.models import networks
     from ensemble_fer.training import train as training
 

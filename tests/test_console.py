@@ -55,6 +55,12 @@ def test_every_stage_help_shows_defaults(command, capsys):
             assert "default" in help_text, (command, action.option_strings)
 
 
+@pytest.mark.parametrize("command", sorted(console.STAGES))
+def test_every_stage_help_starts_with_a_whole_sentence(command):
+    description = " ".join(console.stage_parser(command).description.split())
+    assert description.endswith("."), description
+
+
 @pytest.mark.parametrize("command", ["extract", "predict", "evaluate", "demo"])
 def test_stages_that_find_faces_take_detector(command):
     options = {s for a in console.stage_parser(command)._actions for s in a.option_strings}
@@ -263,3 +269,31 @@ def test_python_m_stage_starts_tensorflow_quietly():
     assert "tensorflow" in imported, "this run no longer imports TensorFlow: pick a stage that does"
     ours = [line for line in lines if not line.startswith("import time:")]
     assert not [line for line in ours if CHATTER_WORDS.search(line)], ours
+
+
+@pytest.mark.slow
+def test_python_api_is_as_quiet_as_the_cli_and_does_not_retrace(tiny_release):
+    """`from ensemble_fer import EmotionRecognizer` and predict() in a loop, on photos with 0 to
+    7 faces and on 1 to 20 crops: nothing on stderr (no TensorFlow start-up or cuInit lines,
+    no retracing warnings), and each member's network traced at most twice (Keras's
+    reduce_retracing generalises the batch dimension after the second shape)."""
+    program = f"""
+import glob, json, sys
+import numpy as np
+from ensemble_fer import EmotionRecognizer
+recognizer = EmotionRecognizer.load({str(tiny_release)!r})
+for photo in sorted(glob.glob({str(PHOTO.parent / '*.jpg')!r})) * 2:
+    recognizer.predict(photo)
+crops = np.random.default_rng(0).integers(0, 256, (20, 48, 48), dtype=np.uint8)
+for n in (1, 5, 2, 17, 3, 9, 20, 4, 11, 6):
+    recognizer._predictor.predict_proba(crops[:n])
+members = recognizer._predictor._members
+print(json.dumps([m.model.predict_function.experimental_get_tracing_count() for m in members]))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", program], cwd=REPO.parent, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr == "", run.stderr
+    assert all(count <= 2 for count in json.loads(run.stdout.strip().splitlines()[-1])), run.stdout
