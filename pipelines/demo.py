@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ensemble_fer import paths
     from ensemble_fer.features import bovw
 
-    p = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
+    # the first paragraph, whole: its first line alone stops mid-sentence
+    p = argparse.ArgumentParser(prog="python -m pipelines.demo", description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--out", type=Path, default=paths.runs_dir("demo"),
                    help="output folder (default runs/demo in the current folder)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per variant (default 4)")
@@ -60,8 +61,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.epochs < 1:
         raise InputError(f"--epochs must be at least 1; got {args.epochs}")
+    from ensemble_fer.features import faces
     from ensemble_fer.inference import predictor as inference
     inference.check_tta(args.tta)
+    faces.require_model_files("the demo (its extraction computes 68 landmarks per face)")
     started = time.time()
     report = run_demo(args.out, epochs=args.epochs, max_minutes=args.max_minutes, detector=args.detector,
                       tta=args.tta, n_jobs=args.n_jobs, force=args.force, quiet=args.quiet)

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 @reports_errors
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from ensemble_fer.features import faces
+
+    faces.require_model_files("extraction (68 landmarks per face for the BOVW features)")
     dataset = datasets.open_dataset(args.data or paths.sample_data(), args.format, ignore_unknown_labels=args.ignore_unknown_labels)
     out = args.out or paths.features_dir(dataset.name)
     config = bovw.ExtractorConfig(detector=args.detector)
