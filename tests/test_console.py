@@ -297,3 +297,17 @@ print(json.dumps([m.model.predict_function.experimental_get_tracing_count() for 
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stderr == "", run.stderr
     assert all(count <= 2 for count in json.loads(run.stdout.strip().splitlines()[-1])), run.stdout
+
+
+def test_ci_runs_the_readmes_test_command_in_a_plain_virtualenv():
+    """CI is what a user does: a fresh venv without the system's packages, the package
+    installed into it, then the README's own test command (its second command line)."""
+    readme = (REPO / "README.md").read_text()
+    commands = readme.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    test_command = commands[1].split("#")[0].strip()
+    script = (REPO / ".ci" / "run").read_text()
+    code = [line.strip() for line in script.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert "python3 -m venv" in script and "--system-site-packages" not in "\n".join(code)
+    assert code.index(test_command) > next(i for i, line in enumerate(code) if "python3 -m venv" in line)
+    assert any("pip install" in line and "-e" in line and "[test]" in line for line in code)
+    assert subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")]).returncode == 0
