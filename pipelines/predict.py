@@ -117,12 +117,8 @@ def main(argv=None) -> int:
     from ensemble_fer.errors import InputError
 
     args = build_parser().parse_args(argv)
-    from ensemble_fer.inference.predictor import check_tta
-
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1; got {args.batch_size}")
-    if args.tta is not None:
-        check_tta(args.tta, where="--tta")
     if args.resume and not args.csv:
         raise InputError("--resume needs --csv FILE: the CSV's rows say which inputs are done")
     from ensemble_fer.inference import video
@@ -145,6 +141,11 @@ def main(argv=None) -> int:
         # Every input is missing or broken: said now, before TensorFlow starts (10-25 s).
         print("error: no input could be read", file=sys.stderr)
         return EXIT_BAD_INPUT
+    # after the inputs: the predictor module brings scipy and scikit-learn (seconds)
+    from ensemble_fer.inference.predictor import check_tta
+
+    if args.tta is not None:
+        check_tta(args.tta, where="--tta")
     recognizer = EmotionRecognizer.load(args.model, detector=args.detector, upsample=args.upsample)
     classes = recognizer.classes
     if args.gradcam:
