@@ -161,3 +161,28 @@ def test_sampled_frames_without_a_face_get_a_no_face_row(tiny_variant, tmp_path,
     assert sorted(int(r["frame"]) for r in faceless) == [10, 15]
     assert all(r["emotion"] == "" and r["track"] == "" and r["time_s"] for r in faceless)
     assert all(r["status"] == "ok" and r["emotion"] for r in rows if int(r["frame"]) < 10)
+
+
+def test_video_progress_counts_frames_as_they_are_detected(tiny_variant, clip, monkeypatch):
+    """The bar moves as frames are taken for detection, not when their batch of faces comes
+    back: fed by results, it stood at 0 for a whole batch's work and then jumped, and its
+    first estimate was many times the real length."""
+    import tqdm
+
+    from ensemble_fer import EmotionRecognizer
+
+    bars = []
+
+    class Recording(tqdm.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
+    recognizer = EmotionRecognizer.load(tiny_variant)
+    frames = video.iter_video_frames(recognizer, clip, fps=FPS, batch_size=64, progress=True)
+    next(frames)       # the first result: once 64 faces (6 then 7 per frame) have filled a batch
+    assert bars and bars[0].n >= 9
+    for _ in frames:
+        pass
+    assert bars[0].n == 20
