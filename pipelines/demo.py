@@ -197,7 +197,7 @@ def report_markdown(report: dict, fit: dict, result: dict, files: dict) -> str:
                      f"(stopped by {v['stopped']}) | {_seconds(report, f'train {name}')} |")
     lines += [f"| 3 fit | `models/ensemble.json`: weights by differential evolution on val "
               f"(objective accuracy) | {timings['fit ensemble']} |",
-              f"| 4 evaluate | the ensemble on data/sample val, features re-extracted from the raw images"
+              f"| 4 evaluate | the ensemble on the sample's val, features re-extracted from the raw images"
               f"{tta} | {timings['evaluate']} |", ""]
 
     lines += ["## Members and ensemble (val)", "",
@@ -243,7 +243,7 @@ def report_markdown(report: dict, fit: dict, result: dict, files: dict) -> str:
     lines += ["More: [evaluation.md](evaluation.md), [models/ensemble_report.md](models/ensemble_report.md), "
               "`report.json`.", "",
               "## The same with the stage CLIs", "", "```",
-              f"python -m pipelines.extract_features --data data/sample --out {report['out']}/features/sample "
+              f"python -m pipelines.extract_features --out {report['out']}/features/sample "
               f"--detector {store['config']['detector']}"]
     for name in report["variants"]:
         block, _, use_bovw = name.partition("+")
@@ -251,7 +251,7 @@ def report_markdown(report: dict, fit: dict, result: dict, files: dict) -> str:
                      f"--features {report['out']}/features/sample --epochs "
                      f"{report['variants'][name]['epochs_run']} --out {report['out']}/models/{name}")
     lines += [f"python -m pipelines.fit_ensemble --models {report['out']}/models",
-              f"python -m pipelines.evaluate --model {report['out']}/models/ensemble.json --data data/sample "
+              f"python -m pipelines.evaluate --model {report['out']}/models/ensemble.json "
               f"--split val --out {report['out']}", "```", ""]
     return "\n".join(lines)
 
