@@ -129,7 +129,7 @@ def test_cli_grad_cam_of_the_fast_model_says_why_not_and_what_to_use(capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, err
     source = json.loads((release.shipped_model("fast") / "export.json").read_text())["source"]
-    assert f"this model is {source.rsplit('/', 1)[-1]} exported to int8" in err
+    assert f"this is an exported model ({source.rsplit('/', 1)[-1]} as int8, export.json)" in err
     assert "keeps none" in err and "use the default model (the release ensemble" in err
 
 

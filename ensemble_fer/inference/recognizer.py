@@ -292,11 +292,12 @@ def _export_gradcam_message(source) -> str:
     marker_path = (folder if folder.is_dir() else folder.parent) / EXPORT_FILE if folder is not None else None
     marker = artifacts.read_json(marker_path) if marker_path is not None and marker_path.is_file() else {}
     origin = Path(str(marker.get("source", ""))) if marker.get("source") else None
-    what = f"{origin.name if origin else 'a network'} exported to {marker.get('precision', 'TFLite/ONNX')}"
+    name = (origin.parent.name if origin.suffix == ".json" else origin.name) if origin else "a Keras model"
+    what = f"{name} as {marker.get('precision', 'TFLite/ONNX')}"
     if origin is not None and origin.exists():
         instead = f"use --model {origin} (the Keras model it was exported from)"
     else:
         instead = ("use the default model (the release ensemble, Keras networks of the same vgg_fast design), "
                    "or --model PATH of the Keras variant it was exported from")
-    return (f"{source}: Grad-CAM needs a Keras network's gradients, and this model is {what} ({EXPORT_FILE}), "
-            f"which keeps none; {instead}")
+    return (f"{source}: Grad-CAM needs a Keras network's gradients, and this is an exported model ({what}, "
+            f"{EXPORT_FILE}) that keeps none; {instead}")
