@@ -257,7 +257,10 @@ def any_readable(files, problems) -> bool:
     reasons = list(problems)
     for path, _ in files:
         try:
-            video.check_video(path) if video.is_video(path) else read_photo(path)
+            if video.is_video(path):
+                video.check_video(path)
+            else:
+                read_photo(path)
             return True
         except InputError as exc:
             reasons.append(str(exc))
