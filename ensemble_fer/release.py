@@ -95,6 +95,14 @@ def resolve_model(value=None) -> Path:
     path = Path(value)
     if str(value) in SHIPPED and not path.exists():
         return shipped_model(str(value))
+    if not path.exists() and len(path.parts) == 1:
+        # a bare name that is neither a file here nor a shipped model: most often a typo of one
+        import difflib
+
+        close = difflib.get_close_matches(str(value), SHIPPED, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise MissingInputError(f"--model {value}: no such file or folder, and not a shipped model; {hint}"
+                                f"the shipped models are {', '.join(SHIPPED)}")
     return path
 
 

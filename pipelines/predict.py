@@ -1,6 +1,6 @@
 """Predict: the emotion of every face in photos, videos and folders, as CSV.
 
-    python -m pipelines.predict PATH... [--model PATH] [--csv FILE] [--annotate DIR] [--gradcam DIR]
+    python -m pipelines.predict PATH... [--model PATH] [--csv FILE] [--annotate DIR|FILE] [--gradcam DIR]
         [--force | --resume] [--tta N] [--detector hog|mmod] [--upsample auto|N] [--recursive] [--batch-size N]
         [--fps N] [--quiet]
 
@@ -14,12 +14,14 @@ descends into sub-folders). The CSV (to FILE, or to stdout) has the columns
 ``path, face, left, top, right, bottom, emotion``, one probability column per class, then
 ``status`` and ``reason``. Every input file gets at least one row, written as soon as it is
 done: one row per face (status ``ok``; ``face`` counts from 0, largest face first); for a
-photo without a face one row with emotion and status ``no_face``; for a file that cannot be
+photo without a face one row with an empty emotion and status ``no_face``; for a file that cannot be
 read (corrupt, not an image, over Pillow's size limit, missing) one row with status ``error``
 and the reason, also reported on stderr. A 48x48 image is taken as a face crop (box = whole
 frame). The exit status is non-zero only when no input could be read at all.
 
---annotate DIR writes every photo with its boxes and ``<emotion> <score>`` labels;
+--annotate DIR writes every photo with its boxes and ``<emotion> <score>`` labels (and every
+video as ``DIR/<name>.mp4``); --annotate FILE, with a picture suffix for one photo or a video
+suffix for one video, writes that one input there;
 --gradcam DIR writes, per face, the face crop the network saw beside its Grad-CAM map of the
 predicted emotion (the members' maps weighted as their share of the score), 192 px with a
 caption (``<photo>_face<k>_<emotion>.png``).
@@ -63,15 +65,22 @@ ANNOTATION_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.predict", description=__doc__.split("\n")[0])
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="photos, videos (mp4, mov, avi, mkv, webm, ... : any container OpenCV reads) and/or folders "
+                        "of them (--recursive for their sub-folders)")
     p.add_argument("--model", metavar="MODEL", help=release.MODEL_HELP)
     p.add_argument("--csv", type=Path, metavar="FILE",
                    help="write the CSV here, row by row into FILE.partial, renamed to FILE when every input is "
                         "done (default: stdout); an existing FILE is refused unless --force or --resume")
-    p.add_argument("--annotate", type=Path, metavar="DIR", help="write each photo with boxes and labels here "
-                                                                "(refused if it exists, unless --force or --resume)")
-    p.add_argument("--gradcam", type=Path, metavar="DIR", help="write a Grad-CAM overlay per face here "
-                                                               "(refused if it exists, unless --force or --resume)")
+    p.add_argument("--annotate", type=Path, metavar="PATH",
+                   help="write the inputs with boxes and labels: to a folder (one picture per photo, NAME.mp4 per "
+                        "video), or, for a single input, to a file: a picture (.jpg, .png, .bmp) for a photo, a "
+                        "video (.mp4, ...) for a video; refused if it exists, unless --force (or --resume for a "
+                        "folder)")
+    p.add_argument("--gradcam", type=Path, metavar="DIR",
+                   help="write a Grad-CAM overlay per face here (refused if it exists, unless --force or --resume); "
+                        "Keras models only: the release or a trained variant, not the fast model or another export, "
+                        "which keep no gradients")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--force", action="store_true",
                        help="start over, replacing existing outputs (they stay until the new ones are complete) "
@@ -108,12 +117,8 @@ def main(argv=None) -> int:
     from ensemble_fer.errors import InputError
 
     args = build_parser().parse_args(argv)
-    from ensemble_fer.inference.predictor import check_tta
-
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1; got {args.batch_size}")
-    if args.tta is not None:
-        check_tta(args.tta, where="--tta")
     if args.resume and not args.csv:
         raise InputError("--resume needs --csv FILE: the CSV's rows say which inputs are done")
     from ensemble_fer.inference import video
@@ -121,13 +126,26 @@ def main(argv=None) -> int:
 
     video.check_fps(args.fps)
     files, problems = list_inputs(args.paths, args.recursive)
-    annotate_file = predict_videos.annotate_target(args, files)     # --annotate out.mp4: one video
+    if not args.quiet:
+        for note in skipped_folder_notes(args.paths, args.recursive):
+            print(f"note: {note}", file=sys.stderr)
+    annotate_file = predict_videos.annotate_target(args, files)     # --annotate out.mp4 / out.jpg: one input
     outputs = Outputs(args.csv, None if annotate_file else args.annotate, args.gradcam, force=args.force,
                       resume=args.resume, video=any(video.is_video(path) for path, _ in files))
     outputs.check()     # before the model loads: a refused output costs nothing
     if not files and not problems:
-        print("error: no image files to read", file=sys.stderr)
+        folders = [str(path) for path in args.paths if Path(path).is_dir()]
+        print(f"error: {', '.join(folders) or 'the inputs'}: no image files to read", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not any_readable(files, problems):
+        # Every input is missing or broken: said now, before TensorFlow starts (10-25 s).
+        print("error: no input could be read", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    # after the inputs: the predictor module brings scipy and scikit-learn (seconds)
+    from ensemble_fer.inference.predictor import check_tta
+
+    if args.tta is not None:
+        check_tta(args.tta, where="--tta")
     recognizer = EmotionRecognizer.load(args.model, detector=args.detector, upsample=args.upsample)
     classes = recognizer.classes
     if args.gradcam:
@@ -138,12 +156,15 @@ def main(argv=None) -> int:
 
     with outputs.open(classes) as sink:
         videos = [(path, name) for path, name in files if video.is_video(path) and str(path) not in sink.done]
-        counts = predict_files(recognizer, [f for f in files if not video.is_video(f[0])], problems, sink, args)
+        counts = predict_files(recognizer, [f for f in files if not video.is_video(f[0])], problems, sink, args,
+                               None if annotate_file is None or video.is_video(annotate_file) else annotate_file)
         predict_videos.predict_videos(recognizer, videos, sink, args, counts, annotate_file)
     if not args.quiet:
         where = f"; wrote {args.csv}" if args.csv else ""
         skipped = f", {counts['skipped']} done before (--resume)" if counts["skipped"] else ""
-        print(f"{counts['read']} photo(s) read, {counts['faces']} face(s), {counts['errors']} unreadable{skipped}"
+        n_videos = counts.get("videos", 0)
+        read = f"{counts['read'] - n_videos} photo(s)" + (f" and {n_videos} video(s)" if n_videos else "")
+        print(f"{read} read, {counts['faces']} face(s), {counts['errors']} unreadable{skipped}"
               f"{where}", file=sys.stderr)
     if counts["read"] == 0 and counts["skipped"] == 0:
         print("error: no input could be read", file=sys.stderr)
@@ -151,9 +172,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
+def predict_files(recognizer, files, problems, sink, args, annotate_file=None) -> dict[str, int]:
     """Predict every ``(path, output name)`` in ``files`` not done yet, writing each file's
-    rows (and pictures) through ``sink`` as soon as its batch has run, in input order."""
+    rows (and pictures) through ``sink`` as soon as its batch has run, in input order;
+    ``annotate_file``: the one photo's annotated picture (``--annotate out.jpg``)."""
     from ensemble_fer.features.datasets import DatasetError, read_image_file
 
     classes = recognizer.classes
@@ -195,6 +217,12 @@ def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
         path, name, _ = queue.popleft()
         if sink.pictures:
             sink.write_pictures(recognizer, read_image_file(path), faces, name)
+        if annotate_file is not None:
+            from ensemble_fer import artifacts
+            from ensemble_fer.inference import annotate
+
+            with artifacts.output_lock(annotate_file):
+                annotate.write_image(annotate_file, annotate.draw_faces(read_image_file(path), faces))
         sink.write(path, csv_rows(path, faces, classes))
         counts["read"] += 1
         counts["faces"] += len(faces)
@@ -217,6 +245,43 @@ def read_photo(path):
             return read_image_file(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DatasetError(f"{path}: not read, too large ({exc})") from None
+
+
+def any_readable(files, problems) -> bool:
+    """Whether some input can be read, probed in order up to the first that can (a photo
+    decoded, a video's first frame): cheap, and no model is needed. When none can, each one's
+    problem is printed, as the run would have reported it."""
+    from ensemble_fer.errors import InputError
+    from ensemble_fer.inference import video
+
+    reasons = list(problems)
+    for path, _ in files:
+        try:
+            if video.is_video(path):
+                video.check_video(path)
+            else:
+                read_photo(path)
+            return True
+        except InputError as exc:
+            reasons.append(str(exc))
+    for reason in reasons:
+        print(reason, file=sys.stderr)
+    return False
+
+
+def skipped_folder_notes(paths, recursive: bool) -> list[str]:
+    """One line per folder argument whose sub-folders are not read (no --recursive)."""
+    if recursive:
+        return []
+    notes = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = [child for child in path.iterdir() if child.is_dir() and not child.name.startswith(".")]
+            if inside:
+                names = ", ".join(sorted(child.name for child in inside)[:3]) + (", ..." if len(inside) > 3 else "")
+                notes.append(f"{path}: {len(inside)} sub-folder(s) not read ({names}); pass --recursive to "
+                             f"include them")
+    return notes
 
 
 def list_inputs(paths, recursive: bool = False) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -256,7 +321,8 @@ def list_inputs(paths, recursive: bool = False) -> tuple[list[tuple[Path, Path]]
 def csv_rows(path, faces, classes) -> list[list]:
     """The CSV rows of one photo (see the module doc)."""
     if not faces:
-        return [[str(path), "", "", "", "", "", NO_FACE] + [""] * len(classes) + [NO_FACE, "no face found"]]
+        # emotion empty: no_face is a status, not an emotion (a column of emotions stays one)
+        return [[str(path), "", "", "", "", "", ""] + [""] * len(classes) + [NO_FACE, "no face found"]]
     return [[str(path), k, *face.box, face.emotion] + [f"{face.scores[c]:.6f}" for c in classes] + [OK, ""]
             for k, face in enumerate(faces)]
 

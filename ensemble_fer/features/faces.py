@@ -2,9 +2,12 @@
 
 dlib objects never leave this module: a face box is a plain tuple
 ``(left, top, right, bottom)`` in pixels (right and bottom inclusive, as dlib's rectangles),
-and landmarks are a float32 array of shape (68, 2) holding (x, y). The models are the files
-shipped by the ``face_recognition_models`` package; each is loaded on first use, never at
-import, and once per process.
+and landmarks are a float32 array of shape (68, 2) holding (x, y). The HOG detector is built
+into dlib; the 68-landmark predictor and the MMOD detector are files of the
+``face_recognition_models`` package, an optional extra (``pip install 'ensemble_fer[landmarks]'``,
+:data:`MODELS_EXTRA`): default prediction (HOG detection, image-only networks) does not need it,
+feature extraction and ``--detector mmod`` do, and say so in one line when it is missing. Each
+model is loaded on first use, never at import, and once per process.
 
 A picture's faces become model inputs in two steps, used by every stage (prediction, video,
 Grad-CAM, evaluation on photos, class-folder datasets of whole frames):
@@ -16,6 +19,7 @@ grayscale crop framed like FER2013.
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import numpy as np
 
@@ -47,20 +51,39 @@ def _hog_detector():
     return dlib.get_frontal_face_detector()
 
 
+MODELS_PACKAGE = "face_recognition_models"
+MODELS_EXTRA = "pip install 'ensemble_fer[landmarks]'"
+"""How to install the landmark predictor and the MMOD detector (the package ``MODELS_PACKAGE``)."""
+
+
+def require_model_files(what: str) -> None:
+    """Raise :class:`InputError` now, naming ``what`` needs them and how to install them, when
+    the landmark and MMOD model files are not installed (cheap: nothing is imported)."""
+    if importlib.util.find_spec(MODELS_PACKAGE) is None:
+        raise InputError(f"{what} needs dlib's landmark and MMOD model files, an optional extra: {MODELS_EXTRA} "
+                         f"({MODELS_PACKAGE}, about 100 MB); prediction with the default HOG detector does not "
+                         f"need them")
+
+
+def _model_files():
+    require_model_files("this step (68 landmarks or the MMOD detector)")
+    import face_recognition_models
+
+    return face_recognition_models
+
+
 @functools.lru_cache(maxsize=None)
 def _mmod_detector():
     import dlib
-    import face_recognition_models
 
-    return dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
+    return dlib.cnn_face_detection_model_v1(_model_files().cnn_face_detector_model_location())
 
 
 @functools.lru_cache(maxsize=None)
 def _shape_predictor():
     import dlib
-    import face_recognition_models
 
-    return dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+    return dlib.shape_predictor(_model_files().pose_predictor_model_location())
 
 
 def detect_faces(image: np.ndarray, detector: str = "hog", upsample: int | str = 1,
@@ -107,6 +130,8 @@ def check_detection(detector, upsample) -> None:
     """``detector`` is one of :data:`DETECTORS`; ``upsample`` is ``"auto"`` or an int >= 0."""
     if detector not in DETECTORS:
         raise InputError(f"detector must be one of {DETECTORS}; got {detector!r}")
+    if detector == "mmod":
+        require_model_files("detector='mmod' (dlib's CNN face detector)")
     if upsample == UPSAMPLE_AUTO:
         return
     if isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or upsample < 0:

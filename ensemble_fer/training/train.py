@@ -107,6 +107,7 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
         from ensemble_fer.training import distill
 
         teacher, args["teacher_sha256"] = distill.load_teacher(config.teacher, label_set)
+    say(f"loading the rows of {store.path}")
     splits, counts = load_splits(store, label_set)
     aux = None
     if config.aux_targets is not None:
@@ -153,6 +154,8 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
     strategy = choose_strategy(gpus)     # TF_CONFIG workers, several GPUs, or the default
     try:
         keras.utils.set_random_seed(config.seed)
+        say(f"building the network ({config.block or 'no image block'}{' + BOVW' if config.bovw else ''}); "
+            f"{len(splits['train'].y):,} training rows")
         with strategy.scope():
             if state is None:
                 # Built before the old outputs go, so that unavailable weights change nothing.
@@ -235,12 +238,16 @@ class _Run:
                          + ("" if cut is _NOT_CACHED else
                             f", on cached trunk outputs ({config.cached_views} view(s) per crop)"))
                 callbacks = phase_callbacks(self, phase, resumed)
-                verbose = (1 if sys.stdout.isatty() else 2) if self.progress else 0
+                # a terminal gets Keras's bar per batch; a log one line per epoch, and an early
+                # estimate of the epoch's length so that a long first epoch is not silence
+                attached = sys.stdout.isatty()
+                verbose = (1 if attached else 2) if self.progress else 0
+                estimate = [_EpochEstimate(self.say, steps)] if self.progress and not attached else []
                 fit_model.fit(train, validation_data=phase_val, epochs=phase_end, initial_epoch=state["epoch"],
                                steps_per_epoch=steps, shuffle=False,
                                # with aux targets the class weights are sample weights (train_dataset)
                                class_weight=None if self.has_aux else self.class_weights,
-                               callbacks=callbacks + self.extra_callbacks, verbose=verbose)
+                               callbacks=callbacks + estimate + self.extra_callbacks, verbose=verbose)
                 early = callbacks[-1].stopping.stopped_epoch > 0
             elif state["best_weights"]:
                 # The phase ended just before an interruption: EarlyStopping had restored its
@@ -404,3 +411,34 @@ def _write_outputs(folder: VariantDir, model, run: _Run, label_set, store, count
         "figures": {"confusion_matrix": cm_split},
     })
     folder.write_config(config)   # last: its presence means complete outputs
+
+
+class _EpochEstimate(keras.callbacks.Callback):
+    """For logs (no terminal, so no per-batch bar): one line early in the first epoch of a
+    phase, once a tenth of its batches (at least 5) or 15 s have passed, with the epoch's
+    expected length from the batches so far (the first batch, which builds the graph, left
+    out of the rate)."""
+
+    def __init__(self, say, steps: int, seconds: float = 15.0):
+        super().__init__()
+        self.say, self.steps, self.seconds = say, int(steps), seconds
+        self.said = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.started, self.first_done = epoch, time.monotonic(), None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.said:
+            return
+        now = time.monotonic()
+        if self.first_done is None:
+            self.first_done = now
+            return
+        done = batch + 1
+        if done >= self.steps or not (done >= max(5, self.steps // 10) or now - self.started >= self.seconds):
+            return
+        per_batch = (now - self.first_done) / (done - 1)
+        left = per_batch * (self.steps - done)
+        self.say(f"epoch {self.epoch + 1}: {done}/{self.steps} batches in {now - self.started:.0f} s; about "
+                 f"{left:.0f} s left in this epoch ({per_batch * self.steps:.0f} s per epoch)")
+        self.said = True
