@@ -1,7 +1,7 @@
 """Prediction latency and throughput on one CPU core.
 
     taskset -c 0 python benchmarks/bench_predict.py [--model PATH|release|fast] [--repeats 30]
-        [--upsample auto,1,0|default] [--photos DIR] [--no-throughput]
+        [--upsample auto,1,0|default] [--photos DIR] [--no-throughput] [--versus MODEL]
 
 1. Latency: a 640x480 photo with one face (the right-hand face of dlib's test photo
    2008_002506.jpg, its third of the photo scaled to 480 px high and padded grey to 640 px wide,
@@ -16,6 +16,10 @@
    XML files list, as in ``bench_detect.py``):
    ``EmotionRecognizer.predict(path)`` per photo, per ``upsample``, the mean over the photos of
    each photo's median wall and CPU ms, and the faces found.
+   ``--versus MODEL`` also times ``--model`` against MODEL, each with its own default search,
+   their calls alternating photo by photo (so that a change of load on a shared machine hits
+   both alike): per photo the median of ``--repeats`` rounds, the mean over the photos, and the
+   speed-up (MODEL's time / ``--model``'s), on the one-face photo and on ``--photos``.
 3. Throughput: every 48x48 crop of data/sample (385 files) through ``predict_many``
    (batch 64), read from disk; images per second, median of 3 runs (``--no-throughput``: skip).
 
@@ -116,6 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--photos", type=Path, help="also time the photos of this folder that its imglab XML lists "
                                                "(the multi-face ground-truth photos)")
     p.add_argument("--no-throughput", action="store_true", help="skip the folder of 48x48 crops")
+    p.add_argument("--versus", metavar="MODEL", help="also time --model against this model, calls alternating")
     args = p.parse_args(argv)
 
     import tensorflow as tf
@@ -165,11 +170,19 @@ def main(argv=None) -> int:
                   f"CPU detect {stages['detect'].cpu:.1f}, features {stages['features'].cpu:.1f}, network "
                   f"{stages['network'].cpu:.1f})")
 
+        multi = []
         if args.photos:
             from bench_detect import ground_truth
 
-            time_photos(predictor, [args.photos / name for name in sorted(ground_truth(args.photos))], settings,
-                        args.repeats)
+            multi = [args.photos / name for name in sorted(ground_truth(args.photos))]
+            time_photos(predictor, multi, settings, args.repeats)
+        if args.versus:
+            versus = EmotionRecognizer.load(args.versus)
+            print(f"--versus {args.versus}: {versus.source} (upsample {versus.upsample}) against {model_path} "
+                  f"(upsample {base.upsample}), calls alternating, median of {args.repeats} rounds a photo")
+            for label, photos in (("one-face 640x480 photo", [photo]), (f"{len(multi)} photos", multi)):
+                if photos:
+                    compare(base, versus, photos, args.repeats, label)
         if args.no_throughput:
             return 0
 
@@ -202,6 +215,31 @@ def main(argv=None) -> int:
         print(f"folder of 48x48 crops: {len(files)} files in {seconds:.2f} s = {len(files) / seconds:.0f} images/s "
               f"(predict_many, batch 64, median of 3)")
     return 0
+
+
+def compare(model, versus, photos: list, repeats: int, label: str) -> None:
+    """Print ``versus``'s and ``model``'s predict time on ``photos`` (each photo's median over
+    ``repeats`` rounds of one call each, alternating; mean over the photos) and the speed-up."""
+    times = {"model": {}, "versus": {}}
+    for recognizer in (model, versus):
+        recognizer.predict(photos[0])       # warm-up
+    found = {"model": 0, "versus": 0}
+    for round_ in range(repeats):
+        for k, photo in enumerate(photos):
+            for name, recognizer in (("versus", versus), ("model", model)):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                result = recognizer.predict(photo)
+                times[name].setdefault(k, []).append((time.perf_counter() - start, time.process_time() - start_cpu))
+                found[name] += len(result) if round_ == 0 else 0
+
+    def mean_ms(name, column):
+        return 1000 * statistics.mean(statistics.median(t[column] for t in runs) for runs in times[name].values())
+
+    wall = {name: mean_ms(name, 0) for name in times}
+    cpu = {name: mean_ms(name, 1) for name in times}
+    print(f"{label}: versus {wall['versus']:.1f} ms (CPU {cpu['versus']:.1f}), {found['versus']} faces; model "
+          f"{wall['model']:.1f} ms (CPU {cpu['model']:.1f}), {found['model']} faces; speed-up "
+          f"{wall['versus'] / wall['model']:.2f}x wall, {cpu['versus'] / cpu['model']:.2f}x CPU")
 
 
 def time_photos(predictor, photos: list, settings: list, repeats: int) -> None:
