@@ -264,3 +264,13 @@ def test_the_fast_model_searches_with_fast_by_default_and_the_release_keeps_auto
     assert EmotionRecognizer.load("fast", upsample="auto").upsample == "auto"
     assert EmotionRecognizer.load("fast", upsample=1).upsample == 1
     assert EmotionRecognizer.load(upsample="fast").upsample == "fast"
+
+
+def test_predict_help_says_what_the_fast_search_gives_up_and_upsample_defaults_to_the_model():
+    from pipelines import predict
+
+    parser = predict.build_parser()
+    assert parser.parse_args(["photo.jpg"]).upsample is None        # the model's own: EmotionRecognizer.load
+    assert parser.parse_args(["photo.jpg", "--upsample", "auto"]).upsample == "auto"
+    text = " ".join(parser.format_help().split())
+    assert "35 of the 43 faces" in text and "--upsample fast" in text

@@ -57,14 +57,14 @@ faces from about 122 px), and any face found there ends the search (a portrait o
 else the photo at 1.6 (about 2/3 of the work of the doubled photo; boxes from about 46 px).
 Chosen on recall and time in benchmarks/bench_detect.py (benchmarks/RESULTS.md, session 11):
 at 1.75 it finds 3 more of the 43 ground-truth faces but leaves ``--model fast`` only about
-2.1x quicker than the release on those photos, at 1.5 8 fewer."""
+2.0-2.1x quicker than the release on those photos; at 1.5 it finds 8 fewer."""
 
 FAST_SEARCH_GIVES_UP = (
     "with --model fast faces are searched with --upsample fast unless told, which finds 35 of the 43 "
     "faces (37-109 px) of dlib's ground-truth photos where auto finds all 43: it misses 7 of the 22 "
     "faces of 37 px (it searches the photo at 1.6, not doubled) and a 91 px face beside two larger ones "
-    "(a face of ~122 px or more ends its search); measured ~2.4x quicker end to end than the release "
-    "on those photos and on a 640x480 portrait, one core")
+    "(a face of ~122 px or more ends its search); measured 2.3-2.5x quicker end to end than the release "
+    "on those photos and 2.5-2.7x on a 640x480 portrait, one core")
 """What ``--model fast``'s default search gives up, in numbers (benchmarks/RESULTS.md, session 11)."""
 
 # The smallest face box each detector reports on an image that is not doubled (pixels, box
