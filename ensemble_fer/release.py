@@ -106,6 +106,26 @@ def resolve_model(value=None) -> Path:
     return path
 
 
+DEFAULT_UPSAMPLE = {"release": "auto", "fast": "fast"}
+"""The face search (:mod:`ensemble_fer.features.faces` ``upsample`` mode) each shipped model
+predicts with unless told: the fast model's is the quicker ``fast`` search, which gives up the
+smallest faces (see ``faces.UPSAMPLE_FAST``); every other model keeps ``auto``."""
+
+
+def default_upsample(model) -> str:
+    """The ``upsample`` a model predicts with unless told (:data:`DEFAULT_UPSAMPLE`): the
+    shipped fast model's folder (by name or by path, packaged or working copy) gets
+    ``"fast"``, any other model ``"auto"``."""
+    try:
+        folder = Path(model).resolve()
+    except (TypeError, OSError):
+        return DEFAULT_UPSAMPLE["release"]
+    for name, upsample in DEFAULT_UPSAMPLE.items():
+        if any(folder == (root / name).resolve() for root in SEARCH_PATH):
+            return upsample
+    return DEFAULT_UPSAMPLE["release"]
+
+
 def release_files(source) -> list[str]:
     """The files (relative paths, sorted) that make the release in ``source``: the
     ``ensemble.json`` and model card, and each member's config and network; or, for a single

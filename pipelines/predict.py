@@ -1,7 +1,7 @@
 """Predict: the emotion of every face in photos, videos and folders, as CSV.
 
     python -m pipelines.predict PATH... [--model PATH] [--csv FILE] [--annotate DIR|FILE] [--gradcam DIR]
-        [--force | --resume] [--tta N] [--detector hog|mmod] [--upsample auto|N] [--recursive] [--batch-size N]
+        [--force | --resume] [--tta N] [--detector hog|mmod] [--upsample auto|fast|N] [--recursive] [--batch-size N]
         [--fps N] [--quiet]
 
 Videos (any container OpenCV reads) are handled by ``pipelines/predict_videos.py``: frames
@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_fer import release
+from ensemble_fer.features.faces import FAST_SEARCH_GIVES_UP
 
 from .cli_errors import EXIT_BAD_INPUT, reports_errors
 
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="photos, videos (mp4, mov, avi, mkv, webm, ... : any container OpenCV reads) and/or folders "
                         "of them (--recursive for their sub-folders)")
-    p.add_argument("--model", metavar="MODEL", help=release.MODEL_HELP)
+    p.add_argument("--model", metavar="MODEL", help=f"{release.MODEL_HELP}; {FAST_SEARCH_GIVES_UP}")
     p.add_argument("--csv", type=Path, metavar="FILE",
                    help="write the CSV here, row by row into FILE.partial, renamed to FILE when every input is "
                         "done (default: stdout); an existing FILE is refused unless --force or --resume")
@@ -92,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation views (0: none, up to 10; default: the model's own, 2 for the release)")
     p.add_argument("--detector", choices=("hog", "mmod"), default="hog",
                    help="dlib face detector: hog (fast, frontal) or mmod (CNN, more poses, slow on a CPU)")
-    p.add_argument("--upsample", type=upsample_value, default="auto", metavar="auto|N",
+    p.add_argument("--upsample", type=upsample_value, metavar="auto|fast|N",
                    help="times the photo is doubled before detection (1: faces down to ~40 px; 0: ~75 px, 4x "
-                        "faster); auto: 0, then 1 unless every face found is 146 px or more")
+                        "faster); auto: 0, then 1 unless every face found is 146 px or more; fast: the photo at "
+                        "0.6, then at 1.6 unless a face was found (faces down to ~46 px). Default: fast for "
+                        "--model fast, auto for any other model")
     p.add_argument("--recursive", action="store_true", help="also read the folders inside a folder")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="face crops per network batch")
     p.add_argument("--fps", type=float, default=4.0, metavar="N",

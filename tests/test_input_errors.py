@@ -28,10 +28,10 @@ class _Classes:
 def test_recognizer_arguments_are_input_errors(tmp_path):
     with pytest.raises(InputError, match=r"detector must be one of \('hog', 'mmod'\); got 'haar'"):
         EmotionRecognizer(_Classes(), detector="haar")
-    with pytest.raises(InputError, match="upsample must be 'auto' or an int >= 0; got -1"):
+    with pytest.raises(InputError, match="upsample must be 'auto', 'fast' or an int >= 0; got -1"):
         EmotionRecognizer(_Classes(), upsample=-1)
     # checked before the model's files are read
-    with pytest.raises(InputError, match="upsample must be 'auto' or an int >= 0; got 1.5"):
+    with pytest.raises(InputError, match="upsample must be 'auto', 'fast' or an int >= 0; got 1.5"):
         EmotionRecognizer.load(tmp_path / "no-model", upsample=1.5)
     recognizer = EmotionRecognizer(_Classes())
     image = np.zeros((48, 48), np.uint8)
@@ -86,9 +86,9 @@ def test_release_problems_are_input_errors(tmp_path):
 
 def test_cli_bad_detection_argument_is_one_line(tmp_path, capsys):
     assert predict.main([str(PHOTO), "--upsample", "-1", "--model", str(tmp_path / "none")]) == 2
-    assert capsys.readouterr().err == "error: upsample must be 'auto' or an int >= 0; got -1\n"
+    assert capsys.readouterr().err == "error: upsample must be 'auto', 'fast' or an int >= 0; got -1\n"
     assert predict.main([str(PHOTO), "--upsample", "twice", "--model", str(tmp_path / "none")]) == 2
-    assert capsys.readouterr().err == "error: upsample must be 'auto' or an int >= 0; got 'twice'\n"
+    assert capsys.readouterr().err == "error: upsample must be 'auto', 'fast' or an int >= 0; got 'twice'\n"
 
 
 def test_cli_grad_cam_of_a_bovw_only_model_is_one_line(variant_pair, tmp_path, capsys):

@@ -88,20 +88,24 @@ class EmotionRecognizer:
         faces.check_detection(detector, upsample)
         self._predictor = predictor
         self.detector = detector
-        self.upsample = upsample if upsample == faces.UPSAMPLE_AUTO else int(upsample)
+        self.upsample = upsample if isinstance(upsample, str) else int(upsample)
         self.source = source if source is not None else getattr(predictor, "source", None)
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path=None, *, detector: str = "hog",
-             upsample: int | str = faces.UPSAMPLE_AUTO) -> "EmotionRecognizer":
+             upsample: int | str | None = None) -> "EmotionRecognizer":
         """Load a model: a trained variant folder, an ``ensemble.json``, a folder holding one,
         or one format's folder of a TFLite export (``ensemble-fer export``); ``None`` for the
-        release model, ``"fast"`` for the shipped fast one (see :func:`ensemble_fer.release.resolve_model`)."""
+        release model, ``"fast"`` for the shipped fast one (see :func:`ensemble_fer.release.resolve_model`).
+        ``upsample=None`` is the model's own search (:func:`ensemble_fer.release.default_upsample`):
+        ``"fast"`` for the shipped fast model, ``"auto"`` for any other."""
         from ensemble_fer.inference.predictor import load_predictor
 
-        faces.check_detection(detector, upsample)       # before the model's files are read
+        faces.check_detection(detector, faces.UPSAMPLE_AUTO if upsample is None else upsample)  # before the files
         resolved = release.resolve_model(path)
+        if upsample is None:
+            upsample = release.default_upsample(resolved)
         return cls(load_predictor(resolved), detector=detector, upsample=upsample, source=resolved)
 
     @property
