@@ -5,7 +5,18 @@ weighted ensemble fitted by differential evolution. Heavy modules (TensorFlow, d
 imported on first use, never at ``import ensemble_fer``.
 """
 
+import os as _os
+
+from ensemble_fer import tf_startup as _tf_startup
+
 __version__ = "0.1.0"
+
+# The library is as quiet as the CLI: TensorFlow's C++ start-up lines (cuInit on a CPU
+# machine, oneDNN) are held back at its first import, wherever that happens; OpenCV's FFmpeg
+# backend keeps its own errors ("moov atom not found") to itself, since an unreadable video is
+# reported by name here. Both only set what the user has not set, and import nothing heavy.
+_tf_startup.quiet_tensorflow_import()
+_os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")     # AV_LOG_QUIET; read when cv2 loads
 
 __all__ = ["EmotionRecognizer", "FaceResult", "__version__"]
 

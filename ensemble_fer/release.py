@@ -95,7 +95,35 @@ def resolve_model(value=None) -> Path:
     path = Path(value)
     if str(value) in SHIPPED and not path.exists():
         return shipped_model(str(value))
+    if not path.exists() and len(path.parts) == 1:
+        # a bare name that is neither a file here nor a shipped model: most often a typo of one
+        import difflib
+
+        close = difflib.get_close_matches(str(value), SHIPPED, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise MissingInputError(f"--model {value}: no such file or folder, and not a shipped model; {hint}"
+                                f"the shipped models are {', '.join(SHIPPED)}")
     return path
+
+
+DEFAULT_UPSAMPLE = {"release": "auto", "fast": "fast"}
+"""The face search (:mod:`ensemble_fer.features.faces` ``upsample`` mode) each shipped model
+predicts with unless told: the fast model's is the quicker ``fast`` search, which gives up the
+smallest faces (see ``faces.UPSAMPLE_FAST``); every other model keeps ``auto``."""
+
+
+def default_upsample(model) -> str:
+    """The ``upsample`` a model predicts with unless told (:data:`DEFAULT_UPSAMPLE`): the
+    shipped fast model's folder (by name or by path, packaged or working copy) gets
+    ``"fast"``, any other model ``"auto"``."""
+    try:
+        folder = Path(model).resolve()
+    except (TypeError, OSError):
+        return DEFAULT_UPSAMPLE["release"]
+    for name, upsample in DEFAULT_UPSAMPLE.items():
+        if any(folder == (root / name).resolve() for root in SEARCH_PATH):
+            return upsample
+    return DEFAULT_UPSAMPLE["release"]
 
 
 def release_files(source) -> list[str]:

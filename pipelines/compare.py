@@ -25,15 +25,13 @@ from pathlib import Path
 from .cli_errors import reports_errors
 from .cli_numbers import MAX_BATCH, int_in
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data" / "sample"
-
 
 def build_parser() -> argparse.ArgumentParser:
+    from ensemble_fer import paths
     from ensemble_fer.evaluation import comparison
     p = argparse.ArgumentParser(prog="python -m pipelines.compare", description=__doc__.split("\n")[0])
-    p.add_argument("--models", type=Path, default=REPO / "models",
-                   help="folder searched recursively for variant folders (default: models/)")
+    p.add_argument("--models", type=Path, default=paths.models_dir(),
+                   help="folder searched recursively for variant folders (default: models/ in the current folder)")
     p.add_argument("--out", type=Path, help="output folder (default: <models>/comparison)")
     p.add_argument("--speed-images", type=int_in(1, 100_000), default=comparison.SPEED_IMAGES, metavar="N",
                    help=f"rows each variant is timed on (1 to 100000; default {comparison.SPEED_IMAGES})")
@@ -48,12 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 @reports_errors
 def main(argv=None) -> int:
+    from ensemble_fer import paths
     from ensemble_fer.evaluation import comparison
 
     args = build_parser().parse_args(argv)
     say = (lambda *a, **k: None) if args.quiet else print
     result = comparison.compare_variants(args.models, speed_images=args.speed_images, repeats=args.repeats,
-                                         batch_size=args.batch_size, sample_dir=SAMPLE, speed=not args.no_speed,
+                                         batch_size=args.batch_size, sample_dir=paths.sample_data(), speed=not args.no_speed,
                                          say=say)
     out = args.out or args.models / "comparison"
     paths = comparison.write_comparison(result, out)

@@ -38,7 +38,7 @@ STAGES = {
     "evaluate": ("evaluate", "score a model on labelled data"),
     "predict": ("predict", "emotions of every face in photos and videos, as CSV"),
     "export": ("export", "export a model to TFLite (float32, float16, int8)"),
-    "demo": ("demo", "the whole pipeline on the bundled sample (needs a clone)"),
+    "demo": ("demo", "the whole pipeline on the bundled sample, in a few minutes"),
     "compare": ("compare", "compare the trained variants under a folder"),
     "search": ("search_hparams", "hyperparameter grid search of one variant"),
 }

@@ -34,16 +34,17 @@ from ensemble_fer.errors import InputError
 from .cli_errors import reports_errors
 from .cli_numbers import MAX_MINUTES, N_JOBS, float_in, int_in, with_range
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data" / "sample"
 VARIANTS = (("cnn5", False), ("cnn5", True))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ensemble_fer import paths
     from ensemble_fer.features import bovw
 
-    p = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "demo", help="output folder (default runs/demo)")
+    # the first paragraph, whole: its first line alone stops mid-sentence
+    p = argparse.ArgumentParser(prog="python -m pipelines.demo", description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument("--out", type=Path, default=paths.runs_dir("demo"),
+                   help="output folder (default runs/demo in the current folder)")
     p.add_argument("--epochs", type=int_in(1, 1000), default=4, help="epochs per variant (1 to 1000; default 4)")
     p.add_argument("--max-minutes", type=float_in(0, MAX_MINUTES), default=1.5,
                    help=f"wall-clock cap per variant's training, so the demo ends in minutes on any machine "
@@ -64,8 +65,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.epochs < 1:
         raise InputError(f"--epochs must be at least 1; got {args.epochs}")
+    from ensemble_fer.features import faces
     from ensemble_fer.inference import predictor as inference
     inference.check_tta(args.tta)
+    faces.require_model_files("the demo (its extraction computes 68 landmarks per face)")
     started = time.time()
     report = run_demo(args.out, epochs=args.epochs, max_minutes=args.max_minutes, detector=args.detector,
                       tta=args.tta, n_jobs=args.n_jobs, force=args.force, quiet=args.quiet)
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
 def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1, force=False,
              quiet=False) -> dict:
     """Run the four steps into ``out`` and write the report; returns ``report.json``'s dict."""
-    from ensemble_fer import artifacts
+    from ensemble_fer import artifacts, paths
     from ensemble_fer.features import bovw, datasets
     from ensemble_fer.evaluation import evaluate as evaluation
     from ensemble_fer.ensemble import fit as ensemble_fit
@@ -92,7 +95,8 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
 
     say("1/4 extracting features of the bundled sample")
     t = time.time()
-    dataset = datasets.open_dataset(SAMPLE)
+    sample = paths.sample_data()
+    dataset = datasets.open_dataset(sample)
     store_dir = out / "features" / "sample"
     manifest = feature_store.extract(dataset, store_dir, bovw.ExtractorConfig(detector=detector), n_jobs=n_jobs,
                                      force=force, progress=not quiet)
@@ -129,7 +133,7 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
     say("4/4 evaluating the ensemble on the sample's val split (features from the raw images)")
     t = time.time()
     predictor = inference.load_predictor(ensemble_path)
-    data = evaluation.load_eval_data(SAMPLE, predictor, split="val", cache=out / "features", n_jobs=n_jobs,
+    data = evaluation.load_eval_data(sample, predictor, split="val", cache=out / "features", n_jobs=n_jobs,
                                      progress=not quiet, say=say)
     result = evaluation.evaluate_predictor(predictor, data, tta=tta)
     files = evaluation.write_evaluation(result, out)
@@ -197,7 +201,7 @@ def report_markdown(report: dict, fit: dict, result: dict, files: dict) -> str:
                      f"(stopped by {v['stopped']}) | {_seconds(report, f'train {name}')} |")
     lines += [f"| 3 fit | `models/ensemble.json`: weights by differential evolution on val "
               f"(objective accuracy) | {timings['fit ensemble']} |",
-              f"| 4 evaluate | the ensemble on data/sample val, features re-extracted from the raw images"
+              f"| 4 evaluate | the ensemble on the sample's val, features re-extracted from the raw images"
               f"{tta} | {timings['evaluate']} |", ""]
 
     lines += ["## Members and ensemble (val)", "",
@@ -243,7 +247,7 @@ def report_markdown(report: dict, fit: dict, result: dict, files: dict) -> str:
     lines += ["More: [evaluation.md](evaluation.md), [models/ensemble_report.md](models/ensemble_report.md), "
               "`report.json`.", "",
               "## The same with the stage CLIs", "", "```",
-              f"python -m pipelines.extract_features --data data/sample --out {report['out']}/features/sample "
+              f"python -m pipelines.extract_features --out {report['out']}/features/sample "
               f"--detector {store['config']['detector']}"]
     for name in report["variants"]:
         block, _, use_bovw = name.partition("+")
@@ -251,7 +255,7 @@ def report_markdown(report: dict, fit: dict, result: dict, files: dict) -> str:
                      f"--features {report['out']}/features/sample --epochs "
                      f"{report['variants'][name]['epochs_run']} --out {report['out']}/models/{name}")
     lines += [f"python -m pipelines.fit_ensemble --models {report['out']}/models",
-              f"python -m pipelines.evaluate --model {report['out']}/models/ensemble.json --data data/sample "
+              f"python -m pipelines.evaluate --model {report['out']}/models/ensemble.json "
               f"--split val --out {report['out']}", "```", ""]
     return "\n".join(lines)
 

@@ -1,15 +1,16 @@
 """Evaluate a trained variant or an ensemble on a dataset: the whole split and its face-found subset.
 
-    python -m pipelines.evaluate --model PATH --data PATH [--format auto|fer2013-csv|fer2013-folders|folders]
+    python -m pipelines.evaluate [--model PATH] [--data PATH] [--format auto|fer2013-csv|fer2013-folders|folders]
         [--split train|val|test|all] [--tta N] [--ignore-unknown-labels] [--face-detector auto|hog|mmod|none]
         [--cache DIR | --no-cache] [--n-jobs N] [--json FILE] [--out DIR] [--force]
 
 --model: a variant folder (models/cnn5) or an ensemble.json. --data: a dataset (CSV, FER2013
-folders, class folders) or a feature store folder made with the model's extractor config.
+folders, class folders) or a feature store folder made with the model's extractor config (default: the bundled sample).
 
 Features of the split are extracted with the model's own extractor config (only that split,
 in parallel) and cached in ``<cache>/eval-<dataset>-<hash>/<split>.npz`` (default cache:
-features/), so a rerun or another model with the same features skips the extraction.
+the user's cache folder, ``$XDG_CACHE_HOME/ensemble_fer/features`` or
+``~/.cache/ensemble_fer/features``), so a rerun or another model with the same features skips the extraction.
 The cache is keyed on the files' content (sizes and modification times), so pictures replaced
 under the same names are extracted again.
 --split defaults to test when the data has it, else val (printed either way); a class-folder
@@ -49,7 +50,7 @@ import sys
 import contextlib
 from pathlib import Path
 
-from ensemble_fer import artifacts
+from ensemble_fer import artifacts, paths
 from ensemble_fer.features import bovw, datasets
 from ensemble_fer.evaluation import evaluate as evaluation
 from ensemble_fer.inference import predictor as inference
@@ -59,13 +60,12 @@ from ensemble_fer import release
 from .cli_errors import reports_errors
 from .cli_numbers import MAX_BATCH, N_JOBS, int_in, with_range
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", metavar="MODEL", help=release.MODEL_HELP)
-    p.add_argument("--data", type=Path, required=True, help="dataset CSV or folder, or a feature store folder")
+    p.add_argument("--data", type=Path, help="dataset CSV or folder, or a feature store folder (default: the "
+                                              "bundled sample, as for extract)")
     p.add_argument("--format", choices=datasets.FORMATS, default="auto")
     p.add_argument("--split", choices=("train", "val", "test", "all"),
                    help="split to score (default: test if the data has it, else val)")
@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("auto",) + tuple(sorted(bovw.DETECTORS)), default="auto",
                    help="detector that decides the face-found subset (auto: the model's, or hog if it has none; "
                         "none: no subset)")
-    p.add_argument("--cache", type=Path, default=REPO / "features",
-                   help="folder of the extraction cache (default features/)")
+    p.add_argument("--cache", type=Path,
+                   help=f"folder of the extraction cache (default: {paths.evaluation_cache()}, the user's cache "
+                        f"folder)")
     p.add_argument("--no-cache", action="store_true", help="extract in memory only")
     p.add_argument("--n-jobs", type=N_JOBS, default=-1,
                    help=with_range("worker processes for extraction (-1: all cores)", N_JOBS))
@@ -118,9 +119,9 @@ def main(argv=None) -> int:
         together = stack.enter_context(artifacts.replacing_together(outputs.values(), force=args.force))
         building = {key: together[path] for key, path in outputs.items()}
         predictor = inference.load_predictor(release.resolve_model(args.model))
-        data = evaluation.load_eval_data(args.data, predictor, split=args.split, format=args.format,
+        data = evaluation.load_eval_data(args.data or paths.sample_data(), predictor, split=args.split, format=args.format,
                                          ignore_unknown_labels=args.ignore_unknown_labels,
-                                         cache=None if args.no_cache else args.cache, n_jobs=args.n_jobs,
+                                         cache=None if args.no_cache else args.cache or paths.evaluation_cache(), n_jobs=args.n_jobs,
                                          face_detector=args.face_detector, progress=not args.quiet, say=say)
         result = evaluation.evaluate_predictor(predictor, data, tta=args.tta, batch_size=args.batch_size)
         print(evaluation.evaluation_summary(result))

@@ -3,8 +3,8 @@
     python -m pipelines.extract_features [--data PATH] [--format auto|fer2013-csv|fer2013-folders|folders]
         [--out DIR] [--detector hog|mmod|none] [--filter blank|paper] [--n-jobs N] [--limit N] [--force]
 
-Inputs: a dataset (default: the bundled sample in data/sample). Outputs: features/<name>/
-with one .npz per split and manifest.json (see docs/ARCHITECTURE.md).
+Inputs: a dataset (default: the bundled sample, read only). Outputs: features/<name>/ under
+the current folder (or --out) with one .npz per split and manifest.json (see docs/ARCHITECTURE.md).
 
 An interrupted run (Ctrl-C, kill, crash) keeps its finished chunks in <out>/.partial; rerun it
 with the same arguments to resume. An existing store is kept: a rerun on the same images (by
@@ -19,13 +19,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from ensemble_fer import paths
 from ensemble_fer.features import bovw, datasets, feature_store
 
 from .cli_errors import reports_errors
 from .cli_numbers import MAX_SEED, N_JOBS, int_in, with_range
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data" / "sample"
 # The module docstring without its usage line (argparse writes its own).
 _DESCRIPTION = "\n\n".join(part for i, part in enumerate(__doc__.strip().split("\n\n")) if i != 1)
 
@@ -33,9 +32,9 @@ _DESCRIPTION = "\n\n".join(part for i, part in enumerate(__doc__.strip().split("
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.extract_features", description=_DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=SAMPLE, help="dataset CSV or folder (default: the bundled sample)")
+    p.add_argument("--data", type=Path, help="dataset CSV or folder (default: the bundled sample)")
     p.add_argument("--format", choices=datasets.FORMATS, default="auto")
-    p.add_argument("--out", type=Path, help="output folder (default: features/<dataset name>)")
+    p.add_argument("--out", type=Path, help="output folder (default: features/<dataset name> in the current folder)")
     p.add_argument("--detector", choices=bovw.DETECTORS, default="hog",
                    help="face detector run on each crop (default hog; see data/README.md for measured hit rates)")
     p.add_argument("--filter", choices=feature_store.FILTERS, default="blank",
@@ -57,8 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 @reports_errors
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    dataset = datasets.open_dataset(args.data, args.format, ignore_unknown_labels=args.ignore_unknown_labels)
-    out = args.out or REPO / "features" / dataset.name
+    from ensemble_fer.features import faces
+
+    faces.require_model_files("extraction (68 landmarks per face for the BOVW features)")
+    dataset = datasets.open_dataset(args.data or paths.sample_data(), args.format, ignore_unknown_labels=args.ignore_unknown_labels)
+    out = args.out or paths.features_dir(dataset.name)
     config = bovw.ExtractorConfig(detector=args.detector)
     manifest = feature_store.extract(dataset, out, config, filter=args.filter, n_jobs=args.n_jobs,
                                      limit=args.limit, force=args.force, seed=args.seed,

@@ -39,6 +39,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ensemble_fer import paths
 from ensemble_fer.ensemble import fit
 from ensemble_fer.ensemble.ensemble_file import ENSEMBLE_FILE, check_ensemble_outputs, ensemble_outputs
 from ensemble_fer.ensemble.weighted import OBJECTIVES
@@ -49,13 +50,11 @@ from ensemble_fer.training.augment import MAX_TTA, check_tta
 from .cli_errors import reports_errors
 from .cli_numbers import MAX_SEED, int_in
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.fit_ensemble", description=__doc__.split("\n")[0])
-    p.add_argument("--models", type=Path, default=REPO / "models",
-                   help="folder searched recursively for variant folders (default: models/)")
+    p.add_argument("--models", type=Path, default=paths.models_dir(),
+                   help="folder searched recursively for variant folders (default: models/ in the current folder)")
     p.add_argument("--variants", nargs="+", metavar="NAME",
                    help="only these variants: folder names under --models, or paths (default: all found)")
     p.add_argument("--objective", choices=OBJECTIVES, default="accuracy",

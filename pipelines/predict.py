@@ -1,7 +1,7 @@
 """Predict: the emotion of every face in photos, videos and folders, as CSV.
 
-    python -m pipelines.predict PATH... [--model PATH] [--csv FILE] [--annotate DIR] [--gradcam DIR]
-        [--force | --resume] [--tta N] [--detector hog|mmod] [--upsample auto|N] [--recursive] [--batch-size N]
+    python -m pipelines.predict PATH... [--model PATH] [--csv FILE] [--annotate DIR|FILE] [--gradcam DIR]
+        [--force | --resume] [--tta N] [--detector hog|mmod] [--upsample auto|fast|N] [--recursive] [--batch-size N]
         [--fps N] [--quiet]
 
 Videos (any container OpenCV reads) are handled by ``pipelines/predict_videos.py``: frames
@@ -14,12 +14,14 @@ descends into sub-folders). The CSV (to FILE, or to stdout) has the columns
 ``path, face, left, top, right, bottom, emotion``, one probability column per class, then
 ``status`` and ``reason``. Every input file gets at least one row, written as soon as it is
 done: one row per face (status ``ok``; ``face`` counts from 0, largest face first); for a
-photo without a face one row with emotion and status ``no_face``; for a file that cannot be
+photo without a face one row with an empty emotion and status ``no_face``; for a file that cannot be
 read (corrupt, not an image, over Pillow's size limit, missing) one row with status ``error``
 and the reason, also reported on stderr. A 48x48 image is taken as a face crop (box = whole
 frame). The exit status is non-zero only when no input could be read at all.
 
---annotate DIR writes every photo with its boxes and ``<emotion> <score>`` labels;
+--annotate DIR writes every photo with its boxes and ``<emotion> <score>`` labels (and every
+video as ``DIR/<name>.mp4``); --annotate FILE, with a picture suffix for one photo or a video
+suffix for one video, writes that one input there;
 --gradcam DIR writes, per face, the face crop the network saw beside its Grad-CAM map of the
 predicted emotion (the members' maps weighted as their share of the score), 192 px with a
 caption (``<photo>_face<k>_<emotion>.png``).
@@ -59,6 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_fer import release
+from ensemble_fer.features.faces import FAST_SEARCH_GIVES_UP
 
 from .cli_errors import EXIT_BAD_INPUT, reports_errors
 
@@ -84,15 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_numbers import MAX_BATCH, MAX_FPS, float_in, int_in
 
     p = argparse.ArgumentParser(prog="python -m pipelines.predict", description=__doc__.split("\n")[0])
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
-    p.add_argument("--model", metavar="MODEL", help=release.MODEL_HELP)
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="photos, videos (mp4, mov, avi, mkv, webm, ... : any container OpenCV reads) and/or folders "
+                        "of them (--recursive for their sub-folders)")
+    p.add_argument("--model", metavar="MODEL", help=f"{release.MODEL_HELP}; {FAST_SEARCH_GIVES_UP}")
     p.add_argument("--csv", type=Path, metavar="FILE",
                    help="write the CSV here, row by row into FILE.partial, renamed to FILE when every input is "
                         "done (default: stdout); an existing FILE is refused unless --force or --resume")
-    p.add_argument("--annotate", type=Path, metavar="DIR", help="write each photo with boxes and labels here "
-                                                                "(refused if it exists, unless --force or --resume)")
-    p.add_argument("--gradcam", type=Path, metavar="DIR", help="write a Grad-CAM overlay per face here "
-                                                               "(refused if it exists, unless --force or --resume)")
+    p.add_argument("--annotate", type=Path, metavar="PATH",
+                   help="write the inputs with boxes and labels: to a folder (one picture per photo, NAME.mp4 per "
+                        "video), or, for a single input, to a file: a picture (.jpg, .png, .bmp) for a photo, a "
+                        "video (.mp4, ...) for a video; refused if it exists, unless --force (or --resume for a "
+                        "folder)")
+    p.add_argument("--gradcam", type=Path, metavar="DIR",
+                   help="write a Grad-CAM overlay per face here (refused if it exists, unless --force or --resume); "
+                        "Keras models only: the release or a trained variant, not the fast model or another export, "
+                        "which keep no gradients")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--force", action="store_true",
                        help="start over, replacing existing outputs (they stay until the new ones are complete) "
@@ -105,10 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"release)")
     p.add_argument("--detector", choices=("hog", "mmod"), default="hog",
                    help="dlib face detector: hog (fast, frontal) or mmod (CNN, more poses, slow on a CPU)")
-    p.add_argument("--upsample", type=upsample_value, default="auto", metavar="auto|N",
+    p.add_argument("--upsample", type=upsample_value, metavar="auto|fast|N",
                    help=f"times the photo is doubled before detection, 0 to {MAX_UPSAMPLE} (1: faces down to ~40 px; "
-                        f"0: ~75 px, 4x faster); auto: 0, then 1 unless every face found is 146 px or more; a photo "
-                        f"that would need more memory than is available gets an error row")
+                        f"0: ~75 px, 4x faster); auto: 0, then 1 unless every face found is 146 px or more; fast: "
+                        f"the photo at 0.6, then at 1.6 unless a face was found (faces down to ~46 px). Default: "
+                        f"fast for --model fast, auto for any other model. A photo that would need more memory "
+                        f"than is available gets an error row")
     p.add_argument("--recursive", action="store_true", help="also read the folders inside a folder")
     p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=64, metavar="N",
                    help=f"face crops per network batch (1 to {MAX_BATCH})")
@@ -120,18 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def upsample_value(text: str) -> int | str:
-    """``--upsample``'s value: ``auto`` or a whole number in [0, MAX_UPSAMPLE], checked as parsed."""
-    from ensemble_fer.features.faces import MAX_UPSAMPLE, UPSAMPLE_AUTO
+    """``--upsample``'s value: ``auto``, ``fast`` or a whole number in [0, MAX_UPSAMPLE], checked
+    as parsed."""
+    from ensemble_fer.features.faces import MAX_UPSAMPLE, UPSAMPLE_MODES
 
     try:
         value = int(text)
     except ValueError:
-        if text == UPSAMPLE_AUTO:
+        if text in UPSAMPLE_MODES:
             return text
         value = None
     if value is None or not 0 <= value <= MAX_UPSAMPLE:
-        raise argparse.ArgumentTypeError(f"must be {UPSAMPLE_AUTO} or an int in [0, {MAX_UPSAMPLE}] (each doubles "
-                                         f"the photo before detection); got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be {' or '.join(UPSAMPLE_MODES)} or an int in [0, {MAX_UPSAMPLE}] "
+                                         f"(each doubles the photo before detection); got {text!r}")
     return value
 
 
@@ -141,10 +154,6 @@ def main(argv=None) -> int:
     from ensemble_fer.errors import InputError
 
     args = build_parser().parse_args(argv)
-    from ensemble_fer.inference.predictor import check_tta
-
-    if args.tta is not None:
-        check_tta(args.tta, where="--tta")
     if args.resume and not args.csv:
         raise InputError("--resume needs --csv FILE: the CSV's rows say which inputs are done")
     from ensemble_fer.inference import video
@@ -156,13 +165,26 @@ def main(argv=None) -> int:
     for option, path in own:      # before --force is looked at: an input is never replaced
         artifacts.check_apart(path, args.paths, output_name=option, allow_inside=True)
     files, problems = list_inputs(args.paths, args.recursive, exclude=[path for _, path in own])
-    annotate_file = predict_videos.annotate_target(args, files)     # --annotate out.mp4: one video
+    if not args.quiet:
+        for note in skipped_folder_notes(args.paths, args.recursive, exclude=[path for _, path in own]):
+            print(f"note: {note}", file=sys.stderr)
+    annotate_file = predict_videos.annotate_target(args, files)     # --annotate out.mp4 / out.jpg: one input
     outputs = Outputs(args.csv, None if annotate_file else args.annotate, args.gradcam, force=args.force,
                       resume=args.resume, video=any(video.is_video(path) for path, _ in files))
     outputs.check()     # before the model loads: a refused output costs nothing
     if not files and not problems:
-        print("error: no image files to read", file=sys.stderr)
+        folders = [str(path) for path in args.paths if Path(path).is_dir()]
+        print(f"error: {', '.join(folders) or 'the inputs'}: no image files to read", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not any_readable(files, problems):
+        # Every input is missing or broken: said now, before TensorFlow starts (10-25 s).
+        print("error: no input could be read", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    # after the inputs: the predictor module brings scipy and scikit-learn (seconds)
+    from ensemble_fer.inference.predictor import check_tta
+
+    if args.tta is not None:
+        check_tta(args.tta, where="--tta")
     recognizer = EmotionRecognizer.load(args.model, detector=args.detector, upsample=args.upsample)
     classes = recognizer.classes
     if args.gradcam:
@@ -174,12 +196,15 @@ def main(argv=None) -> int:
 
     with outputs.open(classes) as sink:
         videos = [(path, name) for path, name in files if video.is_video(path) and not sink.is_done(path)]
-        counts = predict_files(recognizer, [f for f in files if not video.is_video(f[0])], problems, sink, args)
+        counts = predict_files(recognizer, [f for f in files if not video.is_video(f[0])], problems, sink, args,
+                               None if annotate_file is None or video.is_video(annotate_file) else annotate_file)
         predict_videos.predict_videos(recognizer, videos, sink, args, counts, annotate_file)
     if not args.quiet:
         where = f"; wrote {args.csv}" if args.csv else ""
         skipped = f", {counts['skipped']} done before (--resume)" if counts["skipped"] else ""
-        print(f"{counts['read']} photo(s) read, {counts['faces']} face(s), {counts['errors']} unreadable{skipped}"
+        n_videos = counts.get("videos", 0)
+        read = f"{counts['read'] - n_videos} photo(s)" + (f" and {n_videos} video(s)" if n_videos else "")
+        print(f"{read} read, {counts['faces']} face(s), {counts['errors']} unreadable{skipped}"
               f"{where}", file=sys.stderr)
     if counts["read"] == 0 and counts["skipped"] == 0:
         print("error: no input could be read", file=sys.stderr)
@@ -187,9 +212,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
+def predict_files(recognizer, files, problems, sink, args, annotate_file=None) -> dict[str, int]:
     """Predict every ``(path, output name)`` in ``files`` not done yet, writing each file's
-    rows (and pictures) through ``sink`` as soon as its batch has run, in input order."""
+    rows (and pictures) through ``sink`` as soon as its batch has run, in input order;
+    ``annotate_file``: the one photo's annotated picture (``--annotate out.jpg``)."""
     from ensemble_fer.errors import InputError
     from ensemble_fer.features.datasets import DatasetError, read_image_file
     from ensemble_fer.features.faces import check_detection_memory
@@ -235,6 +261,12 @@ def predict_files(recognizer, files, problems, sink, args) -> dict[str, int]:
         path, name, _ = queue.popleft()
         if sink.pictures:
             sink.write_pictures(recognizer, read_image_file(path), faces, name)
+        if annotate_file is not None:
+            from ensemble_fer import artifacts
+            from ensemble_fer.inference import annotate
+
+            with artifacts.output_lock(annotate_file):
+                annotate.write_image(annotate_file, annotate.draw_faces(read_image_file(path), faces))
         sink.write(path, csv_rows(path, faces, classes))
         counts["read"] += 1
         counts["faces"] += len(faces)
@@ -257,6 +289,50 @@ def read_photo(path):
             return read_image_file(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DatasetError(f"{path}: not read, too large ({exc})") from None
+
+
+def any_readable(files, problems) -> bool:
+    """Whether some input can be read, probed in order up to the first that can (a photo
+    decoded, a video's first frame): cheap, and no model is needed. When none can, each one's
+    problem is printed, as the run would have reported it."""
+    from ensemble_fer.errors import InputError
+    from ensemble_fer.inference import video
+
+    reasons = list(problems)
+    for path, _ in files:
+        try:
+            if video.is_video(path):
+                video.check_video(path)
+            else:
+                read_photo(path)
+            return True
+        except InputError as exc:
+            reasons.append(str(exc))
+    for reason in reasons:
+        print(reason, file=sys.stderr)
+    return False
+
+
+def skipped_folder_notes(paths, recursive: bool, exclude=()) -> list[str]:
+    """One line per folder argument whose sub-folders are not read (no --recursive);
+    ``exclude``: this run's own outputs, which are not inputs anyway."""
+    if recursive:
+        return []
+    excluded = {Path(os.path.realpath(p)) for p in exclude}
+    notes = []
+    for path in map(Path, paths):
+        try:
+            if not path.is_dir():
+                continue
+            inside = [child for child in path.iterdir() if child.is_dir() and not child.name.startswith(".")
+                      and Path(os.path.realpath(child)) not in excluded]
+        except OSError:     # a folder that cannot be listed: list_inputs reports it
+            continue
+        if inside:
+            names = ", ".join(sorted(child.name for child in inside)[:3]) + (", ..." if len(inside) > 3 else "")
+            notes.append(f"{path}: {len(inside)} sub-folder(s) not read ({names}); pass --recursive to "
+                         f"include them")
+    return notes
 
 
 def list_inputs(paths, recursive: bool = False, exclude=()) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -364,13 +440,14 @@ def run_record(recognizer, args) -> dict:
     --resume continues only the same run: the model (the hash of its files), the options
     that change rows, and the working folders that relative input paths were given from."""
     return {"model": str(recognizer.source), "model_sha256": recognizer.fingerprint(), "tta": args.tta,
-            "detector": args.detector, "upsample": args.upsample, "fps": args.fps, "cwd": [os.getcwd()]}
+            "detector": args.detector, "upsample": recognizer.upsample, "fps": args.fps, "cwd": [os.getcwd()]}
 
 
 def csv_rows(path, faces, classes) -> list[list]:
     """The CSV rows of one photo (see the module doc)."""
     if not faces:
-        return [[path_cell(path), "", "", "", "", "", NO_FACE] + [""] * len(classes) + [NO_FACE, "no face found"]]
+        # emotion empty: no_face is a status, not an emotion (a column of emotions stays one)
+        return [[path_cell(path), "", "", "", "", "", ""] + [""] * len(classes) + [NO_FACE, "no face found"]]
     return [[path_cell(path), k, *face.box, ""] + [""] * len(classes) + [BLANK, blank_reason()] if face.blank else
             [path_cell(path), k, *face.box, face.emotion] + [f"{face.scores[c]:.6f}" for c in classes] + [OK, ""]
             for k, face in enumerate(faces)]

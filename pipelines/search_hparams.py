@@ -29,16 +29,14 @@ from pathlib import Path
 
 from .cli_errors import reports_errors
 from .cli_numbers import MAX_MINUTES, float_in
-from .train_variant import add_variant_arguments
-
-REPO = Path(__file__).resolve().parent.parent
+from .train_variant import add_variant_arguments, check_store_first
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.search_hparams", description=__doc__.split("\n")[0])
     add_variant_arguments(p)
     p.add_argument("--grid", type=Path, required=True, help="JSON file: parameter name -> list of values")
-    p.add_argument("--out", type=Path, help="search folder (default: runs/search/<variant>)")
+    p.add_argument("--out", type=Path, help="search folder (default: runs/search/<variant> in the current folder)")
     p.add_argument("--max-minutes-per-run", type=float_in(0, MAX_MINUTES), metavar="M",
                    help=f"wall-clock budget of each run in this call, in (0, {MAX_MINUTES:g}]; a rerun resumes the "
                         f"runs it cut short")
@@ -49,12 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 @reports_errors
 def main(argv=None) -> int:
+    check_store_first(argv)     # before the parser, which imports TensorFlow
+    from ensemble_fer import paths
     from ensemble_fer.training import hparam_search
     from ensemble_fer.models import networks
 
     args = build_parser().parse_args(argv)
     block = None if args.block == "none" else args.block
-    out = args.out or REPO / "runs" / "search" / networks.variant_name(block, args.bovw)
+    out = args.out or paths.runs_dir("search", networks.variant_name(block, args.bovw))
     search = hparam_search.HparamSearch(block, args.bovw, args.grid, labels=args.labels,
                                         max_minutes_per_run=args.max_minutes_per_run,
                                         retry_failed=args.retry_failed, progress=not args.quiet)

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ensemble_fer import paths
 from ensemble_fer.errors import InputError
 
 from .cli_errors import reports_errors
@@ -31,8 +32,6 @@ from .cli_numbers import MAX_MINUTES, float_in
 
 if TYPE_CHECKING:
     from ensemble_fer.training.config import TrainConfig
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 VARIANT_FIELDS = ("block", "bovw", "labels")
@@ -100,8 +99,9 @@ def add_variant_arguments(p: argparse.ArgumentParser) -> None:
     fields = TrainConfig.__dataclass_fields__
     add_field_option(p, fields["block"], required=True, choices=list_blocks() + ["none"])
     add_field_option(p, fields["bovw"])
-    p.add_argument("--features", type=Path, default=REPO / "features" / "sample",
-                   help="feature store folder (default: features/sample)")
+    p.add_argument("--features", type=Path, default=paths.features_dir("sample"),
+                   help="feature store folder (default: features/sample in the current folder, what extract "
+                        "writes there by default)")
     add_field_option(p, fields["labels"])
 
 
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in _cli_fields(TrainConfig):
         if f.name not in VARIANT_FIELDS:
             add_field_option(p, f)
-    p.add_argument("--out", type=Path, help="output folder (default: models/<variant>)")
+    p.add_argument("--out", type=Path, help="output folder (default: models/<variant> in the current folder)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--force", action="store_true", help="replace an existing variant in --out")
     p.add_argument("--max-minutes", type=float_in(0, MAX_MINUTES), metavar="M",
@@ -158,14 +158,36 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def check_store_first(argv) -> None:
+    """The feature store (``--features``, or its default) is opened before the full parser is
+    built: the parser lists the blocks, which imports TensorFlow (10-25 s), and a wrong path
+    should answer at once. Anything this light pre-parse cannot read is left to the parser."""
+    from ensemble_fer.features.feature_store import FeatureStore
+
+    class PreParser(argparse.ArgumentParser):
+        def error(self, message):       # silent: the full parser reports it
+            raise ValueError(message)
+
+    pre = PreParser(add_help=False)
+    pre.add_argument("--features", type=Path, default=paths.features_dir("sample"))
+    pre.add_argument("-h", "--help", action="store_true")
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except ValueError:
+        return
+    if not known.help:
+        FeatureStore(known.features)
+
+
 @reports_errors
 def main(argv=None) -> int:
+    check_store_first(argv)
     from ensemble_fer.models import networks
     from ensemble_fer.training import train as training
 
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
-    out = args.out or REPO / "models" / networks.variant_name(config.block, config.bovw)
+    out = args.out or paths.models_dir() / networks.variant_name(config.block, config.bovw)
     training.train(args.features, config, out=out, resume=args.resume, force=args.force,
                    max_minutes=args.max_minutes, progress=not args.quiet)
     return 0

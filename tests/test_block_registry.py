@@ -79,10 +79,12 @@ def test_bad_specs_are_refused_before_registration(bad, match):
 
 def test_list_follows_the_families_whatever_was_imported_first(unbuildable):
     names = registry.list_blocks()
-    assert names[:9] == ["resnet50", "inception_resnet_v2", "vgg16", "resnet50v2",
-                         "efficientnetv2b2", "cnn5", "complex_cnn", "se_resnet", "vgg_fast"]
+    assert names[:12] == ["resnet50", "inception_resnet_v2", "vgg16", "resnet50v2", "efficientnetv2b2",
+                          "faceres_mobilenet", "efficientnet_lite0", "squeezenet11",
+                          "cnn5", "complex_cnn", "se_resnet", "vgg_fast"]
     assert names[-1] == "x_unbuildable"   # registered outside the families: listed last
-    assert registry.FAMILIES == ("vggface", "applications", "compact")
+    assert registry.FAMILIES == ("vggface", "applications", "faceres", "efficientnet_lite", "squeezenet",
+                                 "compact")
 
 
 def test_spec_checks_sizes_naming_the_argument():

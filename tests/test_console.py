@@ -1,8 +1,10 @@
 """The `ensemble-fer` console command and the packaging of the release model.
 
 The wheel test builds a real wheel of this source tree with a tiny release model packaged
-(``ENSEMBLE_FER_RELEASE``), installs it into a fresh virtualenv and predicts a photo and a
-video from a directory outside the repository, through the installed console script.
+(``ENSEMBLE_FER_RELEASE``), installs it into a read-only folder (``pip install --target``, run
+by this interpreter: no ``--system-site-packages`` venv), runs every stage with its default
+paths from a folder outside the repository, and predicts a photo and a video there through the
+installed console script.
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ def test_every_stage_help_shows_defaults(command, capsys):
                 and not any(action.default is v for v in (None, False, argparse.SUPPRESS))):
             help_text = parser.formatter_class(prog="x")._get_help_string(action)
             assert "default" in help_text, (command, action.option_strings)
+
+
+@pytest.mark.parametrize("command", sorted(console.STAGES))
+def test_every_stage_help_starts_with_a_whole_sentence(command):
+    description = " ".join(console.stage_parser(command).description.split())
+    assert description.endswith("."), description
 
 
 @pytest.mark.parametrize("command", ["extract", "predict", "evaluate", "demo"])
@@ -103,7 +111,8 @@ def _source_tree(dest: Path) -> Path:
                             check=True, capture_output=True, text=True).stdout.splitlines()
     for name in listed:
         source = REPO / name
-        if source.is_file() and not name.startswith(("models/", "data/", "tests/", "benchmarks/", "runs/")):
+        if source.is_file() and (name.startswith("data/sample/")
+                                 or not name.startswith(("models/", "data/", "tests/", "benchmarks/", "runs/"))):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     return dest
@@ -127,23 +136,62 @@ def test_wheel_ships_release_and_predicts_outside_the_repo(tiny_release, tiny_va
     packaged = {f"ensemble_fer/release/{name}" for name in release.release_files(tiny_release)}
     assert packaged <= names
     assert {f"ensemble_fer/fast/{name}" for name in ("config.json", "model.tflite", "export.json")} <= names
+    # the bundled sample, the default input of extract, evaluate and demo
+    sample = {f"ensemble_fer/sample/{f.relative_to(REPO / 'data' / 'sample').as_posix()}"
+              for f in (REPO / "data" / "sample").rglob("*.jpg")}
+    assert sample and sample <= names
     assert not any(name.endswith((".npz", ".png", ".csv", ".log")) for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "ensemble-fer = pipelines.console:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
-    # A fresh virtualenv; the heavy dependencies (TensorFlow, dlib) come from this interpreter's
-    # site-packages so that the test runs offline, the package itself only from the wheel.
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python, script = venv / "bin" / "python", venv / "bin" / "ensemble-fer"
-    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True)
+    # Installed as pip installs it, into a folder nothing may write into: `pip install --target`
+    # with this interpreter, whose own site-packages (a plain venv's, in CI) give the
+    # dependencies, so the test runs offline and sees what a user's environment sees (no
+    # `venv --system-site-packages`, which would see the base interpreter's packages instead).
+    installed = tmp_path / "installed"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
+                    str(installed), str(wheel)], check=True)
+    script = installed / "bin" / "ensemble-fer"
+    for path in installed.rglob("*"):
+        path.chmod(path.stat().st_mode & ~0o222)
+    before = _tree_state(installed)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=str(installed), PYTHONDONTWRITEBYTECODE="1", XDG_CACHE_HOME=str(cache))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(PHOTO, elsewhere / "photo.jpg")
-    where = subprocess.run([str(python), "-c", "from ensemble_fer import release; print(release.default_model())"],
-                           cwd=elsewhere, check=True, capture_output=True, text=True).stdout.strip()
-    assert Path(where).is_relative_to(venv), where
-    run = subprocess.run([str(script), "predict", "photo.jpg"], cwd=elsewhere, capture_output=True, text=True)
+    where = subprocess.run([sys.executable, "-c", "import ensemble_fer, pipelines; from ensemble_fer import paths, "
+                            "release; print(ensemble_fer.__file__, pipelines.__file__, release.default_model(), "
+                            "paths.sample_data())"],
+                           cwd=elsewhere, env=env, check=True, capture_output=True, text=True).stdout.split()
+    assert all(Path(path).is_relative_to(installed) for path in where), where
+
+    # Every stage with its default paths, from a folder outside the repository: outputs land
+    # here, caches in the user's cache folder, inputs come from the package (the sample).
+    (elsewhere / "grid.json").write_text(json.dumps({"epochs": [1], "augment": [False]}))
+    stages = [["extract", "--detector", "none", "--n-jobs", "1", "--quiet"],
+              ["train", "--block", "cnn5", "--epochs", "1", "--no-augment", "--quiet"],
+              ["fit-ensemble"],
+              ["evaluate", "--detector", "none", "--n-jobs", "1", "--quiet"],
+              ["compare", "--speed-images", "8", "--repeats", "1", "--quiet"],
+              ["search", "--block", "none", "--bovw", "--grid", "grid.json", "--quiet"],
+              ["export", "--out", "exported", "--format", "float32", "--quiet"],
+              ["demo", "--epochs", "1", "--detector", "none", "--n-jobs", "1", "--quiet"]]
+    program = ("import sys\nfrom pipelines import console\n"
+               f"for argv in {stages!r}:\n"
+               "    code = console.main(argv)\n"
+               "    assert code == 0, (argv, code)\n")
+    run = subprocess.run([sys.executable, "-c", program], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+    for output in ("features/sample/manifest.json", "models/cnn5/config.json", "models/ensemble.json",
+                   "models/comparison/comparison.csv", "runs/search/bovw/results.csv", "exported/export.json",
+                   "runs/demo/report.md"):
+        assert (elsewhere / output).is_file(), output
+    assert list((cache / "ensemble_fer" / "features").glob("eval-*"))
+    assert _tree_state(installed) == before, "a stage wrote into the installed package"
+
+    run = subprocess.run([str(script), "predict", "photo.jpg"], cwd=elsewhere, env=env, capture_output=True,
+                         text=True)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.strip().splitlines()
     assert lines[0].startswith("path,face,left,top,right,bottom,emotion,angry")
@@ -151,8 +199,8 @@ def test_wheel_ships_release_and_predicts_outside_the_repo(tiny_release, tiny_va
     # a CPU-only run: no TensorFlow/CUDA start-up lines, no retracing warnings
     assert run.stderr.strip() == "1 photo(s) read, 6 face(s), 0 unreadable", run.stderr
     # the packaged fast model, by name: the same faces, another network
-    run = subprocess.run([str(script), "predict", "photo.jpg", "--model", "fast"], cwd=elsewhere, capture_output=True,
-                         text=True)
+    run = subprocess.run([str(script), "predict", "photo.jpg", "--model", "fast"], cwd=elsewhere, env=env,
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     fast_lines = run.stdout.strip().splitlines()
     assert [line.split(",")[:6] for line in fast_lines] == [line.split(",")[:6] for line in lines]
@@ -161,13 +209,21 @@ def test_wheel_ships_release_and_predicts_outside_the_repo(tiny_release, tiny_va
     from test_video import write_video
 
     write_video(elsewhere / "clip.mp4", photos=("2008_002470.jpg",))
-    run = subprocess.run([str(script), "predict", "clip.mp4", "--fps", "2", "--quiet"], cwd=elsewhere,
+    run = subprocess.run([str(script), "predict", "clip.mp4", "--fps", "2", "--quiet"], cwd=elsewhere, env=env,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.strip().splitlines()
     assert lines[0].endswith(",frame,time_s,track")
     assert len(lines) == 1 + 2 * 6 and all(line.startswith("clip.mp4,") for line in lines[1:])
     assert run.stderr == ""
+    assert _tree_state(installed) == before
+
+
+def _tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` with its size and modification time: what a write would change
+    (the folder is read-only, but a test run as root writes through that)."""
+    return {str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(root.rglob("*"))}
 
 
 # ------------------------------------------------------------------ quiet TensorFlow start-up
@@ -213,3 +269,45 @@ def test_python_m_stage_starts_tensorflow_quietly():
     assert "tensorflow" in imported, "this run no longer imports TensorFlow: pick a stage that does"
     ours = [line for line in lines if not line.startswith("import time:")]
     assert not [line for line in ours if CHATTER_WORDS.search(line)], ours
+
+
+@pytest.mark.slow
+def test_python_api_is_as_quiet_as_the_cli_and_does_not_retrace(tiny_release):
+    """`from ensemble_fer import EmotionRecognizer` and predict() in a loop, on photos with 0 to
+    7 faces and on 1 to 20 crops: nothing on stderr (no TensorFlow start-up or cuInit lines,
+    no retracing warnings), and each member's network traced at most twice (Keras's
+    reduce_retracing generalises the batch dimension after the second shape)."""
+    program = f"""
+import glob, json, sys
+import numpy as np
+from ensemble_fer import EmotionRecognizer
+recognizer = EmotionRecognizer.load({str(tiny_release)!r})
+for photo in sorted(glob.glob({str(PHOTO.parent / '*.jpg')!r})) * 2:
+    recognizer.predict(photo)
+crops = np.random.default_rng(0).integers(0, 256, (20, 48, 48), dtype=np.uint8)
+for n in (1, 5, 2, 17, 3, 9, 20, 4, 11, 6):
+    recognizer._predictor.predict_proba(crops[:n])
+members = recognizer._predictor._members
+print(json.dumps([m.model.predict_function.experimental_get_tracing_count() for m in members]))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", program], cwd=REPO.parent, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr == "", run.stderr
+    assert all(count <= 2 for count in json.loads(run.stdout.strip().splitlines()[-1])), run.stdout
+
+
+def test_ci_runs_the_readmes_test_command_in_a_plain_virtualenv():
+    """CI is what a user does: a fresh venv without the system's packages, the package
+    installed into it, then the README's own test command (its second command line)."""
+    readme = (REPO / "README.md").read_text()
+    commands = readme.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    test_command = commands[1].split("#")[0].strip()
+    script = (REPO / ".ci" / "run").read_text()
+    code = [line.strip() for line in script.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert "python3 -m venv" in script and "--system-site-packages" not in "\n".join(code)
+    assert code.index(test_command) > next(i for i, line in enumerate(code) if "python3 -m venv" in line)
+    assert any("pip install" in line and "-e" in line and "[test]" in line for line in code)
+    assert subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")]).returncode == 0

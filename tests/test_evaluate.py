@@ -5,6 +5,7 @@ import csv
 import json
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,6 +238,20 @@ def test_evaluate_on_a_feature_store(variant_pair, sample_store, tmp_path, capsy
     (other / "manifest.json").write_text(json.dumps(manifest))
     code, _, stderr = _cli(["--model", variant_pair / "bovw", "--data", other], capsys)
     assert code == 2 and str(other) in stderr and "give the raw data instead" in stderr
+
+
+def test_defaults_the_bundled_sample_caches_in_the_users_cache_and_shows_no_joblib_lines(variant_pair, tmp_path,
+                                                                                         capsys, monkeypatch):
+    """No --data: the bundled sample, as extract; no --cache: the user's cache folder, never
+    the package's; progress is one bar, not joblib's [Parallel(...)] lines."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = _cli(["--model", variant_pair / "bovw", "--n-jobs", "2", "--json", "r.json"], capsys)
+    assert code == 0, stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert Path(result["data"]["path"]).resolve() == SAMPLE.resolve()
+    assert list((tmp_path / "cache" / "ensemble_fer" / "features").glob("eval-*"))
+    assert "[Parallel(" not in stderr + stdout
 
 
 def _class_folders(root, names, per_class=3):

@@ -145,3 +145,13 @@ def test_an_image_only_model_reads_crops_without_landmarks_or_hog(mixed_release,
                                np.mean([predictor.predict_features(view[0], None, None) for view in views], axis=0),
                                atol=1e-6)
 
+
+
+def test_export_says_each_step_with_an_estimate(tiny_variant, tmp_path, capsys):
+    from pipelines import export as export_cli
+
+    assert export_cli.main(["--model", str(tiny_variant), "--out", str(tmp_path / "x"), "--format", "float32",
+                            "int8"]) == 0
+    err = capsys.readouterr().err
+    assert err.index("preparing the check crops and loading") < err.index("converting cnn5+bovw to float32 (1/2)")
+    assert "converting cnn5+bovw to int8 (2/2; about " in err and "checking the int8 export" in err

@@ -121,7 +121,7 @@ def test_auto_upsample_misses_a_small_face_beside_large_ones_as_documented():
 def test_bad_upsample_values_are_input_errors(value):
     from ensemble_fer.errors import InputError
 
-    with pytest.raises(InputError, match=r"upsample must be 'auto' or an int in \[0, 4\]; got "):
+    with pytest.raises(InputError, match=r"upsample must be 'auto', 'fast' or an int in \[0, 4\]; got "):
         faces.detect_faces(np.zeros((10, 10), np.uint8), upsample=value)
 
 
@@ -176,3 +176,112 @@ def test_bad_images_are_input_errors():
         faces.detect_faces(np.zeros((10, 10), np.float32))
     with pytest.raises(InputError, match=r"image must be \(H, W\) or \(H, W, 3\); got shape \(2, 10, 10, 3\)"):
         faces.detect_faces(np.zeros((2, 10, 10, 3), np.uint8))
+
+
+# ------------------------------------------------------------------ upsample="fast" (the fast model's search)
+def test_fast_search_finds_faces_of_63_px_and_more_with_boxes_in_photo_pixels():
+    """2009_004587's two faces are 63 and 75 px, within the fast search's reach (about 46 px
+    and up) and under its first pass's (about 122 px): the second pass, on the photo resized by
+    1.6, finds both, with boxes that overlap the ground truth in the photo's own pixels."""
+    file = "2009_004587.jpg"
+    image = read_image_file(PHOTOS / file)
+    truth = GROUND_TRUTH[file]
+    assert sorted(right - left + 1 for (left, _, right, _), _ in truth) == [63, 75]
+    found = faces.detect_scored_faces(image, upsample="fast")
+    boxes = [box for box, _ in found]
+    assert len(boxes) == len(truth)
+    for box, _ in truth:
+        assert max(iou(box, b) for b in boxes) >= 0.5, (file, box, boxes)
+    assert found == faces.detect_resized(image, faces.FAST_SEARCH.second)
+
+
+def test_fast_search_misses_a_smaller_face_beside_large_ones_as_documented():
+    """The fast search's first-pass blind spot, kept visible: 2008_002506's faces are 90, 91
+    and 109 px; its pass at 0.6 sees two of them (over ~122 px as dlib boxes them) and stops,
+    so the third is given up, where auto finds all three."""
+    image = read_image_file(PHOTOS / "2008_002506.jpg")
+    truth = [box for box, _ in GROUND_TRUTH["2008_002506.jpg"]]
+    fast = faces.detect_faces(image, upsample="fast")
+    assert fast == [box for box, _ in faces.detect_resized(image, faces.FAST_SEARCH.first)] and len(fast) == 2
+    assert all(max(iou(t, b) for t in truth) >= 0.5 for b in fast)
+    assert len(faces.detect_faces(image, upsample="auto")) == 3
+
+
+def test_fast_search_gives_up_some_of_the_smallest_faces_as_documented():
+    """2008_002470's six faces are 37-52 px wide in the ground truth: auto (the doubled photo)
+    finds all six, the fast search (the photo at 1.6, boxes from about 46 px) misses a 37 px one."""
+    image = read_image_file(PHOTOS / "2008_002470.jpg")
+    truth = [box for box, _ in GROUND_TRUTH["2008_002470.jpg"]]
+    assert sorted(right - left + 1 for left, _, right, _ in truth) == [37, 37, 44, 44, 44, 52]
+
+    def found(boxes):
+        return [t for t in truth if max((iou(t, b) for b in boxes), default=0) >= 0.3]
+
+    assert len(found(faces.detect_faces(image, upsample="auto"))) == 6
+    missed = [t for t in truth if t not in found(faces.detect_faces(image, upsample="fast"))]
+    assert [right - left + 1 for left, _, right, _ in missed] == [37]
+
+
+def test_resized_detection_boxes_are_in_the_photo_own_pixels():
+    """A face found on the photo resized by 0.75 or 1.5 has the box dlib finds on the photo as it
+    is, to within the resize's rounding and dlib's box steps (IoU >= 0.7)."""
+    image = large_face_photo()
+    (reference, _), = faces.detect_scored_faces(image, upsample=0)
+    for scale in (0.75, 1.5):
+        (box, _), = faces.detect_resized(image, scale)
+        assert iou(box, reference) >= 0.7, (scale, box, reference)
+    (left, top, right, bottom), _ = faces.detect_resized(image, 0.75)[0]
+    assert 0 <= left < right < image.shape[1] and 0 <= top < bottom < image.shape[0]
+
+
+def test_fast_search_stops_after_its_small_first_pass_when_every_face_is_large():
+    image = large_face_photo()
+    first = faces.detect_resized(image, faces.FAST_SEARCH.first)
+    assert len(first) == 1
+    assert faces.detect_scored_faces(image, upsample="fast") == first
+
+
+@pytest.mark.parametrize("scale", [0, -1, "2", True, None])
+def test_bad_scales_are_input_errors(scale):
+    from ensemble_fer.errors import InputError
+
+    with pytest.raises(InputError, match=r"scale must be a number > 0; got "):
+        faces.detect_resized(np.zeros((10, 10), np.uint8), scale)
+
+
+def test_the_fast_model_searches_with_fast_by_default_and_the_release_keeps_auto():
+    from ensemble_fer import EmotionRecognizer, release
+
+    assert set(release.DEFAULT_UPSAMPLE.values()) <= set(faces.UPSAMPLE_MODES)
+    assert release.default_upsample(release.shipped_model("fast")) == faces.UPSAMPLE_FAST == "fast"
+    assert release.default_upsample(release.shipped_model("release")) == faces.UPSAMPLE_AUTO
+    assert release.default_upsample(PHOTOS) == faces.UPSAMPLE_AUTO           # any other folder
+    # load reads no network: these only check the files
+    assert EmotionRecognizer.load("fast").upsample == "fast"
+    assert EmotionRecognizer.load(str(release.shipped_model("fast"))).upsample == "fast"     # by path too
+    assert EmotionRecognizer.load().upsample == "auto"
+    # the user's choice wins
+    assert EmotionRecognizer.load("fast", upsample="auto").upsample == "auto"
+    assert EmotionRecognizer.load("fast", upsample=1).upsample == 1
+    assert EmotionRecognizer.load(upsample="fast").upsample == "fast"
+
+
+def test_predict_help_says_what_the_fast_search_gives_up_and_upsample_defaults_to_the_model():
+    from pipelines import predict
+
+    parser = predict.build_parser()
+    assert parser.parse_args(["photo.jpg"]).upsample is None        # the model's own: EmotionRecognizer.load
+    assert parser.parse_args(["photo.jpg", "--upsample", "auto"]).upsample == "auto"
+    text = " ".join(parser.format_help().split())
+    assert "35 of the 43 faces" in text and "--upsample fast" in text
+
+
+@pytest.mark.parametrize("upsample, what", [("auto", "upsample auto"), ("fast", "upsample fast"),
+                                            (4, "doubled 4 times")])
+def test_detection_memory_is_checked_for_every_search(upsample, what):
+    from ensemble_fer.errors import InputError
+
+    # the largest pass decides: auto's doubled photo, fast's photo at 1.6, 4 doublings
+    with pytest.raises(InputError, match=f"huge.png: face detection at {what}" if upsample != 4 else what):
+        faces.check_detection_memory((200_000, 200_000), upsample, "huge.png")
+    faces.check_detection_memory((480, 640), upsample, "small.png")      # a photo's size passes

@@ -276,6 +276,32 @@ def test_refuses_empty_models_folder_and_unknown_variant(tmp_path, capsys):
 
 
 
+def test_default_search_leaves_the_shipped_models_out(variant_pair, tmp_path, capsys, monkeypatch):
+    """A clone's models/ holds the shipped release (its own ensemble.json) and the fast model (an
+    export, no predictions.npz): the README's stage 3 with no argument fits the trained variants
+    beside them, and names an export plainly when asked for it."""
+    from pathlib import Path
+
+    repo = Path(fit_ensemble.__file__).resolve().parent.parent
+    models = _copy_members(variant_pair, tmp_path)
+    for name in ("release", "fast"):
+        (models / name).symlink_to(repo / "models" / name, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = _run([], capsys)
+    assert code == 0, stderr
+    assert f"{Path('models') / 'fast'} skipped: an exported model" in stdout
+    members = json.loads((models / "ensemble.json").read_text())["members"]
+    assert sorted(Path(m["path"]).name for m in members) == sorted(MEMBERS)
+    code, _, stderr = _run(["--variants", "fast", "bovw", "--out", tmp_path / "models" / "other.json"], capsys)
+    assert code == 2 and "an exported model (export.json), not a training output" in stderr
+    assert "retrain" not in stderr
+    # a fresh clone: only the shipped models, so the advice is to train one
+    for name in MEMBERS:
+        shutil.rmtree(models / name)
+    code, _, stderr = _run(["--force"], capsys)
+    assert code == 2 and "holds no trained variant" in stderr and "train_variant" in stderr
+
+
 def test_refuses_to_overwrite_without_force_and_replaces_only_when_complete(variant_pair, tmp_path, capsys):
     models = _copy_members(variant_pair, tmp_path)
     out = models / "ensemble.json"

@@ -28,10 +28,10 @@ class _Classes:
 def test_recognizer_arguments_are_input_errors(tmp_path):
     with pytest.raises(InputError, match=r"detector must be one of \('hog', 'mmod'\); got 'haar'"):
         EmotionRecognizer(_Classes(), detector="haar")
-    with pytest.raises(InputError, match=r"upsample must be 'auto' or an int in \[0, 4\]; got -1"):
+    with pytest.raises(InputError, match=r"upsample must be 'auto', 'fast' or an int in \[0, 4\]; got -1"):
         EmotionRecognizer(_Classes(), upsample=-1)
     # checked before the model's files are read
-    with pytest.raises(InputError, match=r"upsample must be 'auto' or an int in \[0, 4\]; got 1.5"):
+    with pytest.raises(InputError, match=r"upsample must be 'auto', 'fast' or an int in \[0, 4\]; got 1.5"):
         EmotionRecognizer.load(tmp_path / "no-model", upsample=1.5)
     recognizer = EmotionRecognizer(_Classes())
     image = np.zeros((48, 48), np.uint8)
@@ -85,13 +85,16 @@ def test_release_problems_are_input_errors(tmp_path):
 
 
 def test_cli_bad_detection_argument_is_refused_as_parsed(tmp_path, capsys):
-    for value in ("-1", "twice", "40"):
+    for value in ("-1", "twice", "40", "Fast"):
         with pytest.raises(SystemExit) as exit_:
             predict.main([str(PHOTO), "--upsample", value, "--model", str(tmp_path / "none")])
         assert exit_.value.code == 2
         assert capsys.readouterr().err.splitlines()[-1].endswith(
-            f"error: argument --upsample: must be auto or an int in [0, 4] (each doubles the photo before "
+            f"error: argument --upsample: must be auto or fast or an int in [0, 4] (each doubles the photo before "
             f"detection); got {value!r}")
+    # both search modes are accepted as parsed (the model's own is the default)
+    parsed = predict.build_parser().parse_args([str(PHOTO), "--upsample", "fast"])
+    assert parsed.upsample == "fast" and predict.build_parser().parse_args([str(PHOTO)]).upsample is None
 
 
 def test_cli_grad_cam_of_a_bovw_only_model_is_one_line(variant_pair, tmp_path, capsys):
@@ -121,3 +124,53 @@ def test_only_input_errors_are_reported_as_user_errors(capsys):
 
     assert bad_input() == 2
     assert capsys.readouterr().err == "error: image must be uint8; got float64\n"
+
+
+def test_cli_grad_cam_of_the_fast_model_says_why_not_and_what_to_use(capsys):
+    """The shipped fast model is a TFLite export: no gradients, and its Keras source is not
+    shipped. The one line says so and names the model to use instead."""
+    from ensemble_fer import release
+
+    assert predict.main([str(PHOTO), "--model", "fast", "--gradcam", "never-written"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    source = json.loads((release.shipped_model("fast") / "export.json").read_text())["source"]
+    assert f"this is an exported model ({source.rsplit('/', 1)[-1]} as int8, export.json)" in err
+    assert "keeps none" in err and "use the default model (the release ensemble" in err
+
+
+@pytest.fixture
+def without_model_files(monkeypatch):
+    """An installation without the optional `landmarks` extra (face_recognition_models): the
+    import fails as it would there; the cached dlib models are dropped before and after."""
+    import sys
+
+    from ensemble_fer.features import faces
+
+    monkeypatch.setitem(sys.modules, faces.MODELS_PACKAGE, None)
+    for loader in (faces._shape_predictor, faces._mmod_detector):
+        loader.cache_clear()
+    yield
+    for loader in (faces._shape_predictor, faces._mmod_detector):
+        loader.cache_clear()
+
+
+def test_without_the_landmarks_extra_default_prediction_works_and_the_rest_says_what_to_install(
+        without_model_files, tmp_path, capsys):
+    from ensemble_fer.features import faces
+    from pipelines import extract_features
+
+    install = "pip install 'ensemble_fer[landmarks]'"
+    with pytest.raises(InputError, match=r"detector='mmod' .* needs dlib's landmark and MMOD model files"):
+        faces.check_detection("mmod", 1)
+    with pytest.raises(InputError, match="an optional extra"):
+        faces.face_landmarks(np.zeros((48, 48), np.uint8), faces.WHOLE_FRAME)
+    assert predict.main([str(PHOTO), "--detector", "mmod"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and install in err
+    assert extract_features.main(["--out", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and install in err and not (tmp_path / "store").exists()
+    # the default: HOG detection and the shipped image-only release need none of it
+    assert predict.main([str(PHOTO), "--quiet"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 6

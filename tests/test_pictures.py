@@ -71,10 +71,24 @@ def test_annotated_crowd_photo_has_every_label_inside(tiny_variant, tmp_path):
     faces = recognizer.predict(image)
     drawn = annotate.draw_faces(image, faces)
     assert drawn.shape == image.shape[:2] + (3,)
-    label_colour = np.all(drawn == annotate.BOX_COLOUR, axis=2)
-    assert label_colour.sum() > 7 * 200            # seven filled label backgrounds
+    label_colour = np.any([np.all(drawn == annotate.emotion_colour(face.emotion), axis=2) for face in faces], axis=0)
+    assert label_colour.sum() > 7 * 200            # seven filled label backgrounds, in their emotion's colour
     annotate.write_image(tmp_path / "crowd.png", drawn)
     assert read_image_file(tmp_path / "crowd.png").shape == drawn.shape
+
+
+def test_box_colours_follow_the_emotion_with_a_legend_in_a_free_corner():
+    from types import SimpleNamespace
+
+    image = np.full((400, 400, 3), 90, np.uint8)
+    faces = [SimpleNamespace(box=(5, 30, 105, 130), emotion="happy", scores={"happy": 0.9}),
+             SimpleNamespace(box=(200, 200, 300, 300), emotion="sad", scores={"sad": 0.6})]
+    drawn = annotate.draw_faces(image, faces)
+    happy, sad = (np.all(drawn == annotate.EMOTION_COLOURS[e], axis=2) for e in ("happy", "sad"))
+    assert happy[130, 5:105].all() and sad[300, 200:300].all()          # each box in its emotion's colour
+    assert not happy[300, 200:300].any() and not sad[130, 5:105].any()
+    corner = (slice(0, 60), slice(300, 400))        # top-right: the first corner free of faces and labels
+    assert happy[corner].sum() > 100 and sad[corner].sum() > 100       # the legend, one row per emotion
 
 
 def test_ensemble_grad_cam_weights_members_by_their_share_of_the_score(tiny_variant, sample_store, tmp_path):

@@ -23,6 +23,7 @@ import pytest
 from conftest import REPO, SAMPLE, TEST_DATA
 from ensemble_fer import EmotionRecognizer
 from ensemble_fer.features.datasets import read_image_file, to_gray
+from ensemble_fer.errors import InputError
 from ensemble_fer.inference.recognizer import FaceResult
 from pipelines import predict as cli
 from test_faces import GROUND_TRUTH, iou
@@ -207,7 +208,7 @@ def test_cli_writes_the_documented_csv_and_skips_unreadable_files(cli_run, recog
     # one row per input file at least, unreadable ones included (with the reason)
     assert set(by_photo) == {str(photos / n) for n in ("2008_002506.jpg", "2009_004587.jpg", "dogs.jpg",
                                                        "broken.jpg")} | {str(notes)}
-    assert by_photo[str(photos / "dogs.jpg")] == [[str(photos / "dogs.jpg"), "", "", "", "", "", "no_face"]
+    assert by_photo[str(photos / "dogs.jpg")] == [[str(photos / "dogs.jpg"), "", "", "", "", "", ""]
                                                   + [""] * n + ["no_face", "no face found"]]
     for path in (photos / "broken.jpg", notes):
         [row] = by_photo[str(path)]
@@ -253,6 +254,10 @@ def test_cli_prints_csv_without_csv_option_and_recurses_on_request(tiny_variant,
     assert cli.main([str(tmp_path), "--model", str(tiny_variant), "--quiet"]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert [r[:7] for r in rows[1:]] == [[str(tmp_path / "a.jpg"), "0", "0", "0", "47", "47", rows[1][6]]]
+    assert cli.main([str(tmp_path), "--model", str(tiny_variant)]) == 0
+    # the sub-folder left out is said, with how to include it
+    assert (f"note: {tmp_path}: 1 sub-folder(s) not read (sub); pass --recursive to include them"
+            in capsys.readouterr().err)
     assert cli.main([str(tmp_path), "--model", str(tiny_variant), "--quiet", "--recursive", "--tta", "2"]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert [r[0] for r in rows[1:]] == [str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "b.jpg")]
@@ -422,7 +427,11 @@ def test_shipped_model_names_resolve_unless_a_path_of_that_name_exists(monkeypat
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fast").mkdir()
     assert release.resolve_model("fast") == Path("fast")                     # a path of that name wins
-    assert release.resolve_model("other") == Path("other")                   # loading it says it is missing
+    (tmp_path / "other").mkdir()
+    assert release.resolve_model("other") == Path("other")                   # any path is taken as given
+    with pytest.raises(InputError, match="--model fats: no such file or folder, and not a shipped model; did you "
+                                         "mean 'fast'?"):
+        release.resolve_model("fats")                                         # a typo of a shipped name
 
 
 def test_a_shipped_model_this_installation_lacks_is_one_line(monkeypatch, tmp_path, capsys):
@@ -432,3 +441,20 @@ def test_a_shipped_model_this_installation_lacks_is_one_line(monkeypatch, tmp_pa
     assert cli.main([str(DOGS), "--model", "fast"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no 'fast' model" in err and "--model PATH" in err
+
+
+def test_annotate_names_a_file_for_one_input_and_help_says_so(tiny_variant, tmp_path, capsys):
+    """One rule for --annotate: a picture or video suffix is a file (for one input), anything
+    else a folder; a single photo annotated to ``one.jpg`` is a picture, not a folder."""
+    photo = TEST_DATA / "photos" / "2008_002470.jpg"
+    out = tmp_path / "one.jpg"
+    assert cli.main([str(photo), "--model", str(tiny_variant), "--annotate", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert out.is_file() and read_image_file(out).shape == read_image_file(photo).shape
+    assert cli.main([str(photo), "--model", str(tiny_variant), "--annotate", str(out), "--quiet"]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert cli.main([str(photo), str(photo.with_name("2008_002506.jpg")), "--model", str(tiny_variant),
+                     "--annotate", str(tmp_path / "two.jpg"), "--quiet"]) == 2
+    assert "a picture file is for one photo input (got 2 photo(s)" in capsys.readouterr().err
+    help_text = " ".join(cli.build_parser().format_help().split())
+    assert "PATH photos, videos (mp4" in help_text and "a picture (.jpg, .png, .bmp) for a photo" in help_text

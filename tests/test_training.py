@@ -610,3 +610,21 @@ def test_a_bug_in_training_shows_its_traceback(bug, sample_store, tmp_path, monk
         _cli("--block", "none", "--bovw", "--features", sample_store, "--out", tmp_path / "m")
     assert info.value is bug
     assert "error:" not in capsys.readouterr().err
+
+
+def test_a_log_hears_early_how_long_the_first_epoch_takes(sample_store, tmp_path, capsys):
+    """Not attached to a terminal (Keras then prints one line per epoch, at its end): the
+    steps before the first epoch are said, and early in the epoch one line gives the batches
+    done and the epoch's expected length."""
+    import re
+
+    from pipelines import train_variant
+
+    assert train_variant.main(["--block", "cnn5", "--features", str(sample_store), "--out", str(tmp_path / "v"),
+                               "--epochs", "1", "--no-augment", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "loading the rows of" in out and "building the network (cnn5)" in out
+    early = re.search(r"epoch 1: (\d+)/(\d+) batches in \d+ s; about \d+ s left in this epoch \(\d+ s per epoch\)",
+                      out)
+    assert early and 5 <= int(early[1]) < int(early[2]), out
+    assert out.index(early[0]) < out.index("wrote")

@@ -116,6 +116,7 @@ def test_cli_mixes_photos_and_videos_and_annotates_a_video(tiny_variant, clip, t
                          "--fps", "2"]) == 0
     err = capsys.readouterr().err
     assert "clip.mp4: 13 face track(s)" in err and "mostly" in err
+    assert "1 photo(s) and 1 video(s) read" in err       # a video is not counted as a photo
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
     photo = [r for r in rows if r["path"].endswith("photo.jpg")]
     clip_rows = [r for r in rows if r["path"].endswith("clip.mp4")]
@@ -142,3 +143,46 @@ def test_cli_mixes_photos_and_videos_and_annotates_a_video(tiny_variant, clip, t
     assert console.main(["predict", str(clip), str(PHOTOS / "dogs.jpg"), "--model", str(tiny_variant),
                          "--annotate", str(tmp_path / "two.mp4")]) == 2
     assert "a video file is for one video input" in capsys.readouterr().err
+
+
+def test_sampled_frames_without_a_face_get_a_no_face_row(tiny_variant, tmp_path, capsys):
+    """A timeline without holes: one second of faces, then one second of dogs (no face); every
+    sampled frame has rows, the faceless ones a no_face row with its frame and time and an
+    empty emotion and track."""
+    from pipelines import console
+
+    clip = write_video(tmp_path / "faces_then_dogs.mp4", photos=("2008_002470.jpg", "dogs.jpg"))
+    out_csv = tmp_path / "out.csv"
+    assert console.main(["predict", str(clip), "--model", str(tiny_variant), "--csv", str(out_csv), "--fps", "2",
+                         "--quiet"]) == 0
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    assert sorted({int(r["frame"]) for r in rows}) == [0, 5, 10, 15]
+    faceless = [r for r in rows if r["status"] == "no_face"]
+    assert sorted(int(r["frame"]) for r in faceless) == [10, 15]
+    assert all(r["emotion"] == "" and r["track"] == "" and r["time_s"] for r in faceless)
+    assert all(r["status"] == "ok" and r["emotion"] for r in rows if int(r["frame"]) < 10)
+
+
+def test_video_progress_counts_frames_as_they_are_detected(tiny_variant, clip, monkeypatch):
+    """The bar moves as frames are taken for detection, not when their batch of faces comes
+    back: fed by results, it stood at 0 for a whole batch's work and then jumped, and its
+    first estimate was many times the real length."""
+    import tqdm
+
+    from ensemble_fer import EmotionRecognizer
+
+    bars = []
+
+    class Recording(tqdm.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
+    recognizer = EmotionRecognizer.load(tiny_variant)
+    frames = video.iter_video_frames(recognizer, clip, fps=FPS, batch_size=64, progress=True)
+    next(frames)       # the first result: once 64 faces (6 then 7 per frame) have filled a batch
+    assert bars and bars[0].n >= 9
+    for _ in frames:
+        pass
+    assert bars[0].n == 20

@@ -221,15 +221,30 @@ def _count_faces(images, face_config):
 
 
 def _parallel_chunks(function, images, n_jobs, progress, *args) -> list:
-    """``function(chunk, *args)`` over chunks of ``images``, in parallel when it pays."""
+    """``function(chunk, *args)`` over chunks of ``images``, in parallel when it pays; with
+    ``progress``, a bar of the images done (tqdm on stderr, as the other stages have, instead
+    of joblib's ``[Parallel(...)]`` lines)."""
     from joblib import Parallel, cpu_count, delayed
 
     workers = cpu_count() if n_jobs is None or n_jobs < 0 else max(1, n_jobs)
     size = min(256, max(16, math.ceil(len(images) / workers)))
     chunks = [images[i:i + size] for i in range(0, len(images), size)]
     if workers == 1 or len(chunks) == 1:
-        return [function(chunk, *args) for chunk in chunks]
-    return Parallel(n_jobs=n_jobs, verbose=5 if progress else 0)(delayed(function)(c, *args) for c in chunks)
+        results = (function(chunk, *args) for chunk in chunks)
+    else:
+        results = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(function)(c, *args) for c in chunks)
+    if not progress:
+        return list(results)
+    import sys
+
+    from tqdm import tqdm
+
+    out = []
+    with tqdm(total=len(images), desc="faces and features", unit="image", file=sys.stderr, leave=False) as bar:
+        for chunk, result in zip(chunks, results):
+            out.append(result)
+            bar.update(len(chunk))
+    return out
 
 
 def frame_face(path) -> np.ndarray | None:

@@ -2,9 +2,12 @@
 
 dlib objects never leave this module: a face box is a plain tuple
 ``(left, top, right, bottom)`` in pixels (right and bottom inclusive, as dlib's rectangles),
-and landmarks are a float32 array of shape (68, 2) holding (x, y). The models are the files
-shipped by the ``face_recognition_models`` package; each is loaded on first use, never at
-import, and once per process.
+and landmarks are a float32 array of shape (68, 2) holding (x, y). The HOG detector is built
+into dlib; the 68-landmark predictor and the MMOD detector are files of the
+``face_recognition_models`` package, an optional extra (``pip install 'ensemble_fer[landmarks]'``,
+:data:`MODELS_EXTRA`): default prediction (HOG detection, image-only networks) does not need it,
+feature extraction and ``--detector mmod`` do, and say so in one line when it is missing. Each
+model is loaded on first use, never at import, and once per process.
 
 A picture's faces become model inputs in two steps, used by every stage (prediction, video,
 Grad-CAM, evaluation on photos, class-folder datasets of whole frames):
@@ -16,6 +19,8 @@ grayscale crop framed like FER2013.
 from __future__ import annotations
 
 import functools
+import importlib.util
+import typing
 
 import numpy as np
 
@@ -32,6 +37,44 @@ MAX_UPSAMPLE = 4
 DETECTION_BYTES_PER_PIXEL = 16
 """Memory dlib's detection takes per pixel of the doubled photo, roughly: the doubled gray
 image, its scaled pyramid and the HOG planes of every level."""
+
+UPSAMPLE_FAST = "fast"
+"""The fast model's search (:data:`FAST_SEARCH`): ``auto``'s two passes on smaller copies of the
+photo, giving up its smallest faces; see :func:`detect_scored_faces`. The default of the shipped
+fast model (:func:`ensemble_fer.release.default_upsample`)."""
+
+UPSAMPLE_MODES = (UPSAMPLE_AUTO, UPSAMPLE_FAST)
+
+
+class TwoPass(typing.NamedTuple):
+    """A two-pass face search (:func:`search_faces`): detect on the photo resized by ``first``;
+    those faces are the result when there is at least one and every one is at least ``accept``
+    times the smallest face that pass can show (``SMALLEST_FACE_UNDOUBLED / first``); else
+    detect on the photo resized by ``second``."""
+
+    first: float
+    second: float
+    accept: float
+
+
+AUTO_SEARCH = TwoPass(1.0, 2.0, 2.0)
+"""``upsample="auto"``: the photo as it is, then doubled unless every face is 146 px or more."""
+
+FAST_SEARCH = TwoPass(0.6, 1.6, 0.0)
+"""``upsample="fast"``: the photo at 0.6 (a third of the work of the photo as it is; it shows
+faces from about 122 px), and any face found there ends the search (a portrait or a selfie);
+else the photo at 1.6 (about 2/3 of the work of the doubled photo; boxes from about 46 px).
+Chosen on recall and time in benchmarks/bench_detect.py (benchmarks/RESULTS.md, session 11):
+at 1.75 it finds 3 more of the 43 ground-truth faces but leaves ``--model fast`` only about
+2.0-2.1x quicker than the release on those photos; at 1.5 it finds 8 fewer."""
+
+FAST_SEARCH_GIVES_UP = (
+    "with --model fast faces are searched with --upsample fast unless told, which finds 35 of the 43 "
+    "faces (37-109 px) of dlib's ground-truth photos where auto finds all 43: it misses 7 of the 22 "
+    "faces of 37 px (it searches the photo at 1.6, not doubled) and a 91 px face beside two larger ones "
+    "(a face of ~122 px or more ends its search); measured 2.3-2.5x quicker end to end than the release "
+    "on those photos and 2.5-2.7x on a 640x480 portrait, one core")
+"""What ``--model fast``'s default search gives up, in numbers (benchmarks/RESULTS.md, session 11)."""
 
 # The smallest face box each detector reports on an image that is not doubled (pixels, box
 # side): HOG scans an 80x80 window over an image pyramid in steps of 6/5 and its smallest
@@ -52,20 +95,39 @@ def _hog_detector():
     return dlib.get_frontal_face_detector()
 
 
+MODELS_PACKAGE = "face_recognition_models"
+MODELS_EXTRA = "pip install 'ensemble_fer[landmarks]'"
+"""How to install the landmark predictor and the MMOD detector (the package ``MODELS_PACKAGE``)."""
+
+
+def require_model_files(what: str) -> None:
+    """Raise :class:`InputError` now, naming ``what`` needs them and how to install them, when
+    the landmark and MMOD model files are not installed (cheap: nothing is imported)."""
+    if importlib.util.find_spec(MODELS_PACKAGE) is None:
+        raise InputError(f"{what} needs dlib's landmark and MMOD model files, an optional extra: {MODELS_EXTRA} "
+                         f"({MODELS_PACKAGE}, about 100 MB); prediction with the default HOG detector does not "
+                         f"need them")
+
+
+def _model_files():
+    require_model_files("this step (68 landmarks or the MMOD detector)")
+    import face_recognition_models
+
+    return face_recognition_models
+
+
 @functools.lru_cache(maxsize=None)
 def _mmod_detector():
     import dlib
-    import face_recognition_models
 
-    return dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
+    return dlib.cnn_face_detection_model_v1(_model_files().cnn_face_detector_model_location())
 
 
 @functools.lru_cache(maxsize=None)
 def _shape_predictor():
     import dlib
-    import face_recognition_models
 
-    return dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+    return dlib.shape_predictor(_model_files().pose_predictor_model_location())
 
 
 def detect_faces(image: np.ndarray, detector: str = "hog", upsample: int | str = 1,
@@ -96,29 +158,44 @@ def detect_scored_faces(image: np.ndarray, detector: str = "hog", upsample: int 
     Otherwise (no face, or a smaller one) the result is that of ``upsample=1``. So a portrait
     costs one cheap pass, a group photo of small faces gets the full search, and what ``auto``
     can miss is a face under ~73 px beside faces all 146 px or more.
+
+    ``upsample="fast"`` (:data:`FAST_SEARCH`) trades the smallest faces for time: a pass on
+    the photo at 0.6 that stops at any face (so what it misses is a face under ~122 px beside
+    one of ~122 px or more), else one on the photo at 1.6 (boxes from ~46 px: of the 37 px
+    faces that ``auto`` finds, about a third are given up). Boxes are in the photo's own pixels.
     """
     check_detection(detector, upsample)
     check_detection_memory(np.shape(image), upsample, "image")
-    image = _as_dlib_image(image)
-    if upsample == UPSAMPLE_AUTO:
-        found = _detect(image, detector, 0, threshold)
-        large = 2 * SMALLEST_FACE_UNDOUBLED[detector]
-        if found and all(min(right - left, bottom - top) + 1 >= large for (left, top, right, bottom), _ in found):
-            return found
-        upsample = 1
-    return _detect(image, detector, upsample, threshold)
+    if upsample in UPSAMPLE_MODES:
+        return search_faces(image, AUTO_SEARCH if upsample == UPSAMPLE_AUTO else FAST_SEARCH, detector, threshold)
+    return _detect(_as_dlib_image(image), detector, upsample, threshold)
+
+
+def search_faces(image: np.ndarray, search: TwoPass, detector: str = "hog",
+                 threshold: float = 0.0) -> list[tuple[Box, float]]:
+    """The faces a :class:`TwoPass` search finds (:func:`detect_resized` at ``search.first``,
+    and at ``search.second`` unless the first pass's faces are accepted), in the photo's pixels.
+    ``upsample="auto"`` is :data:`AUTO_SEARCH`, ``"fast"`` is :data:`FAST_SEARCH`."""
+    found = detect_resized(image, search.first, detector, threshold)
+    large = search.accept * SMALLEST_FACE_UNDOUBLED[detector] / search.first
+    if found and all(min(right - left, bottom - top) + 1 >= large for (left, top, right, bottom), _ in found):
+        return found
+    return detect_resized(image, search.second, detector, threshold)
 
 
 def check_detection(detector, upsample) -> None:
-    """``detector`` is one of :data:`DETECTORS`; ``upsample`` is ``"auto"`` or an int in
-    ``[0, MAX_UPSAMPLE]``."""
+    """``detector`` is one of :data:`DETECTORS`; ``upsample`` is one of :data:`UPSAMPLE_MODES`
+    or an int in ``[0, MAX_UPSAMPLE]``."""
     if detector not in DETECTORS:
         raise InputError(f"detector must be one of {DETECTORS}; got {detector!r}")
-    if upsample == UPSAMPLE_AUTO:
+    if detector == "mmod":
+        require_model_files("detector='mmod' (dlib's CNN face detector)")
+    if isinstance(upsample, str) and upsample in UPSAMPLE_MODES:
         return
     if (isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer)) or upsample < 0
             or upsample > MAX_UPSAMPLE):
-        raise InputError(f"upsample must be {UPSAMPLE_AUTO!r} or an int in [0, {MAX_UPSAMPLE}]; got {upsample!r}")
+        raise InputError(f"upsample must be {UPSAMPLE_AUTO!r}, {UPSAMPLE_FAST!r} or an int in [0, {MAX_UPSAMPLE}]; "
+                         f"got {upsample!r}")
 
 
 def check_detection_memory(shape, upsample, where) -> None:
@@ -126,10 +203,41 @@ def check_detection_memory(shape, upsample, where) -> None:
     ``upsample`` that would need more memory than the machine has available."""
     from ensemble_fer import memory
 
-    doublings = 1 if upsample == UPSAMPLE_AUTO else int(upsample)
-    needed = shape[0] * shape[1] * 4 ** doublings * DETECTION_BYTES_PER_PIXEL
-    memory.check_fits(needed, f"{where}: face detection at upsample {doublings} ({shape[1]}x{shape[0]} px doubled "
-                              f"{doublings} times)")
+    if upsample in UPSAMPLE_MODES:
+        # a two-pass search's largest pass: the doubled photo for auto, the photo at 1.6 for fast
+        search = AUTO_SEARCH if upsample == UPSAMPLE_AUTO else FAST_SEARCH
+        scale = max(search.first, search.second)
+        what = f"face detection at upsample {upsample} ({shape[1]}x{shape[0]} px resized by {scale:g})"
+    else:
+        scale = 2 ** int(upsample)
+        what = (f"face detection at upsample {int(upsample)} ({shape[1]}x{shape[0]} px doubled "
+                f"{int(upsample)} times)")
+    needed = int(shape[0] * shape[1] * scale ** 2 * DETECTION_BYTES_PER_PIXEL)
+    memory.check_fits(needed, f"{where}: {what}")
+
+
+def detect_resized(image: np.ndarray, scale: float, detector: str = "hog",
+                   threshold: float = 0.0) -> list[tuple[Box, float]]:
+    """:func:`detect_scored_faces` at ``upsample=0`` on ``image`` resized by ``scale`` (> 0),
+    boxes in ``image``'s own pixels. Scale 1 is the image as it is and 2 is dlib's own doubling
+    (``upsample=1``, so that ``auto`` keeps its exact boxes); other scales resize with OpenCV
+    (area averaging down, bilinear up). The work grows with ``scale ** 2``; the smallest face
+    found is about ``SMALLEST_FACE_UNDOUBLED[detector] / scale`` pixels."""
+    check_detection(detector, 0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) or not scale > 0:
+        raise InputError(f"scale must be a number > 0; got {scale!r}")
+    image = _as_dlib_image(image)
+    if scale in (1.0, 2.0):
+        return _detect(image, detector, int(scale) - 1, threshold)
+    import cv2
+
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    sx, sy = size[0] / width, size[1] / height
+    # right and bottom are inclusive: map the pixel edges (right + 1), then step back one pixel
+    return [((round(left / sx), round(top / sy), round((right + 1) / sx) - 1, round((bottom + 1) / sy) - 1), score)
+            for (left, top, right, bottom), score in _detect(resized, detector, 0, threshold)]
 
 
 def _detect(image: np.ndarray, detector: str, upsample: int, threshold: float) -> list[tuple[Box, float]]:

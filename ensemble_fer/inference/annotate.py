@@ -13,8 +13,17 @@ import numpy as np
 
 from ensemble_fer.errors import InputError
 
-BOX_COLOUR = (0, 200, 0)         # RGB
+BOX_COLOUR = (0, 200, 0)         # RGB; an emotion without its own colour
 NO_FACE_COLOUR = (220, 40, 40)   # RGB
+EMOTION_COLOURS = {              # RGB: one hue per FER2013 emotion, told apart at a glance
+    "angry": (215, 38, 38), "disgust": (120, 160, 20), "fear": (140, 60, 200), "happy": (250, 200, 0),
+    "sad": (30, 110, 230), "surprise": (255, 120, 0), "neutral": (128, 128, 128),
+}
+"""Box and label colour of each emotion; :func:`draw_faces` adds a legend of those it drew."""
+
+
+def emotion_colour(emotion: str) -> tuple[int, int, int]:
+    return EMOTION_COLOURS.get(emotion, BOX_COLOUR)
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -38,6 +47,8 @@ def draw_faces(image: np.ndarray, faces, labels=None) -> np.ndarray:
     ``emotion`` and ``scores``); ``labels`` optionally replaces the default
     ``"<emotion> <score>"`` texts, one per face (video annotation prefixes the track id).
     Labels stay inside the image and do not cover each other (see :func:`place_labels`).
+    Boxes and labels take their emotion's colour (:data:`EMOTION_COLOURS`), and a legend of
+    the emotions drawn goes in the corner that covers the fewest faces and labels.
     With no face, ``no face`` is written in the top-left corner.
     """
     import cv2
@@ -55,12 +66,38 @@ def draw_faces(image: np.ndarray, faces, labels=None) -> np.ndarray:
     if len(labels) != len(faces):
         raise InputError(f"labels: {len(labels)} texts for {len(faces)} faces")
     boxes = [tuple(int(v) for v in face.box) for face in faces]
+    colours = [emotion_colour(_top(face)[0]) for face in faces]
     sizes = [_label_size(text, font, scale, thickness) for text in labels]
-    for left, top, right, bottom in boxes:
-        cv2.rectangle(out, (left, top), (right, bottom), BOX_COLOUR, thickness)
-    for text, origin in zip(labels, place_labels(boxes, sizes, (height, width))):
-        _label(out, text, origin, BOX_COLOUR, font, scale, thickness)
+    for (left, top, right, bottom), colour in zip(boxes, colours):
+        cv2.rectangle(out, (left, top), (right, bottom), colour, thickness)
+    origins = place_labels(boxes, sizes, (height, width))
+    for text, origin, colour in zip(labels, origins, colours):
+        _label(out, text, origin, colour, font, scale, thickness)
+    taken = boxes + [(x, y, x + w, y + h) for (x, y), (w, h) in zip(origins, sizes)]
+    _legend(out, sorted({_top(face)[0] for face in faces}, key=_emotion_order), taken, font, scale * 0.8,
+            max(1, thickness - 1))
     return out
+
+
+def _emotion_order(emotion: str) -> int:
+    names = list(EMOTION_COLOURS)
+    return names.index(emotion) if emotion in names else len(names)
+
+
+def _legend(image, emotions, taken, font, scale, thickness) -> None:
+    """A key of the colours drawn, one row per emotion, in the corner of the image that covers
+    the fewest faces and labels (``taken``: their rectangles)."""
+    if not emotions:
+        return
+    height, width = image.shape[:2]
+    rows = [_label_size(name, font, scale, thickness) for name in emotions]
+    w, h = max(r[0] for r in rows), sum(r[1] for r in rows)
+    corners = [(0, 0), (width - w, 0), (0, height - h), (width - w, height - h)]
+    x, y = min(((max(0, cx), max(0, cy)) for cx, cy in corners),
+               key=lambda c: sum(_overlap((c[0], c[1], c[0] + w, c[1] + h), r) for r in taken))
+    for name, (_, row_h) in zip(emotions, rows):
+        _label(image, name, (x, y), emotion_colour(name), font, scale, thickness)
+        y += row_h
 
 
 def _top(face) -> tuple[str, float]:
@@ -120,7 +157,9 @@ def _label(image, text, origin, colour, font, scale, thickness) -> None:
     (text_w, text_h), baseline = cv2.getTextSize(text, font, scale, thickness)
     x, y = origin
     cv2.rectangle(image, (x, y), (x + text_w + 4, y + text_h + baseline + 4), colour, cv2.FILLED)
-    cv2.putText(image, text, (x + 2, y + text_h + 2), font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    # dark text on light fills (happy's yellow), white on the rest
+    ink = (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150 else (255, 255, 255)
+    cv2.putText(image, text, (x + 2, y + text_h + 2), font, scale, ink, thickness, cv2.LINE_AA)
 
 
 def heatmap_overlay(crop: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:

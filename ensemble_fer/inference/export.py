@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -211,6 +212,7 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
     artifacts.check_apart(out, {"the model": source, **{f"member {name}": folder for name, folder in
                                                         zip(predictor.members, predictor.member_folders)}},
                           output_name="--out")
+    say(f"preparing the check crops and loading {source} (Keras)")
     check = _check_inputs(predictor)
     keras_proba = predictor.member_probas(**check)      # (members, rows, classes)
     report = {"format": EXPORT_FORMAT, "source": str(Path(source).resolve()), "kind": predictor.kind,
@@ -218,12 +220,17 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
     with artifacts.output_lock(out), artifacts.replacing(out, force=force) as tmp:
         tmp.mkdir(parents=True)
         converted = {}
+        steps, started = len(predictor.members) * len(formats), time.monotonic()
         for index, (name, folder) in enumerate(zip(predictor.members, predictor.member_folders)):
             model = predictor._members[index].model
             for precision in formats:
-                say(f"converting {name} to {precision}")
+                done = len(converted)
+                # the estimate is the mean of the conversions so far (none before the first)
+                left = (f"; about {(time.monotonic() - started) / done * (steps - done):.0f} s left" if done else "")
+                say(f"converting {name} to {precision} ({done + 1}/{steps}{left})")
                 converted[precision, index] = convert(model, precision)
         for precision in formats:
+            say(f"checking the {precision} export against the Keras model on {len(keras_proba[0])} crops")
             target = tmp / precision
             entry = _write_export(predictor, target, {i: converted[precision, i] for i in range(len(predictor.members))},
                                   precision)

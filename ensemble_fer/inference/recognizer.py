@@ -92,20 +92,24 @@ class EmotionRecognizer:
         faces.check_detection(detector, upsample)
         self._predictor = predictor
         self.detector = detector
-        self.upsample = upsample if upsample == faces.UPSAMPLE_AUTO else int(upsample)
+        self.upsample = upsample if isinstance(upsample, str) else int(upsample)
         self.source = source if source is not None else getattr(predictor, "source", None)
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path=None, *, detector: str = "hog",
-             upsample: int | str = faces.UPSAMPLE_AUTO) -> "EmotionRecognizer":
+             upsample: int | str | None = None) -> "EmotionRecognizer":
         """Load a model: a trained variant folder, an ``ensemble.json``, a folder holding one,
         or one format's folder of a TFLite export (``ensemble-fer export``); ``None`` for the
-        release model, ``"fast"`` for the shipped fast one (see :func:`ensemble_fer.release.resolve_model`)."""
+        release model, ``"fast"`` for the shipped fast one (see :func:`ensemble_fer.release.resolve_model`).
+        ``upsample=None`` is the model's own search (:func:`ensemble_fer.release.default_upsample`):
+        ``"fast"`` for the shipped fast model, ``"auto"`` for any other."""
         from ensemble_fer.inference.predictor import load_predictor
 
-        faces.check_detection(detector, upsample)       # before the model's files are read
+        faces.check_detection(detector, faces.UPSAMPLE_AUTO if upsample is None else upsample)  # before the files
         resolved = release.resolve_model(path)
+        if upsample is None:
+            upsample = release.default_upsample(resolved)
         return cls(load_predictor(resolved), detector=detector, upsample=upsample, source=resolved)
 
     @property
@@ -253,8 +257,7 @@ class EmotionRecognizer:
                 raise InputError(f"{self.source}: Grad-CAM needs an image branch, and no member of this model "
                                  f"has one (BOVW-only: {list(self._predictor.members)})")
             if any(not variant.model_path.is_file() for variant in variants.values()):
-                raise InputError(f"{self.source}: Grad-CAM needs the Keras networks (model.keras), and this is "
-                                 f"an exported model; explain the model it was exported from")
+                raise InputError(_export_gradcam_message(self.source))
             self._gradcam_models = {index: variant.load_model() for index, variant in variants.items()}
         return self._gradcam_models
 
@@ -290,3 +293,26 @@ def _box_of(face) -> Box:
     if len(box) != 4:
         raise InputError(f"face must be a FaceResult or a (left, top, right, bottom) box; got {face!r}")
     return box
+
+
+def _export_gradcam_message(source) -> str:
+    """Why an export (the shipped fast model is one) has no Grad-CAM, and what to use instead:
+    the maps are gradients of the Keras network, and a TFLite or ONNX file keeps no gradients;
+    the Keras network it was made from is not shipped with it (the fast model's would add 5 MB
+    to a 1.3 MB model whose point is its size)."""
+    from ensemble_fer import artifacts
+    from ensemble_fer.inference.export import EXPORT_FILE
+
+    folder = Path(source) if source is not None else None
+    marker_path = (folder if folder.is_dir() else folder.parent) / EXPORT_FILE if folder is not None else None
+    marker = artifacts.read_json(marker_path) if marker_path is not None and marker_path.is_file() else {}
+    origin = Path(str(marker.get("source", ""))) if marker.get("source") else None
+    name = (origin.parent.name if origin.suffix == ".json" else origin.name) if origin else "a Keras model"
+    what = f"{name} as {marker.get('precision', 'TFLite/ONNX')}"
+    if origin is not None and origin.exists():
+        instead = f"use --model {origin} (the Keras model it was exported from)"
+    else:
+        instead = ("use the default model (the release ensemble, Keras networks of the same vgg_fast design), "
+                   "or --model PATH of the Keras variant it was exported from")
+    return (f"{source}: Grad-CAM needs a Keras network's gradients, and this is an exported model ({what}, "
+            f"{EXPORT_FILE}) that keeps none; {instead}")

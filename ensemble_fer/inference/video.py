@@ -120,6 +120,18 @@ def open_video(path):
     return capture, info
 
 
+def check_video(path) -> VideoInfo:
+    """The video's :class:`VideoInfo` once its first frame decodes; :class:`InputError` naming the
+    file otherwise. Cheap (no model, one frame): callers check inputs with it before loading one."""
+    capture, info = open_video(path)
+    try:
+        if not capture.grab() or not capture.retrieve()[0]:
+            raise InputError(f"{path}: no frame could be decoded (unsupported codec or a broken file)")
+    finally:
+        capture.release()
+    return info
+
+
 def sampled_frame_count(info: VideoInfo, fps: float) -> int:
     """How many frames :func:`read_frames` yields (from the announced frame count; an estimate
     for containers that do not announce it exactly)."""
@@ -246,14 +258,18 @@ def iter_video_frames(recognizer, path, fps: float = DEFAULT_FPS, *, batch_size:
         for frame, time_s, rgb in read_frames(path, fps):
             waiting.append((frame, time_s, rgb))
             yield rgb
+            if bar is not None:
+                # Resumed: the frame's faces are detected (the costly part). Counted here, not
+                # when its batch comes back: results arrive a batch of faces at a time, so a
+                # bar fed by them saw its first frame only after a whole batch's work and
+                # extrapolated a first estimate many times too long.
+                bar.update(1)
 
     try:
         for faces in recognizer.iter_predict(frames(), batch_size=batch_size, tta=tta):
             frame, time_s, rgb = waiting.popleft()
             ids = tracker.update([face.box for face in faces], time_s)
             rows = [VideoFace(frame, round(time_s, 3), track, face) for track, face in zip(ids, faces)]
-            if bar is not None:
-                bar.update(1)
             yield frame, time_s, rgb, rows
     finally:
         if bar is not None:

@@ -12,7 +12,10 @@ Where things are: the registry and :class:`BlockSpec` in :mod:`~ensemble_fer.mod
 :mod:`~ensemble_fer.models.legacy_h5`; the input scaling layers in
 :mod:`~ensemble_fer.models.preprocessing`; the architectures, one family per module, in
 :mod:`~ensemble_fer.models.vggface` (``resnet50``), :mod:`~ensemble_fer.models.applications`
-(``inception_resnet_v2``, ``vgg16``, ``resnet50v2``, ``efficientnetv2b2``) and
+(``inception_resnet_v2``, ``vgg16``, ``resnet50v2``, ``efficientnetv2b2``), the trunks ported from
+other frameworks :mod:`~ensemble_fer.models.faceres` (``faceres_mobilenet``),
+:mod:`~ensemble_fer.models.efficientnet_lite` (``efficientnet_lite0``) and
+:mod:`~ensemble_fer.models.squeezenet` (``squeezenet11``), and
 :mod:`~ensemble_fer.models.compact` (``cnn5``, ``complex_cnn``, ``se_resnet``, ``vgg_fast``).
 """
 

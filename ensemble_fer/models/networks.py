@@ -221,6 +221,34 @@ def _bovw_branch(mean, var, units, dropout):
     return features, x
 
 
+def apply_head(model: keras.Model, image_features=None, bovw_features=None):
+    """The part of ``model`` after the pooled block, its own layers applied to new tensors
+    (``image_features``: pooled block outputs; ``bovw_features``: raw BOVW rows): the class
+    probabilities, as :func:`build_network` wires them. Used to train on cached block outputs;
+    the same weights, so the same numbers as the whole network."""
+    def layer(name):
+        try:
+            return model.get_layer(name)
+        except ValueError:
+            return None
+
+    parts = [] if image_features is None else [image_features]
+    if bovw_features is not None:
+        x = model.get_layer("bovw_norm")(bovw_features)
+        i = 1
+        while layer(f"bovw_dense{i}") is not None:
+            x = layer(f"bovw_dense{i}")(x)
+            if layer(f"bovw_drop{i}") is not None:
+                x = layer(f"bovw_drop{i}")(x)
+            i += 1
+        parts.append(x)
+    x = parts[0] if len(parts) == 1 else model.get_layer("concat")(parts)
+    for name in ("head_dense", "head_drop"):
+        if layer(name) is not None:
+            x = layer(name)(x)
+    return model.get_layer(PROBABILITIES_OUTPUT)(model.get_layer("logits")(x))
+
+
 def get_block(model: keras.Model, block: str) -> keras.Model:
     """The nested block model of a network built by :func:`build_network`."""
     try:

@@ -149,6 +149,6 @@ def get_block_spec(name: str) -> BlockSpec:
 
 #: The architecture family modules of ensemble_fer.models, imported here and nowhere else (each
 #: registers its blocks when imported). At the end, because they import register_block from here.
-FAMILIES = ("vggface", "applications", "compact")
+FAMILIES = ("vggface", "applications", "faceres", "efficientnet_lite", "squeezenet", "compact")
 for _family in FAMILIES:
     importlib.import_module(f"ensemble_fer.models.{_family}")

@@ -205,6 +205,12 @@ class VariantDir:
             n_classes = len(self.read_config()["labels"]["classes"])
         path = self.predictions_path
         if not path.is_file():
+            if is_export(self.path):
+                # An export (models/fast is one) is made from a trained variant: it has no
+                # predictions of its own, and retraining it is not the remedy.
+                raise MissingInputError(f"{self.path}: an exported model (export.json), not a training output: it "
+                                        f"has no saved predictions to fit on; fit the variant it was exported from, "
+                                        f"or leave it out")
             raise MissingInputError(f"{path}: file not found; the variant's probabilities are missing "
                                     f"(retrain it, or leave it out with --variants)")
         arrays = artifacts.load_npz(path)
@@ -281,6 +287,13 @@ class VariantDir:
                              f"restore the file") from None
 
 
+def is_export(folder) -> bool:
+    """Whether ``folder`` is an export (``pipelines.export``'s marker file is in it)."""
+    from ensemble_fer.inference.export import EXPORT_FILE
+
+    return (Path(folder) / EXPORT_FILE).is_file()
+
+
 def load_variant(path) -> tuple:
     """``(keras model, config dict)`` of the variant folder ``path`` (or its ``model.keras``)."""
     folder = VariantDir(path)
@@ -304,8 +317,10 @@ def _check_probabilities(path: Path, split: str, ids, proba) -> None:
 def find_variants(root, say=_say_nothing) -> list[Path]:
     """Every variant folder (:meth:`VariantDir.is_trained`) under ``root``, itself included,
     searched recursively (so the runs of a hyperparameter search count) and sorted by path;
-    hidden folders (``.run/`` checkpoints) and sub-folders holding their own ``ensemble.json``
-    (a packaged model such as ``models/release``) are skipped, linked folders followed once. Folders
+    hidden folders (``.run/`` checkpoints), sub-folders holding their own ``ensemble.json``
+    (a shipped model such as ``models/release``) and exports (``export.json``: ``models/fast``,
+    a network converted to TFLite, with no predictions to fit on) are skipped, linked folders
+    followed once. Folders
     of unfinished runs are mentioned through ``say``. The one rule of ``pipelines.fit_ensemble``
     and ``pipelines.compare``.
 
@@ -332,6 +347,9 @@ def find_variants(root, say=_say_nothing) -> list[Path]:
                 # A folder with its own ensemble (models/release) is a packaged model of its own:
                 # its members are not candidates of the ensemble fitted here.
                 say(f"note: {child} skipped: it holds its own ensemble.json")
+                continue
+            if is_export(child):
+                say(f"note: {child} skipped: an exported model (export.json), not a training output")
                 continue
             visit(child)
 

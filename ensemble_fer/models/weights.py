@@ -9,9 +9,15 @@ and what ``weights=`` may be.
   ``keras.utils.get_file`` into the Keras cache (``$KERAS_HOME/models``, ``~/.keras/models`` by
   default), hash-checked where the hash is known; offline, or with ``ENSEMBLE_FER_OFFLINE=1``,
   a missing file raises :class:`WeightsUnavailableError` saying which file to put where;
-* the path of an existing file: a Keras 3 ``.weights.h5`` / ``.keras`` file, or a legacy
+* the path of an existing file: a Keras 3 ``.weights.h5`` / ``.keras`` file, a legacy
   Keras 2 ``.h5`` file (:mod:`ensemble_fer.models.legacy_h5`), loaded by layer name or in
-  topological order (``spec.legacy_h5_by_name``).
+  topological order (``spec.legacy_h5_by_name``), or a converted ``.npz`` (below).
+
+Converted weights (:class:`ConvertedWeights`): trunks published in another framework's format
+(TensorFlow.js, PyTorch, Keras 1) are ported by project code into a pickle-free ``.npz`` of
+the block's Keras weights (``<layer>/<index>`` -> array), kept in the repository's
+``pretrained/`` folder with a manifest (provenance, licence, the port's check). Nothing is
+downloaded: a missing file names the one command that rebuilds it from the original.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import os
 import socket
 import urllib.parse
 from pathlib import Path
+from typing import Callable
 
 import h5py
+import numpy as np
 
 import keras
 
@@ -122,7 +130,135 @@ class WeightsFile:
         return (f"{what} are not available: {reason}. Download {self.origin} and put it "
                 f"at {self.cache_path()}{hash_note} (the Keras cache: $KERAS_HOME/{self.cache_subdir}/, "
                 f"~/.keras/{self.cache_subdir}/ by default), or pass the path of the file as "
-                f"weights=..., or train from scratch with `--weights none` (weights=None).")
+                f"weights=..., or train from scratch with `--weights none` (weights=None)."
+                + offline_trunks_note())
+
+
+def offline_trunks_note() -> str:
+    """`` Pretrained trunks that need no download: faceres_mobilenet (VGGFace2), ...`` (the blocks
+    whose default weights are ported into ``pretrained/``), for the offline errors."""
+    from ensemble_fer.models.registry import get_block_spec, list_blocks   # the registry imports this module
+
+    trunks = []
+    for block in list_blocks():
+        spec = get_block_spec(block)
+        default = spec.weights_file(spec.default_weights) if spec.default_weights else None
+        if isinstance(default, ConvertedWeights):
+            trunks.append(f"{block} ({default.trained_on.split(' (')[0]})")
+    return (f" Pretrained trunks that need no download (in pretrained/, or rebuilt from shared/weights by "
+            f"`python -m pipelines.convert_weights BLOCK`): {', '.join(trunks)}."
+            if trunks else "")
+
+
+PRETRAINED_ENV = "ENSEMBLE_FER_PRETRAINED"
+"""A folder searched first for converted weights (then the repository's ``pretrained/``)."""
+
+_ROOT = Path(__file__).resolve().parents[2]
+REPOSITORY_PRETRAINED = _ROOT / "pretrained" if (_ROOT / "pyproject.toml").is_file() else None
+"""Where a clone keeps its converted weights (``pretrained/`` at the repository root); None in
+an installed package, which has no such folder (predicting needs no pretrained trunk,
+retraining does: set ``ENSEMBLE_FER_PRETRAINED``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertedWeights(WeightsFile):
+    """Weights ported by project code from a published file of another framework.
+
+    ``file_hash`` is the sha256 of the arrays (:func:`weights_content_hash`), not of the
+    ``.npz`` bytes (zip timestamps differ between rebuilds); ``origin`` says where the
+    original comes from; ``convert_command`` rebuilds the file from it.
+    """
+
+    convert_command: str = ""
+    convert: Callable | None = dataclasses.field(default=None, compare=False)
+    """convert(source folder) -> the block's ``<layer>/<index>`` arrays."""
+    reference: Callable | None = dataclasses.field(default=None, compare=False)
+    """reference(source folder, float RGB images in [0, 255]) -> the original network's pooled
+    features, computed by the original's own framework (the check of the port)."""
+    source_folder: str = ""        # the original's folder under shared/weights
+    trained_on: str = ""
+    licence: str = ""
+
+    def search_paths(self) -> list[Path]:
+        folders = [Path(os.environ[PRETRAINED_ENV]).expanduser()] if os.environ.get(PRETRAINED_ENV) else []
+        if REPOSITORY_PRETRAINED is not None:
+            folders.append(REPOSITORY_PRETRAINED)
+        return [folder / self.fname for folder in folders]
+
+    def cache_path(self) -> Path:
+        paths = self.search_paths()
+        return paths[0] if paths else Path("pretrained") / self.fname
+
+    def fetch(self, block: str = "") -> Path:
+        what = f"pretrained weights {self.name!r}" + (f" of block {block!r}" if block else "")
+        looked = [str(p) for p in self.search_paths()]
+        for path in self.search_paths():
+            if not path.is_file():
+                continue
+            if self.file_hash and weights_content_hash(path) != self.file_hash:
+                raise WeightsUnavailableError(
+                    f"{path}: the {what} do not have the expected content hash {self.file_hash}; rebuild "
+                    f"them with `{self.convert_command} --force`")
+            return path
+        raise WeightsUnavailableError(
+            f"{what} are not available: {self.fname} is in none of {looked}; build it from the original "
+            f"({self.origin}) with `{self.convert_command}`, or train from scratch with `--weights none`")
+
+
+def published_files(source, folder: str, sha256_by_name: dict[str, str]) -> dict[str, Path]:
+    """The original files of a ported trunk, ``<source>/<folder>/<name>``, each hash-checked
+    against its published sha256 (``source`` is ``shared/weights``)."""
+    from ensemble_fer.artifacts import sha256_file
+
+    folder_path = Path(source) / folder
+    paths = {}
+    for name, sha256 in sha256_by_name.items():
+        path = folder_path / name
+        if not path.is_file():
+            raise InputError(f"{path}: not found (the published {folder} files belong in {folder_path})")
+        if sha256_file(path) != sha256:
+            raise InputError(f"{path}: sha256 is not the published file's {sha256}")
+        paths[name] = path
+    return paths
+
+
+def weights_content_hash(path) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a converted ``.npz``, in name order."""
+    from ensemble_fer.artifacts import load_npz
+
+    digest = hashlib.sha256()
+    for name, value in sorted(load_npz(path).items()):
+        value = np.ascontiguousarray(value)
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def block_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    """``<layer>/<index>`` -> array of every layer with weights: the converted ``.npz`` layout."""
+    return {f"{layer.name}/{i}": np.asarray(w) for layer in model.layers for i, w in enumerate(layer.get_weights())}
+
+
+def load_converted_weights(model: keras.Model, path) -> None:
+    """Set every layer's weights from a converted ``.npz``; refuses a missing, extra or
+    mis-shaped array (a port of another architecture) with one line naming the file."""
+    from ensemble_fer.artifacts import load_npz
+
+    stored = load_npz(path)
+    expected = block_weights(model)
+    missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or extra:
+        raise InputError(f"{path}: not weights of block {model.name!r}: "
+                         + (f"no {missing[:3]}" if missing else "") + (" and " if missing and extra else "")
+                         + (f"unknown {extra[:3]}" if extra else ""))
+    for name, value in expected.items():
+        if stored[name].shape != value.shape:
+            raise InputError(f"{path}: {name} has shape {stored[name].shape}, block {model.name!r} "
+                             f"needs {value.shape}")
+    for layer in model.layers:
+        n = len(layer.get_weights())
+        if n:
+            layer.set_weights([stored[f"{layer.name}/{i}"].astype(np.float32) for i in range(n)])
 
 
 def _hash_matches(path: Path, file_hash: str) -> bool:
@@ -187,10 +323,10 @@ def resolve_weights(spec, weights) -> WeightsFile | Path | None:
 
 
 def check_weights_file(path: Path) -> Path:
-    """Refuse, before building, a file that is neither HDF5 nor a .keras archive."""
-    if not str(path).endswith(".keras") and not h5py.is_hdf5(path):
-        raise InputError(f"weights: must be an HDF5 weight file (.h5, .weights.h5) or a "
-                         f".keras file; received {str(path)!r}, which is neither")
+    """Refuse, before building, a file that is neither HDF5, a .keras archive nor a converted .npz."""
+    if not str(path).endswith((".keras", ".npz")) and not h5py.is_hdf5(path):
+        raise InputError(f"weights: must be an HDF5 weight file (.h5, .weights.h5), a .keras file or "
+                         f"converted weights (.npz); received {str(path)!r}, which is none of them")
     return path
 
 
@@ -199,6 +335,9 @@ def load_weights_file(model: keras.Model, path, by_name: bool = True) -> Weights
     path = Path(path)
     if str(path).endswith(".keras"):
         model.load_weights(str(path))
+        return None
+    if str(path).endswith(".npz"):
+        load_converted_weights(model, path)
         return None
     if is_legacy_h5(path):
         return load_legacy_h5_weights(model, path, by_name=by_name)

@@ -176,6 +176,21 @@ def _image_size_text(text: str) -> int:
     return value
 
 
+def _finetune_from(name, value, config):
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InputError(f"finetune_from must be None or the name of a layer of the block; received {value!r}")
+    pretrained = config.block is not None and config.weights is not None and (
+        config.weights != "default" or get_block_spec(config.block).default_weights is not None)
+    if not pretrained:
+        raise InputError(f"finetune_from: only for a pretrained block (the layers before it stay frozen); "
+                         f"received {value!r} with block={config.block!r}, weights={config.weights!r}")
+    if config.aux_targets is not None:
+        raise InputError("finetune_from: cached fine-tuning has no auxiliary targets; leave out --aux-targets")
+    return value
+
+
 def _augment_config(name, value, config):
     if not config.augment:
         return None   # no augmentation: nothing to configure
@@ -331,6 +346,15 @@ class TrainConfig:
     distill_weight: float = _field(0.7, Number(0.0, 1.0, high_open=False),
                                    "share of the teacher's probabilities in each training target "
                                    "(1 - it for the one-hot label); only with --teacher", missing=0.7)
+
+    finetune_from: str | None = _field(
+        None, _finetune_from,
+        "fine-tune the pretrained block from this layer on (e.g. conv_dw_12): the layers before it stay frozen and "
+        "their output is computed once per crop and cached view (default: the whole block, no cache)",
+        metavar="LAYER", missing=None)
+    cached_views: int = _field(
+        2, Int(1, 10), "fixed views of each training crop cached for the frozen phase (and --finetune-from): "
+        "1 the crop, 2 and its mirror, up to 10 with small rotations and zooms (default 2)", missing=2)
 
     def __post_init__(self):
         # In field order: a check may read the fields before it (image_size reads block).

@@ -159,9 +159,11 @@ class RunState:
 def phase_callbacks(run, phase: dict, resumed: bool) -> list:
     """The callbacks of one phase of ``run`` (``train._Run``): dropout seeds, early stopping,
     the plateau (when the phase has it), the time budget, and last the checkpointer. ``resumed``:
-    the phase goes on from the saved state, whose counters the callbacks take up."""
+    the phase goes on from the saved state, whose counters the callbacks take up. Early stopping
+    and the checkpointer keep and save ``run.model``, the whole network, also when the model
+    that ``fit`` trains is a cached phase's top of it."""
     config, state = run.config, run.run_state.state
-    stopping = _EarlyStopping(config.patience)
+    stopping = _EarlyStopping(config.patience, network=run.model)
     reduce_lr = _ReduceLROnPlateau(config.lr_factor, config.lr_patience, config.min_lr) if phase["reduce_lr"] else None
     if resumed and state["early_stopping"]:
         stopping.load_state(state["early_stopping"], run.run_state.best_weights())
@@ -171,7 +173,7 @@ def phase_callbacks(run, phase: dict, resumed: bool) -> list:
     if run.max_minutes is not None:
         callbacks.append(_TimeBudget(run, run.max_minutes * 60.0))
     # Last: it saves the state the callbacks before it have just updated.
-    return callbacks + [_Checkpointer(run.run_state, phase["name"], stopping, reduce_lr)]
+    return callbacks + [_Checkpointer(run.run_state, phase["name"], stopping, reduce_lr, network=run.model)]
 
 
 class _DropoutSeeds(keras.callbacks.Callback):
@@ -202,9 +204,9 @@ class _EarlyStopping(keras.callbacks.Callback):
     survive Keras versions (3.3-3.5 reset them at the first epoch end of a ``fit``).
     """
 
-    def __init__(self, patience: int):
+    def __init__(self, patience: int, network=None):
         super().__init__()
-        self.patience = patience
+        self.patience, self.network = patience, network   # network: whose weights are kept (default: fit's)
         self.wait, self.best, self.best_epoch, self.best_weights, self.stopped_epoch = 0, None, 0, None, 0
 
     def state(self) -> dict:
@@ -219,14 +221,14 @@ class _EarlyStopping(keras.callbacks.Callback):
         self.wait += 1
         if self.best is None or current < self.best:
             self.wait, self.best, self.best_epoch = 0, current, epoch
-            self.best_weights = self.model.get_weights()
+            self.best_weights = (self.model if self.network is None else self.network).get_weights()
         elif self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
         if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
+            (self.model if self.network is None else self.network).set_weights(self.best_weights)
 
 
 class _ReduceLROnPlateau(keras.callbacks.Callback):
@@ -282,9 +284,10 @@ class _Checkpointer(keras.callbacks.Callback):
     """After every epoch: a history row, the best weights when they improved, the model with its
     optimizer, and the state -- an atomic, resumable ModelCheckpoint + CSVLogger."""
 
-    def __init__(self, run_state: RunState, phase: str, stopping: _EarlyStopping, reduce_lr):
+    def __init__(self, run_state: RunState, phase: str, stopping: _EarlyStopping, reduce_lr, network=None):
         super().__init__()
         self.run_state, self.phase, self.stopping, self.reduce_lr = run_state, phase, stopping, reduce_lr
+        self.network = network   # the model saved (default: the one fit trains)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.time()
@@ -314,7 +317,8 @@ class _Checkpointer(keras.callbacks.Callback):
         state["early_stopping"] = self.stopping.state()
         state["reduce_lr"] = self.reduce_lr.state() if self.reduce_lr is not None else None
         improved = self.stopping.best_epoch == epoch and self.stopping.best_weights is not None
-        self.run_state.checkpoint(self.model, self.phase, self.stopping.best_weights if improved else None)
+        self.run_state.checkpoint(self.model if self.network is None else self.network, self.phase,
+                                  self.stopping.best_weights if improved else None)
 
 
 def load_weights_npz(path) -> list[np.ndarray]:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import keras
 
+from ensemble_fer.errors import InputError
 from ensemble_fer.models import networks
 from ensemble_fer.models.registry import get_block_spec
 from ensemble_fer.training.config import TrainConfig
@@ -115,7 +116,8 @@ def enter_phase(model: keras.Model, phase: dict, config: TrainConfig, steps_per_
     """The switch into a phase: freeze or unfreeze the block, a new optimizer, compile.
 
     The only place that sets ``trainable``: the block is frozen in the frozen phase and
-    trainable otherwise; the rest of the network always trains.
+    trainable otherwise, except its layers before ``config.finetune_from``, which stay frozen
+    in the finetune phase too; the rest of the network always trains.
     """
     lr = phase["lr"]
     if phase["cosine"]:
@@ -123,7 +125,11 @@ def enter_phase(model: keras.Model, phase: dict, config: TrainConfig, steps_per_
                                                     alpha=COSINE_FLOOR)
     with strategy.scope():
         if config.block is not None:
-            networks.get_block(model, config.block).trainable = phase["name"] != PHASE_FROZEN
+            block = networks.get_block(model, config.block)
+            block.trainable = phase["name"] != PHASE_FROZEN
+            if phase["name"] == PHASE_FINETUNE and config.finetune_from is not None:
+                for layer in frozen_block_layers(block, config.finetune_from):
+                    layer.trainable = False
         # Keras decays weights decoupled from the gradient (w -= lr * weight_decay * w), as AdamW.
         decay = config.weight_decay or None
         if phase["optimizer"] == "adam":
@@ -132,14 +138,28 @@ def enter_phase(model: keras.Model, phase: dict, config: TrainConfig, steps_per_
             optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=MOMENTUM, nesterov=True,
                                              weight_decay=decay)
         # Compile after changing `trainable`: Keras fixes the trained variables at compile time.
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-        accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
-        if not has_aux:
-            model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy])
-            return
-        p, aux = networks.PROBABILITIES_OUTPUT, networks.AUX_OUTPUT
-        model.compile(
-            optimizer=optimizer, loss={p: loss, aux: keras.losses.BinaryCrossentropy()},
-            loss_weights={p: 1.0, aux: config.aux_loss_weight},
-            metrics={p: [accuracy], aux: [keras.metrics.BinaryAccuracy(name="accuracy"),
-                                          keras.metrics.AUC(name="auc", multi_label=True)]})
+        compile_network(model, optimizer, config, has_aux)
+
+
+def frozen_block_layers(block: keras.Model, first_trainable: str) -> list:
+    """The layers of ``block`` before ``first_trainable`` (an ``InputError`` if it has none of that name)."""
+    names = [layer.name for layer in block.layers]
+    if first_trainable not in names:
+        raise InputError(f"finetune_from: block {block.name!r} has no layer {first_trainable!r}; its layers "
+                         f"with weights: {[l.name for l in block.layers if l.weights][:40]}")
+    return block.layers[:names.index(first_trainable)]
+
+
+def compile_network(model: keras.Model, optimizer, config: TrainConfig, has_aux: bool) -> None:
+    """Compile ``model`` (the network, or a cached phase's top of it) with the run's losses and metrics."""
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+    if not has_aux:
+        model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy])
+        return
+    p, aux = networks.PROBABILITIES_OUTPUT, networks.AUX_OUTPUT
+    model.compile(
+        optimizer=optimizer, loss={p: loss, aux: keras.losses.BinaryCrossentropy()},
+        loss_weights={p: 1.0, aux: config.aux_loss_weight},
+        metrics={p: [accuracy], aux: [keras.metrics.BinaryAccuracy(name="accuracy"),
+                                      keras.metrics.AUC(name="auc", multi_label=True)]})

@@ -23,6 +23,7 @@ and :mod:`ensemble_fer.inference.forward`.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -44,7 +45,7 @@ from ensemble_fer.training.config import MAX_MINUTES, TrainConfig
 from ensemble_fer.training.data import balanced_class_weights, eval_dataset, load_splits, train_dataset
 from ensemble_fer.training.resume import (RunState, _save_keras_atomic, check_out, clean_after_kill,
                                           load_checkpoint, new_state, phase_callbacks, remove)
-from ensemble_fer.training.schedule import (PHASE_FROZEN, auto_precision, describe_plan, enter_phase,
+from ensemble_fer.training.schedule import (PHASE_FINETUNE, PHASE_FROZEN, auto_precision, describe_plan, enter_phase,
                                             has_pretrained_weights, plan_phases)
 
 
@@ -110,6 +111,7 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
         from ensemble_fer.training import distill
 
         teacher, args["teacher_sha256"] = distill.load_teacher(config.teacher, label_set)
+    say(f"loading the rows of {store.path}")
     splits, counts = load_splits(store, label_set)
     aux = None
     if config.aux_targets is not None:
@@ -159,6 +161,8 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
         strategy = choose_strategy(gpus)     # TF_CONFIG workers, several GPUs, or the default
         try:
             keras.utils.set_random_seed(config.seed)
+            say(f"building the network ({config.block or 'no image block'}{' + BOVW' if config.bovw else ''}); "
+                f"{len(splits['train'].y):,} training rows")
             with strategy.scope():
                 if state is None:
                     # Built before the old outputs go, so that unavailable weights change nothing.
@@ -217,6 +221,7 @@ class _Run:
         self.max_minutes, self.progress, self.extra_callbacks = max_minutes, progress, extra_callbacks
         self.budget_hit = False
         self.has_aux = splits["train"].aux is not None
+        self._cache = None   # (cut, split network, train cache, val cache) of the cached phases
 
     def train(self) -> None:
         config, state = self.config, self.run_state.state
@@ -234,23 +239,39 @@ class _Run:
             phase_end = state["phase_start_epoch"] + phase["max_epochs"]
             early = False
             if state["epoch"] < phase_end:
-                train, steps = train_dataset(self.splits["train"], config.block, config.bovw, self.n_classes,
-                                             config.batch_size, config.seed, state["epoch"], phase_end,
-                                             config.augment_config, self.class_weights, config.mixup,
-                                             config.distill_weight)
-                if not resumed:
-                    enter_phase(self.model, phase, config, steps, self.strategy, self.has_aux)
+                cut = self._cached_cut(phase)
+                if cut is _NOT_CACHED:
+                    fit_model, phase_val = self.model, val
+                    train, steps = train_dataset(self.splits["train"], config.block, config.bovw, self.n_classes,
+                                                 config.batch_size, config.seed, state["epoch"], phase_end,
+                                                 config.augment_config, self.class_weights, config.mixup,
+                                                 config.distill_weight)
+                    if not resumed:
+                        enter_phase(self.model, phase, config, steps, self.strategy, self.has_aux)
+                else:
+                    if not resumed:
+                        # Trainable flags first: they decide what the cut's bottom may hold.
+                        enter_phase(self.model, phase, config, math.ceil(len(self.splits["train"]) /
+                                                                         config.batch_size),
+                                    self.strategy, self.has_aux)
+                    fit_model, train, steps, phase_val = self._cached_phase(cut, state["epoch"], phase_end)
                 lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
                 trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
                 self.say(f"phase {phase['name']}: epochs {state['epoch'] + 1}-{phase_end} at most, "
-                         f"{phase['optimizer']} lr {lr:g}, {trainable:,} trainable parameters")
+                         f"{phase['optimizer']} lr {lr:g}, {trainable:,} trainable parameters"
+                         + ("" if cut is _NOT_CACHED else
+                            f", on cached trunk outputs ({config.cached_views} view(s) per crop)"))
                 callbacks = phase_callbacks(self, phase, resumed)
-                verbose = (1 if sys.stdout.isatty() else 2) if self.progress else 0
-                self.model.fit(train, validation_data=val, epochs=phase_end, initial_epoch=state["epoch"],
+                # a terminal gets Keras's bar per batch; a log one line per epoch, and an early
+                # estimate of the epoch's length so that a long first epoch is not silence
+                attached = sys.stdout.isatty()
+                verbose = (1 if attached else 2) if self.progress else 0
+                estimate = [_EpochEstimate(self.say, steps)] if self.progress and not attached else []
+                fit_model.fit(train, validation_data=phase_val, epochs=phase_end, initial_epoch=state["epoch"],
                                steps_per_epoch=steps, shuffle=False,
                                # with aux targets the class weights are sample weights (train_dataset)
                                class_weight=None if self.has_aux else self.class_weights,
-                               callbacks=callbacks + self.extra_callbacks, verbose=verbose)
+                               callbacks=callbacks + estimate + self.extra_callbacks, verbose=verbose)
                 early = callbacks[-1].stopping.stopped_epoch > 0
             elif state["best_weights"]:
                 # The phase ended just before an interruption: EarlyStopping had restored its
@@ -276,6 +297,60 @@ class _Run:
         self.run_state.save()
         why = f"the time budget of {self.max_minutes:g} min is used up" if self.budget_hit else "a callback stopped it"
         self.say(f"stopped: {why}; the outputs hold the best epoch so far, and resume continues the run")
+
+
+    def _cached_cut(self, phase: dict):
+        """Where a phase trains on cached trunk outputs: None (after the pooled block: the frozen
+        phase), a block layer (``finetune_from``: the finetune phase), or ``_NOT_CACHED``."""
+        config = self.config
+        if config.block is None or self.has_aux:
+            return _NOT_CACHED
+        if phase["name"] == PHASE_FROZEN:
+            return None
+        if phase["name"] == PHASE_FINETUNE and config.finetune_from is not None:
+            return config.finetune_from
+        return _NOT_CACHED
+
+    def _cached_phase(self, cut, first_epoch: int, last_epoch: int):
+        """The model that trains on the cache (the network's top, compiled with the network's
+        optimizer), its training and validation batches."""
+        from ensemble_fer.training import cached_trunk
+        from ensemble_fer.training.schedule import compile_network
+
+        config = self.config
+        # The frozen phase of a run that fine-tunes from a layer pools the finetune phase's cache
+        # (the rest of the block is cheap) instead of running the bottom twice.
+        cache_cut = config.finetune_from if cut is None else cut
+        split = cached_trunk.split_network(self.model, config.block, cut, config.bovw)
+        if self._cache is None or self._cache[0] != cache_cut:
+            self._cache = None   # free the previous cache first
+            source = split if cache_cut == cut else cached_trunk.split_network(
+                self.model, config.block, cache_cut, config.bovw)
+            started = time.time()
+            self.say(f"caching the frozen trunk's outputs ({'pooled block' if cache_cut is None else 'input of ' + cache_cut}) "
+                     f"for {len(self.splits['train']):,} training crops x {config.cached_views} view(s) "
+                     f"and {len(self.splits['val']):,} validation crops ...")
+            self._cache = (cache_cut, source,
+                           cached_trunk.cache_split(source.bottom, self.splits["train"], config.cached_views,
+                                                    config.bovw, self.say),
+                           cached_trunk.cache_split(source.bottom, self.splits["val"], 1, config.bovw, self.say))
+            self.say(f"cached in {time.time() - started:.0f} s "
+                     f"({self._cache[2].features.nbytes / 2**30:.2f} GiB for training)")
+        _, source, train_cache, val_cache = self._cache
+        if cache_cut != cut:
+            train_cache, val_cache = (cached_trunk.pooled_from(source.rest, c) for c in (train_cache, val_cache))
+        optimizer = self.model.optimizer
+        if not optimizer.built:
+            # On the network's own variables (the same set as the top's): the checkpoint of the
+            # network then holds this optimizer's state in the network's order.
+            optimizer.build(self.model.trainable_variables)
+        compile_network(split.top, optimizer, config, self.has_aux)
+        train, steps = cached_trunk.train_dataset(train_cache, self.n_classes, config.batch_size, config.seed,
+                                                  first_epoch, last_epoch, config.distill_weight)
+        return split.top, train, steps, cached_trunk.eval_dataset(val_cache, self.n_classes, config.batch_size)
+
+
+_NOT_CACHED = object()
 
 
 def _inference_copy(model, build_args: dict) -> keras.Model:
@@ -360,3 +435,34 @@ def _write_outputs(folder: VariantDir, model, run: _Run, label_set, store, count
         "figures": {"confusion_matrix": cm_split},
     })
     folder.write_config(config)   # last: its presence means complete outputs
+
+
+class _EpochEstimate(keras.callbacks.Callback):
+    """For logs (no terminal, so no per-batch bar): one line early in the first epoch of a
+    phase, once a tenth of its batches (at least 5) or 15 s have passed, with the epoch's
+    expected length from the batches so far (the first batch, which builds the graph, left
+    out of the rate)."""
+
+    def __init__(self, say, steps: int, seconds: float = 15.0):
+        super().__init__()
+        self.say, self.steps, self.seconds = say, int(steps), seconds
+        self.said = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.started, self.first_done = epoch, time.monotonic(), None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.said:
+            return
+        now = time.monotonic()
+        if self.first_done is None:
+            self.first_done = now
+            return
+        done = batch + 1
+        if done >= self.steps or not (done >= max(5, self.steps // 10) or now - self.started >= self.seconds):
+            return
+        per_batch = (now - self.first_done) / (done - 1)
+        left = per_batch * (self.steps - done)
+        self.say(f"epoch {self.epoch + 1}: {done}/{self.steps} batches in {now - self.started:.0f} s; about "
+                 f"{left:.0f} s left in this epoch ({per_batch * self.steps:.0f} s per epoch)")
+        self.said = True

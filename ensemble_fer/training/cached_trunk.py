@@ -1,0 +1,205 @@
+"""Training on cached trunk outputs: the frozen part of a pretrained block runs once per crop
+and view, not once per crop and epoch.
+
+On a CPU the pretrained trunk is what costs (the VGGFace2 MobileNet at 128 px: ~7 ms a crop
+forward, ~3x that to train). Where it does not learn, its output is the same every epoch, so:
+
+* **frozen phase**: the whole block is frozen; its pooled output for every training crop in
+  each of ``cached_views`` fixed views (identity, mirror, then the test-time views of
+  :data:`~ensemble_fer.training.augment.TTA_VIEWS`) is computed once, and the head and the
+  BOVW branch train on those vectors (seconds an epoch instead of an hour);
+* **finetune phase with** ``finetune_from`` (a layer of the block): the layers before it stay
+  frozen and the input of that layer is cached the same way; the top of the block and the
+  head fine-tune on it ("top blocks first").
+
+The model that trains (:func:`split_network`'s ``top``) is built from the full network's own
+layers, so every step changes the full network's weights; the full network is what is
+checkpointed, resumed and saved, compiled with the same optimizer, whose variables are those
+of the full network's trainable layers (the same set). Each epoch, row ``i`` of the shuffled
+order (as in :func:`~ensemble_fer.training.data.train_dataset`, from ``(seed, epoch)``) takes
+the view drawn for it from ``(seed, epoch, VIEW_STREAM)``: a function of (seed, epoch), so a
+resumed run is bit-identical. What the cache cannot give: random affine augmentation beyond
+the fixed views, and mixup (neither is applied in a cached phase).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ensemble_fer.errors import InputError
+from ensemble_fer.features.bovw import BOVW_SIZE
+from ensemble_fer.models import networks
+
+VIEW_STREAM = 0xCA
+"""Third seed word of the per-epoch view draw (apart from the order's ``(seed, epoch)``)."""
+
+FEATURES_INPUT = "trunk_features"
+"""Input name of the top model: the cached tensor."""
+
+CACHE_DTYPE = np.float16
+"""The cache holds ReLU6 outputs (0 to 6): float16 keeps ~3 digits and halves the memory."""
+
+
+@dataclasses.dataclass
+class SplitNetwork:
+    """A network cut where its block stops being frozen."""
+
+    bottom: keras.Model       # image -> the cached tensor (frozen layers only)
+    top: keras.Model          # {trunk_features[, bovw]} -> the network's outputs (what trains)
+    frozen_layers: list       # the block's layers that stay frozen (empty: the whole block)
+    rest: keras.Model | None = None   # cached tensor -> pooled block output (a cut inside the block)
+
+
+def block_input_tensor(model: keras.Model, block: str):
+    """The tensor of the full network that the nested block is called on (after preprocessing)."""
+    net = networks.get_block(model, block)
+    return net._inbound_nodes[0].input_tensors[0]   # the block is called once in build_network
+
+
+def split_network(model: keras.Model, block: str, first_trainable: str | None, bovw: bool) -> SplitNetwork:
+    """Cut ``model`` before block layer ``first_trainable`` (None: after the pooled block output).
+
+    Both models are made of the network's own layers (no copies), applied anew to new inputs:
+    a model whose inputs are intermediate tensors of another would corrupt that one's graph.
+    Cutting inside the block needs a block whose layers form a chain (MobileNet does)."""
+    image = model.get_layer(networks.IMAGE_INPUT).output
+    net = networks.get_block(model, block)
+    bovw_in = keras.Input((BOVW_SIZE,), name=networks.BOVW_INPUT) if bovw else None
+    extra = {networks.BOVW_INPUT: bovw_in} if bovw else {}
+    if first_trainable is None:
+        pooled = model.get_layer("image_pool").output
+        bottom = keras.Model(image, pooled, name="frozen_bottom")
+        features = keras.Input(shape=tuple(pooled.shape[1:]), name=FEATURES_INPUT)
+        top = keras.Model({FEATURES_INPUT: features, **extra}, networks.apply_head(model, features, bovw_in),
+                          name="cached_top")
+        return SplitNetwork(bottom, top, list(net.layers))
+    from ensemble_fer.training.schedule import frozen_block_layers
+
+    frozen = frozen_block_layers(net, first_trainable)
+    chain = net.layers[1:]   # [0] is the block's InputLayer
+    for previous, layer in zip(net.layers, chain):
+        inbound = layer._inbound_nodes[0].input_tensors
+        if len(inbound) != 1 or inbound[0]._keras_history[0] is not previous:
+            raise InputError(f"finetune_from: block {block!r} is not a chain of layers ({layer.name!r} does not "
+                             f"take the output of {previous.name!r}), so it cannot be cut at {first_trainable!r}")
+    preprocess = keras.Model(image, block_input_tensor(model, block), name="preprocess")
+    bottom_in = keras.Input(shape=tuple(image.shape[1:]), dtype=image.dtype, name="image_in")
+    x = preprocess(bottom_in)
+    for layer in frozen[1:]:
+        x = layer(x)
+    bottom = keras.Model(bottom_in, x, name="frozen_bottom")
+    features = keras.Input(shape=tuple(x.shape[1:]), name=FEATURES_INPUT)
+    y = features
+    for layer in chain[len(frozen) - 1:]:
+        y = layer(y)
+    pooled = model.get_layer("image_pool")(y)
+    top = keras.Model({FEATURES_INPUT: features, **extra}, networks.apply_head(model, pooled, bovw_in),
+                      name="cached_top")
+    return SplitNetwork(bottom, top, frozen, rest=keras.Model(features, pooled, name="block_rest"))
+
+
+def view_batches(split, n_views: int, bovw: bool):
+    """``n_views`` fixed views of a split's crops: a list of (images, bovw or None)."""
+    from ensemble_fer.training.augment import tta_images, tta_views
+
+    if bovw:
+        return [(images, rows) for images, _, rows in tta_views(split.images, split.landmarks, n_views)]
+    return [(images, None) for images in tta_images(split.images, n_views)]
+
+
+def cache_features(bottom: keras.Model, images: np.ndarray, batch_size: int = 256, say=None,
+                   what: str = "") -> np.ndarray:
+    """``bottom`` run once over uint8 crops (n, 48, 48): float16 (n, *cut shape)."""
+    n = len(images)
+    out = None
+    for start in range(0, n, batch_size):
+        x = images[start:start + batch_size, ..., None]
+        y = keras.ops.convert_to_numpy(bottom(tf.constant(x), training=False))
+        if out is None:
+            out = np.empty((n,) + y.shape[1:], CACHE_DTYPE)
+        out[start:start + len(y)] = y
+        if say is not None and (start // batch_size) % 20 == 19:
+            say(f"  caching {what}: {start + len(y):,}/{n:,}")
+    return out
+
+
+@dataclasses.dataclass
+class CachedSplit:
+    """One split's cached tensors: ``features`` (n_views, n, *shape) and BOVW (n_views, n, 2728)."""
+
+    features: np.ndarray
+    bovw: np.ndarray | None
+    y: np.ndarray
+    soft: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def pooled_from(rest: keras.Model, cached: CachedSplit, batch_size: int = 512) -> CachedSplit:
+    """The pooled block outputs of a cache cut inside the block (``rest`` applied once per row
+    and view): the frozen phase's cache, without running the bottom again."""
+    views = []
+    for features in cached.features:
+        out = [keras.ops.convert_to_numpy(rest(tf.constant(features[i:i + batch_size].astype(np.float32)),
+                                               training=False)) for i in range(0, len(features), batch_size)]
+        views.append(np.concatenate(out).astype(CACHE_DTYPE))
+    return CachedSplit(np.stack(views), cached.bovw, cached.y, cached.soft)
+
+
+def cache_split(bottom, split, n_views: int, bovw: bool, say) -> CachedSplit:
+    views = view_batches(split, n_views, bovw)
+    features = np.stack([cache_features(bottom, images, say=say, what=f"{split.name} view {v + 1}/{n_views}")
+                         for v, (images, _) in enumerate(views)])
+    rows = np.stack([r for _, r in views]).astype(np.float32) if bovw else None
+    return CachedSplit(features, rows, split.y, split.soft)
+
+
+def train_dataset(cached: CachedSplit, n_classes: int, batch_size: int, seed: int, first_epoch: int,
+                  last_epoch: int, distill_weight: float = 0.0):
+    """Training batches of a cached split for epochs ``first_epoch .. last_epoch - 1``: the order of
+    epoch ``e`` from ``(seed, e)`` (as the image pipeline's), each row's view from
+    ``(seed, e, VIEW_STREAM)``."""
+    n, n_views = len(cached), cached.features.shape[0]
+    steps = math.ceil(n / batch_size)
+    shape = cached.features.shape[2:]
+    has_bovw = cached.bovw is not None
+
+    def make_batch(epoch, step):
+        epoch, step = int(epoch), int(step)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        views = np.random.default_rng([seed, epoch, VIEW_STREAM]).integers(n_views, size=n)
+        rows = np.sort(order[step * batch_size:(step + 1) * batch_size])
+        x = cached.features[views[rows], rows].astype(np.float32)
+        b = cached.bovw[views[rows], rows] if has_bovw else np.zeros((0,), np.float32)
+        one_hot = np.eye(n_classes, dtype=np.float32)[cached.y[rows]]
+        if cached.soft is not None:
+            one_hot = (1.0 - distill_weight) * one_hot + distill_weight * cached.soft[rows]
+        return x, b, one_hot
+
+    def to_element(index):
+        x, b, one_hot = tf.numpy_function(make_batch, [index // steps, index % steps],
+                                          [tf.float32, tf.float32, tf.float32], stateful=False)
+        inputs = {FEATURES_INPUT: tf.ensure_shape(x, [None, *shape])}
+        if has_bovw:
+            inputs[networks.BOVW_INPUT] = tf.ensure_shape(b, [None, BOVW_SIZE])
+        return inputs, tf.ensure_shape(one_hot, [None, n_classes])
+
+    ds = tf.data.Dataset.range(first_epoch * steps, last_epoch * steps)
+    ds = ds.map(to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE), steps
+
+
+def eval_dataset(cached: CachedSplit, n_classes: int, batch_size: int):
+    """The first view (the crops as they are) of a cached split, in order."""
+    x = {FEATURES_INPUT: cached.features[0]}
+    if cached.bovw is not None:
+        x[networks.BOVW_INPUT] = cached.bovw[0]
+    y = np.eye(n_classes, dtype=np.float32)[cached.y]
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+    return ds.map(lambda a, b: ({k: tf.cast(v, tf.float32) for k, v in a.items()}, b)).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,125 @@
+"""Training a pretrained block on cached trunk outputs (``training/cached_trunk.py``): the cut
+network computes what the whole one does, the frozen layers never move, and a killed cached
+run resumes bit-identical. Real TensorFlow on the ported VGGFace2 MobileNet at its smallest
+side (32 px), on the bundled sample."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from ensemble_fer import artifacts
+from ensemble_fer.errors import InputError
+from ensemble_fer.features.feature_store import FeatureStore
+from ensemble_fer.labels import get_label_set
+from ensemble_fer.models import networks
+from ensemble_fer.models.weights import WeightsUnavailableError, load_converted_weights
+from ensemble_fer.training import cached_trunk
+from ensemble_fer.training.config import TrainConfig
+from ensemble_fer.training.data import load_splits
+from pipelines import train_variant as cli
+
+BLOCK = "faceres_mobilenet"
+CUT = "conv_dw_12"
+
+
+def _ported_or_skip():
+    from ensemble_fer.models.faceres import VGGFACE2_FACERES_WEIGHTS
+
+    try:
+        return VGGFACE2_FACERES_WEIGHTS.fetch(BLOCK)
+    except WeightsUnavailableError as exc:   # a checkout without pretrained/
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def sample_rows(sample_store):
+    splits, _ = load_splits(FeatureStore(sample_store), get_label_set("fer7"))
+    return splits["val"]
+
+
+@pytest.mark.parametrize("cut", [None, CUT])
+def test_the_cut_network_computes_what_the_whole_network_does(sample_rows, cut):
+    _ported_or_skip()
+    model = networks.build_network(BLOCK, True, 7, image_size=32, bovw_adapt_data=sample_rows.bovw)
+    whole = model.predict({"image": sample_rows.images[..., None], "bovw": sample_rows.bovw}, verbose=0)
+    split = cached_trunk.split_network(model, BLOCK, cut, bovw=True)
+    cache = cached_trunk.cache_split(split.bottom, sample_rows, 1, True, None)
+    top = split.top.predict({cached_trunk.FEATURES_INPUT: cache.features[0].astype(np.float32),
+                             "bovw": cache.bovw[0]}, verbose=0)
+    # float16 cache: the same probabilities to ~3 digits.
+    assert np.abs(top - whole).max() < 2e-3
+    assert (top.argmax(1) == whole.argmax(1)).mean() > 0.97
+    # The cut shares the network's layers: no copies of any weight.
+    whole_ids = {id(v) for v in model.weights}
+    assert all(id(v) in whole_ids for v in split.top.weights)
+    assert all(id(v) in whole_ids for v in split.bottom.weights)
+
+
+def test_the_ported_face_trunk_has_no_batch_norm_to_wreck():
+    from ensemble_fer.models.blocks import create_block
+
+    block = create_block(BLOCK, weights=None, input_size=32)
+    assert not [layer for layer in block.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert not block.non_trainable_weights
+
+
+def _cli(*args):
+    return cli.main([str(a) for a in args] + ["--quiet"])
+
+
+ARGS = ["--block", BLOCK, "--bovw", "--image-size", 32, "--epochs-frozen", 1, "--epochs", 2,
+        "--finetune-from", CUT, "--seed", 5, "--batch-size", 32]
+
+
+def test_frozen_layers_never_move_and_the_top_fine_tunes(sample_store, tmp_path):
+    path = _ported_or_skip()
+    out = tmp_path / "v"
+    assert _cli(*ARGS, "--features", sample_store, "--out", out) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert [p["name"] for p in config["training"]["phases"]] == ["frozen", "finetune"]
+    trained = keras.models.load_model(out / "model.keras", safe_mode=True, compile=False)
+    block = networks.get_block(trained, BLOCK)
+    ported = networks.build_network(BLOCK, True, 7, image_size=32, weights=None)
+    load_converted_weights(networks.get_block(ported, BLOCK), path)
+    ported_block = networks.get_block(ported, BLOCK)
+    names = [layer.name for layer in block.layers]
+    for layer in block.layers:
+        same = all(np.array_equal(a, b) for a, b in zip(layer.get_weights(),
+                                                         ported_block.get_layer(layer.name).get_weights()))
+        if layer.get_weights():
+            assert same == (names.index(layer.name) < names.index(CUT)), layer.name
+
+
+def test_a_killed_cached_run_resumes_bit_identical(sample_store, tmp_path):
+    from tests.test_training import _kill_after_first_epoch
+
+    _ported_or_skip()
+    args = [*ARGS, "--features", sample_store]
+    whole = tmp_path / "whole"
+    assert _cli(*args, "--out", whole) == 0
+    killed = tmp_path / "killed"
+    _kill_after_first_epoch([*args, "--out", killed], killed)
+    assert not (killed / "config.json").exists()
+    assert _cli(*args, "--out", killed, "--resume") == 0
+    assert [r.split(",")[:8] for r in (killed / "history.csv").read_text().splitlines()] == \
+           [r.split(",")[:8] for r in (whole / "history.csv").read_text().splitlines()]
+    assert np.array_equal(artifacts.load_npz(killed / "predictions.npz")["val_proba"],
+                          artifacts.load_npz(whole / "predictions.npz")["val_proba"])
+    a = keras.models.load_model(killed / "model.keras", safe_mode=True, compile=False).get_weights()
+    b = keras.models.load_model(whole / "model.keras", safe_mode=True, compile=False).get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_finetune_from_is_checked():
+    with pytest.raises(InputError, match="finetune_from: only for a pretrained block"):
+        TrainConfig(block="cnn5", finetune_from="conv1")
+    with pytest.raises(InputError, match="finetune_from: only for a pretrained block"):
+        TrainConfig(block=BLOCK, weights="none", finetune_from=CUT)
+    model = networks.build_network(BLOCK, False, 7, image_size=32, weights=None)
+    with pytest.raises(InputError, match="has no layer 'conv_dw_99'") as info:
+        cached_trunk.split_network(model, BLOCK, "conv_dw_99", bovw=False)
+    assert "\n" not in str(info.value)
