@@ -418,16 +418,20 @@ def test_predict_on_a_full_disk_keeps_the_old_csv_and_says_so(tiny_variant, tmp_
      "at most 512"),
     ("train_variant", ["--block", "cnn5", "--seed", str(2**32)],
      "argument --seed: --seed must be an int in [0, 4294967295]", "seed (in [0, 4294967295])"),
-    ("predict", [str(DOGS), "--upsample", "40"], "argument --upsample: must be auto or an int in [0, 4]", "0 to 4"),
+    ("predict", [str(DOGS), "--upsample", "40"], "argument --upsample: must be auto or fast or an int in [0, 4]",
+     "0 to 4"),
     ("predict", [str(DOGS), "--fps", "inf"], "argument --fps: must be a finite number in (0, 1000]", "in (0, 1000]"),
     ("predict", [str(DOGS), "--fps", "nan"], "argument --fps: must be a finite number in (0, 1000]", "in (0, 1000]"),
     ("evaluate", ["--data", "x", "--n-jobs", "0"], "argument --n-jobs: must be an int -1 or in [1, 256]",
      "-1 or in [1, 256]"),
 ])
-def test_numbers_out_of_range_are_refused_as_parsed(stage, args, message, shown, capsys):
+def test_numbers_out_of_range_are_refused_as_parsed(stage, args, message, shown, capsys, request):
     import importlib
 
     module = importlib.import_module(f"pipelines.{stage}")
+    if stage == "train_variant":
+        # a real store: train_variant opens --features before the full parser (fail fast)
+        args = args + ["--features", str(request.getfixturevalue("sample_store"))]
     with pytest.raises(SystemExit) as exit_:
         module.main(args)
     err = capsys.readouterr().err
