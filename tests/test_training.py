@@ -155,18 +155,24 @@ def test_frozen_phase_freezes_the_block_and_finetuning_uses_sgd_nesterov(sample_
             super().__init__()
             self.phases = []
 
+        def _block(self):
+            # The frozen phase trains on cached block outputs: its model has no block at all.
+            return next((layer for layer in self.model.layers if layer.name == "cnn5"), None)
+
         def _snapshot(self):
-            net = self.model.get_layer("cnn5")
-            return {"block": net.get_weights(), "head": self.model.get_layer("logits").get_weights()}
+            net = self._block()
+            return {"block": None if net is None else net.get_weights(),
+                    "head": self.model.get_layer("logits").get_weights()}
 
         def on_train_begin(self, logs=None):
-            net = self.model.get_layer("cnn5")
-            self.phases.append({"begin": self._snapshot(), "block_trainable": net.trainable,
+            net = self._block()
+            self.phases.append({"begin": self._snapshot(), "has_block": net is not None,
+                                "block_trainable": None if net is None else net.trainable,
                                 "optimizer": self.model.optimizer.get_config(),
                                 "optimizer_class": type(self.model.optimizer).__name__,
                                 "trained": {id(v) for v in self.model.trainable_weights},
-                                "block_trained": {id(v) for v in net.trainable_weights},
-                                "block_all": {id(v) for v in net.weights}})
+                                "block_trained": set() if net is None else {id(v) for v in net.trainable_weights},
+                                "block_all": set() if net is None else {id(v) for v in net.weights}})
 
         def on_train_end(self, logs=None):
             self.phases[-1]["end"] = self._snapshot()
@@ -178,17 +184,16 @@ def test_frozen_phase_freezes_the_block_and_finetuning_uses_sgd_nesterov(sample_
     frozen, finetune = record.phases
     same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(a, b))  # noqa: E731
 
-    assert frozen["block_trainable"] is False and frozen["optimizer_class"] == "Adam"
-    assert not frozen["block_trained"] and not frozen["trained"] & frozen["block_all"]
-    assert same(frozen["begin"]["block"], pretrained)
-    assert same(frozen["end"]["block"], pretrained)          # moving statistics included
+    assert not frozen["has_block"] and frozen["optimizer_class"] == "Adam"
+    assert not frozen["trained"] & finetune["block_all"]     # no block variable trained while frozen
+    assert same(finetune["begin"]["block"], pretrained)      # moving statistics included
     assert not same(frozen["end"]["head"], frozen["begin"]["head"])
 
     assert finetune["block_trainable"] is True and finetune["optimizer_class"] == "SGD"
     assert finetune["optimizer"]["nesterov"] is True and finetune["optimizer"]["momentum"] == 0.9
     assert finetune["optimizer"]["learning_rate"] == pytest.approx(0.05)
     assert finetune["block_trained"] and finetune["block_trained"] <= finetune["trained"]
-    assert same(finetune["begin"]["block"], frozen["end"]["block"])   # phase 2 starts where phase 1 ended
+    assert same(finetune["begin"]["head"], frozen["end"]["head"])     # phase 2 starts where phase 1 ended
     assert not same(finetune["end"]["block"], pretrained)
 
     config = json.loads((out / "config.json").read_text())
@@ -626,5 +631,6 @@ def test_a_log_hears_early_how_long_the_first_epoch_takes(sample_store, tmp_path
     assert "loading the rows of" in out and "building the network (cnn5)" in out
     early = re.search(r"epoch 1: (\d+)/(\d+) batches in \d+ s; about \d+ s left in this epoch \(\d+ s per epoch\)",
                       out)
-    assert early and 5 <= int(early[1]) < int(early[2]), out
+    # After 5 batches, or sooner on a slow machine (15 s): never after the epoch.
+    assert early and 2 <= int(early[1]) < int(early[2]), out
     assert out.index(early[0]) < out.index("wrote")
