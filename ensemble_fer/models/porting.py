@@ -105,7 +105,10 @@ def port(block: str, source, out, force: bool = False, say=print, check: bool = 
         raise InputError(f"out: {target} exists; pass --force to rebuild it")
     say(f"converting {source / weights.source_folder} ...")
     arrays = weights.convert(source)
-    with artifacts.output_lock(target), tempfile.TemporaryDirectory(dir=out if out.is_dir() else None) as tmp:
+    # The lock creates ``out``; the staging folder is inside it, so the final rename stays on one filesystem.
+    with artifacts.output_lock(target), tempfile.TemporaryDirectory(dir=out) as tmp:
+        if target.exists() and not force:   # again under the lock: another run may have written it
+            raise InputError(f"out: {target} exists; pass --force to rebuild it")
         staged = Path(tmp) / weights.fname
         artifacts.save_npz(staged, **arrays)
         content = weights_content_hash(staged)
@@ -130,7 +133,6 @@ def port(block: str, source, out, force: bool = False, say=print, check: bool = 
             "check": result, "versions": artifacts.package_versions(),
             "rebuild": weights.convert_command,
         }
-        out.mkdir(parents=True, exist_ok=True)
         licence, licence_copy = source / weights.source_folder / "LICENSE", out / f"{Path(weights.fname).stem}.LICENSE"
         if licence.is_file():
             shutil.copyfile(licence, licence_copy)

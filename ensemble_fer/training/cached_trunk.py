@@ -170,10 +170,16 @@ def train_dataset(cached: CachedSplit, n_classes: int, batch_size: int, seed: in
     shape = cached.features.shape[2:]
     has_bovw = cached.bovw is not None
 
+    draws: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
     def make_batch(epoch, step):
         epoch, step = int(epoch), int(step)
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-        views = np.random.default_rng([seed, epoch, VIEW_STREAM]).integers(n_views, size=n)
+        # Once per epoch, not per batch; two threads may draw the same epoch: same arrays.
+        if epoch not in draws:
+            draws[epoch] = (np.random.default_rng([seed, epoch]).permutation(n),
+                            np.random.default_rng([seed, epoch, VIEW_STREAM]).integers(n_views, size=n))
+            draws.pop(epoch - 2, None)
+        order, views = draws[epoch]
         rows = np.sort(order[step * batch_size:(step + 1) * batch_size])
         x = cached.features[views[rows], rows].astype(np.float32)
         b = cached.bovw[views[rows], rows] if has_bovw else np.zeros((0,), np.float32)
