@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     from bench_predict import one_face_photo
 
     from ensemble_fer.features import faces
-    from ensemble_fer.features.datasets import read_image_file, to_gray
+    from ensemble_fer.features.image_io import read_image_file, to_gray
     from pipelines.predict import upsample_value
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

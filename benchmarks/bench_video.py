@@ -31,7 +31,7 @@ def write_video(path: Path, seconds: float, fps: int = 25) -> Path:
     import cv2
     import numpy as np
 
-    from ensemble_fer.features.datasets import read_image_file
+    from ensemble_fer.features.image_io import read_image_file
 
     names = ("2008_002470.jpg", "2008_007676.jpg", "2009_004587.jpg")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (640, 480))

@@ -82,7 +82,7 @@ RESUMED_KEYS = ("model_sha256", "tta", "detector", "upsample")
 
 def build_parser() -> argparse.ArgumentParser:
     from ensemble_fer.features.faces import MAX_UPSAMPLE
-    from ensemble_fer.training.augment import MAX_TTA
+    from ensemble_fer.features.augment import MAX_TTA
 
     from .cli_numbers import MAX_BATCH, MAX_FPS, float_in, int_in
 
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
         print("error: no input could be read", file=sys.stderr)
         return EXIT_BAD_INPUT
     # after the inputs: the predictor module brings scipy and scikit-learn (seconds)
-    from ensemble_fer.inference.predictor import check_tta
+    from ensemble_fer.features.augment import check_tta
 
     if args.tta is not None:
         check_tta(args.tta, where="--tta")
@@ -217,7 +217,8 @@ def predict_files(recognizer, files, problems, sink, args, annotate_file=None) -
     rows (and pictures) through ``sink`` as soon as its batch has run, in input order;
     ``annotate_file``: the one photo's annotated picture (``--annotate out.jpg``)."""
     from ensemble_fer.errors import InputError
-    from ensemble_fer.features.datasets import DatasetError, read_image_file
+    from ensemble_fer.errors import DatasetError
+    from ensemble_fer.features.image_io import read_image_file
     from ensemble_fer.features.faces import check_detection_memory
 
     classes = recognizer.classes
@@ -275,12 +276,13 @@ def predict_files(recognizer, files, problems, sink, args, annotate_file=None) -
 
 
 def read_photo(path):
-    """``datasets.read_image_file``, with pictures past Pillow's decompression-bomb limit
+    """``image_io.read_image_file``, with pictures past Pillow's decompression-bomb limit
     (about 89 megapixels) refused as unreadable like a corrupt file: decoding one would take
     gigabytes, and face detection on it far more."""
     from PIL import Image
 
-    from ensemble_fer.features.datasets import DatasetError, read_image_file
+    from ensemble_fer.errors import DatasetError
+    from ensemble_fer.features.image_io import read_image_file
 
     try:
         with warnings.catch_warnings():
@@ -386,7 +388,7 @@ def list_inputs(paths, recursive: bool = False, exclude=()) -> tuple[list[tuple[
 def _folder_files(folder: Path, recursive: bool, suffixes, excluded) -> tuple[list[Path], list[str]]:
     """The files of ``folder`` to read (see :func:`list_inputs`), and a message per folder
     that cannot be listed and per broken link. Non-regular files with an image name (a FIFO)
-    are kept: reading them is refused with a reason (``datasets.read_image_file``)."""
+    are kept: reading them is refused with a reason (``image_io.read_image_file``)."""
     found, problems, todo = [], [], [folder]
     while todo:
         current = todo.pop()

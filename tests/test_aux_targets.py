@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ensemble_fer import artifacts
-from ensemble_fer.inference.forward import predict_aux_proba, predict_proba
+from ensemble_fer.models.forward import predict_aux_proba, predict_proba
 from ensemble_fer.models.variant_dir import load_variant
 from ensemble_fer.training.aux_targets import aux_metrics, read_aux_targets
 from ensemble_fer.training.config import check_arguments

@@ -15,7 +15,7 @@ from ensemble_fer.features import datasets
 from ensemble_fer.ensemble.fit import fit_ensemble
 from ensemble_fer.evaluation import evaluate as evaluation
 from ensemble_fer.inference import predictor as inference
-from ensemble_fer.evaluation import metrics
+from ensemble_fer import metrics
 from ensemble_fer.errors import InputError
 from ensemble_fer.features.feature_store import FeatureStore
 from pipelines import evaluate
@@ -86,7 +86,7 @@ def test_predict_proba_on_raw_crops_matches_the_store_path(variant_pair, sample_
     assert with_tta.shape == (24, 7) and np.allclose(with_tta.sum(1), 1, atol=1e-4)
     # two views: the mean of the identity view and the mirror view
     analysed = predictor.analyse(raw)
-    from ensemble_fer.training.augment import tta_views
+    from ensemble_fer.features.augment import tta_views
 
     views = tta_views(analysed["images"], analysed["landmarks"], 2)
     per_view = [predictor.predict_features(v[0], None, v[2]) for v in views]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ensemble_fer.inference import annotate
-from ensemble_fer.features.datasets import read_image_file
+from ensemble_fer.features.image_io import read_image_file
 
 PHOTOS = Path(__file__).resolve().parent / "data" / "photos"
 CROWD = PHOTOS / "2008_007676.jpg"      # seven faces close together

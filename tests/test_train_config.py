@@ -11,7 +11,7 @@ import pytest
 
 from ensemble_fer.errors import InputError
 from ensemble_fer.training import resume
-from ensemble_fer.training.augment import AugmentConfig
+from ensemble_fer.features.augment import AugmentConfig
 from ensemble_fer.training.config import (FIELDS, RUN_ARGS, TrainConfig, check_arguments, resumable)
 from ensemble_fer.training.schedule import (PHASE_FINETUNE, PHASE_FROZEN, PHASE_SCRATCH, cpu_has_native_bfloat16,
                                             describe_plan, has_pretrained_weights, plan_phases)

@@ -14,7 +14,7 @@ import pytest
 
 from ensemble_fer import artifacts
 from ensemble_fer.models import blocks
-from ensemble_fer.inference.forward import predict_proba
+from ensemble_fer.models.forward import predict_proba
 from ensemble_fer.models.variant_dir import load_variant
 from ensemble_fer.training import data, resume, schedule, train as training
 from ensemble_fer.training.config import check_arguments
@@ -335,7 +335,7 @@ def test_unknown_block_is_refused(sample_store, tmp_path, capsys):
 
 
 def test_mixup_blends_inputs_and_labels_of_the_same_augmented_batch(sample_store):
-    from ensemble_fer.training.augment import AugmentConfig
+    from ensemble_fer.features.augment import AugmentConfig
 
     splits, _ = data.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
 
@@ -364,7 +364,7 @@ def test_mixup_blends_inputs_and_labels_of_the_same_augmented_batch(sample_store
 
 
 def test_augmented_batches_keep_image_and_bovw_together_and_repeat_by_seed(sample_store):
-    from ensemble_fer.training.augment import AugmentConfig
+    from ensemble_fer.features.augment import AugmentConfig
 
     splits, _ = data.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
     train = splits["train"]

@@ -34,8 +34,8 @@ from ensemble_fer.ensemble.ensemble_file import (EnsembleMember, check_ensemble_
 from ensemble_fer.ensemble.members import check_members, read_member
 from ensemble_fer.ensemble.weighted import OBJECTIVES, WeightedEnsemble
 from ensemble_fer.errors import InputError
-from ensemble_fer.training.augment import check_tta
-from ensemble_fer.evaluation import metrics
+from ensemble_fer.features.augment import check_tta
+from ensemble_fer import metrics
 from ensemble_fer.labels import label_set_from_json
 
 EQUAL = "equal-weight"

@@ -56,7 +56,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
 from ensemble_fer.errors import InputError
-from ensemble_fer.evaluation.metrics import check_class_indices, check_probabilities
+from ensemble_fer.metrics import check_class_indices, check_probabilities
 
 OBJECTIVES = ("accuracy", "log-loss")
 LOG_LOSS_EPS = 1e-15

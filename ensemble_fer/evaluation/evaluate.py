@@ -34,8 +34,8 @@ import numpy as np
 
 from ensemble_fer import artifacts
 from ensemble_fer.errors import InputError, MissingInputError
-from ensemble_fer.evaluation import metrics
-from ensemble_fer.features import bovw, datasets
+from ensemble_fer import metrics
+from ensemble_fer.features import bovw, datasets, image_io
 from ensemble_fer.inference.predictor import Predictor
 from ensemble_fer.labels import ALL_CODES
 
@@ -253,7 +253,7 @@ def frame_face(path) -> np.ndarray | None:
     a 48x48 picture is the face itself), or None where predict finds no face."""
     from ensemble_fer.features import faces
 
-    gray = datasets.to_gray(datasets.read_image_file(path))
+    gray = image_io.to_gray(image_io.read_image_file(path))
     found = faces.picture_faces(gray, detector="hog")     # predict's defaults
     return faces.crop_face(gray, found[0][0]) if found else None
 

@@ -25,6 +25,7 @@ import typing
 import numpy as np
 
 from ensemble_fer.errors import InputError
+from ensemble_fer.features.image_io import to_gray
 
 DETECTORS = ("hog", "mmod")
 CROP_SIZE = 48
@@ -285,8 +286,6 @@ def crop_face(image: np.ndarray, box: Box, size: int = CROP_SIZE, framing: float
     is its own crop: it is framed like FER2013 already.
     """
     import cv2
-
-    from ensemble_fer.features.datasets import to_gray
 
     gray = to_gray(image)
     left, top, right, bottom = box

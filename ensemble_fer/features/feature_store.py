@@ -30,7 +30,7 @@ import numpy as np
 
 from ensemble_fer import artifacts
 from ensemble_fer.features import bovw, datasets, hog, sharpness
-from ensemble_fer.errors import InputError
+from ensemble_fer.errors import DatasetError, InputError
 from ensemble_fer.labels import ALL_CODES
 
 FILTERS = ("blank", "paper")
@@ -198,7 +198,7 @@ def choose_splits(dataset, limit: int | None = None, val_fraction: float = VAL_F
     none, then at most ``limit`` per split (seeded)."""
     splits = {s: list(dataset.splits[s]) for s in datasets.SPLITS if dataset.splits.get(s)}
     if "train" not in splits:
-        raise datasets.DatasetError(f"{dataset.root}: no training images")
+        raise DatasetError(f"{dataset.root}: no training images")
     if "val" not in splits:
         # Class-folder sets and CSVs without Usage have no validation split: hold one out,
         # stratified and seeded, so that training always has one.
@@ -206,7 +206,7 @@ def choose_splits(dataset, limit: int | None = None, val_fraction: float = VAL_F
 
         train = splits["train"]
         if len(train) * val_fraction < 1:
-            raise datasets.DatasetError(
+            raise DatasetError(
                 f"{dataset.root}: {len(train)} training images and no validation split; too few to hold "
                 f"out {val_fraction:.0%} as validation (add a val/ folder or more images)")
         labels = [r.label for r in train]
@@ -238,7 +238,7 @@ def _check_stratified_holdout(root, n: int, n_classes: int, val_fraction: float)
     needed = n
     while math.ceil(val_fraction * needed) < n_classes or needed - math.ceil(val_fraction * needed) < n_classes:
         needed += 1
-    raise datasets.DatasetError(
+    raise DatasetError(
         f"{root}: {n} training images in {n_classes} classes and no validation split; holding out "
         f"{val_fraction:.0%} ({held} images) cannot give each of the {n_classes} classes a validation image: "
         f"add a val/ folder with images of every class, or use at least {needed} training images")
@@ -262,10 +262,10 @@ def _load_all_images(splits, crop_faces, progress, root, out_dir) -> dict[str, n
         with artifacts.atomic_path(listing) as tmp:
             tmp.write_text("".join(f"{p}\n" for p in problems))
         more = f"; and {len(problems) - MAX_LISTED} more, all listed in {listing}"
-    raise datasets.DatasetError(f"{root}: {len(problems)} images cannot be read; fix or remove them: {listed}{more}")
+    raise DatasetError(f"{root}: {len(problems)} images cannot be read; fix or remove them: {listed}{more}")
 
 
-def _load_images(records, crop_faces, progress, split) -> tuple[np.ndarray, list[datasets.DatasetError]]:
+def _load_images(records, crop_faces, progress, split) -> tuple[np.ndarray, list[DatasetError]]:
     from tqdm.auto import tqdm
 
     out = np.zeros((len(records), datasets.IMAGE_SIZE, datasets.IMAGE_SIZE), dtype=np.uint8)
@@ -274,7 +274,7 @@ def _load_images(records, crop_faces, progress, split) -> tuple[np.ndarray, list
                                     leave=False)):
         try:
             out[i] = datasets.load_image(record, crop_faces=crop_faces)
-        except datasets.DatasetError as exc:
+        except DatasetError as exc:
             problems.append(exc)
     return out, problems
 

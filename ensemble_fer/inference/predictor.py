@@ -25,7 +25,7 @@ through :meth:`ensemble_fer.models.variant_dir.VariantDir.load_model`.
 Prediction: features are extracted once per image (:func:`ensemble_fer.features.bovw.analyse_crops`
 with the model's extractor config); each member gets the inputs its model names (``image``
 and/or ``bovw``) in batches; with ``tta=n`` each member's probabilities are averaged over
-``n`` deterministic views (:func:`ensemble_fer.training.augment.tta_views`: identity, mirror, then
+``n`` deterministic views (:func:`ensemble_fer.features.augment.tta_views`: identity, mirror, then
 small rotations and zooms; landmarks moved with the image and HOG recomputed when a member takes
 BOVW features, the images alone otherwise). ``tta=None`` (the default everywhere) takes the
 model's own: the views its ensemble weights were fitted on (``ensemble.json``'s ``tta``), 0 for
@@ -49,8 +49,7 @@ from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.features import bovw
 from ensemble_fer.labels import LabelSet, label_set_from_json
 from ensemble_fer.models.variant_dir import CONFIG, MODEL, VariantDir
-# MAX_TTA and check_tta are re-exported: the pipelines check --tta through this module
-from ensemble_fer.training.augment import MAX_TTA, check_tta, tta_images, tta_views  # noqa: F401
+from ensemble_fer.features.augment import check_tta, tta_images, tta_views
 
 CHUNK = 512
 NETWORK_FILES = (MODEL, "model.tflite", "model.onnx")
@@ -85,7 +84,7 @@ class Member:
         return self._model
 
     def predict(self, images, bovw_rows, batch_size: int) -> np.ndarray:
-        from ensemble_fer.inference import forward   # Keras: imported only once a model runs
+        from ensemble_fer.models import forward   # Keras: imported only once a model runs
 
         proba = forward.predict_proba(self.model, self.config, images=images, bovw=bovw_rows, batch_size=batch_size)
         n_classes = len(self.config["labels"]["classes"])

@@ -12,7 +12,7 @@
 How a photo becomes results
 ---------------------------
 1. The input (a path, or a uint8 array: grayscale (H, W), RGB or RGBA (H, W, 3|4), any size;
-   ``color="bgr"`` for arrays from OpenCV, which are BGR or BGRA) is turned into grayscale once, by :func:`ensemble_fer.features.datasets.to_gray` (ITU-R 601 luma,
+   ``color="bgr"`` for arrays from OpenCV, which are BGR or BGRA) is turned into grayscale once, by :func:`ensemble_fer.features.image_io.to_gray` (ITU-R 601 luma,
    alpha dropped). Detection and cropping both work on that gray image, so a photo given as
    RGB, RGBA or grayscale gives the same faces and the same scores.
 2. Faces are found by dlib (:func:`ensemble_fer.features.faces.detect_faces`; HOG detector by default,
@@ -44,7 +44,8 @@ import numpy as np
 from ensemble_fer import release
 from ensemble_fer.errors import InputError
 from ensemble_fer.features import faces
-from ensemble_fer.features.datasets import IMAGE_SIZE, read_image_file, to_gray
+from ensemble_fer.features.datasets import IMAGE_SIZE
+from ensemble_fer.features.image_io import read_image_file, to_gray
 
 COLOR_ORDERS = ("rgb", "bgr")
 

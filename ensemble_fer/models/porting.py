@@ -51,7 +51,7 @@ def check_inputs(size: int, seed: int = 0) -> np.ndarray:
     """Fixed float RGB inputs in [0, 255]: 12 real 48 px crops resized to ``size``, 4 of seeded noise."""
     import cv2
 
-    from ensemble_fer.features.datasets import read_image_file
+    from ensemble_fer.features.image_io import read_image_file
 
     files = sorted(SAMPLE_CROPS.glob("*/*/*.jpg"))[::25][:12]
     crops = [cv2.resize(read_image_file(f), (size, size), interpolation=cv2.INTER_LINEAR) for f in files]

@@ -32,7 +32,7 @@ from ensemble_fer.errors import InputError
 from ensemble_fer.labels import get_label_set
 from ensemble_fer.models import networks
 from ensemble_fer.models.registry import MAX_INPUT_SIZE, get_block_spec, list_blocks
-from ensemble_fer.training.augment import AugmentConfig
+from ensemble_fer.features.augment import AugmentConfig
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -57,7 +57,7 @@ CLI_KEYS = ("help", "flag", "metavar", "parse", "cli", "nested")
 ``help``; ``flag`` (default ``--name-with-dashes``); ``metavar``; ``parse``, the argparse
 ``type`` (default: the type of the default value); ``cli=False`` for a field without an option;
 ``nested``, a dataclass whose fields' options stand for this field (``augment_config``:
-:class:`~ensemble_fer.training.augment.AugmentConfig`). A bool field is a switch (``--x`` when
+:class:`~ensemble_fer.features.augment.AugmentConfig`). A bool field is a switch (``--x`` when
 off by default, ``--x/--no-x`` when on); a field whose check is :class:`OneOf` gets its choices."""
 
 

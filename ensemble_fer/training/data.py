@@ -17,7 +17,7 @@ import tensorflow as tf
 from ensemble_fer.errors import InputError
 from ensemble_fer.features.bovw import BOVW_SIZE, IMAGE_SIZE
 from ensemble_fer.features.feature_store import FeatureStore, FeatureStoreError
-from ensemble_fer.inference.forward import model_inputs
+from ensemble_fer.models.forward import model_inputs
 from ensemble_fer.models import networks
 
 @dataclasses.dataclass
@@ -130,7 +130,7 @@ def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, fi
         row_weights = np.array([class_weights[int(c)] for c in split.y], dtype=np.float32)
     orders: dict[int, np.ndarray] = {}
     if augment_config is not None:
-        from ensemble_fer.training.augment import augment_batch
+        from ensemble_fer.features.augment import augment_batch
 
     def make_batch(epoch, step):
         epoch, step = int(epoch), int(step)

@@ -18,7 +18,7 @@ Public API::
 
 The folder is written and read through :class:`ensemble_fer.models.variant_dir.VariantDir`;
 loading a trained variant and predicting with it are :func:`ensemble_fer.models.variant_dir.load_variant`
-and :mod:`ensemble_fer.inference.forward`.
+and :mod:`ensemble_fer.models.forward`.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ import tensorflow as tf
 
 from ensemble_fer import artifacts
 from ensemble_fer.errors import InputError
-from ensemble_fer.evaluation import metrics
+from ensemble_fer import metrics
 from ensemble_fer.features.feature_store import FeatureStore
-from ensemble_fer.inference.forward import predict_outputs
+from ensemble_fer.models.forward import predict_outputs
 from ensemble_fer.labels import get_label_set
 from ensemble_fer.models import networks
 from ensemble_fer.models.variant_dir import VariantDir
