@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     if args.epochs < 1:
         raise InputError(f"--epochs must be at least 1; got {args.epochs}")
     from ensemble_fer.features import faces
-    from ensemble_fer.inference import predictor as inference
-    inference.check_tta(args.tta)
+    from ensemble_fer.features.augment import check_tta
+    check_tta(args.tta)
     faces.require_model_files("the demo (its extraction computes 68 landmarks per face)")
     started = time.time()
     report = run_demo(args.out, epochs=args.epochs, max_minutes=args.max_minutes, detector=args.detector,
@@ -86,7 +86,7 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
     from ensemble_fer.evaluation import evaluate as evaluation
     from ensemble_fer.ensemble import fit as ensemble_fit
     from ensemble_fer.features import feature_store
-    from ensemble_fer.inference import predictor as inference
+    from ensemble_fer.inference.loading import load_predictor
     from ensemble_fer.training import train as training
     out = Path(out)
     say = (lambda *a, **k: None) if quiet else print
@@ -132,7 +132,7 @@ def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1
 
     say("4/4 evaluating the ensemble on the sample's val split (features from the raw images)")
     t = time.time()
-    predictor = inference.load_predictor(ensemble_path)
+    predictor = load_predictor(ensemble_path)
     data = evaluation.load_eval_data(sample, predictor, split="val", cache=out / "features", n_jobs=n_jobs,
                                      progress=not quiet, say=say)
     result = evaluation.evaluate_predictor(predictor, data, tta=tta)

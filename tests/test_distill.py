@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ensemble_fer.features.feature_store import FeatureStore
-from ensemble_fer.inference.predictor import load_predictor
+from ensemble_fer.inference.loading import load_predictor
 from ensemble_fer.labels import get_label_set
 from ensemble_fer.training import data, distill
 from ensemble_fer.training.config import check_arguments

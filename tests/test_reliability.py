@@ -281,7 +281,7 @@ def release_copy(tiny_release, tmp_path) -> Path:
 
 @pytest.mark.parametrize("case", sorted(ENSEMBLE_EDITS))
 def test_malformed_ensemble_json_is_one_line(release_copy, case, capsys):
-    from ensemble_fer.inference.predictor import load_predictor
+    from ensemble_fer.inference.loading import load_predictor
 
     _edit_json(release_copy / "ensemble.json", ENSEMBLE_EDITS[case])
     with pytest.raises(InputError, match=r"ensemble.json: "):
@@ -298,7 +298,7 @@ def test_json_nested_too_deeply_is_one_line(release_copy, capsys):
 
 @pytest.mark.parametrize("case", ["labels without groups", "extractor string"])
 def test_malformed_member_config_is_one_line(variant_pair, tmp_path, case, capsys):
-    from ensemble_fer.inference.predictor import load_predictor
+    from ensemble_fer.inference.loading import load_predictor
     from pipelines import fit_ensemble
 
     models = tmp_path / "models"

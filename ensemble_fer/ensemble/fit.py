@@ -191,8 +191,8 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
 def _predict_with_views(members, splits: list[str], tta: int, features, say) -> None:
     """Replace each member's saved ``proba`` of every split by its prediction of the same rows
     of the feature store, averaged over ``tta`` test-time views."""
+    from ensemble_fer.features.augment import predict_views
     from ensemble_fer.features.feature_store import FeatureStore
-    from ensemble_fer.inference.predictor import load_predictor
 
     recorded = members[0].config["feature_store"]
     path = Path(features if features is not None else recorded["path"])
@@ -202,7 +202,7 @@ def _predict_with_views(members, splits: list[str], tta: int, features, say) -> 
             raise InputError(f"{path}: not the feature store the members were trained on ({key} "
                              f"{getattr(store, key)}, they record {recorded.get(key)}); pass the features they "
                              f"were trained on")
-    predictors = {member.name: load_predictor(member.folder) for member in members}   # loaded once, used per split
+    models = {member.name: _variant_model(member) for member in members}   # loaded once, used per split
     for split in splits:
         arrays = store.load(split)
         row_of = {i: k for k, i in enumerate(arrays["ids"].tolist())}
@@ -215,7 +215,28 @@ def _predict_with_views(members, splits: list[str], tta: int, features, say) -> 
         images, landmarks = arrays["images"][rows], arrays["landmarks"][rows]
         for member in members:
             say(f"{member.name}: predicting {split} ({len(rows)} rows) with {tta} test-time views")
-            member.splits[split]["proba"] = predictors[member.name].member_probas(images, landmarks, None, tta=tta)[0]
+            n_classes = len(member.config["labels"]["classes"])
+            member.splits[split]["proba"] = predict_views([models[member.name]], images, landmarks, None, tta,
+                                                          n_classes)[0]
+
+
+def _variant_model(member):
+    """``(inputs, predict)`` of a member's network for :func:`~ensemble_fer.features.augment.predict_views`:
+    the variant's ``model.keras``, checked and loaded once."""
+    from ensemble_fer.models import forward
+    from ensemble_fer.models.variant_dir import VariantDir, input_names
+
+    variant = VariantDir(member.folder)
+    config = variant.read_config()
+    variant.check_model()
+    model = variant.load_model()
+    inputs = input_names(config)
+
+    def predict(images, bovw_rows, batch_size):
+        proba = forward.predict_proba(model, config, images=images, bovw=bovw_rows, batch_size=batch_size)
+        return forward.check_proba(proba, config, member.folder)
+
+    return inputs, predict
 
 
 def _face_note(flags_faces: bool, face_results: dict, splits: list[str]) -> str | None:
