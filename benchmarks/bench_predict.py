@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     from ensemble_fer.features import faces
     from ensemble_fer.models.variant_dir import load_variant
     from ensemble_fer.features.image_io import read_image_file, to_gray
-    from pipelines.predict import upsample_value
+    from ensemble_fer.features.faces import parse_upsample
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
 
         image = read_image_file(photo)
         gray = to_gray(image)
-        settings = [base.upsample if u == "default" else upsample_value(u) for u in args.upsample.split(",")]
+        settings = [base.upsample if u == "default" else parse_upsample(u) for u in args.upsample.split(",")]
         for upsample in settings:
             recognizer = EmotionRecognizer(predictor, detector="hog", upsample=upsample)
             total, result = timed(lambda: recognizer.predict(photo), args.repeats)

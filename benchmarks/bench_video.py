@@ -47,13 +47,13 @@ def write_video(path: Path, seconds: float, fps: int = 25) -> Path:
 
 
 def main(argv=None) -> int:
-    from pipelines.predict import upsample_value
+    from ensemble_fer.features.faces import parse_upsample
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--fps", type=float, nargs="+", default=[4.0, 25.0])
-    p.add_argument("--upsample", type=upsample_value, default="auto")
+    p.add_argument("--upsample", type=parse_upsample, default="auto")
     args = p.parse_args(argv)
 
     from ensemble_fer import tf_startup

@@ -19,6 +19,7 @@ import pytest
 
 from conftest import REPO, SAMPLE, TEST_DATA
 from ensemble_fer.errors import InputError
+from ensemble_fer.inference.prediction_run import list_inputs
 from pipelines import export as export_cli
 from pipelines import extract_features
 from pipelines import predict as cli
@@ -468,7 +469,7 @@ def test_broken_links_and_unlistable_folders_get_a_message(tmp_path):
     import tempfile
 
     (tmp_path / "x.jpg").symlink_to(tmp_path / "gone.jpg")
-    files, problems = cli.list_inputs([tmp_path], recursive=True)
+    files, problems = list_inputs([tmp_path], recursive=True)
     assert files == [] and problems == [f"{tmp_path / 'x.jpg'}: broken symbolic link (to {tmp_path / 'gone.jpg'}); "
                                         f"nothing to read"]
     # permissions bind only a user other than root: list as nobody, in a folder nobody may enter
@@ -480,7 +481,7 @@ def test_broken_links_and_unlistable_folders_get_a_message(tmp_path):
         shutil.copy(FACES, top / "photos" / "locked" / "b.jpg")
         os.chmod(top / "photos" / "locked", 0)
         # everything imported first, then the child becomes nobody (who may not read root's Python)
-        code = ("import os, sys; from pipelines.predict import list_inputs; list_inputs([]); "
+        code = ("import os, sys; from ensemble_fer.inference.prediction_run import list_inputs; list_inputs([]); "
                 "import ensemble_fer.features.datasets, ensemble_fer.inference.video; os.setgid(65534); "
                 "os.setuid(65534); print(repr(list_inputs([sys.argv[1]], True)[1])); "
                 "print(repr(list_inputs([sys.argv[2]], True)[1]))")
