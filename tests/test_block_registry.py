@@ -36,7 +36,7 @@ def unbuildable(tmp_path, monkeypatch):
                             description="test", preprocessing=symmetric_preprocessing,
                             default_weights="imagenet", weights_files=(file,),
                             pretrained=True)(_refuse_to_build)
-    yield registry.get_block_spec("x_unbuildable")
+    yield blocks.get_block_spec("x_unbuildable")
     registry._REGISTRY.pop("x_unbuildable", None)
 
 
@@ -49,11 +49,11 @@ def _hdf5(path):
 # ------------------------------------------------------------------ registry
 
 def test_duplicate_name_is_refused_and_the_first_spec_stays():
-    before = registry.get_block_spec("cnn5")
+    before = blocks.get_block_spec("cnn5")
     with pytest.raises(ValueError, match="name: a block named 'cnn5' is already registered"):
         registry.register_block("cnn5", default_size=48, min_size=32, channels=1, description="",
                                 preprocessing=symmetric_preprocessing)
-    assert registry.get_block_spec("cnn5") is before
+    assert blocks.get_block_spec("cnn5") is before
 
 
 def test_unknown_name_lists_the_choices():
@@ -74,21 +74,21 @@ def test_bad_specs_are_refused_before_registration(bad, match):
     with pytest.raises(ValueError, match=match) as info:
         registry.register_block("x_bad", **{**kwargs, **bad})(_refuse_to_build)
     assert not isinstance(info.value, InputError)   # a programming error, not the user's
-    assert "x_bad" not in registry.list_blocks()
+    assert "x_bad" not in blocks.list_blocks()
 
 
 def test_list_follows_the_families_whatever_was_imported_first(unbuildable):
-    names = registry.list_blocks()
+    names = blocks.list_blocks()
     assert names[:12] == ["resnet50", "inception_resnet_v2", "vgg16", "resnet50v2", "efficientnetv2b2",
                           "faceres_mobilenet", "efficientnet_lite0", "squeezenet11",
                           "cnn5", "complex_cnn", "se_resnet", "vgg_fast"]
     assert names[-1] == "x_unbuildable"   # registered outside the families: listed last
-    assert registry.FAMILIES == ("vggface", "applications", "faceres", "efficientnet_lite", "squeezenet",
+    assert blocks.FAMILIES == ("vggface", "applications", "faceres", "efficientnet_lite", "squeezenet",
                                  "compact")
 
 
 def test_spec_checks_sizes_naming_the_argument():
-    spec = registry.get_block_spec("cnn5")
+    spec = blocks.get_block_spec("cnn5")
     assert spec.check_size(None) == 48
     assert spec.check_size(np.int64(40)) == 40 and type(spec.check_size(np.int64(40))) is int
     for bad in (True, 40.0, "40"):
@@ -127,7 +127,7 @@ def test_resolve_weights(unbuildable, tmp_path):
     assert weights.resolve_weights(spec, "None") is None
     assert weights.resolve_weights(spec, "default") is file
     assert weights.resolve_weights(spec, "imagenet") is file
-    assert weights.resolve_weights(registry.get_block_spec("cnn5"), "default") is None
+    assert weights.resolve_weights(blocks.get_block_spec("cnn5"), "default") is None
     h5 = _hdf5(tmp_path / "w.h5")
     assert weights.resolve_weights(spec, str(h5)) == h5
     archive = tmp_path / "m.keras"

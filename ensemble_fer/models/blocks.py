@@ -26,11 +26,38 @@ import os
 
 import keras
 
-from ensemble_fer.models.registry import get_block_spec, list_blocks
+from ensemble_fer.errors import InputError
+# The architecture family modules, imported here and nowhere else in the library: each registers
+# its blocks (and its custom Keras layers) when imported, so whoever lists or builds blocks
+# through this module sees them all.
+# In FAMILIES order, so that this is also the order they register in (the offline note of weights.py).
+from ensemble_fer.models import vggface, applications, faceres, efficientnet_lite, squeezenet, compact  # noqa: F401,I001
+from ensemble_fer.models.registry import BlockSpec, registered_blocks
 from ensemble_fer.models.weights import (WeightsFile, check_weights_file, load_weights_file,
                                          resolve_weights)
 
-__all__ = ["create_block", "get_block_spec", "list_blocks"]
+FAMILIES = ("vggface", "applications", "faceres", "efficientnet_lite", "squeezenet", "compact")
+"""The family modules in the order :func:`list_blocks` gives their blocks."""
+
+
+def list_blocks() -> list[str]:
+    """Names of the registered blocks: family by family in :data:`FAMILIES` order (then blocks
+    registered elsewhere), each family's in registration order, whichever was imported first."""
+    table = registered_blocks()
+
+    def family(name: str) -> int:
+        module = table[name].builder.__module__.rpartition(".")[2]
+        return FAMILIES.index(module) if module in FAMILIES else len(FAMILIES)
+
+    return sorted(table, key=family)
+
+
+def get_block_spec(name: str) -> BlockSpec:
+    try:
+        return registered_blocks()[name]
+    except (KeyError, TypeError):
+        raise InputError(f"name: unknown block; valid blocks are {list_blocks()}; "
+                         f"received {name!r}") from None
 
 
 def create_block(name: str, weights: str | os.PathLike | None = "default",

@@ -23,7 +23,7 @@ import numpy as np
 
 from ensemble_fer import artifacts
 from ensemble_fer.errors import InputError
-from ensemble_fer.models.registry import get_block_spec
+from ensemble_fer.models.blocks import get_block_spec
 from ensemble_fer.models.weights import ConvertedWeights, load_converted_weights, weights_content_hash
 
 CHECK_SIZES = (None, 224)
@@ -42,8 +42,7 @@ def converted_weights(block: str) -> ConvertedWeights:
 
 
 def _portable_blocks():
-    from ensemble_fer.models.registry import list_blocks
-
+    from ensemble_fer.models.blocks import list_blocks
     return [b for b in list_blocks() if any(isinstance(w, ConvertedWeights) for w in get_block_spec(b).weights_files)]
 
 

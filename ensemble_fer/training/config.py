@@ -31,7 +31,8 @@ import numpy as np
 from ensemble_fer.errors import InputError
 from ensemble_fer.labels import get_label_set
 from ensemble_fer.models import networks
-from ensemble_fer.models.registry import MAX_INPUT_SIZE, get_block_spec, list_blocks
+from ensemble_fer.models.blocks import get_block_spec, list_blocks
+from ensemble_fer.models.registry import MAX_INPUT_SIZE
 from ensemble_fer.features.augment import AugmentConfig
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -265,7 +266,7 @@ class TrainConfig:
     the schedule the fields drive is described in :mod:`ensemble_fer.training.schedule`.
     Notes on the fields whose option says little or that have none:
 
-    * ``block``: :func:`ensemble_fer.models.registry.list_blocks`, or None for the BOVW-only
+    * ``block``: :func:`ensemble_fer.models.blocks.list_blocks`, or None for the BOVW-only
       network (then ``bovw`` must be True). ``weights``: "default" (pretrained where the block
       has weights, e.g. ``resnet50``), None / "none", a named weight set or a file; pretrained
       weights bring the frozen phase.

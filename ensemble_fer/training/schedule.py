@@ -36,7 +36,7 @@ import keras
 
 from ensemble_fer.errors import InputError
 from ensemble_fer.models import networks
-from ensemble_fer.models.registry import get_block_spec
+from ensemble_fer.models.blocks import get_block_spec
 from ensemble_fer.training.config import TrainConfig
 
 PHASE_FROZEN = "frozen"

@@ -203,8 +203,7 @@ def check_training_memory(config: TrainConfig) -> None:
     if config.block is None:
         return
     from ensemble_fer import memory
-    from ensemble_fer.models.registry import get_block_spec
-
+    from ensemble_fer.models.blocks import get_block_spec
     size, batch = config.image_size, config.batch_size
     needed = batch * size * size * get_block_spec(config.block).channels * 4 * ACTIVATION_BYTES_FACTOR
     memory.check_fits(needed, f"training {config.block} at image_size {size} with batch_size {batch}")
