@@ -12,7 +12,7 @@ import pytest
 from ensemble_fer.errors import InputError
 from ensemble_fer.training import resume
 from ensemble_fer.features.augment import AugmentConfig
-from ensemble_fer.training.config import (FIELDS, RUN_ARGS, TrainConfig, check_arguments, resumable)
+from ensemble_fer.training.config import FIELDS, RUN_ARGS, TrainConfig, resumable
 from ensemble_fer.training.schedule import (PHASE_FINETUNE, PHASE_FROZEN, PHASE_SCRATCH, cpu_has_native_bfloat16,
                                             describe_plan, has_pretrained_weights, plan_phases)
 from pipelines import train_variant as cli
@@ -79,12 +79,21 @@ def test_values_are_normalised_and_the_config_is_frozen():
         dataclasses.replace(config, lr=-1)
 
 
-def test_check_arguments_names_unknown_arguments_and_returns_json():
+def test_from_arguments_names_unknown_arguments_and_returns_json():
     with pytest.raises(InputError, match=r"learning_rate: not an argument of train_variant; allowed: \['augment'"):
-        check_arguments(block="cnn5", learning_rate=0.1)
-    resolved = check_arguments(block=None, bovw=True, bovw_units=(8, 4))
+        TrainConfig.from_arguments(block="cnn5", learning_rate=0.1)
+    resolved = TrainConfig.from_arguments(block=None, bovw=True, bovw_units=(8, 4)).to_json()
     assert resolved["bovw_units"] == [8, 4] and resolved["image_size"] is None
     assert json.loads(json.dumps(resolved)) == resolved
+
+
+def test_train_variant_refuses_an_unknown_keyword_naming_it():
+    # train_variant builds its configuration through from_arguments: a typo is an InputError
+    # naming the argument, before any store is read (it was a TypeError of the dataclass)
+    from ensemble_fer.training.train import train_variant
+
+    with pytest.raises(InputError, match=r"^learning_rate: not an argument of train_variant; allowed: "):
+        train_variant("no-such-store", "cnn5", learning_rate=0.1)
 
 
 # ------------------------------------------------------------------------------------------

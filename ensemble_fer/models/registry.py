@@ -89,20 +89,6 @@ class BlockSpec:
         """Fresh preprocessing layers: float32 pixels in [0, 255], shape ``input_shape()``."""
         return list(self.preprocessing_fn(self.name))
 
-    def to_config(self) -> dict:
-        """A JSON-able summary (for config.json / manifests); no callables."""
-        return {
-            "name": self.name, "default_size": self.default_size, "min_size": self.min_size,
-            "channels": self.channels, "default_weights": self.default_weights,
-            "allowed_weights": list(self.allowed_weights), "pretrained": self.pretrained,
-            "description": self.description,
-            "weights_files": {w.name: {"fname": w.fname, "origin": w.origin,
-                                       "file_hash": w.file_hash,
-                                       "cache_subdir": w.cache_subdir}
-                              for w in self.weights_files},
-            "preprocessing": [type(layer).__name__ for layer in self.preprocessing()],
-        }
-
 
 _REGISTRY: dict[str, BlockSpec] = {}
 

@@ -375,6 +375,17 @@ class TrainConfig:
         return out
 
     @classmethod
+    def from_arguments(cls, **kwargs) -> TrainConfig:
+        """The configuration of ``train_variant`` keyword arguments, checked without training:
+        fields not given take their defaults; ``InputError`` names an unknown argument (with
+        the allowed ones) or the first bad value."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise InputError(f"{unknown[0]}: not an argument of train_variant; allowed: {sorted(allowed)}")
+        return cls(**kwargs)
+
+    @classmethod
     def from_json(cls, saved: Mapping, where: str = "args") -> TrainConfig:
         """Read back saved ``args`` (``config.json`` or ``.run/state.json``).
 
@@ -397,16 +408,6 @@ class TrainConfig:
 
 
 FIELDS = tuple(f.name for f in fields(TrainConfig))
-
-
-def check_arguments(**kwargs) -> dict:
-    """Validate ``train_variant`` keyword arguments without training; returns them resolved
-    (:meth:`TrainConfig.to_json`). Fields not given take their defaults; raises ``InputError``
-    naming the first bad argument."""
-    unknown = sorted(set(kwargs) - set(FIELDS))
-    if unknown:
-        raise InputError(f"{unknown[0]}: not an argument of train_variant; allowed: {sorted(FIELDS)}")
-    return TrainConfig(**kwargs).to_json()
 
 
 def resumable(name: str) -> bool:

@@ -54,7 +54,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
                   callbacks: Sequence = (), **config) -> Path:
     """:func:`train` with the configuration as keywords: ``config`` holds the other fields of
     :class:`~ensemble_fer.training.config.TrainConfig` (``epochs=1, lr=0.01, ...``)."""
-    return train(store, TrainConfig(block=block, bovw=bovw, **config), out=out, resume=resume, force=force,
+    return train(store, TrainConfig.from_arguments(block=block, bovw=bovw, **config), out=out, resume=resume, force=force,
                  max_minutes=max_minutes, progress=progress, callbacks=callbacks)
 
 
