@@ -1,4 +1,4 @@
-"""Fast tests of the block registry, the ``weights=`` / ``input_size`` checks and the weights cache.
+"""Fast tests of the block registry, the ``weights=`` / ``image_size`` checks and the weights cache.
 
 No block is built here: a test block whose builder fails if it is ever called shows that every
 check happens before building, and the weights cache is exercised with small files.
@@ -94,29 +94,29 @@ def test_spec_checks_sizes_naming_the_argument():
     for bad in (True, 40.0, "40"):
         with pytest.raises(InputError, match=r"^image_size: must be None or an int >= 32"):
             spec.check_size(bad, argument="image_size")
-    with pytest.raises(InputError, match=r"^input_size: block 'cnn5' needs images of at least 32 "
+    with pytest.raises(InputError, match=r"^image_size: block 'cnn5' needs images of at least 32 "
                                          r"px \(default 48\); received 31$"):
         spec.check_size(31)
 
 
-# ------------------------------------------------------------------ weights=, then input_size
+# ------------------------------------------------------------------ weights=, then image_size
 
 def test_weights_are_checked_before_the_input_size(unbuildable):
     with pytest.raises(InputError, match="^weights: .*received 'nope'"):
-        blocks.create_block(unbuildable.name, weights="nope", input_size=1)
+        blocks.create_block(unbuildable.name, weights="nope", image_size=1)
     with pytest.raises(InputError, match="^weights: .*of type float"):
-        blocks.create_block(unbuildable.name, weights=1.5, input_size=1)
+        blocks.create_block(unbuildable.name, weights=1.5, image_size=1)
 
 
 def test_input_size_is_checked_before_any_download(unbuildable):
     # Offline with an empty cache: fetching would raise WeightsUnavailableError.
-    with pytest.raises(InputError, match="^input_size") as info:
-        blocks.create_block(unbuildable.name, input_size=39)
+    with pytest.raises(InputError, match="^image_size") as info:
+        blocks.create_block(unbuildable.name, image_size=39)
     assert not isinstance(info.value, WeightsUnavailableError)
     with pytest.raises(WeightsUnavailableError):
-        blocks.create_block(unbuildable.name, input_size=40)
+        blocks.create_block(unbuildable.name, image_size=40)
     with pytest.raises(AssertionError, match="was built"):   # all checks passed
-        blocks.create_block(unbuildable.name, weights=None, input_size=40)
+        blocks.create_block(unbuildable.name, weights=None, image_size=40)
 
 
 def test_resolve_weights(unbuildable, tmp_path):

@@ -13,8 +13,9 @@ from ensemble_fer.errors import InputError
 from ensemble_fer.training import resume
 from ensemble_fer.features.augment import AugmentConfig
 from ensemble_fer.training.config import FIELDS, RUN_ARGS, TrainConfig, resumable
-from ensemble_fer.training.schedule import (PHASE_FINETUNE, PHASE_FROZEN, PHASE_SCRATCH, cpu_has_native_bfloat16,
-                                            describe_plan, has_pretrained_weights, plan_phases)
+from ensemble_fer.training.schedule import (PHASE_FINETUNE, PHASE_FROZEN, PHASE_SCRATCH, Phase,
+                                            cpu_has_native_bfloat16, describe_plan, has_pretrained_weights,
+                                            plan_phases)
 from pipelines import train_variant as cli
 from tests.conftest import REPO
 
@@ -250,22 +251,24 @@ def test_a_cosine_run_resumes_only_with_its_epochs(tmp_path):
 def test_pretrained_weights_bring_a_frozen_then_a_finetune_phase():
     config = TrainConfig(block="cnn5", epochs_frozen=3, epochs=20, lr=0.05, frozen_lr=2e-3)
     frozen, finetune = plan_phases(True, config)
-    assert frozen == {"name": PHASE_FROZEN, "optimizer": "adam", "lr": 2e-3, "max_epochs": 3, "reduce_lr": False,
-                      "cosine": False}
-    assert finetune == {"name": PHASE_FINETUNE, "optimizer": "sgd_nesterov", "lr": 0.05, "max_epochs": 20,
-                        "reduce_lr": True, "cosine": False}
+    assert frozen == Phase(name=PHASE_FROZEN, optimizer="adam", lr=2e-3, max_epochs=3, reduce_lr=False,
+                           cosine=False)
+    assert finetune == Phase(name=PHASE_FINETUNE, optimizer="sgd_nesterov", lr=0.05, max_epochs=20,
+                             reduce_lr=True, cosine=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        frozen.lr = 1.0     # a plan is read, never edited
     assert describe_plan([frozen, finetune], "cnn5") is None
     [only] = plan_phases(True, dataclasses.replace(config, epochs_frozen=0))
-    assert only["name"] == PHASE_FINETUNE
+    assert only.name == PHASE_FINETUNE
     assert "epochs_frozen=0" in describe_plan([only], "cnn5")
 
 
 def test_without_pretrained_weights_one_scratch_phase():
     [phase] = plan_phases(False, TrainConfig(block="cnn5", lr_schedule="cosine"))
-    assert phase == {"name": PHASE_SCRATCH, "optimizer": "adam", "lr": 1e-3, "max_epochs": 50, "reduce_lr": False,
-                     "cosine": True}
+    assert phase == Phase(name=PHASE_SCRATCH, optimizer="adam", lr=1e-3, max_epochs=50, reduce_lr=False,
+                          cosine=True)
     [phase] = plan_phases(False, TrainConfig(block=None, bovw=True, scratch_optimizer="sgd"))
-    assert phase["optimizer"] == "sgd_nesterov" and phase["reduce_lr"] and not phase["cosine"]
+    assert phase.optimizer == "sgd_nesterov" and phase.reduce_lr and not phase.cosine
     assert "there is no image block" in describe_plan([phase], None)
     assert "block 'cnn5' starts from random weights" in describe_plan([phase], "cnn5")
 

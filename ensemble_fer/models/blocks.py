@@ -61,13 +61,13 @@ def get_block_spec(name: str) -> BlockSpec:
 
 
 def create_block(name: str, weights: str | os.PathLike | None = "default",
-                 input_size: int | None = None) -> keras.Model:
-    """Build block ``name`` for inputs ``(input_size, input_size, spec.channels)``.
+                 image_size: int | None = None) -> keras.Model:
+    """Build block ``name`` for inputs ``(image_size, image_size, spec.channels)``.
 
     ``weights``: ``"default"`` (the spec's default), ``None``/``"none"`` (random init), one of
-    ``spec.allowed_weights``, or the path of an existing weight file. ``input_size`` defaults to
+    ``spec.allowed_weights``, or the path of an existing weight file. ``image_size`` defaults to
     ``spec.default_size`` and must be at least ``spec.min_size``. ``weights`` is checked first,
-    then ``input_size``, then named weights are fetched, all before the model is built.
+    then ``image_size``, then named weights are fetched, all before the model is built.
 
     Returns a ``keras.Model`` named ``name``, input float32 already preprocessed by
     ``spec.preprocessing()`` (outside the block, so the network can resize and go gray -> RGB
@@ -76,7 +76,7 @@ def create_block(name: str, weights: str | os.PathLike | None = "default",
     """
     spec = get_block_spec(name)
     source = resolve_weights(spec, weights)     # None, a WeightsFile to fetch, or a user's file
-    size = spec.check_size(input_size)
+    size = spec.check_size(image_size)
     if isinstance(source, WeightsFile):
         source = check_weights_file(source.fetch(spec.name))
 

@@ -167,9 +167,10 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
 
 def _image_branch(block: str, weights, image_size):
     spec = blocks.get_block_spec(block)
-    size = spec.check_size(image_size, argument="image_size")
-    # Built first: it validates the weights and may fail (offline) before anything else.
-    net = blocks.create_block(block, weights=weights, input_size=size)
+    # Built first: it checks the weights and image_size (the one check, create_block's) and may
+    # fail (offline) before anything else.
+    net = blocks.create_block(block, weights=weights, image_size=image_size)
+    size = int(net.input_shape[1])      # the side create_block built it for (None: the default)
 
     image = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype="uint8", name=IMAGE_INPUT)
     # Rescaling by 1 is the serialisable cast: uint8 -> float32 pixels in [0, 255].

@@ -70,7 +70,7 @@ def check_port(block: str, weights: ConvertedWeights, arrays_path: Path, source:
     results = []
     for size in CHECK_SIZES:
         size = size or spec.default_size
-        model = create_block(block, weights=None, input_size=size)
+        model = create_block(block, weights=None, image_size=size)
         load_converted_weights(model, arrays_path)
         x = check_inputs(size)
         pre = x

@@ -66,7 +66,7 @@ class BlockSpec:
         raise InputError(f"weights: block {self.name!r} has named weights "
                          f"{list(self.allowed_weights)}; received {name!r}")
 
-    def check_size(self, size, argument: str = "input_size") -> int:
+    def check_size(self, size, argument: str = "image_size") -> int:
         """``size`` (None: the default) checked against ``min_size``; ``argument`` names it."""
         if size is None:
             return self.default_size
@@ -81,8 +81,8 @@ class BlockSpec:
                              f"multiplies memory and time); received {size}")
         return int(size)
 
-    def input_shape(self, input_size: int | None = None) -> tuple[int, int, int]:
-        size = self.default_size if input_size is None else input_size
+    def input_shape(self, image_size: int | None = None) -> tuple[int, int, int]:
+        size = self.default_size if image_size is None else image_size
         return (size, size, self.channels)
 
     def preprocessing(self) -> list:

@@ -275,7 +275,7 @@ class _Run:
             resumed = True
         while True:
             phase = self.phases[state["phase_index"]]
-            phase_end = state["phase_start_epoch"] + phase["max_epochs"]
+            phase_end = state["phase_start_epoch"] + phase.max_epochs
             early = False
             if state["epoch"] < phase_end:
                 cut = self._cached_cut(phase)
@@ -296,8 +296,8 @@ class _Run:
                     fit_model, train, steps, phase_val = self._cached_phase(cut, state["epoch"], phase_end)
                 lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
                 trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
-                self.say(f"phase {phase['name']}: epochs {state['epoch'] + 1}-{phase_end} at most, "
-                         f"{phase['optimizer']} lr {lr:g}, {trainable:,} trainable parameters"
+                self.say(f"phase {phase.name}: epochs {state['epoch'] + 1}-{phase_end} at most, "
+                         f"{phase.optimizer} lr {lr:g}, {trainable:,} trainable parameters"
                          + ("" if cut is _NOT_CACHED else
                             f", on cached trunk outputs ({config.cached_views} view(s) per crop)"))
                 callbacks = phase_callbacks(self, phase, resumed)
@@ -319,7 +319,7 @@ class _Run:
             resumed = False
             if not (early or state["epoch"] >= phase_end):
                 break   # stopped inside the phase by the time budget or an extra callback
-            state["phases_done"].append({"name": phase["name"], "epochs": state["phase_epochs"],
+            state["phases_done"].append({"name": phase.name, "epochs": state["phase_epochs"],
                                          "early_stopping": early})
             if state["phase_index"] + 1 == len(self.phases):
                 state.update(complete=True, stopped="early stopping" if early else "epochs")
@@ -329,7 +329,7 @@ class _Run:
             state["phase_index"] += 1
             state.update(phase_start_epoch=state["epoch"], phase_epochs=0, early_stopping=None, reduce_lr=None,
                          best_weights=None)
-            self.run_state.checkpoint(self.model, self.phases[state["phase_index"]]["name"])
+            self.run_state.checkpoint(self.model, self.phases[state["phase_index"]].name)
             if self.budget_hit:
                 break
         state["stopped"] = "time budget" if self.budget_hit else "callback"
@@ -344,9 +344,9 @@ class _Run:
         config = self.config
         if config.block is None or self.has_aux:
             return _NOT_CACHED
-        if phase["name"] == PHASE_FROZEN:
+        if phase.name == PHASE_FROZEN:
             return None
-        if phase["name"] == PHASE_FINETUNE and config.finetune_from is not None:
+        if phase.name == PHASE_FINETUNE and config.finetune_from is not None:
             return config.finetune_from
         return _NOT_CACHED
 
