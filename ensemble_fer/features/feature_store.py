@@ -87,15 +87,7 @@ def _extract_locked(dataset, out_dir: Path, config, filter, n_jobs, limit, force
                 "chunk_size": chunk_size, "data_key": DATA_KEY}
     existing = artifacts.read_json(manifest_path) if manifest_path.is_file() else None
     if not force:
-        # Refuse before reading a single image when the settings alone differ, or when out_dir
-        # holds something else (reading FER2013 takes a while).
-        if existing is not None and "settings" in existing and existing["settings"] != settings:
-            raise FeatureStoreError(f"{out_dir}: holds features made with other settings "
-                                    f"({_differences(existing['settings'], settings)}); pass --force to replace "
-                                    f"them or choose another --out")
-        if existing is None and not partial.exists() and any(not p.name.startswith(".") for p in out_dir.glob("*")):
-            raise FeatureStoreError(f"{out_dir}: exists and is not a feature store (no manifest.json); choose "
-                                    f"another --out or pass --force to replace it")
+        _refuse_other_settings(existing, settings, out_dir, partial)
 
     splits = choose_splits(dataset, limit, val_fraction, seed)
     crop_faces = dataset.format == "folders"
@@ -114,16 +106,7 @@ def _extract_locked(dataset, out_dir: Path, config, filter, n_jobs, limit, force
                else "an earlier version that keyed the data on file names only")
         raise FeatureStoreError(f"{out_dir}: holds features made from {why}; pass --force to replace them "
                                 f"or choose another --out")
-    if (partial / "state.json").exists():
-        if artifacts.read_json(partial / "state.json").get("state_hash") != state_hash:
-            if not force:
-                raise FeatureStoreError(f"{partial}: an interrupted extraction with other data or settings; rerun "
-                                        f"it with its own arguments to resume, or pass --force to start over")
-            # Only the scratch chunks of an interrupted run go; a finished store stays until
-            # the new one is complete.
-            shutil.rmtree(partial)
-    if not (partial / "state.json").exists():
-        artifacts.write_json(partial / "state.json", {"state_hash": state_hash, **state})
+    _start_partial(partial, state, state_hash, force)
 
     jobs = [(split, index) for split, records in splits.items()
             for index in range(_n_chunks(len(records), chunk_size))
@@ -167,6 +150,33 @@ def _extract_locked(dataset, out_dir: Path, config, filter, n_jobs, limit, force
         }
         artifacts.write_json(building / "manifest.json", manifest)
     return manifest
+
+
+def _refuse_other_settings(existing, settings: dict, out_dir: Path, partial: Path) -> None:
+    """Refuse before reading a single image when the settings alone differ, or when
+    ``out_dir`` holds something else (reading FER2013 takes a while)."""
+    if existing is not None and "settings" in existing and existing["settings"] != settings:
+        raise FeatureStoreError(f"{out_dir}: holds features made with other settings "
+                                f"({_differences(existing['settings'], settings)}); pass --force to replace "
+                                f"them or choose another --out")
+    if existing is None and not partial.exists() and any(not p.name.startswith(".") for p in out_dir.glob("*")):
+        raise FeatureStoreError(f"{out_dir}: exists and is not a feature store (no manifest.json); choose "
+                                f"another --out or pass --force to replace it")
+
+
+def _start_partial(partial: Path, state: dict, state_hash: str, force: bool) -> None:
+    """``.partial``, the scratch chunks of this extraction: an interrupted run with the same
+    data and settings is resumed, one with others refused (or, with ``force``, discarded)."""
+    if (partial / "state.json").exists():
+        if artifacts.read_json(partial / "state.json").get("state_hash") != state_hash:
+            if not force:
+                raise FeatureStoreError(f"{partial}: an interrupted extraction with other data or settings; rerun "
+                                        f"it with its own arguments to resume, or pass --force to start over")
+            # Only the scratch chunks of an interrupted run go; a finished store stays until
+            # the new one is complete.
+            shutil.rmtree(partial)
+    if not (partial / "state.json").exists():
+        artifacts.write_json(partial / "state.json", {"state_hash": state_hash, **state})
 
 
 def _differences(old: dict, new: dict) -> str:
