@@ -101,14 +101,14 @@ def test_spec_checks_sizes_naming_the_argument():
 
 # ------------------------------------------------------------------ weights=, then image_size
 
-def test_weights_are_checked_before_the_input_size(unbuildable):
+def test_weights_are_checked_before_the_image_size(unbuildable):
     with pytest.raises(InputError, match="^weights: .*received 'nope'"):
         blocks.create_block(unbuildable.name, weights="nope", image_size=1)
     with pytest.raises(InputError, match="^weights: .*of type float"):
         blocks.create_block(unbuildable.name, weights=1.5, image_size=1)
 
 
-def test_input_size_is_checked_before_any_download(unbuildable):
+def test_image_size_is_checked_before_any_download(unbuildable):
     # Offline with an empty cache: fetching would raise WeightsUnavailableError.
     with pytest.raises(InputError, match="^image_size") as info:
         blocks.create_block(unbuildable.name, image_size=39)
