@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble_fer import artifacts
-from ensemble_fer.evaluation import comparison, metrics
+from ensemble_fer import artifacts, metrics
+from ensemble_fer.evaluation import comparison
 from ensemble_fer.models.variant_dir import load_variant
 from pipelines import compare
 
