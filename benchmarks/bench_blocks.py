@@ -62,7 +62,7 @@ def bench_block(name: str, batch: int, warmup: int, steps: int, min_steps: int,
                 max_seconds: float, jit_compile) -> dict:
     spec = blocks.get_block_spec(name)
     size = spec.default_size
-    block = blocks.create_block(name, weights=None, input_size=size)
+    block = blocks.create_block(name, weights=None, image_size=size)
     inputs = keras.Input(spec.input_shape(size), name="image")
     x = inputs
     for layer in spec.preprocessing():

@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     from bench_predict import one_face_photo
 
     from ensemble_fer.features import faces
-    from ensemble_fer.features.datasets import read_image_file, to_gray
-    from pipelines.predict import upsample_value
+    from ensemble_fer.features.image_io import read_image_file, to_gray
+    from ensemble_fer.features.faces import parse_upsample
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--photos", type=Path, default=SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else BUNDLED_PHOTOS)
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                         "searches, MMOD, the LBP cascade)")
     p.add_argument("--mmod-repeats", type=int, default=1, help="repeats of the MMOD rows of --searches (0: no MMOD rows)")
     args = p.parse_args(argv)
-    settings = [upsample_value(s) for s in args.upsample.split(",")]
+    settings = [parse_upsample(s) for s in args.upsample.split(",")]
     truth = ground_truth(args.photos)
     with tempfile.TemporaryDirectory() as tmp:
         portrait = to_gray(read_image_file(one_face_photo(Path(tmp) / "one_face.jpg")))

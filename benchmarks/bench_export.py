@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
     from ensemble_fer import artifacts
     from ensemble_fer.inference import export
-    from ensemble_fer.inference.predictor import load_predictor
+    from ensemble_fer.inference.loading import load_predictor
     from ensemble_fer.release import default_model
 
     work = Path(tempfile.mkdtemp(prefix="bench_export_"))
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])[labels]])
 
     rows = []
-    predictors = {"keras": keras, **{f: export.load_predictor(out / f) for f in formats}}
+    predictors = {"keras": keras, **{f: load_predictor(out / f) for f in formats}}
     sizes = {"keras": sum((m / "model.keras").stat().st_size for m in keras.member_folders)}
     sizes.update({f: report["formats"][f]["total_bytes"] for f in formats})
     timing = {k: v[:args.rows] for k, v in inputs.items()}

@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ensemble_fer.training.augment import AugmentConfig, augment_batch  # noqa: E402
+from ensemble_fer.features.augment import AugmentConfig, augment_batch  # noqa: E402
 from ensemble_fer.features.hog import sliding_hog, sliding_hog_reference  # noqa: E402
 
 

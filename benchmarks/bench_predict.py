@@ -54,7 +54,7 @@ def one_face_photo(path: Path) -> Path:
     import cv2
 
     from ensemble_fer.inference.annotate import write_image
-    from ensemble_fer.features.datasets import read_image_file
+    from ensemble_fer.features.image_io import read_image_file
 
     image = read_image_file(PHOTO)[:, 300:500]          # the right-hand face only
     scale = 480 / image.shape[0]
@@ -131,8 +131,8 @@ def main(argv=None) -> int:
     from ensemble_fer import EmotionRecognizer
     from ensemble_fer.features import faces
     from ensemble_fer.models.variant_dir import load_variant
-    from ensemble_fer.features.datasets import read_image_file, to_gray
-    from pipelines.predict import upsample_value
+    from ensemble_fer.features.image_io import read_image_file, to_gray
+    from ensemble_fer.features.faces import parse_upsample
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
 
         image = read_image_file(photo)
         gray = to_gray(image)
-        settings = [base.upsample if u == "default" else upsample_value(u) for u in args.upsample.split(",")]
+        settings = [base.upsample if u == "default" else parse_upsample(u) for u in args.upsample.split(",")]
         for upsample in settings:
             recognizer = EmotionRecognizer(predictor, detector="hog", upsample=upsample)
             total, result = timed(lambda: recognizer.predict(photo), args.repeats)

@@ -53,7 +53,7 @@ import tensorflow as tf  # noqa: E402
 
 from ensemble_fer.models import blocks, networks
 from ensemble_fer.training import data as training  # noqa: E402
-from ensemble_fer.training.augment import AugmentConfig  # noqa: E402
+from ensemble_fer.features.augment import AugmentConfig  # noqa: E402
 from ensemble_fer.features.feature_store import FeatureStore  # noqa: E402
 from ensemble_fer.labels import get_label_set  # noqa: E402
 

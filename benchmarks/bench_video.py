@@ -31,7 +31,7 @@ def write_video(path: Path, seconds: float, fps: int = 25) -> Path:
     import cv2
     import numpy as np
 
-    from ensemble_fer.features.datasets import read_image_file
+    from ensemble_fer.features.image_io import read_image_file
 
     names = ("2008_002470.jpg", "2008_007676.jpg", "2009_004587.jpg")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (640, 480))
@@ -47,13 +47,13 @@ def write_video(path: Path, seconds: float, fps: int = 25) -> Path:
 
 
 def main(argv=None) -> int:
-    from pipelines.predict import upsample_value
+    from ensemble_fer.features.faces import parse_upsample
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--fps", type=float, nargs="+", default=[4.0, 25.0])
-    p.add_argument("--upsample", type=upsample_value, default="auto")
+    p.add_argument("--upsample", type=parse_upsample, default="auto")
     args = p.parse_args(argv)
 
     from ensemble_fer import tf_startup

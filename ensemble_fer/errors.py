@@ -17,3 +17,11 @@ class InputError(ValueError):
 class MissingInputError(InputError, FileNotFoundError):
     """A file or folder the user named does not exist. Also a ``FileNotFoundError``, so that
     callers (and tests) that catch that keep working."""
+
+
+class DatasetError(InputError):
+    """Bad input data; the message names the file (and row) and the problem."""
+
+
+class MissingDatasetError(DatasetError, MissingInputError):
+    """The dataset path does not exist (also a ``FileNotFoundError`` for callers that catch that)."""

@@ -34,9 +34,6 @@ from ensemble_fer.errors import InputError
 from .cli_errors import reports_errors
 from .cli_numbers import MAX_MINUTES, N_JOBS, float_in, int_in, with_range
 
-VARIANTS = (("cnn5", False), ("cnn5", True))
-
-
 def build_parser() -> argparse.ArgumentParser:
     from ensemble_fer import paths
     from ensemble_fer.features import bovw
@@ -66,9 +63,11 @@ def main(argv=None) -> int:
     if args.epochs < 1:
         raise InputError(f"--epochs must be at least 1; got {args.epochs}")
     from ensemble_fer.features import faces
-    from ensemble_fer.inference import predictor as inference
-    inference.check_tta(args.tta)
+    from ensemble_fer.features.augment import check_tta
+    check_tta(args.tta)
     faces.require_model_files("the demo (its extraction computes 68 landmarks per face)")
+    from ensemble_fer.demo import run_demo
+
     started = time.time()
     report = run_demo(args.out, epochs=args.epochs, max_minutes=args.max_minutes, detector=args.detector,
                       tta=args.tta, n_jobs=args.n_jobs, force=args.force, quiet=args.quiet)
@@ -76,188 +75,6 @@ def main(argv=None) -> int:
           f"{report['evaluation']['all']['accuracy']:.4f} (tiny sample: noise-level)")
     print(f"report: {args.out / 'report.md'}")
     return 0
-
-
-def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1, force=False,
-             quiet=False) -> dict:
-    """Run the four steps into ``out`` and write the report; returns ``report.json``'s dict."""
-    from ensemble_fer import artifacts, paths
-    from ensemble_fer.features import bovw, datasets
-    from ensemble_fer.evaluation import evaluate as evaluation
-    from ensemble_fer.ensemble import fit as ensemble_fit
-    from ensemble_fer.features import feature_store
-    from ensemble_fer.inference import predictor as inference
-    from ensemble_fer.training import train as training
-    out = Path(out)
-    say = (lambda *a, **k: None) if quiet else print
-    timings = {}
-    started = time.time()
-
-    say("1/4 extracting features of the bundled sample")
-    t = time.time()
-    sample = paths.sample_data()
-    dataset = datasets.open_dataset(sample)
-    store_dir = out / "features" / "sample"
-    manifest = feature_store.extract(dataset, store_dir, bovw.ExtractorConfig(detector=detector), n_jobs=n_jobs,
-                                     force=force, progress=not quiet)
-    timings["extract"] = round(time.time() - t, 1)
-    reused = {"extract": bool(manifest.get("up_to_date"))}
-    store = feature_store.FeatureStore(store_dir)
-
-    folders, trained = [], {}
-    for i, (block, use_bovw) in enumerate(VARIANTS):
-        name = f"{block}+bovw" if use_bovw else block
-        say(f"2/4 training {name} ({i + 1}/{len(VARIANTS)}), at most {epochs} epochs / {max_minutes:g} min")
-        t = time.time()
-        before = _fingerprint(out / "models" / name)
-        # resume: a finished variant returns at once, an interrupted one continues
-        folder = training.train_variant(store, block, use_bovw, out=out / "models" / name, epochs=epochs,
-                                        max_minutes=max_minutes, resume=not force, force=force,
-                                        progress=not quiet)
-        timings[f"train {name}"] = round(time.time() - t, 1)
-        reused[f"train {name}"] = before is not None and before == _fingerprint(folder)
-        folders.append(Path(folder))
-        config = artifacts.read_json(Path(folder) / "config.json")
-        trained[name] = {"folder": str(folder), "epochs_run": config["training"]["epochs_run"],
-                         "stopped": config["training"]["stopped"],
-                         "training_seconds": config["training"]["training_seconds"],
-                         "n_params": config["model"]["n_params"]}
-
-    say("3/4 fitting the ensemble weights on val")
-    t = time.time()
-    ensemble_path = out / "models" / "ensemble.json"
-    # the demo refits into its own folder on every run (its documented rerun behaviour)
-    fit = ensemble_fit.fit_ensemble(folders, ensemble_path, say=say, force=True)
-    timings["fit ensemble"] = round(time.time() - t, 1)
-
-    say("4/4 evaluating the ensemble on the sample's val split (features from the raw images)")
-    t = time.time()
-    predictor = inference.load_predictor(ensemble_path)
-    data = evaluation.load_eval_data(sample, predictor, split="val", cache=out / "features", n_jobs=n_jobs,
-                                     progress=not quiet, say=say)
-    result = evaluation.evaluate_predictor(predictor, data, tta=tta)
-    files = evaluation.write_evaluation(result, out)
-    timings["evaluate"] = round(time.time() - t, 1)
-    timings["total"] = round(time.time() - started, 1)
-
-    fit_val = fit["results"]["val"][ensemble_fit.ENSEMBLE]["accuracy"]
-    report = {
-        "out": str(out),
-        "timings_seconds": timings,
-        "reused": reused,
-        "feature_store": {"path": str(store_dir), "config": manifest["config"],
-                          "splits": {s: {k: v[k] for k in ("n", "kept", "face_found")}
-                                     for s, v in manifest["splits"].items()}},
-        "variants": trained,
-        "ensemble": {"path": str(ensemble_path), "weights": fit["weights"], "results": fit["results"],
-                     "cross_validation": fit["cross_validation"], "best_single": fit["best_single"],
-                     "face_found": fit["face_found"]},
-        "evaluation": result,
-        # The evaluation re-extracts val from the raw images with the model's extractor config:
-        # it must reproduce the fit-time figure, or the two paths disagree about the features.
-        "consistency": {"fit_val_accuracy": fit_val, "evaluate_val_accuracy": result["all"]["accuracy"],
-                        "same": abs(fit_val - result["all"]["accuracy"]) < 1e-9 if not tta else None},
-        "files": {"report": "report.md", "evaluation": files["markdown"].name,
-                  "ensemble_report": "models/ensemble_report.md"},
-    }
-    artifacts.write_json(out / "report.json", report)
-    with artifacts.atomic_path(out / "report.md") as tmp:
-        tmp.write_text(report_markdown(report, fit, result, files))
-    return report
-
-
-def _fingerprint(folder):
-    from ensemble_fer.models.variant_dir import config_fingerprint
-
-    return config_fingerprint(folder) if (Path(folder) / "config.json").is_file() else None
-
-
-def _seconds(report: dict, step: str) -> str:
-    return "reused" if report["reused"].get(step) else str(report["timings_seconds"][step])
-
-
-def report_markdown(report: dict, fit: dict, result: dict, files: dict) -> str:
-    from ensemble_fer.ensemble import fit as ensemble_fit
-    store = report["feature_store"]
-    timings = report["timings_seconds"]
-    splits = store["splits"]
-    tta = f", TTA {result['tta']} views" if result["tta"] else ""
-    lines = ["# Demo: the EmoNet-style ensemble on the bundled sample", "",
-             f"Made by `python -m pipelines.demo` in {timings['total']:.0f} s"
-             + (" (steps marked *reused* were done by an earlier run into the same folder; --force redoes them)."
-                if any(report["reused"].values()) else "."), "",
-             "> The sample holds 280 training and 105 validation images (FER2013 PublicTest): far too few to "
-             "learn facial expressions. The figures show that every stage runs end to end, not how well the "
-             "method does (chance is 1/7 = 0.143). The sample has **no test split**, so the ensemble's weights "
-             "are fitted on val **and** scored on val: its val figures are optimistic; the cross-validated "
-             "estimate below is the honest one.", "",
-             "## What ran", "",
-             "| step | what | seconds |", "| --- | --- | ---: |",
-             f"| 1 extract | `features/sample`: detector `{store['config']['detector']}`; " + ", ".join(
-                 f"{s} {v['n']} images ({v['face_found'] if v['face_found'] is not None else '-'} with one face)"
-                 for s, v in splits.items()) + f" | {_seconds(report, 'extract')} |"]
-    for name, v in report["variants"].items():
-        lines.append(f"| 2 train | `models/{name}`: {v['n_params']:,} parameters, {v['epochs_run']} epochs "
-                     f"(stopped by {v['stopped']}) | {_seconds(report, f'train {name}')} |")
-    lines += [f"| 3 fit | `models/ensemble.json`: weights by differential evolution on val "
-              f"(objective accuracy) | {timings['fit ensemble']} |",
-              f"| 4 evaluate | the ensemble on the sample's val, features re-extracted from the raw images"
-              f"{tta} | {timings['evaluate']} |", ""]
-
-    lines += ["## Members and ensemble (val)", "",
-              f"`{ensemble_fit.EQUAL}` averages the members equally; `best single` is the member with the best val "
-              f"accuracy.", "", "| model | val accuracy | val macro-F1 |", "| --- | ---: | ---: |"]
-    for name, m in fit["results"]["val"].items():
-        bold = "**" if name == ensemble_fit.ENSEMBLE else ""
-        lines.append(f"| {bold}{name}{bold} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |")
-    cv = fit["cross_validation"]
-    if cv:
-        lines += ["", f"Cross-validated ensemble accuracy (weights fitted on {cv['n_splits'] - 1}/{cv['n_splits']} of "
-                      f"val, scored on the rest): **{cv['mean']:.4f} ± {cv['std']:.4f}**; equal weights on the same "
-                      f"folds: {cv['equal_weight_mean']:.4f}."]
-    lines += ["", "Learnt weights: " + ", ".join(f"`{n}` {w:.3f}" for n, w in fit["weights"].items()) + ".", ""]
-
-    lines += ["## Evaluation (`pipelines.evaluate` path)", "",
-              "| subset | n | accuracy | macro-F1 |", "| --- | ---: | ---: | ---: |"]
-    for subset, label in (("all", "whole val split"),
-                          ("face_found", f"face-found subset ({result['face_detector']} detector, the paper's "
-                                         f"filtered protocol)")):
-        m = result[subset]
-        if m is not None:
-            lines.append(f"| {label} | {m['n']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |")
-    if result["face_found_note"]:
-        lines.append(f"| face-found subset | - | not available: {result['face_found_note']} | |")
-    same = report["consistency"]["same"]
-    if same is not None:
-        lines += ["", "Re-extracting val from the raw images " + (
-            "reproduces the fit-time ensemble accuracy exactly." if same else
-            f"gives {report['consistency']['evaluate_val_accuracy']:.4f}, the fit-time features "
-            f"{report['consistency']['fit_val_accuracy']:.4f}: the two feature paths disagree (a bug to report).")]
-    lines += ["", "### Per class (ensemble, whole val split)", "",
-              "| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
-    for name, s in result["all"]["per_class"].items():
-        lines.append(f"| {name} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |")
-    lines += ["", "## Figures", ""]
-    for key, title in (("confusion_matrix_all", "Confusion matrix, whole val split"),
-                       ("confusion_matrix_face_found", "Confusion matrix, face-found subset")):
-        if key in files:
-            lines += [f"![{title}]({files[key].name})", ""]
-    for name in report["variants"]:
-        lines += [f"Training curves of `{name}`: [models/{name}/curves.png](models/{name}/curves.png)", ""]
-    lines += ["More: [evaluation.md](evaluation.md), [models/ensemble_report.md](models/ensemble_report.md), "
-              "`report.json`.", "",
-              "## The same with the stage CLIs", "", "```",
-              f"python -m pipelines.extract_features --out {report['out']}/features/sample "
-              f"--detector {store['config']['detector']}"]
-    for name in report["variants"]:
-        block, _, use_bovw = name.partition("+")
-        lines.append(f"python -m pipelines.train_variant --block {block}{' --bovw' if use_bovw else ''} "
-                     f"--features {report['out']}/features/sample --epochs "
-                     f"{report['variants'][name]['epochs_run']} --out {report['out']}/models/{name}")
-    lines += [f"python -m pipelines.fit_ensemble --models {report['out']}/models",
-              f"python -m pipelines.evaluate --model {report['out']}/models/ensemble.json "
-              f"--split val --out {report['out']}", "```", ""]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ from pathlib import Path
 from ensemble_fer import artifacts, paths
 from ensemble_fer.features import bovw, datasets
 from ensemble_fer.evaluation import evaluate as evaluation
-from ensemble_fer.inference import predictor as inference
+from ensemble_fer.features.augment import MAX_TTA, check_tta
+from ensemble_fer.inference.loading import load_predictor
 from ensemble_fer.errors import InputError
 from ensemble_fer import release
 
@@ -69,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=datasets.FORMATS, default="auto")
     p.add_argument("--split", choices=("train", "val", "test", "all"),
                    help="split to score (default: test if the data has it, else val)")
-    p.add_argument("--tta", type=int_in(0, inference.MAX_TTA), metavar="N",
-                   help=f"test-time augmentation: average N views per image (0 none, up to {inference.MAX_TTA}; "
+    p.add_argument("--tta", type=int_in(0, MAX_TTA), metavar="N",
+                   help=f"test-time augmentation: average N views per image (0 none, up to {MAX_TTA}; "
                         f"default: the model's own, 2 for the release)")
     p.add_argument("--ignore-unknown-labels", action="store_true",
                    help="leave out label folders that are not emotions instead of stopping")
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.tta is not None:
-        inference.check_tta(args.tta, where="--tta")   # fail before any extraction, not after it
+        check_tta(args.tta, where="--tta")   # fail before any extraction, not after it
     if args.json is not None and args.json.is_dir():
         raise InputError(f"--json {args.json}: is a folder; give the path of a .json file")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
         # --json and --out are one result: swapped in as one unit
         together = stack.enter_context(artifacts.replacing_together(outputs.values(), force=args.force))
         building = {key: together[path] for key, path in outputs.items()}
-        predictor = inference.load_predictor(release.resolve_model(args.model))
+        predictor = load_predictor(release.resolve_model(args.model))
         data = evaluation.load_eval_data(args.data or paths.sample_data(), predictor, split=args.split, format=args.format,
                                          ignore_unknown_labels=args.ignore_unknown_labels,
                                          cache=None if args.no_cache else args.cache or paths.evaluation_cache(), n_jobs=args.n_jobs,

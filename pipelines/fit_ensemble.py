@@ -45,7 +45,7 @@ from ensemble_fer.ensemble.ensemble_file import ENSEMBLE_FILE, check_ensemble_ou
 from ensemble_fer.ensemble.weighted import OBJECTIVES
 from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.models.variant_dir import find_variants
-from ensemble_fer.training.augment import MAX_TTA, check_tta
+from ensemble_fer.features.augment import MAX_TTA, check_tta
 
 from .cli_errors import reports_errors
 from .cli_numbers import MAX_SEED, int_in

@@ -93,7 +93,7 @@ def _ranged(parse, check, flag):
 
 def add_variant_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments that name a variant and its data (shared with pipelines.search_hparams)."""
-    from ensemble_fer.models.registry import list_blocks
+    from ensemble_fer.models.blocks import list_blocks
     from ensemble_fer.training.config import TrainConfig
 
     fields = TrainConfig.__dataclass_fields__

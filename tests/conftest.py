@@ -22,7 +22,7 @@ def sample_dir() -> Path:
 
 def sample_crops(n: int = 24) -> tuple[np.ndarray, list[Path]]:
     """Real 48x48 FER2013 crops from the bundled sample, a few of every class."""
-    from ensemble_fer.features.datasets import read_image_file
+    from ensemble_fer.features.image_io import read_image_file
 
     files = sorted(SAMPLE.glob("train/*/*.jpg"))[:: max(1, len(list(SAMPLE.glob("train/*/*.jpg"))) // n)][:n]
     return np.stack([read_image_file(f) for f in files]), files

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import sample_crops
 from ensemble_fer.features import faces
-from ensemble_fer.training.augment import (
+from ensemble_fer.features.augment import (
     MAX_TTA,
     TTA_VIEWS,
     check_tta,

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from ensemble_fer import artifacts
-from ensemble_fer.inference.forward import predict_aux_proba, predict_proba
+from ensemble_fer.models.forward import predict_aux_proba, predict_proba
 from ensemble_fer.models.variant_dir import load_variant
 from ensemble_fer.training.aux_targets import aux_metrics, read_aux_targets
-from ensemble_fer.training.config import check_arguments
+from ensemble_fer.training.config import TrainConfig
 from ensemble_fer.features.feature_store import FeatureStore
 from pipelines import train_variant as cli
 
@@ -193,9 +193,9 @@ def test_unknown_ids_are_listed(sample_store, tmp_path):
 
 def test_aux_arguments_are_checked():
     with pytest.raises(ValueError, match=r"aux_loss_weight must be a number in \(0.0, inf\); received 0"):
-        check_arguments(block=None, bovw=True, aux_loss_weight=0)
+        TrainConfig.from_arguments(block=None, bovw=True, aux_loss_weight=0)
     with pytest.raises(ValueError, match="aux_targets must be None or the path"):
-        check_arguments(block=None, bovw=True, aux_targets=3)
+        TrainConfig.from_arguments(block=None, bovw=True, aux_targets=3)
 
 
 def test_refused_csvs_are_input_errors(tmp_path):

@@ -1,4 +1,4 @@
-"""Fast tests of the block registry, the ``weights=`` / ``input_size`` checks and the weights cache.
+"""Fast tests of the block registry, the ``weights=`` / ``image_size`` checks and the weights cache.
 
 No block is built here: a test block whose builder fails if it is ever called shows that every
 check happens before building, and the weights cache is exercised with small files.
@@ -36,7 +36,7 @@ def unbuildable(tmp_path, monkeypatch):
                             description="test", preprocessing=symmetric_preprocessing,
                             default_weights="imagenet", weights_files=(file,),
                             pretrained=True)(_refuse_to_build)
-    yield registry.get_block_spec("x_unbuildable")
+    yield blocks.get_block_spec("x_unbuildable")
     registry._REGISTRY.pop("x_unbuildable", None)
 
 
@@ -49,11 +49,11 @@ def _hdf5(path):
 # ------------------------------------------------------------------ registry
 
 def test_duplicate_name_is_refused_and_the_first_spec_stays():
-    before = registry.get_block_spec("cnn5")
+    before = blocks.get_block_spec("cnn5")
     with pytest.raises(ValueError, match="name: a block named 'cnn5' is already registered"):
         registry.register_block("cnn5", default_size=48, min_size=32, channels=1, description="",
                                 preprocessing=symmetric_preprocessing)
-    assert registry.get_block_spec("cnn5") is before
+    assert blocks.get_block_spec("cnn5") is before
 
 
 def test_unknown_name_lists_the_choices():
@@ -74,49 +74,49 @@ def test_bad_specs_are_refused_before_registration(bad, match):
     with pytest.raises(ValueError, match=match) as info:
         registry.register_block("x_bad", **{**kwargs, **bad})(_refuse_to_build)
     assert not isinstance(info.value, InputError)   # a programming error, not the user's
-    assert "x_bad" not in registry.list_blocks()
+    assert "x_bad" not in blocks.list_blocks()
 
 
 def test_list_follows_the_families_whatever_was_imported_first(unbuildable):
-    names = registry.list_blocks()
+    names = blocks.list_blocks()
     assert names[:12] == ["resnet50", "inception_resnet_v2", "vgg16", "resnet50v2", "efficientnetv2b2",
                           "faceres_mobilenet", "efficientnet_lite0", "squeezenet11",
                           "cnn5", "complex_cnn", "se_resnet", "vgg_fast"]
     assert names[-1] == "x_unbuildable"   # registered outside the families: listed last
-    assert registry.FAMILIES == ("vggface", "applications", "faceres", "efficientnet_lite", "squeezenet",
+    assert blocks.FAMILIES == ("vggface", "applications", "faceres", "efficientnet_lite", "squeezenet",
                                  "compact")
 
 
 def test_spec_checks_sizes_naming_the_argument():
-    spec = registry.get_block_spec("cnn5")
+    spec = blocks.get_block_spec("cnn5")
     assert spec.check_size(None) == 48
     assert spec.check_size(np.int64(40)) == 40 and type(spec.check_size(np.int64(40))) is int
     for bad in (True, 40.0, "40"):
         with pytest.raises(InputError, match=r"^image_size: must be None or an int >= 32"):
             spec.check_size(bad, argument="image_size")
-    with pytest.raises(InputError, match=r"^input_size: block 'cnn5' needs images of at least 32 "
+    with pytest.raises(InputError, match=r"^image_size: block 'cnn5' needs images of at least 32 "
                                          r"px \(default 48\); received 31$"):
         spec.check_size(31)
 
 
-# ------------------------------------------------------------------ weights=, then input_size
+# ------------------------------------------------------------------ weights=, then image_size
 
-def test_weights_are_checked_before_the_input_size(unbuildable):
+def test_weights_are_checked_before_the_image_size(unbuildable):
     with pytest.raises(InputError, match="^weights: .*received 'nope'"):
-        blocks.create_block(unbuildable.name, weights="nope", input_size=1)
+        blocks.create_block(unbuildable.name, weights="nope", image_size=1)
     with pytest.raises(InputError, match="^weights: .*of type float"):
-        blocks.create_block(unbuildable.name, weights=1.5, input_size=1)
+        blocks.create_block(unbuildable.name, weights=1.5, image_size=1)
 
 
-def test_input_size_is_checked_before_any_download(unbuildable):
+def test_image_size_is_checked_before_any_download(unbuildable):
     # Offline with an empty cache: fetching would raise WeightsUnavailableError.
-    with pytest.raises(InputError, match="^input_size") as info:
-        blocks.create_block(unbuildable.name, input_size=39)
+    with pytest.raises(InputError, match="^image_size") as info:
+        blocks.create_block(unbuildable.name, image_size=39)
     assert not isinstance(info.value, WeightsUnavailableError)
     with pytest.raises(WeightsUnavailableError):
-        blocks.create_block(unbuildable.name, input_size=40)
+        blocks.create_block(unbuildable.name, image_size=40)
     with pytest.raises(AssertionError, match="was built"):   # all checks passed
-        blocks.create_block(unbuildable.name, weights=None, input_size=40)
+        blocks.create_block(unbuildable.name, weights=None, image_size=40)
 
 
 def test_resolve_weights(unbuildable, tmp_path):
@@ -127,7 +127,7 @@ def test_resolve_weights(unbuildable, tmp_path):
     assert weights.resolve_weights(spec, "None") is None
     assert weights.resolve_weights(spec, "default") is file
     assert weights.resolve_weights(spec, "imagenet") is file
-    assert weights.resolve_weights(registry.get_block_spec("cnn5"), "default") is None
+    assert weights.resolve_weights(blocks.get_block_spec("cnn5"), "default") is None
     h5 = _hdf5(tmp_path / "w.h5")
     assert weights.resolve_weights(spec, str(h5)) == h5
     archive = tmp_path / "m.keras"

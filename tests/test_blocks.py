@@ -7,7 +7,6 @@ as needed: one cached random-init model per block is shared by the tests of this
 
 from __future__ import annotations
 
-import json
 import time
 
 import h5py
@@ -19,6 +18,7 @@ import keras
 from ensemble_fer.models import (applications, blocks, compact, legacy_h5, preprocessing, registry,
                                  vggface, weights)
 from ensemble_fer.models.weights import WeightsUnavailableError
+from legacy_h5_files import save_legacy_h5_weights
 
 BLOCKS = blocks.list_blocks()
 HEAVY = {name for name in BLOCKS if blocks.get_block_spec(name).pretrained}
@@ -32,7 +32,7 @@ def small_size(name: str) -> int:
 def built(name: str) -> keras.Model:
     """One random-init model per block at its smallest input, built once for the module."""
     if name not in _CACHE:
-        _CACHE[name] = blocks.create_block(name, weights=None, input_size=small_size(name))
+        _CACHE[name] = blocks.create_block(name, weights=None, image_size=small_size(name))
     return _CACHE[name]
 
 
@@ -87,9 +87,6 @@ def test_spec_is_consistent(name):
     assert spec.input_shape() == (spec.default_size, spec.default_size, spec.channels)
     with pytest.raises(Exception):
         spec.name = "other"  # frozen
-    config = spec.to_config()
-    assert json.loads(json.dumps(config)) == config
-    assert config["allowed_weights"] == list(spec.allowed_weights)
 
 
 def test_compact_blocks_are_native_grayscale():
@@ -137,8 +134,8 @@ def exploding_block():
 
 
 def test_arguments_are_checked_before_building(exploding_block, tmp_path):
-    for kwargs in ({"input_size": 39}, {"weights": "imagenet"},
-                   {"weights": str(tmp_path / "missing.h5")}, {"input_size": "48"}):
+    for kwargs in ({"image_size": 39}, {"weights": "imagenet"},
+                   {"weights": str(tmp_path / "missing.h5")}, {"image_size": "48"}):
         with pytest.raises(ValueError):
             blocks.create_block(exploding_block, **kwargs)
     with pytest.raises(AssertionError, match="was built"):
@@ -167,7 +164,7 @@ def test_builds_and_runs_forward(name):
 def test_compact_block_names_are_deterministic_and_prefixed(name):
     first = built(name)
     keras.layers.Dense(3)  # auto-named objects in between must not change the names
-    second = blocks.create_block(name, weights=None, input_size=small_size(name))
+    second = blocks.create_block(name, weights=None, image_size=small_size(name))
     names = [layer.name for layer in first.layers]
     assert names == [layer.name for layer in second.layers]
     assert all(n.startswith(name + "_") for n in names)
@@ -289,14 +286,14 @@ def test_input_below_min_size_errors_before_building(name):
     spec = blocks.get_block_spec(name)
     start = time.perf_counter()
     with pytest.raises(ValueError) as info:
-        blocks.create_block(name, weights=None, input_size=spec.min_size - 1)
+        blocks.create_block(name, weights=None, image_size=spec.min_size - 1)
     assert time.perf_counter() - start < 1.0
     message = str(info.value)
-    assert "input_size" in message and str(spec.min_size) in message
+    assert "image_size" in message and str(spec.min_size) in message
     assert str(spec.min_size - 1) in message
     for bad in (True, 48.0, "48"):
-        with pytest.raises(ValueError, match="input_size"):
-            blocks.create_block(name, weights=None, input_size=bad)
+        with pytest.raises(ValueError, match="image_size"):
+            blocks.create_block(name, weights=None, image_size=bad)
 
 
 @pytest.mark.parametrize("name", BLOCKS)
@@ -304,19 +301,19 @@ def test_bad_weights_values(name, tmp_path):
     spec = blocks.get_block_spec(name)
     size = spec.min_size
     with pytest.raises(ValueError) as info:
-        blocks.create_block(name, weights="no_such_weights", input_size=size)
+        blocks.create_block(name, weights="no_such_weights", image_size=size)
     message = str(info.value)
     assert "weights" in message and "'no_such_weights'" in message
     for allowed in spec.allowed_weights:
         assert repr(allowed) in message
     with pytest.raises(ValueError, match="existing file"):
-        blocks.create_block(name, weights=tmp_path / "absent.h5", input_size=size)
+        blocks.create_block(name, weights=tmp_path / "absent.h5", image_size=size)
     with pytest.raises(ValueError, match="weights"):
-        blocks.create_block(name, weights=3, input_size=size)
+        blocks.create_block(name, weights=3, image_size=size)
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"not an hdf5 file")
     with pytest.raises(ValueError, match="HDF5"):
-        blocks.create_block(name, weights=str(junk), input_size=size)
+        blocks.create_block(name, weights=str(junk), image_size=size)
 
 
 def test_none_string_means_random_init():
@@ -331,11 +328,11 @@ def save_in_published_format(name: str, model: keras.Model, folder) -> str:
     if name == "resnet50":
         path = folder / "rcmalli_vggface_tf_notop_resnet50.h5"
         published = {legacy_h5.keras_layer_name(n): n for n in vggface.VGGFACE_RESNET50_LAYER_NAMES}
-        legacy_h5.save_legacy_h5_weights(model, path, layer_names=published)
+        save_legacy_h5_weights(model, path, layer_names=published)
     elif not blocks.get_block_spec(name).legacy_h5_by_name:   # the keras.applications blocks
         spec = blocks.get_block_spec(name)
         path = folder / spec.weights_file(spec.default_weights).fname
-        legacy_h5.save_legacy_h5_weights(model, path)   # keras' file: loaded in topological order
+        save_legacy_h5_weights(model, path)   # keras' file: loaded in topological order
     else:
         path = folder / f"{name}.weights.h5"
         model.save_weights(path)
@@ -347,7 +344,7 @@ def test_weights_file_round_trip(name, tmp_path):
     source = built(name)
     randomize(source)
     path = save_in_published_format(name, source, tmp_path)
-    fresh = blocks.create_block(name, weights=path, input_size=small_size(name))
+    fresh = blocks.create_block(name, weights=path, image_size=small_size(name))
     assert [layer.name for layer in fresh.layers] == [layer.name for layer in source.layers]
     assert_same_weights(source, fresh)
 
@@ -422,7 +419,7 @@ def test_legacy_h5_under_model_weights_and_reports(tmp_path):
     source = blocks.create_block("cnn5", weights=None)
     randomize(source, seed=1)
     flat = tmp_path / "flat.h5"
-    legacy_h5.save_legacy_h5_weights(source, flat)
+    save_legacy_h5_weights(source, flat)
     nested = tmp_path / "whole_model.h5"   # a Keras 2 model.save(): weights under model_weights
     with h5py.File(flat, "r") as src, h5py.File(nested, "w") as dst:
         group = dst.create_group("model_weights")
@@ -449,14 +446,14 @@ def test_legacy_h5_under_model_weights_and_reports(tmp_path):
 
     # a file of another block: no layer matches -> error naming both sides
     other = tmp_path / "other.h5"
-    legacy_h5.save_legacy_h5_weights(blocks.create_block("vgg_fast", weights=None), other)
+    save_legacy_h5_weights(blocks.create_block("vgg_fast", weights=None), other)
     with pytest.raises(ValueError, match="no layer .* matches"):
         blocks.create_block("cnn5", weights=str(other))
 
 
 def test_legacy_h5_shape_mismatch_is_an_error(tmp_path):
     path = tmp_path / "wide.h5"
-    legacy_h5.save_legacy_h5_weights(blocks.create_block("cnn5", weights=None, input_size=32), path)
+    save_legacy_h5_weights(blocks.create_block("cnn5", weights=None, image_size=32), path)
     with h5py.File(path, "a") as f:
         del f["cnn5_s1_c1_conv"]["cnn5_s1_c1_conv/kernel:0"]
         f["cnn5_s1_c1_conv"].create_dataset("cnn5_s1_c1_conv/kernel:0",
@@ -537,7 +534,7 @@ def test_cached_file_with_a_wrong_hash_is_not_used_offline(offline_cache):
     (offline_cache / "models").mkdir()
     (offline_cache / "models" / file.fname).write_bytes(b"corrupt")
     with pytest.raises(WeightsUnavailableError, match="expected hash"):
-        blocks.create_block("inception_resnet_v2", input_size=75)
+        blocks.create_block("inception_resnet_v2", image_size=75)
 
 
 def test_refused_blocks_and_weights_are_input_errors(tmp_path):
@@ -547,8 +544,8 @@ def test_refused_blocks_and_weights_are_input_errors(tmp_path):
 
     with pytest.raises(InputError, match="valid blocks"):
         blocks.get_block_spec("nope")
-    with pytest.raises(InputError, match="input_size"):
-        blocks.create_block("cnn5", input_size=8)
+    with pytest.raises(InputError, match="image_size"):
+        blocks.create_block("cnn5", image_size=8)
     with pytest.raises(InputError, match="neither a named weight set"):
         blocks.create_block("cnn5", weights=str(tmp_path / "missing.h5"))
     assert issubclass(WeightsUnavailableError, InputError) and issubclass(WeightsUnavailableError, RuntimeError)

@@ -62,7 +62,7 @@ def test_the_cut_network_computes_what_the_whole_network_does(sample_rows, cut):
 def test_the_ported_face_trunk_has_no_batch_norm_to_wreck():
     from ensemble_fer.models.blocks import create_block
 
-    block = create_block(BLOCK, weights=None, input_size=32)
+    block = create_block(BLOCK, weights=None, image_size=32)
     assert not [layer for layer in block.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert not block.non_trainable_weights
 

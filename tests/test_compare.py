@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from ensemble_fer import artifacts
-from ensemble_fer.evaluation import comparison, metrics
+from ensemble_fer import artifacts, metrics
+from ensemble_fer.evaluation import comparison
 from ensemble_fer.models.variant_dir import load_variant
 from pipelines import compare
 
@@ -190,7 +190,7 @@ def test_bad_input_is_one_line_and_bugs_keep_their_traceback(variant_pair, tmp_p
     monkeypatch.undo()
 
     # A bug that hands the metrics unchecked probabilities: metrics' own check (a ValueError
-    # raised in ensemble_fer.evaluation.metrics) must show its traceback, not pass for bad input.
+    # raised in ensemble_fer.metrics) must show its traceback, not pass for bad input.
     read_member = members.read_member
 
     def corrupting_read_member(folder, *args, **kwargs):

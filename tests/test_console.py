@@ -84,7 +84,7 @@ def test_release_files_are_what_prediction_needs(tiny_release, tmp_path):
     assert any((tiny_release / m / "predictions.npz").is_file() for m in members)
     copied = release.copy_release(tiny_release, tmp_path / "packaged")
     assert copied == files
-    from ensemble_fer.inference.predictor import load_predictor
+    from ensemble_fer.inference.loading import load_predictor
 
     packaged = load_predictor(tmp_path / "packaged")
     assert packaged.members == load_predictor(tiny_release).members

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import SAMPLE, sample_crops, write_fer_csv
 from ensemble_fer import labels
-from ensemble_fer.features import datasets
-from ensemble_fer.features.datasets import DatasetError
+from ensemble_fer.features import datasets, image_io
+from ensemble_fer.errors import DatasetError
 
 
 def test_folder_release_is_detected_and_split(sample_dir):
@@ -94,13 +94,13 @@ def test_corrupt_and_non_image_files_name_the_file(tmp_path):
     text = tmp_path / "notes.jpg"
     text.write_text("this is not an image")
     with pytest.raises(DatasetError, match="not a readable image") as err:
-        datasets.read_image_file(text)
+        image_io.read_image_file(text)
     assert str(text) in str(err.value)
     good = next(SAMPLE.glob("train/happy/*.jpg")).read_bytes()
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(good[: len(good) // 3])
     with pytest.raises(DatasetError, match="truncated.jpg: not a readable image"):
-        datasets.read_image_file(truncated)
+        image_io.read_image_file(truncated)
 
 
 def test_large_images_in_class_folders_are_cropped_to_the_face(tmp_path):
@@ -133,7 +133,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = image.getexif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     image.save(tmp_path / "phone.png", exif=exif)
-    upright = datasets.read_image_file(tmp_path / "phone.png")
+    upright = image_io.read_image_file(tmp_path / "phone.png")
     np.testing.assert_array_equal(upright, np.rot90(pixels, k=-1))
 
 
@@ -161,7 +161,7 @@ def test_a_picture_over_pillows_limit_is_a_bad_file_naming_the_limit(tmp_path, c
     huge = write_bomb_png(tmp_path / "huge.png")
     limit = 2 * Image.MAX_IMAGE_PIXELS
     with pytest.raises(DatasetError) as err:
-        datasets.read_image_file(huge)
+        image_io.read_image_file(huge)
     message = str(err.value)
     assert message.startswith(f"{huge}: not read, too large (") and f"{limit} pixels" in message
     assert "\n" not in message

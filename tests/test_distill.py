@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from ensemble_fer.features.feature_store import FeatureStore
-from ensemble_fer.inference.predictor import load_predictor
+from ensemble_fer.inference.loading import load_predictor
 from ensemble_fer.labels import get_label_set
 from ensemble_fer.training import data, distill
-from ensemble_fer.training.config import check_arguments
+from ensemble_fer.training.config import TrainConfig
 from pipelines import fit_ensemble
 from pipelines import train_variant as cli
 
@@ -105,4 +105,4 @@ def test_a_teacher_of_other_classes_or_no_model_is_one_line(teacher, sample_stor
 ])
 def test_bad_distillation_arguments_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        check_arguments(block="cnn5", **kwargs)
+        TrainConfig.from_arguments(block="cnn5", **kwargs)

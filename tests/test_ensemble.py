@@ -152,11 +152,18 @@ def test_complementary_members_ensemble_beats_both():
 def test_class_names_are_predicted():
     probas, y = _complementary(n=120)
     names = ["a", "b", "c", "d", "e", "f"]
-    ensemble = WeightedEnsemble(maxiter=10).fit(probas, y, classes=names)
+    labels = np.array(names)[y]
+    ensemble = WeightedEnsemble(maxiter=10).fit(probas, labels, classes=names)
     predicted = ensemble.predict(probas)
     np.testing.assert_array_equal(predicted, np.array(names)[ensemble.predict_proba(probas).argmax(1)])
+    # one label space, as VotingClassifier: fit and score take what predict returns
+    assert ensemble.score(probas, labels) == np.mean(predicted == labels) == ensemble.score_
+    with pytest.raises(ValueError, match=r"y must hold labels of classes \['a', 'b'"):
+        ensemble.score(probas, y)       # class indices are not labels of this ensemble
+    with pytest.raises(ValueError, match=r"y must hold labels of classes"):
+        WeightedEnsemble().fit(probas, y, classes=names)
     with pytest.raises(ValueError, match="classes"):
-        WeightedEnsemble().fit(probas, y, classes=names[:5])
+        WeightedEnsemble().fit(probas, labels, classes=names[:5])
 
 
 def test_single_member_warns_and_is_that_member():
@@ -252,7 +259,7 @@ def test_cross_validated_accuracy_single_member_warns_once():
 def test_json_round_trip():
     probas, y = _complementary(n=120)
     ensemble = WeightedEnsemble(objective="log-loss", seed=4).fit(
-        probas, y, classes=["a", "b", "c", "d", "e", "f"])
+        probas, np.array(["a", "b", "c", "d", "e", "f"])[y], classes=["a", "b", "c", "d", "e", "f"])
     data = json.loads(json.dumps(ensemble.to_json()))
     restored = WeightedEnsemble.from_json(data)
     assert restored.get_params() == ensemble.get_params()

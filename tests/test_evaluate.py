@@ -14,8 +14,8 @@ from ensemble_fer import artifacts
 from ensemble_fer.features import datasets
 from ensemble_fer.ensemble.fit import fit_ensemble
 from ensemble_fer.evaluation import evaluate as evaluation
-from ensemble_fer.inference import predictor as inference
-from ensemble_fer.evaluation import metrics
+from ensemble_fer.inference.loading import load_predictor
+from ensemble_fer import metrics
 from ensemble_fer.errors import InputError
 from ensemble_fer.features.feature_store import FeatureStore
 from pipelines import evaluate
@@ -58,14 +58,14 @@ def test_predictor_reproduces_the_saved_predictions(variant_pair, sample_store, 
     val = FeatureStore(sample_store).load("val")
     saved = {n: artifacts.load_npz(variant_pair / n / "predictions.npz")["val_proba"] for n in MEMBERS}
     for name in MEMBERS:
-        predictor = inference.load_predictor(variant_pair / name)
+        predictor = load_predictor(variant_pair / name)
         assert predictor.kind == "variant" and predictor.members == (name,)
         assert predictor.classes == tuple(json.loads((variant_pair / name / "config.json").read_text())
                                           ["labels"]["classes"])
         proba = predictor.predict_features(val["images"], val["landmarks"], val["bovw"])
         np.testing.assert_allclose(proba, saved[name], atol=1e-5)
 
-    ensemble = inference.load_predictor(ensemble_json)
+    ensemble = load_predictor(ensemble_json)
     assert ensemble.kind == "ensemble" and ensemble.members == MEMBERS
     assert ensemble.extractor_config == FeatureStore(sample_store).config
     members = ensemble.member_probas(val["images"], val["landmarks"], val["bovw"])
@@ -75,7 +75,7 @@ def test_predictor_reproduces_the_saved_predictions(variant_pair, sample_store, 
 
 def test_predict_proba_on_raw_crops_matches_the_store_path(variant_pair, sample_store):
     """Extraction inside the predictor gives the store's features."""
-    predictor = inference.load_predictor(variant_pair / "cnn5+bovw")
+    predictor = load_predictor(variant_pair / "cnn5+bovw")
     val = FeatureStore(sample_store).load("val")
     records = {r.id: r for r in datasets.open_dataset(SAMPLE).splits["val"]}
     raw = np.stack([datasets.load_image(records[i]) for i in val["ids"][:24]])
@@ -86,7 +86,7 @@ def test_predict_proba_on_raw_crops_matches_the_store_path(variant_pair, sample_
     assert with_tta.shape == (24, 7) and np.allclose(with_tta.sum(1), 1, atol=1e-4)
     # two views: the mean of the identity view and the mirror view
     analysed = predictor.analyse(raw)
-    from ensemble_fer.training.augment import tta_views
+    from ensemble_fer.features.augment import tta_views
 
     views = tta_views(analysed["images"], analysed["landmarks"], 2)
     per_view = [predictor.predict_features(v[0], None, v[2]) for v in views]
@@ -94,7 +94,7 @@ def test_predict_proba_on_raw_crops_matches_the_store_path(variant_pair, sample_
 
 
 def test_predictor_input_checks(variant_pair):
-    predictor = inference.load_predictor(variant_pair / "cnn5+bovw")
+    predictor = load_predictor(variant_pair / "cnn5+bovw")
     images = np.zeros((3, 48, 48), np.uint8)
     with pytest.raises(ValueError, match="tta must be an integer from 0"):
         predictor.predict_proba(images, tta=11)
@@ -110,9 +110,9 @@ def test_predictor_input_checks(variant_pair):
 
 def test_load_predictor_refuses_what_cannot_be_combined(variant_pair, ensemble_json, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
-        inference.load_predictor(tmp_path / "missing")
+        load_predictor(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="not a trained variant|neither"):
-        inference.load_predictor(tmp_path)
+        load_predictor(tmp_path)
 
     # a copy of the ensemble next to copies of its members, which the cases below change
     models = tmp_path / "models"
@@ -123,7 +123,7 @@ def test_load_predictor_refuses_what_cannot_be_combined(variant_pair, ensemble_j
         member["path"] = member["name"]
     path = models / "ensemble.json"
     path.write_text(json.dumps(data))
-    assert inference.load_predictor(path).members == MEMBERS
+    assert load_predictor(path).members == MEMBERS
 
     config_path = models / "bovw" / "config.json"
     original = config_path.read_text()
@@ -131,22 +131,22 @@ def test_load_predictor_refuses_what_cannot_be_combined(variant_pair, ensemble_j
     config["feature_store"]["extractor"]["pad"] = 3
     config_path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="changed since the ensemble was fitted .its config.json differs"):
-        inference.load_predictor(path)
+        load_predictor(path)
     data["members"][0]["config_sha256"] = artifacts.sha256_file(config_path)
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="another extractor config"):
-        inference.load_predictor(path)
+        load_predictor(path)
 
     config_path.write_text(original)
     data["members"][0]["config_sha256"] = artifacts.sha256_file(config_path)
     data["members"][0]["weight"] = 0.123
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="disagrees with ensemble.weights"):
-        inference.load_predictor(path)
+        load_predictor(path)
 
     shutil.rmtree(models / "bovw")
     with pytest.raises(FileNotFoundError, match="member 'bovw' is missing"):
-        inference.load_predictor(path)
+        load_predictor(path)
 
 
 # ------------------------------------------------------------------ pipelines.evaluate
@@ -179,7 +179,7 @@ def test_evaluate_variant_on_the_sample(variant_pair, cache, tmp_path, capsys):
 
 
 def test_face_found_subset_is_the_flagged_rows(variant_pair, cache):
-    predictor = inference.load_predictor(variant_pair / "bovw")
+    predictor = load_predictor(variant_pair / "bovw")
     data = evaluation.load_eval_data(SAMPLE, predictor, split="val", cache=cache)
     result = evaluation.evaluate_predictor(predictor, data)
     proba = predictor.predict_features(data.images, data.landmarks, data.bovw)
@@ -299,17 +299,17 @@ def test_ensemble_members_are_hashed_and_stay_inside_its_folder(variant_pair, en
     data = json.loads(ensemble_json.read_text())
     path = models / "ensemble.json"
     path.write_text(json.dumps(data))
-    assert inference.load_predictor(path).members == MEMBERS
+    assert load_predictor(path).members == MEMBERS
 
     # another model under the member's name: same config.json, other model.keras
     model = models / "bovw" / "model.keras"
     original = model.read_bytes()
     shutil.copy(models / "cnn5+bovw" / "model.keras", model)
     with pytest.raises(InputError, match=r"member .*bovw changed since the ensemble was fitted \(its model.keras"):
-        inference.load_predictor(path)
+        load_predictor(path)
     # swapped after loading, before the model is read: refused when it is
     model.write_bytes(original)
-    predictor = inference.load_predictor(path)
+    predictor = load_predictor(path)
     shutil.copy(models / "cnn5+bovw" / "model.keras", model)
     with pytest.raises(InputError, match="its model.keras differs"):
         predictor.load_models()
@@ -323,7 +323,7 @@ def test_ensemble_members_are_hashed_and_stay_inside_its_folder(variant_pair, en
         edited["members"][0]["path"] = where
         path.write_text(json.dumps(edited))
         with pytest.raises(InputError, match=f"members\\[0\\].path .* leaves the ensemble's folder"):
-            inference.load_predictor(path)
+            load_predictor(path)
 
     # an ensemble written before model hashes existed
     old = json.loads(json.dumps(data))
@@ -333,7 +333,7 @@ def test_ensemble_members_are_hashed_and_stay_inside_its_folder(variant_pair, en
         del member["model_sha256"]
     path.write_text(json.dumps(old))
     with pytest.raises(InputError, match="older fit_ensemble .* rerun `python -m pipelines.fit_ensemble`"):
-        inference.load_predictor(path)
+        load_predictor(path)
 
 
 def test_a_model_file_keras_cannot_read_is_named_as_such(variant_pair, tmp_path, capsys):
@@ -343,7 +343,7 @@ def test_a_model_file_keras_cannot_read_is_named_as_such(variant_pair, tmp_path,
     original = model.read_bytes()
     model.write_bytes(original[: len(original) // 2])          # truncated: Keras says "File not found"
     with pytest.raises(InputError, match="model.keras: not a valid Keras model"):
-        inference.load_predictor(folder)
+        load_predictor(folder)
     code, _, stderr = _cli(["--model", folder, "--data", SAMPLE, "--no-cache"], capsys)
     assert code == 2 and stderr.count("\n") == 1 and "not a valid Keras model" in stderr
     assert "File not found" not in stderr
@@ -353,7 +353,7 @@ def test_a_model_file_keras_cannot_read_is_named_as_such(variant_pair, tmp_path,
         archive.writestr("config.json", '{"class_name": "Functional", "config": {}}')
         archive.writestr("metadata.json", "{}")
         archive.writestr("model.weights.h5", b"not hdf5")
-    predictor = inference.load_predictor(folder)
+    predictor = load_predictor(folder)
     with pytest.raises(InputError, match="model.keras: not a valid Keras model"):
         predictor.load_models()
 
@@ -389,7 +389,7 @@ def test_a_plain_class_folder_is_scored_whole_and_as_predict_sees_it(variant_pai
                              "--quiet"]) == 0
     with open(predictions, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    predictor = inference.load_predictor(model)
+    predictor = load_predictor(model)
     first_face = {r["path"]: [float(r[c]) for c in predictor.classes] for r in rows if r["face"] == "0"}
     assert {r["path"] for r in rows if r["status"] == "no_face"} == {str(data / "sad" / "dogs.jpg")}
     for split in ("all", "train", "val"):
@@ -410,7 +410,7 @@ def test_the_feature_cache_keys_on_content_not_names(variant_pair, tmp_path):
     sad = sorted((SAMPLE / "train" / "sad").glob("*.jpg"))[:6]
     _copy_pictures(happy, data / "happy")
     _copy_pictures(sad, data / "sad")
-    predictor = inference.load_predictor(variant_pair / "bovw")
+    predictor = load_predictor(variant_pair / "bovw")
     first = evaluation.load_eval_data(data, predictor, cache=cache, n_jobs=1)
     # other pictures under the same names and labels
     for old, new in zip(happy + sad, sad + happy):

@@ -129,7 +129,7 @@ def test_an_image_only_model_reads_crops_without_landmarks_or_hog(mixed_release,
     """An image-only model (here the cnn5 member) predicts crops from the pixels alone, with the
     probabilities the full feature path gives."""
     from conftest import sample_crops
-    from ensemble_fer.inference.predictor import load_predictor
+    from ensemble_fer.inference.loading import load_predictor
 
     crops, _ = sample_crops(24)
     predictor = load_predictor(mixed_release / "cnn5")
@@ -138,7 +138,7 @@ def test_an_image_only_model_reads_crops_without_landmarks_or_hog(mixed_release,
     monkeypatch.setattr(predictor, "analyse", lambda images: pytest.fail("analysed the crops"))
     np.testing.assert_array_equal(predictor.predict_proba(crops), full)
     # its test-time views are the images of the full path's views, without their landmarks and HOG
-    from ensemble_fer.training.augment import tta_views
+    from ensemble_fer.features.augment import tta_views
 
     views = tta_views(features["images"], features["landmarks"], 2)
     np.testing.assert_allclose(predictor.predict_proba(crops, tta=2),

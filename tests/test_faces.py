@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TEST_DATA
 from ensemble_fer.features import faces
-from ensemble_fer.features.datasets import read_image_file
+from ensemble_fer.features.image_io import read_image_file, to_gray
 
 PHOTOS = TEST_DATA / "photos"
 
@@ -159,7 +159,7 @@ def test_every_caller_crops_a_photo_face_the_same_way(tmp_path):
     from ensemble_fer.inference.recognizer import EmotionRecognizer
 
     image = read_image_file(PHOTOS / "2008_002470.jpg")
-    found = faces.picture_faces(datasets.to_gray(image))
+    found = faces.picture_faces(to_gray(image))
     assert [box for box, _ in found] == faces.detect_faces(image, detector="hog", upsample=1)
     expected = faces.crop_face(image, found[0][0])
     recognizer = EmotionRecognizer(predictor=None)

@@ -235,14 +235,14 @@ def test_models_made_with_the_blur_workaround_are_refused(tiny_variant, tmp_path
     import json
     import shutil
 
-    from ensemble_fer.inference import predictor as inference
+    from ensemble_fer.inference.loading import load_predictor
     old = tmp_path / "old"
     shutil.copytree(tiny_variant, old, ignore=shutil.ignore_patterns(".run"))
     config = json.loads((old / "config.json").read_text())
     config["feature_store"]["extractor"]["blur_sigma"] = 3.0
     (old / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="blur_sigma 3.0 .*retrain the model"):
-        inference.load_predictor(old)
+        load_predictor(old)
     config["feature_store"]["extractor"]["blur_sigma"] = 0.0
     (old / "config.json").write_text(json.dumps(config))
-    assert inference.load_predictor(old).extractor_config == inference.load_predictor(tiny_variant).extractor_config
+    assert load_predictor(old).extractor_config == load_predictor(tiny_variant).extractor_config

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ensemble_fer import artifacts
-from ensemble_fer.inference import predictor as inference
+from ensemble_fer.inference.loading import load_predictor
 from pipelines import fit_ensemble
 
 MEMBERS = ("bovw", "cnn5+bovw")
@@ -109,7 +109,7 @@ def test_fits_and_reports_on_trained_variants(variant_pair, tmp_path, capsys):
     assert (out.parent / "ensemble_confusion_matrix.png").stat().st_size > 1000
 
     # the file loads as a predictor with the same members and weights
-    predictor = inference.load_predictor(out)
+    predictor = load_predictor(out)
     assert predictor.members == MEMBERS and predictor.weights == pytest.approx(weights)
 
 
@@ -366,14 +366,14 @@ def test_tta_fits_on_the_members_views_and_the_ensemble_predicts_with_them(varia
     val = FeatureStore(sample_store).load("val")
     saved = artifacts.load_npz(variant_pair / MEMBERS[0] / "predictions.npz")
     assert np.array_equal(val["ids"], saved["val_ids"])
-    views = np.stack([inference.load_predictor(variant_pair / name).member_probas(
+    views = np.stack([load_predictor(variant_pair / name).member_probas(
         val["images"], val["landmarks"], None, tta=2)[0] for name in MEMBERS])
     weights = np.array([m["weight"] for m in data["members"]])
     accuracy = float((np.tensordot(weights, views, axes=1).argmax(1) == saved["val_y"]).mean())
     assert report["results"]["val"]["ensemble"]["accuracy"] == pytest.approx(accuracy)
 
     # loaded, the ensemble averages the same two views unless told otherwise
-    predictor = inference.load_predictor(out)
+    predictor = load_predictor(out)
     assert predictor.default_tta == 2
     np.testing.assert_allclose(predictor.member_probas(val["images"], val["landmarks"], None), views, atol=1e-6)
     without = predictor.member_probas(val["images"], val["landmarks"], val["bovw"], tta=0)
@@ -383,7 +383,7 @@ def test_tta_fits_on_the_members_views_and_the_ensemble_predicts_with_them(varia
     out.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"ensemble.json: tta must be an integer from 0 \(none\) to 10 views; "
                                          r"got 11$"):
-        inference.load_predictor(out)
+        load_predictor(out)
 
 
 def test_refuses_bad_tta_arguments(variant_pair, tmp_path, capsys):

@@ -52,7 +52,7 @@ def test_grad_cam_equals_cam_when_the_head_is_linear():
 
 def test_map_of_a_trained_variant(tiny_variant):
     from ensemble_fer.features import bovw
-    from ensemble_fer.inference.forward import predict_proba
+    from ensemble_fer.models.forward import predict_proba
     from ensemble_fer.models.variant_dir import load_variant
     model, config = load_variant(tiny_variant)
     crops, _ = sample_crops(4)

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import SAMPLE
 from ensemble_fer import EmotionRecognizer, artifacts
-from ensemble_fer.features.datasets import read_image_file
+from ensemble_fer.features.image_io import read_image_file
 from pipelines import compare, evaluate, fit_ensemble, predict, train_variant
 
 FOUR = ("happy", "sad", "neutral", "surprise")

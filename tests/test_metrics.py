@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss as sklearn_log_loss
 
-from ensemble_fer.evaluation.metrics import (classification_metrics, format_report_markdown,
+from ensemble_fer.metrics import (classification_metrics, format_report_markdown,
                                   plot_confusion_matrix, plot_training_curves, read_history_csv)
 
 NAMES = ["a", "b", "c"]

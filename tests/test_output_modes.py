@@ -18,7 +18,7 @@ import pytest
 
 from conftest import SAMPLE, TEST_DATA
 from ensemble_fer import artifacts
-from ensemble_fer.evaluation import metrics
+from ensemble_fer import metrics
 MEMBERS = ("bovw", "cnn5+bovw")
 
 

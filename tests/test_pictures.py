@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ensemble_fer.inference import annotate
-from ensemble_fer.features.datasets import read_image_file
+from ensemble_fer.features.image_io import read_image_file
 
 PHOTOS = Path(__file__).resolve().parent / "data" / "photos"
 CROWD = PHOTOS / "2008_007676.jpg"      # seven faces close together
@@ -95,7 +95,7 @@ def test_ensemble_grad_cam_weights_members_by_their_share_of_the_score(tiny_vari
     from ensemble_fer import EmotionRecognizer
     from ensemble_fer.inference import gradcam
     from ensemble_fer.training import train as training
-    from ensemble_fer.inference.predictor import load_predictor
+    from ensemble_fer.inference.loading import load_predictor
     from ensemble_fer.models.variant_dir import load_variant
     from pipelines import fit_ensemble
 

@@ -219,7 +219,7 @@ def test_the_preprocessing_is_each_originals():
 
 
 def test_lite0_architecture():
-    model = blocks.create_block("efficientnet_lite0", weights=None, input_size=224)
+    model = blocks.create_block("efficientnet_lite0", weights=None, image_size=224)
     assert model.output_shape == (None, 7, 7, 1280)
     assert model.count_params() == 3_350_000   # the state dict's 4.69M less the classifier and BN statistics
     assert len(efficientnet_lite.mbconv_blocks()) == 16
@@ -229,7 +229,7 @@ def test_lite0_architecture():
 
 
 def test_squeezenet_architecture():
-    model = blocks.create_block("squeezenet11", weights=None, input_size=224)
+    model = blocks.create_block("squeezenet11", weights=None, image_size=224)
     assert model.output_shape == (None, 13, 13, 512) and model.count_params() == 722_496
 
 

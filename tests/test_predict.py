@@ -22,7 +22,7 @@ import pytest
 
 from conftest import REPO, SAMPLE, TEST_DATA
 from ensemble_fer import EmotionRecognizer
-from ensemble_fer.features.datasets import read_image_file, to_gray
+from ensemble_fer.features.image_io import read_image_file, to_gray
 from ensemble_fer.errors import InputError
 from ensemble_fer.inference.recognizer import FaceResult
 from pipelines import predict as cli

@@ -19,6 +19,7 @@ import pytest
 
 from conftest import REPO, SAMPLE, TEST_DATA
 from ensemble_fer.errors import InputError
+from ensemble_fer.inference.prediction_run import list_inputs
 from pipelines import export as export_cli
 from pipelines import extract_features
 from pipelines import predict as cli
@@ -281,7 +282,7 @@ def release_copy(tiny_release, tmp_path) -> Path:
 
 @pytest.mark.parametrize("case", sorted(ENSEMBLE_EDITS))
 def test_malformed_ensemble_json_is_one_line(release_copy, case, capsys):
-    from ensemble_fer.inference.predictor import load_predictor
+    from ensemble_fer.inference.loading import load_predictor
 
     _edit_json(release_copy / "ensemble.json", ENSEMBLE_EDITS[case])
     with pytest.raises(InputError, match=r"ensemble.json: "):
@@ -298,7 +299,7 @@ def test_json_nested_too_deeply_is_one_line(release_copy, capsys):
 
 @pytest.mark.parametrize("case", ["labels without groups", "extractor string"])
 def test_malformed_member_config_is_one_line(variant_pair, tmp_path, case, capsys):
-    from ensemble_fer.inference.predictor import load_predictor
+    from ensemble_fer.inference.loading import load_predictor
     from pipelines import fit_ensemble
 
     models = tmp_path / "models"
@@ -468,7 +469,7 @@ def test_broken_links_and_unlistable_folders_get_a_message(tmp_path):
     import tempfile
 
     (tmp_path / "x.jpg").symlink_to(tmp_path / "gone.jpg")
-    files, problems = cli.list_inputs([tmp_path], recursive=True)
+    files, problems = list_inputs([tmp_path], recursive=True)
     assert files == [] and problems == [f"{tmp_path / 'x.jpg'}: broken symbolic link (to {tmp_path / 'gone.jpg'}); "
                                         f"nothing to read"]
     # permissions bind only a user other than root: list as nobody, in a folder nobody may enter
@@ -480,7 +481,7 @@ def test_broken_links_and_unlistable_folders_get_a_message(tmp_path):
         shutil.copy(FACES, top / "photos" / "locked" / "b.jpg")
         os.chmod(top / "photos" / "locked", 0)
         # everything imported first, then the child becomes nobody (who may not read root's Python)
-        code = ("import os, sys; from pipelines.predict import list_inputs; list_inputs([]); "
+        code = ("import os, sys; from ensemble_fer.inference.prediction_run import list_inputs; list_inputs([]); "
                 "import ensemble_fer.features.datasets, ensemble_fer.inference.video; os.setgid(65534); "
                 "os.setuid(65534); print(repr(list_inputs([sys.argv[1]], True)[1])); "
                 "print(repr(list_inputs([sys.argv[2]], True)[1]))")

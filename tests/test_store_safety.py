@@ -21,8 +21,8 @@ import pytest
 
 from conftest import REPO, SAMPLE, sample_crops, write_fer_csv
 from ensemble_fer import artifacts
-from ensemble_fer.features import bovw, datasets, feature_store
-from ensemble_fer.features.datasets import DatasetError
+from ensemble_fer.features import bovw, datasets, feature_store, image_io
+from ensemble_fer.errors import DatasetError
 from ensemble_fer.errors import InputError
 from ensemble_fer.features.feature_store import FeatureStore, FeatureStoreError
 from pipelines import cli_errors, extract_features
@@ -138,7 +138,7 @@ def test_replacing_the_pictures_under_the_same_names_is_noticed(tmp_path):
         arrays = store.load(split)
         for row, name in enumerate(arrays["ids"]):
             if name in replaced:
-                np.testing.assert_array_equal(arrays["images"][row], datasets.read_image_file(replaced[name]))
+                np.testing.assert_array_equal(arrays["images"][row], image_io.read_image_file(replaced[name]))
                 checked += 1
     assert checked == len(replaced) == 40
 
@@ -200,13 +200,13 @@ def test_16_bit_and_float_images_are_scaled_not_saturated(tmp_path):
     Image.fromarray(crops[1].astype(np.float32) / 255).save(tmp_path / "float.tiff")
     Image.fromarray(crops[2].astype(np.float32)).save(tmp_path / "float255.tiff")
     assert Image.open(tmp_path / "deep.png").mode == "I;16"
-    np.testing.assert_array_equal(datasets.read_image_file(tmp_path / "deep.png"), crops[0])
-    np.testing.assert_array_equal(datasets.read_image_file(tmp_path / "float.tiff"), crops[1])
-    np.testing.assert_array_equal(datasets.read_image_file(tmp_path / "float255.tiff"), crops[2])
-    np.testing.assert_array_equal(datasets.to_gray(crops[0].astype(np.uint16) * 257), crops[0])
+    np.testing.assert_array_equal(image_io.read_image_file(tmp_path / "deep.png"), crops[0])
+    np.testing.assert_array_equal(image_io.read_image_file(tmp_path / "float.tiff"), crops[1])
+    np.testing.assert_array_equal(image_io.read_image_file(tmp_path / "float255.tiff"), crops[2])
+    np.testing.assert_array_equal(image_io.to_gray(crops[0].astype(np.uint16) * 257), crops[0])
     Image.fromarray(np.full((8, 8), -3.0, np.float32)).save(tmp_path / "negative.tiff")
     with pytest.raises(DatasetError, match=r"negative.tiff: floating-point image values must be in 0..1 or 0..255"):
-        datasets.read_image_file(tmp_path / "negative.tiff")
+        image_io.read_image_file(tmp_path / "negative.tiff")
 
 
 def test_every_bad_file_is_reported_and_non_images_are_skipped_and_counted(tmp_path, capsys):
@@ -216,7 +216,7 @@ def test_every_bad_file_is_reported_and_non_images_are_skipped_and_counted(tmp_p
     (data / "happy" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 not an image")
     (data / "sad" / "README.txt").write_text("sad faces from the sample")
     deep = sorted((data / "sad").glob("*.jpg"))[0]
-    Image.fromarray(datasets.read_image_file(deep).astype(np.uint16) * 257).save(data / "sad" / "deep.png")
+    Image.fromarray(image_io.read_image_file(deep).astype(np.uint16) * 257).save(data / "sad" / "deep.png")
     out = tmp_path / "s"
     assert extract_features.main(["--data", str(data), "--out", str(out), "--detector", "none", "--quiet",
                                   "--n-jobs", "1"]) == 0
@@ -227,7 +227,7 @@ def test_every_bad_file_is_reported_and_non_images_are_skipped_and_counted(tmp_p
     arrays = {s: store.load(s) for s in store.splits}
     row = {(s, i): k for s in arrays for k, i in enumerate(arrays[s]["ids"])}
     split, k = next((s, k) for (s, i), k in row.items() if i == "sad/deep.png")
-    np.testing.assert_array_equal(arrays[split]["images"][k], datasets.read_image_file(deep))
+    np.testing.assert_array_equal(arrays[split]["images"][k], image_io.read_image_file(deep))
 
     for name in ("a.jpg", "b.png", "c.jpg"):
         (data / "happy" / name).write_bytes(b"\x89PNG broken")
@@ -386,7 +386,7 @@ def test_cli_reports_input_errors_and_lets_bugs_show_their_traceback(capsys):
 
     @cli_errors.reports_errors
     def missing(argv=None):
-        from ensemble_fer.evaluation import metrics  # a MissingInputError
+        from ensemble_fer import metrics  # a MissingInputError
 
         metrics.read_history_csv("/nonexistent/history.csv")
 

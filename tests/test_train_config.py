@@ -11,10 +11,11 @@ import pytest
 
 from ensemble_fer.errors import InputError
 from ensemble_fer.training import resume
-from ensemble_fer.training.augment import AugmentConfig
-from ensemble_fer.training.config import (FIELDS, RUN_ARGS, TrainConfig, check_arguments, resumable)
-from ensemble_fer.training.schedule import (PHASE_FINETUNE, PHASE_FROZEN, PHASE_SCRATCH, cpu_has_native_bfloat16,
-                                            describe_plan, has_pretrained_weights, plan_phases)
+from ensemble_fer.features.augment import AugmentConfig
+from ensemble_fer.training.config import FIELDS, RUN_ARGS, TrainConfig, resumable
+from ensemble_fer.training.schedule import (PHASE_FINETUNE, PHASE_FROZEN, PHASE_SCRATCH, Phase,
+                                            cpu_has_native_bfloat16, describe_plan, has_pretrained_weights,
+                                            plan_phases)
 from pipelines import train_variant as cli
 from tests.conftest import REPO
 
@@ -79,12 +80,21 @@ def test_values_are_normalised_and_the_config_is_frozen():
         dataclasses.replace(config, lr=-1)
 
 
-def test_check_arguments_names_unknown_arguments_and_returns_json():
+def test_from_arguments_names_unknown_arguments_and_returns_json():
     with pytest.raises(InputError, match=r"learning_rate: not an argument of train_variant; allowed: \['augment'"):
-        check_arguments(block="cnn5", learning_rate=0.1)
-    resolved = check_arguments(block=None, bovw=True, bovw_units=(8, 4))
+        TrainConfig.from_arguments(block="cnn5", learning_rate=0.1)
+    resolved = TrainConfig.from_arguments(block=None, bovw=True, bovw_units=(8, 4)).to_json()
     assert resolved["bovw_units"] == [8, 4] and resolved["image_size"] is None
     assert json.loads(json.dumps(resolved)) == resolved
+
+
+def test_train_variant_refuses_an_unknown_keyword_naming_it():
+    # train_variant builds its configuration through from_arguments: a typo is an InputError
+    # naming the argument, before any store is read (it was a TypeError of the dataclass)
+    from ensemble_fer.training.train import train_variant
+
+    with pytest.raises(InputError, match=r"^learning_rate: not an argument of train_variant; allowed: "):
+        train_variant("no-such-store", "cnn5", learning_rate=0.1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -241,22 +251,24 @@ def test_a_cosine_run_resumes_only_with_its_epochs(tmp_path):
 def test_pretrained_weights_bring_a_frozen_then_a_finetune_phase():
     config = TrainConfig(block="cnn5", epochs_frozen=3, epochs=20, lr=0.05, frozen_lr=2e-3)
     frozen, finetune = plan_phases(True, config)
-    assert frozen == {"name": PHASE_FROZEN, "optimizer": "adam", "lr": 2e-3, "max_epochs": 3, "reduce_lr": False,
-                      "cosine": False}
-    assert finetune == {"name": PHASE_FINETUNE, "optimizer": "sgd_nesterov", "lr": 0.05, "max_epochs": 20,
-                        "reduce_lr": True, "cosine": False}
+    assert frozen == Phase(name=PHASE_FROZEN, optimizer="adam", lr=2e-3, max_epochs=3, reduce_lr=False,
+                           cosine=False)
+    assert finetune == Phase(name=PHASE_FINETUNE, optimizer="sgd_nesterov", lr=0.05, max_epochs=20,
+                             reduce_lr=True, cosine=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        frozen.lr = 1.0     # a plan is read, never edited
     assert describe_plan([frozen, finetune], "cnn5") is None
     [only] = plan_phases(True, dataclasses.replace(config, epochs_frozen=0))
-    assert only["name"] == PHASE_FINETUNE
+    assert only.name == PHASE_FINETUNE
     assert "epochs_frozen=0" in describe_plan([only], "cnn5")
 
 
 def test_without_pretrained_weights_one_scratch_phase():
     [phase] = plan_phases(False, TrainConfig(block="cnn5", lr_schedule="cosine"))
-    assert phase == {"name": PHASE_SCRATCH, "optimizer": "adam", "lr": 1e-3, "max_epochs": 50, "reduce_lr": False,
-                     "cosine": True}
+    assert phase == Phase(name=PHASE_SCRATCH, optimizer="adam", lr=1e-3, max_epochs=50, reduce_lr=False,
+                          cosine=True)
     [phase] = plan_phases(False, TrainConfig(block=None, bovw=True, scratch_optimizer="sgd"))
-    assert phase["optimizer"] == "sgd_nesterov" and phase["reduce_lr"] and not phase["cosine"]
+    assert phase.optimizer == "sgd_nesterov" and phase.reduce_lr and not phase.cosine
     assert "there is no image block" in describe_plan([phase], None)
     assert "block 'cnn5' starts from random weights" in describe_plan([phase], "cnn5")
 

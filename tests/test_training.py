@@ -14,10 +14,10 @@ import pytest
 
 from ensemble_fer import artifacts
 from ensemble_fer.models import blocks
-from ensemble_fer.inference.forward import predict_proba
+from ensemble_fer.models.forward import predict_proba
 from ensemble_fer.models.variant_dir import load_variant
 from ensemble_fer.training import data, resume, schedule, train as training
-from ensemble_fer.training.config import check_arguments
+from ensemble_fer.training.config import TrainConfig
 from ensemble_fer.features.bovw import BOVW_SIZE, assemble_bovw
 from ensemble_fer.features.feature_store import FeatureStore
 from ensemble_fer.features.hog import sliding_hog
@@ -335,7 +335,7 @@ def test_unknown_block_is_refused(sample_store, tmp_path, capsys):
 
 
 def test_mixup_blends_inputs_and_labels_of_the_same_augmented_batch(sample_store):
-    from ensemble_fer.training.augment import AugmentConfig
+    from ensemble_fer.features.augment import AugmentConfig
 
     splits, _ = data.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
 
@@ -364,7 +364,7 @@ def test_mixup_blends_inputs_and_labels_of_the_same_augmented_batch(sample_store
 
 
 def test_augmented_batches_keep_image_and_bovw_together_and_repeat_by_seed(sample_store):
-    from ensemble_fer.training.augment import AugmentConfig
+    from ensemble_fer.features.augment import AugmentConfig
 
     splits, _ = data.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
     train = splits["train"]
@@ -406,16 +406,16 @@ def test_resume_writes_the_outputs_of_a_run_cut_short_after_training(trained, sa
     assert json.loads((out / "config.json").read_text())["training"]["epochs_run"] == 1
 
 
-def test_check_arguments_validates_without_training():
-    resolved = check_arguments(block="cnn5", lr=0.01, weights="none")
+def test_from_arguments_validates_without_training():
+    resolved = TrainConfig.from_arguments(block="cnn5", lr=0.01, weights="none").to_json()
     assert resolved["lr"] == 0.01 and resolved["weights"] is None and resolved["image_size"] == 48
     assert resolved["epochs"] == 50 and resolved["class_weight"] == "none"
     with pytest.raises(ValueError, match="label_smoothing must be a number in"):
-        check_arguments(block="cnn5", label_smoothing=1.5)
+        TrainConfig.from_arguments(block="cnn5", label_smoothing=1.5)
     with pytest.raises(ValueError, match="learning_rate: not an argument of train_variant"):
-        check_arguments(block="cnn5", learning_rate=0.1)
+        TrainConfig.from_arguments(block="cnn5", learning_rate=0.1)
     with pytest.raises(ValueError, match=r"lr_schedule must be one of \('plateau', 'cosine'\); received 'step'"):
-        check_arguments(block="cnn5", lr_schedule="step")
+        TrainConfig.from_arguments(block="cnn5", lr_schedule="step")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -427,14 +427,14 @@ def test_check_arguments_validates_without_training():
     ({"seed": -1}, "seed must be an int in [0, 4294967295]"),
     ({"seed": 2**32}, "received 4294967296"),
 ])
-def test_check_arguments_refuses_bad_network_sizes_and_seeds(kwargs, message):
+def test_from_arguments_refuses_bad_network_sizes_and_seeds(kwargs, message):
     with pytest.raises(ValueError) as error:
-        check_arguments(block=None, bovw=True, **kwargs)
+        TrainConfig.from_arguments(block=None, bovw=True, **kwargs)
     assert message in str(error.value)
 
 
-def test_check_arguments_accepts_the_edges():
-    resolved = check_arguments(block=None, bovw=True, seed=2**32 - 1, dense_units=0, bovw_units=(8,))
+def test_from_arguments_accepts_the_edges():
+    resolved = TrainConfig.from_arguments(block=None, bovw=True, seed=2**32 - 1, dense_units=0, bovw_units=(8,)).to_json()
     assert resolved["seed"] == 2**32 - 1 and resolved["dense_units"] == 0 and resolved["bovw_units"] == [8]
 
 
@@ -581,7 +581,7 @@ def test_what_the_user_gave_is_refused_with_input_errors(sample_store, tmp_path)
     from ensemble_fer.errors import InputError
 
     with pytest.raises(InputError, match="label_smoothing must be a number in"):
-        check_arguments(block="cnn5", label_smoothing=1.5)
+        TrainConfig.from_arguments(block="cnn5", label_smoothing=1.5)
     with pytest.raises(InputError, match="block must be one of"):
         training.train_variant(sample_store, "resnet9000", out=tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="not a trained variant") as missing:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ensemble_fer.inference import video
-from ensemble_fer.features.datasets import read_image_file
+from ensemble_fer.features.image_io import read_image_file
 from ensemble_fer.errors import InputError
 
 PHOTOS = Path(__file__).resolve().parent / "data" / "photos"

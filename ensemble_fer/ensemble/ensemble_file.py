@@ -31,7 +31,7 @@ from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.features.bovw import ExtractorConfig
 from ensemble_fer.labels import LabelSet, label_set_from_json
 from ensemble_fer.models.variant_dir import CONFIG, MODEL
-from ensemble_fer.training.augment import check_tta
+from ensemble_fer.features.augment import check_tta
 
 ENSEMBLE_FILE = "ensemble.json"
 """Its default name, in the folder holding the variants (``<models>/ensemble.json``)."""

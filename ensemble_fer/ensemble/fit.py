@@ -34,8 +34,8 @@ from ensemble_fer.ensemble.ensemble_file import (EnsembleMember, check_ensemble_
 from ensemble_fer.ensemble.members import check_members, read_member
 from ensemble_fer.ensemble.weighted import OBJECTIVES, WeightedEnsemble
 from ensemble_fer.errors import InputError
-from ensemble_fer.training.augment import check_tta
-from ensemble_fer.evaluation import metrics
+from ensemble_fer.features.augment import check_tta
+from ensemble_fer import metrics
 from ensemble_fer.labels import label_set_from_json
 
 EQUAL = "equal-weight"
@@ -97,46 +97,12 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
                      f"there is nothing to compare it with.")
         say(f"warning: only one member ({first.folder}): the ensemble is that variant, weight 1.0")
 
-    # The best single member is chosen as one would without a test split: on val accuracy,
-    # ties broken by val log-loss, then by name.
-    val_scores = {name: metrics.classification_metrics(val["y"], val_probas[i], classes)
-                  for i, name in enumerate(names)}
-    best = min(names, key=lambda n: (-val_scores[n]["accuracy"], val_scores[n]["log_loss"], n))
+    best = _best_single(val, val_probas, names, classes)
 
-    results, face_results = {}, {}
-    for split in splits:
-        rows = first.splits[split]
-        probas = np.stack([m.splits[split]["proba"] for m in members])
-        results[split] = _score_rows(probas, rows["y"], names, None if single else fitted, best, classes)
-        face = rows["face_found"]
-        if flags_faces and face.any():
-            face_results[split] = {"n": int(face.sum()), "of": int(len(face)),
-                                   "rows": _score_rows(probas[:, face], rows["y"][face], names,
-                                                       None if single else fitted, best, classes)}
+    results, face_results = _scores_by_split(members, splits, names, None if single else fitted, best, classes,
+                                             flags_faces)
 
-    cv = None
-    n_val = len(val["y"])
-    # StratifiedKFold needs some class with at least k rows
-    k = min(cv_splits, int(np.bincount(val["y"]).max()))
-    if single:
-        pass
-    elif k < 2:
-        notes.append("No cross-validated estimate: no class has two val rows.")
-    else:
-        with warnings.catch_warnings():
-            # StratifiedKFold warns when a class has fewer than k rows; the folds are still valid.
-            warnings.filterwarnings("ignore", message="The least populated class")
-            cv = WeightedEnsemble(objective=objective, seed=seed).cross_validated_accuracy(
-                val_probas, val["y"], n_splits=k, seed=seed)
-        # the same folds scored with equal weights: what the learnt weights must beat
-        from sklearn.model_selection import StratifiedKFold
-
-        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The least populated class")
-            equal = [float(np.mean(val_probas[:, held].mean(axis=0).argmax(axis=1) == val["y"][held]))
-                     for _, held in folds.split(np.zeros(n_val), val["y"])]
-        cv["equal_weight_mean"] = float(np.mean(equal))
+    cv = None if single else _cross_validate(val_probas, val["y"], objective, seed, cv_splits, notes)
 
     weights = {name: float(w) for name, w in zip(names, fitted.weights_)}
     detail_split = splits[-1]
@@ -163,11 +129,71 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
         "seconds": None,
     }
 
+    _write_outputs(out, force, report, members, paths, hashes, fitted, started)
+    return report
+
+
+def _best_single(val: dict, val_probas: np.ndarray, names: list[str], classes: list[str]) -> str:
+    """The best single member, chosen as one would without a test split: on val accuracy,
+    ties broken by val log-loss, then by name."""
+    val_scores = {name: metrics.classification_metrics(val["y"], val_probas[i], classes)
+                  for i, name in enumerate(names)}
+    return min(names, key=lambda n: (-val_scores[n]["accuracy"], val_scores[n]["log_loss"], n))
+
+
+def _scores_by_split(members, splits, names, fitted, best, classes, flags_faces) -> tuple[dict, dict]:
+    """Every model's scores per split (``fitted`` None: one member), and on the face-found rows
+    where the store flags faces."""
+    first = members[0]
+    results, face_results = {}, {}
+    for split in splits:
+        rows = first.splits[split]
+        probas = np.stack([m.splits[split]["proba"] for m in members])
+        results[split] = _score_rows(probas, rows["y"], names, fitted, best, classes)
+        face = rows["face_found"]
+        if flags_faces and face.any():
+            face_results[split] = {"n": int(face.sum()), "of": int(len(face)),
+                                   "rows": _score_rows(probas[:, face], rows["y"][face], names, fitted, best,
+                                                       classes)}
+    return results, face_results
+
+
+def _cross_validate(val_probas: np.ndarray, y: np.ndarray, objective: str, seed: int, cv_splits: int,
+                    notes: list[str]) -> dict | None:
+    """The cross-validated accuracy of the fit on val, and equal weights on the same folds
+    (what the learnt weights must beat); None, with a note, when no class has two val rows."""
+    from sklearn.model_selection import StratifiedKFold
+
+    # StratifiedKFold needs some class with at least k rows
+    k = min(cv_splits, int(np.bincount(y).max()))
+    if k < 2:
+        notes.append("No cross-validated estimate: no class has two val rows.")
+        return None
+    with warnings.catch_warnings():
+        # StratifiedKFold warns when a class has fewer than k rows; the folds are still valid.
+        warnings.filterwarnings("ignore", message="The least populated class")
+        cv = WeightedEnsemble(objective=objective, seed=seed).cross_validated_accuracy(
+            val_probas, y, n_splits=k, seed=seed)
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        equal = [float(np.mean(val_probas[:, held].mean(axis=0).argmax(axis=1) == y[held]))
+                 for _, held in folds.split(np.zeros(len(y)), y)]
+    cv["equal_weight_mean"] = float(np.mean(equal))
+    return cv
+
+
+def _write_outputs(out: Path, force: bool, report: dict, members, paths: dict, hashes: dict,
+                   fitted: WeightedEnsemble, started: float) -> None:
+    """``ensemble.json``, its report (JSON, markdown) and confusion matrix, built as temporaries
+    and swapped in together."""
+    first = members[0]
+    classes, detail_split = report["classes"], report["confusion_matrix_split"]
     outputs = ensemble_outputs(out)
     files = {key: path.name for key, path in outputs.items() if key != "ensemble"}
     entries = [EnsembleMember(m.name, paths[m.folder], m.folder, m.config["variant"], float(w), hashes[m.name])
                for m, w in zip(members, fitted.weights_)]
-    cm_metrics = results[detail_split][ENSEMBLE]
+    cm_metrics = report["results"][detail_split][ENSEMBLE]
     # Each file is built as a temporary sibling; all four are swapped in as one unit when the
     # block ends (artifacts.replacing_together: journalled, so a kill half-way is finished by
     # the next reader), the ensemble JSON last. An error before that leaves every old file.
@@ -182,17 +208,17 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
         report["seconds"] = round(time.time() - started, 2)
         artifacts.write_json(building["json"], report)
         building["markdown"].write_text(ensemble_report_markdown(report, files["confusion_matrix"]))
-        write_ensemble(building["ensemble"], entries, fitted, objective=objective, seed=seed,
-                       labels=first.config["labels"], extractor=extractor, feature_store=report["feature_store"],
-                       scores=_summary_scores(report), report=files, tta=tta)
-    return report
+        write_ensemble(building["ensemble"], entries, fitted, objective=report["objective"], seed=report["seed"],
+                       labels=first.config["labels"], extractor=first.config["feature_store"]["extractor"],
+                       feature_store=report["feature_store"], scores=_summary_scores(report), report=files,
+                       tta=report["tta"])
 
 
 def _predict_with_views(members, splits: list[str], tta: int, features, say) -> None:
     """Replace each member's saved ``proba`` of every split by its prediction of the same rows
     of the feature store, averaged over ``tta`` test-time views."""
+    from ensemble_fer.features.augment import predict_views
     from ensemble_fer.features.feature_store import FeatureStore
-    from ensemble_fer.inference.predictor import load_predictor
 
     recorded = members[0].config["feature_store"]
     path = Path(features if features is not None else recorded["path"])
@@ -202,7 +228,7 @@ def _predict_with_views(members, splits: list[str], tta: int, features, say) -> 
             raise InputError(f"{path}: not the feature store the members were trained on ({key} "
                              f"{getattr(store, key)}, they record {recorded.get(key)}); pass the features they "
                              f"were trained on")
-    predictors = {member.name: load_predictor(member.folder) for member in members}   # loaded once, used per split
+    models = {member.name: _variant_model(member) for member in members}   # loaded once, used per split
     for split in splits:
         arrays = store.load(split)
         row_of = {i: k for k, i in enumerate(arrays["ids"].tolist())}
@@ -215,7 +241,28 @@ def _predict_with_views(members, splits: list[str], tta: int, features, say) -> 
         images, landmarks = arrays["images"][rows], arrays["landmarks"][rows]
         for member in members:
             say(f"{member.name}: predicting {split} ({len(rows)} rows) with {tta} test-time views")
-            member.splits[split]["proba"] = predictors[member.name].member_probas(images, landmarks, None, tta=tta)[0]
+            n_classes = len(member.config["labels"]["classes"])
+            member.splits[split]["proba"] = predict_views([models[member.name]], images, landmarks, None, tta,
+                                                          n_classes)[0]
+
+
+def _variant_model(member):
+    """``(inputs, predict)`` of a member's network for :func:`~ensemble_fer.features.augment.predict_views`:
+    the variant's ``model.keras``, checked and loaded once."""
+    from ensemble_fer.models import forward
+    from ensemble_fer.models.variant_dir import VariantDir, input_names
+
+    variant = VariantDir(member.folder)
+    config = variant.read_config()
+    variant.check_model()
+    model = variant.load_model()
+    inputs = input_names(config)
+
+    def predict(images, bovw_rows, batch_size):
+        proba = forward.predict_proba(model, config, images=images, bovw=bovw_rows, batch_size=batch_size)
+        return forward.check_proba(proba, config, member.folder)
+
+    return inputs, predict
 
 
 def _face_note(flags_faces: bool, face_results: dict, splits: list[str]) -> str | None:

@@ -56,7 +56,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
 from ensemble_fer.errors import InputError
-from ensemble_fer.evaluation.metrics import check_class_indices, check_probabilities
+from ensemble_fer.metrics import check_class_indices, check_probabilities
 
 OBJECTIVES = ("accuracy", "log-loss")
 LOG_LOSS_EPS = 1e-15
@@ -89,8 +89,8 @@ class WeightedEnsemble(BaseEstimator):
     weights_ : ndarray of shape (n_members,)
         Non-negative weights summing to 1.
     classes_ : ndarray of shape (n_classes,)
-        ``np.arange(n_classes)`` or the class names given to :meth:`fit`; :meth:`predict`
-        returns values from it.
+        ``np.arange(n_classes)`` or the class names given to :meth:`fit`: the label space of
+        ``y`` in :meth:`fit` and :meth:`score`, and of what :meth:`predict` returns.
     n_members_ : int
     score_ : float
         The objective on the fit data with the learnt weights: accuracy (higher is better)
@@ -110,12 +110,14 @@ class WeightedEnsemble(BaseEstimator):
 
     def fit(self, probas, y, classes=None):
         """Learn one weight per member from ``probas`` (n_members, n_samples, n_classes)
-        and true class indices ``y`` (n_samples,). ``classes`` optionally names the classes
-        (length n_classes); ``y`` holds indices into it either way. Returns ``self``."""
+        and the true labels ``y`` (n_samples,). ``classes`` optionally names the classes
+        (length n_classes, in the order of the last axis of ``probas``); ``y`` holds values
+        of ``classes``, or class indices when it is None -- the label space :meth:`predict`
+        returns and :meth:`score` takes, as in scikit-learn's ``VotingClassifier``.
+        Returns ``self``."""
         self._check_params()
         probas = _check_probas(probas)
         n_members, n_samples, n_classes = probas.shape
-        y = _check_y(y, n_samples, n_classes)
         if classes is None:
             classes_ = np.arange(n_classes)
         else:
@@ -123,6 +125,7 @@ class WeightedEnsemble(BaseEstimator):
             if classes_.ndim != 1 or len(classes_) != n_classes:
                 raise ValueError(f"classes must list one name per class ({n_classes}, the last "
                                  f"axis of probas); got {len(np.atleast_1d(classes_))}")
+        y = _encode_labels(y, classes_, n_samples)
 
         objective = _Objective(probas, y, self.objective)
         if n_members == 1:
@@ -181,9 +184,10 @@ class WeightedEnsemble(BaseEstimator):
         return self.classes_[proba.argmax(axis=1)]
 
     def score(self, probas, y) -> float:
-        """Accuracy of the ensemble against class indices ``y``."""
+        """Accuracy of the ensemble against the true labels ``y``, values of ``classes_`` (what
+        :meth:`predict` returns; class indices unless :meth:`fit` was given class names)."""
         proba = self.predict_proba(probas)
-        return _score(proba, _check_y(y, proba.shape[0], proba.shape[1]), "accuracy")
+        return _score(proba, _encode_labels(y, self.classes_, proba.shape[0]), "accuracy")
 
     # ------------------------------------------------------------------ honest estimate
 
@@ -373,6 +377,21 @@ def _check_probas(probas) -> np.ndarray:
     for m in range(n_members):
         check_probabilities(probas[m], f"probas of member {m}", item="sample")
     return probas
+
+
+def _encode_labels(y, classes: np.ndarray, n_samples: int) -> np.ndarray:
+    """``y`` (labels, values of ``classes``) as class indices; class indices pass as they are
+    when ``classes`` is ``arange(n_classes)``."""
+    if np.issubdtype(classes.dtype, np.integer) and np.array_equal(classes, np.arange(len(classes))):
+        return _check_y(y, n_samples, len(classes))
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (one label per sample); got shape {y.shape}")
+    index = {label: i for i, label in enumerate(classes.tolist())}
+    unknown = [label for label in dict.fromkeys(y.tolist()) if label not in index]
+    if unknown:
+        raise ValueError(f"y must hold labels of classes {classes.tolist()}; got {unknown[:5]}")
+    return _check_y(np.array([index[label] for label in y.tolist()], dtype=np.int64), n_samples, len(classes))
 
 
 def _check_y(y, n_samples: int, n_classes: int) -> np.ndarray:

@@ -12,7 +12,7 @@ Per variant (:func:`compare_variant`):
   :func:`ensemble_fer.ensemble.members.read_member`): accuracy, macro-F1 and val loss (the
   cross-entropy of the saved probabilities, as in ``metrics.json``'s ``log_loss``);
 * parameter count, epochs and training time (the sum of epoch times) from ``config.json``;
-* **inference images/s**, measured (:func:`measure_speed`): ``inference.forward.predict_proba`` on a
+* **inference images/s**, measured (:func:`measure_speed`): ``models.forward.predict_proba`` on a
   fixed number of rows (default 256), once as a warm-up (graph tracing) and then ``repeats``
   times, best time kept (the least disturbed by other work on the machine). The rows are the
   variant's own val inputs from its feature store (cycled to the row count), or, when that
@@ -40,7 +40,7 @@ import numpy as np
 from ensemble_fer import artifacts
 from ensemble_fer.ensemble import members
 from ensemble_fer.errors import InputError, MissingInputError
-from ensemble_fer.evaluation import metrics
+from ensemble_fer import metrics
 from ensemble_fer.features import bovw
 from ensemble_fer.features.feature_store import FeatureStore, FeatureStoreError
 from ensemble_fer.inference.predictor import extractor_of
@@ -117,7 +117,7 @@ class SpeedInputs:
         return val["images"][rows], val["bovw"][rows].astype(np.float32), text
 
     def _from_sample(self, extractor: bovw.ExtractorConfig):
-        from ensemble_fer.features.datasets import read_image_file
+        from ensemble_fer.features.image_io import read_image_file
 
         files = sorted(self.sample_dir.rglob("*.jpg")) if self.sample_dir is not None and self.sample_dir.is_dir() \
             else []
@@ -135,9 +135,9 @@ class SpeedInputs:
 
 def measure_speed(model, config: dict, images, bovw_rows, repeats: int = REPEATS,
                   batch_size: int = BATCH_SIZE) -> dict:
-    """Images per second of :func:`ensemble_fer.inference.forward.predict_proba`: one warm-up
+    """Images per second of :func:`ensemble_fer.models.forward.predict_proba`: one warm-up
     call, then the best of ``repeats`` timed calls."""
-    from ensemble_fer.inference.forward import predict_proba
+    from ensemble_fer.models.forward import predict_proba
 
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise InputError(f"repeats must be an int >= 1 (--repeats); got {repeats!r}")
@@ -269,7 +269,7 @@ def comparison_markdown(result: dict, figure: str) -> str:
              f"cross-entropy of those probabilities; training time is the sum of the epoch times.", ""]
     if speed["measured"]:
         sources = sorted({r["speed_inputs"] for r in rows if r["speed_inputs"]})
-        lines += [f"Inference images/s: `inference.forward.predict_proba` on {speed['rows']} rows, "
+        lines += [f"Inference images/s: `models.forward.predict_proba` on {speed['rows']} rows, "
                   f"batch {speed['batch_size']}, "
                   f"best of {speed['repeats']} timed calls after one warm-up call, on {speed['device']}. The network "
                   f"only: face detection, landmarks and HOG (the BOVW input) are not timed. Inputs: "

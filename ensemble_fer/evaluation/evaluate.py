@@ -34,8 +34,8 @@ import numpy as np
 
 from ensemble_fer import artifacts
 from ensemble_fer.errors import InputError, MissingInputError
-from ensemble_fer.evaluation import metrics
-from ensemble_fer.features import bovw, datasets
+from ensemble_fer import metrics
+from ensemble_fer.features import bovw, datasets, image_io
 from ensemble_fer.inference.predictor import Predictor
 from ensemble_fer.labels import ALL_CODES
 
@@ -102,6 +102,50 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
         return _eval_data_from_store(data, predictor, split, detector, n_jobs, progress, say)
 
     dataset = datasets.open_dataset(data, format, ignore_unknown_labels=ignore_unknown_labels)
+    split, note, records = _split_records(data, dataset, split)
+
+    label_set = predictor.label_set
+    codes = np.array([r.label for r in records], dtype=np.int64)
+    y = label_set.encode(codes)
+    inside = y >= 0
+    left_out = _left_out(codes[~inside])
+    if not inside.any():
+        raise InputError(f"{data}: none of the {len(records)} images of split {split!r} has a label in the model's "
+                         f"label set {list(label_set.classes)}")
+    if left_out:
+        say(f"note: {int((~inside).sum())} images left out, their labels are outside the model's label set: "
+            f"{left_out}")
+    records = [r for r, keep in zip(records, inside) if keep]
+
+    started = time.time()
+    # Class-folder sets may hold whole frames: their faces are found as predict finds them.
+    frames = dataset.format == "folders"
+    face_config = bovw.ExtractorConfig(**{**config.to_json(), "detector": detector})
+    arrays, cache_file = _features(dataset, records, split, frames, config, face_config, detector, cache,
+                                   n_jobs, progress, say)
+    found = arrays["found"].astype(bool)
+    if not found.any():
+        raise InputError(f"{data}: no face found in any of the {len(records)} images of split {split!r} (as "
+                         f"pipelines.predict finds faces: dlib HOG, upsample auto)")
+    if not found.all():
+        say(f"note: {int((~found).sum())} images left out: no face found in them (predict says no_face), e.g. "
+            f"{records[int(np.flatnonzero(~found)[0])].id}")
+    face_found = None if detector == "none" else arrays["face_count"] == 1
+    return EvalData(
+        split=split, split_note=note, ids=np.array([r.id for r in records])[found], y=y[inside][found],
+        images=arrays["images"], landmarks=arrays["landmarks"], bovw=arrays["bovw"], face_found=face_found,
+        face_detector=detector,
+        source={"path": str(data), "format": dataset.format, "name": dataset.name, "kind": "data",
+                "ignored_label_folders": dataset.ignored_labels},
+        counts={"images": len(codes), "evaluated": int(found.sum()), "no_face": int((~found).sum()),
+                "left_out": {"outside_label_set": int((~inside).sum()), "by_label": left_out}},
+        features={"cache": None if cache_file is None else str(cache_file),
+                  "seconds": round(time.time() - started, 2), "extractor": config.to_json()})
+
+
+def _split_records(data: Path, dataset, split: str | None) -> tuple[str, str, list]:
+    """The split to evaluate (``split``, or the default one), a note saying why, and its
+    records; the store's own held-out val when the data has train but no val."""
     available = [s for s in datasets.SPLITS if dataset.splits.get(s)]
     if split is None:
         split, note = default_split(available, "train" in available, has_split_folders(dataset))
@@ -122,24 +166,13 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
         from ensemble_fer.features.feature_store import choose_splits   # the store's own held-out val, to match training
 
         records = choose_splits(dataset)[split]
+    return split, note, records
 
-    label_set = predictor.label_set
-    codes = np.array([r.label for r in records], dtype=np.int64)
-    y = label_set.encode(codes)
-    inside = y >= 0
-    left_out = _left_out(codes[~inside])
-    if not inside.any():
-        raise InputError(f"{data}: none of the {len(records)} images of split {split!r} has a label in the model's "
-                         f"label set {list(label_set.classes)}")
-    if left_out:
-        say(f"note: {int((~inside).sum())} images left out, their labels are outside the model's label set: "
-            f"{left_out}")
-    records = [r for r, keep in zip(records, inside) if keep]
 
-    started = time.time()
-    # Class-folder sets may hold whole frames: their faces are found as predict finds them.
-    frames = dataset.format == "folders"
-    face_config = bovw.ExtractorConfig(**{**config.to_json(), "detector": detector})
+def _features(dataset, records, split: str, frames: bool, config, face_config, detector: str, cache, n_jobs,
+              progress, say) -> tuple[dict, Path | None]:
+    """The records' features extracted as prediction extracts them, or reused from the cache
+    when their content is unchanged; and the cache file (None without a cache)."""
     key = artifacts.sha256_json({"root": str(Path(dataset.root).resolve()), "format": dataset.format,
                                  "config": config.to_json(), "face_detector": detector,
                                  "faces": FRAME_FACES if frames else "as stored"})[:12]
@@ -159,24 +192,7 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
             with artifacts.output_lock(cache_file):
                 artifacts.save_npz(cache_file, fingerprint=np.array(fingerprint), **arrays)
             say(f"features: extracted {len(records)} images into {cache_file}")
-    found = arrays["found"].astype(bool)
-    if not found.any():
-        raise InputError(f"{data}: no face found in any of the {len(records)} images of split {split!r} (as "
-                         f"pipelines.predict finds faces: dlib HOG, upsample auto)")
-    if not found.all():
-        say(f"note: {int((~found).sum())} images left out: no face found in them (predict says no_face), e.g. "
-            f"{records[int(np.flatnonzero(~found)[0])].id}")
-    face_found = None if detector == "none" else arrays["face_count"] == 1
-    return EvalData(
-        split=split, split_note=note, ids=np.array([r.id for r in records])[found], y=y[inside][found],
-        images=arrays["images"], landmarks=arrays["landmarks"], bovw=arrays["bovw"], face_found=face_found,
-        face_detector=detector,
-        source={"path": str(data), "format": dataset.format, "name": dataset.name, "kind": "data",
-                "ignored_label_folders": dataset.ignored_labels},
-        counts={"images": len(codes), "evaluated": int(found.sum()), "no_face": int((~found).sum()),
-                "left_out": {"outside_label_set": int((~inside).sum()), "by_label": left_out}},
-        features={"cache": None if cache_file is None else str(cache_file),
-                  "seconds": round(time.time() - started, 2), "extractor": config.to_json()})
+    return arrays, cache_file
 
 
 FRAME_FACES = "the largest face dlib's HOG detector finds, upsample auto (as pipelines.predict); 48x48: itself"
@@ -253,7 +269,7 @@ def frame_face(path) -> np.ndarray | None:
     a 48x48 picture is the face itself), or None where predict finds no face."""
     from ensemble_fer.features import faces
 
-    gray = datasets.to_gray(datasets.read_image_file(path))
+    gray = image_io.to_gray(image_io.read_image_file(path))
     found = faces.picture_faces(gray, detector="hog")     # predict's defaults
     return faces.crop_face(gray, found[0][0]) if found else None
 

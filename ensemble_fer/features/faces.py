@@ -25,6 +25,7 @@ import typing
 import numpy as np
 
 from ensemble_fer.errors import InputError
+from ensemble_fer.features.image_io import to_gray
 
 DETECTORS = ("hog", "mmod")
 CROP_SIZE = 48
@@ -89,6 +90,21 @@ WHOLE_FRAME: Box = (0, 0, CROP_SIZE - 1, CROP_SIZE - 1)
 
 
 @functools.lru_cache(maxsize=None)
+def parse_upsample(text) -> int | str:
+    """An upsampling setting from text (``--upsample``): ``auto``, ``fast`` or a whole number
+    of doublings in [0, MAX_UPSAMPLE]; ``InputError`` naming what is allowed otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        if text in UPSAMPLE_MODES:
+            return text
+        value = None
+    if value is None or not 0 <= value <= MAX_UPSAMPLE:
+        raise InputError(f"must be {' or '.join(UPSAMPLE_MODES)} or an int in [0, {MAX_UPSAMPLE}] "
+                         f"(each doubles the photo before detection); got {text!r}")
+    return value
+
+
 def _hog_detector():
     import dlib
 
@@ -285,8 +301,6 @@ def crop_face(image: np.ndarray, box: Box, size: int = CROP_SIZE, framing: float
     is its own crop: it is framed like FER2013 already.
     """
     import cv2
-
-    from ensemble_fer.features.datasets import to_gray
 
     gray = to_gray(image)
     left, top, right, bottom = box

@@ -30,7 +30,7 @@ import numpy as np
 
 from ensemble_fer import artifacts
 from ensemble_fer.features import bovw, datasets, hog, sharpness
-from ensemble_fer.errors import InputError
+from ensemble_fer.errors import DatasetError, InputError
 from ensemble_fer.labels import ALL_CODES
 
 FILTERS = ("blank", "paper")
@@ -87,15 +87,7 @@ def _extract_locked(dataset, out_dir: Path, config, filter, n_jobs, limit, force
                 "chunk_size": chunk_size, "data_key": DATA_KEY}
     existing = artifacts.read_json(manifest_path) if manifest_path.is_file() else None
     if not force:
-        # Refuse before reading a single image when the settings alone differ, or when out_dir
-        # holds something else (reading FER2013 takes a while).
-        if existing is not None and "settings" in existing and existing["settings"] != settings:
-            raise FeatureStoreError(f"{out_dir}: holds features made with other settings "
-                                    f"({_differences(existing['settings'], settings)}); pass --force to replace "
-                                    f"them or choose another --out")
-        if existing is None and not partial.exists() and any(not p.name.startswith(".") for p in out_dir.glob("*")):
-            raise FeatureStoreError(f"{out_dir}: exists and is not a feature store (no manifest.json); choose "
-                                    f"another --out or pass --force to replace it")
+        _refuse_other_settings(existing, settings, out_dir, partial)
 
     splits = choose_splits(dataset, limit, val_fraction, seed)
     crop_faces = dataset.format == "folders"
@@ -114,16 +106,7 @@ def _extract_locked(dataset, out_dir: Path, config, filter, n_jobs, limit, force
                else "an earlier version that keyed the data on file names only")
         raise FeatureStoreError(f"{out_dir}: holds features made from {why}; pass --force to replace them "
                                 f"or choose another --out")
-    if (partial / "state.json").exists():
-        if artifacts.read_json(partial / "state.json").get("state_hash") != state_hash:
-            if not force:
-                raise FeatureStoreError(f"{partial}: an interrupted extraction with other data or settings; rerun "
-                                        f"it with its own arguments to resume, or pass --force to start over")
-            # Only the scratch chunks of an interrupted run go; a finished store stays until
-            # the new one is complete.
-            shutil.rmtree(partial)
-    if not (partial / "state.json").exists():
-        artifacts.write_json(partial / "state.json", {"state_hash": state_hash, **state})
+    _start_partial(partial, state, state_hash, force)
 
     jobs = [(split, index) for split, records in splits.items()
             for index in range(_n_chunks(len(records), chunk_size))
@@ -169,6 +152,33 @@ def _extract_locked(dataset, out_dir: Path, config, filter, n_jobs, limit, force
     return manifest
 
 
+def _refuse_other_settings(existing, settings: dict, out_dir: Path, partial: Path) -> None:
+    """Refuse before reading a single image when the settings alone differ, or when
+    ``out_dir`` holds something else (reading FER2013 takes a while)."""
+    if existing is not None and "settings" in existing and existing["settings"] != settings:
+        raise FeatureStoreError(f"{out_dir}: holds features made with other settings "
+                                f"({_differences(existing['settings'], settings)}); pass --force to replace "
+                                f"them or choose another --out")
+    if existing is None and not partial.exists() and any(not p.name.startswith(".") for p in out_dir.glob("*")):
+        raise FeatureStoreError(f"{out_dir}: exists and is not a feature store (no manifest.json); choose "
+                                f"another --out or pass --force to replace it")
+
+
+def _start_partial(partial: Path, state: dict, state_hash: str, force: bool) -> None:
+    """``.partial``, the scratch chunks of this extraction: an interrupted run with the same
+    data and settings is resumed, one with others refused (or, with ``force``, discarded)."""
+    if (partial / "state.json").exists():
+        if artifacts.read_json(partial / "state.json").get("state_hash") != state_hash:
+            if not force:
+                raise FeatureStoreError(f"{partial}: an interrupted extraction with other data or settings; rerun "
+                                        f"it with its own arguments to resume, or pass --force to start over")
+            # Only the scratch chunks of an interrupted run go; a finished store stays until
+            # the new one is complete.
+            shutil.rmtree(partial)
+    if not (partial / "state.json").exists():
+        artifacts.write_json(partial / "state.json", {"state_hash": state_hash, **state})
+
+
 def _differences(old: dict, new: dict) -> str:
     """``detector hog -> none, filter blank -> paper``: what changed between two settings."""
     flat_old = {**old.get("config", {}), **{k: v for k, v in old.items() if k != "config"}}
@@ -198,7 +208,7 @@ def choose_splits(dataset, limit: int | None = None, val_fraction: float = VAL_F
     none, then at most ``limit`` per split (seeded)."""
     splits = {s: list(dataset.splits[s]) for s in datasets.SPLITS if dataset.splits.get(s)}
     if "train" not in splits:
-        raise datasets.DatasetError(f"{dataset.root}: no training images")
+        raise DatasetError(f"{dataset.root}: no training images")
     if "val" not in splits:
         # Class-folder sets and CSVs without Usage have no validation split: hold one out,
         # stratified and seeded, so that training always has one.
@@ -206,7 +216,7 @@ def choose_splits(dataset, limit: int | None = None, val_fraction: float = VAL_F
 
         train = splits["train"]
         if len(train) * val_fraction < 1:
-            raise datasets.DatasetError(
+            raise DatasetError(
                 f"{dataset.root}: {len(train)} training images and no validation split; too few to hold "
                 f"out {val_fraction:.0%} as validation (add a val/ folder or more images)")
         labels = [r.label for r in train]
@@ -238,7 +248,7 @@ def _check_stratified_holdout(root, n: int, n_classes: int, val_fraction: float)
     needed = n
     while math.ceil(val_fraction * needed) < n_classes or needed - math.ceil(val_fraction * needed) < n_classes:
         needed += 1
-    raise datasets.DatasetError(
+    raise DatasetError(
         f"{root}: {n} training images in {n_classes} classes and no validation split; holding out "
         f"{val_fraction:.0%} ({held} images) cannot give each of the {n_classes} classes a validation image: "
         f"add a val/ folder with images of every class, or use at least {needed} training images")
@@ -262,10 +272,10 @@ def _load_all_images(splits, crop_faces, progress, root, out_dir) -> dict[str, n
         with artifacts.atomic_path(listing) as tmp:
             tmp.write_text("".join(f"{p}\n" for p in problems))
         more = f"; and {len(problems) - MAX_LISTED} more, all listed in {listing}"
-    raise datasets.DatasetError(f"{root}: {len(problems)} images cannot be read; fix or remove them: {listed}{more}")
+    raise DatasetError(f"{root}: {len(problems)} images cannot be read; fix or remove them: {listed}{more}")
 
 
-def _load_images(records, crop_faces, progress, split) -> tuple[np.ndarray, list[datasets.DatasetError]]:
+def _load_images(records, crop_faces, progress, split) -> tuple[np.ndarray, list[DatasetError]]:
     from tqdm.auto import tqdm
 
     out = np.zeros((len(records), datasets.IMAGE_SIZE, datasets.IMAGE_SIZE), dtype=np.uint8)
@@ -274,7 +284,7 @@ def _load_images(records, crop_faces, progress, split) -> tuple[np.ndarray, list
                                     leave=False)):
         try:
             out[i] = datasets.load_image(record, crop_faces=crop_faces)
-        except datasets.DatasetError as exc:
+        except DatasetError as exc:
             problems.append(exc)
     return out, problems
 

@@ -1,6 +1,6 @@
 """Drawing results: face boxes with their emotion, Grad-CAM heat maps over face crops.
 
-Pure OpenCV on uint8 arrays in RGB order (as :func:`ensemble_fer.features.datasets.read_image_file`
+Pure OpenCV on uint8 arrays in RGB order (as :func:`ensemble_fer.features.image_io.read_image_file`
 returns them); nothing here reads or writes files except :func:`write_image`, which writes
 atomically through :mod:`ensemble_fer.artifacts`.
 """

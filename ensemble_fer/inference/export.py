@@ -41,6 +41,7 @@ import numpy as np
 
 from ensemble_fer import artifacts
 from ensemble_fer.errors import InputError
+from ensemble_fer.models.variant_dir import EXPORT_FILE, export_marker, is_export
 
 FORMATS = ("float32", "float16", "int8")
 """The TFLite formats, written by default."""
@@ -48,7 +49,6 @@ ONNX = "onnx"
 ALL_FORMATS = FORMATS + (ONNX,)
 """Also ONNX (float32, through tf2onnx; run by onnxruntime): ``pip install 'ensemble_fer[onnx]'``."""
 EXPORT_FORMAT = "ensemble_fer.export"
-EXPORT_FILE = "export.json"
 MODEL_FILE = "model.tflite"
 ONNX_FILE = "model.onnx"
 
@@ -59,16 +59,6 @@ SIGNATURE = "serve"
 OUTPUT = "probabilities"
 CHECK_ROWS = 256
 """Crops predicted by both the Keras model and each export to measure their difference."""
-
-
-def _marker_path(path) -> Path:
-    """The ``export.json`` that would mark ``path`` (a format folder or a file in it) as an export."""
-    path = Path(path)
-    return (path if path.is_dir() else path.parent) / EXPORT_FILE
-
-
-def is_export(path) -> bool:
-    return _marker_path(path).is_file()
 
 
 def convert(model, precision: str) -> bytes:
@@ -203,10 +193,10 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
     if unknown or not formats:
         raise InputError(f"--format: each must be one of {ALL_FORMATS}; got {list(formats)}")
     if is_export(source):
-        marker = artifacts.read_json(_marker_path(source))
+        marker = artifacts.read_json(export_marker(source))
         origin = marker.get("source", "its Keras model") if isinstance(marker, dict) else "its Keras model"
         raise InputError(f"{source}: already an exported model; export the Keras model it came from ({origin})")
-    predictor = inference.load_predictor(source)
+    predictor = inference.load_keras_predictor(source)
     out = Path(out)
     # before --force is looked at: replacing a folder that holds the model would delete it
     artifacts.check_apart(out, {"the model": source, **{f"member {name}": folder for name, folder in
@@ -293,7 +283,7 @@ def load_export(path):
     from ensemble_fer.labels import label_set_from_json
     from ensemble_fer.models.variant_dir import VariantDir
 
-    marker_path = _marker_path(path)
+    marker_path = export_marker(path)
     folder = marker_path.parent
     marker = artifacts.read_json(marker_path)
     if (not isinstance(marker, dict) or marker.get("format") != EXPORT_FORMAT

@@ -3,7 +3,7 @@
 
 ::
 
-    predictor = load_predictor("models/ensemble.json")   # or a variant folder such as models/cnn5
+    predictor = load_predictor("models/ensemble.json")   # inference.loading; or a variant folder (models/cnn5)
     predictor.classes, predictor.members, predictor.weights, predictor.extractor_config
     proba = predictor.predict_proba(crops)                # uint8 (N, 48, 48) -> (N, n_classes)
     proba = predictor.predict_proba(crops, tta=10)        # averaged over 10 test-time views (0: none)
@@ -25,7 +25,7 @@ through :meth:`ensemble_fer.models.variant_dir.VariantDir.load_model`.
 Prediction: features are extracted once per image (:func:`ensemble_fer.features.bovw.analyse_crops`
 with the model's extractor config); each member gets the inputs its model names (``image``
 and/or ``bovw``) in batches; with ``tta=n`` each member's probabilities are averaged over
-``n`` deterministic views (:func:`ensemble_fer.training.augment.tta_views`: identity, mirror, then
+``n`` deterministic views (:func:`ensemble_fer.features.augment.tta_views`: identity, mirror, then
 small rotations and zooms; landmarks moved with the image and HOG recomputed when a member takes
 BOVW features, the images alone otherwise). ``tta=None`` (the default everywhere) takes the
 model's own: the views its ensemble weights were fitted on (``ensemble.json``'s ``tta``), 0 for
@@ -48,9 +48,8 @@ from ensemble_fer.ensemble.weighted import WeightedEnsemble
 from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.features import bovw
 from ensemble_fer.labels import LabelSet, label_set_from_json
-from ensemble_fer.models.variant_dir import CONFIG, MODEL, VariantDir
-# MAX_TTA and check_tta are re-exported: the pipelines check --tta through this module
-from ensemble_fer.training.augment import MAX_TTA, check_tta, tta_images, tta_views  # noqa: F401
+from ensemble_fer.models.variant_dir import CONFIG, MODEL, VariantDir, input_names
+from ensemble_fer.features.augment import check_tta, predict_views
 
 CHUNK = 512
 NETWORK_FILES = (MODEL, "model.tflite", "model.onnx")
@@ -73,7 +72,7 @@ class Member:
     @property
     def inputs(self) -> tuple[str, ...]:
         """The model inputs this variant takes, by name."""
-        return (("image",) if self.config["block"] is not None else ()) + (("bovw",) if self.config["bovw"] else ())
+        return input_names(self.config)
 
     @property
     def model(self):
@@ -85,16 +84,10 @@ class Member:
         return self._model
 
     def predict(self, images, bovw_rows, batch_size: int) -> np.ndarray:
-        from ensemble_fer.inference import forward   # Keras: imported only once a model runs
+        from ensemble_fer.models import forward   # Keras: imported only once a model runs
 
         proba = forward.predict_proba(self.model, self.config, images=images, bovw=bovw_rows, batch_size=batch_size)
-        n_classes = len(self.config["labels"]["classes"])
-        if proba.ndim != 2 or proba.shape[1] != n_classes:
-            raise InputError(f"{self.folder / MODEL}: outputs shape {proba.shape[1:]} but "
-                             f"{CONFIG} lists {n_classes} classes")
-        if not np.all(np.isfinite(proba)):
-            raise InputError(f"{self.folder / MODEL}: predicted NaN or inf probabilities")
-        return proba
+        return forward.check_proba(proba, self.config, self.folder)
 
 
 class Predictor:
@@ -230,25 +223,8 @@ class Predictor:
         """Each member's probabilities, shape (n_members, N, n_classes) (TTA-averaged)."""
         tta = self.resolve_tta(tta)
         images, landmarks, bovw_rows, n = self._check_arrays(images, landmarks, bovw_rows, tta)
-        out = np.empty((len(self._members), n, len(self.classes)))
-        for start in range(0, n, CHUNK):
-            rows = slice(start, min(start + CHUNK, n))
-            if tta and not self.needs_bovw:
-                view_images, view_bovw = np.concatenate(tta_images(images[rows], tta)), None
-            elif tta:
-                views = tta_views(images[rows], landmarks[rows], tta)
-                view_images = np.concatenate([np.asarray(v[0], dtype=np.uint8) for v in views])
-                view_bovw = np.concatenate([np.asarray(v[2], dtype=np.float32) for v in views])
-            else:
-                view_images = None if images is None else images[rows]
-                view_bovw = None if bovw_rows is None else bovw_rows[rows]
-            n_rows = rows.stop - rows.start
-            for m, member in enumerate(self._members):
-                proba = member.predict(view_images if "image" in member.inputs else None,
-                                       view_bovw if "bovw" in member.inputs else None, batch_size)
-                # views are stacked view-major: (n_views * n_rows) -> (n_views, n_rows)
-                out[m, rows] = proba.reshape(-1, n_rows, len(self.classes)).mean(axis=0)
-        return out
+        return predict_views([(member.inputs, member.predict) for member in self._members], images, landmarks,
+                             bovw_rows, tta, len(self.classes), batch_size)
 
     def _check_arrays(self, images, landmarks, bovw_rows, tta):
         # Contract checks, plain ValueError: the pipelines pass arrays they extracted themselves
@@ -284,18 +260,15 @@ class Predictor:
 
 # ---------------------------------------------------------------------- loading
 
-def load_predictor(path) -> Predictor:
-    """A :class:`Predictor` from a variant folder (or its ``config.json`` / ``model.keras``),
-    an ``ensemble.json``, a folder holding ``ensemble.json``, or one format's folder of an
-    export (:mod:`ensemble_fer.inference.export`). Nothing is loaded into
-    Keras yet; every file and the members' agreement are checked now."""
+def load_keras_predictor(path) -> Predictor:
+    """A :class:`Predictor` over Keras models: a variant folder (or its ``config.json`` /
+    ``model.keras``), an ``ensemble.json`` or a folder holding ``ensemble.json``. Nothing is
+    loaded into Keras yet; every file and the members' agreement are checked now. Exports are
+    read by :mod:`ensemble_fer.inference.export`; :func:`ensemble_fer.inference.loading.load_predictor`
+    takes any of them."""
     path = Path(path)
     if not path.exists():
         raise MissingInputError(f"{path}: no such file or folder")
-    from ensemble_fer.inference import export
-
-    if export.is_export(path):
-        return export.load_export(path)     # a TFLite / ONNX export predicts through the same Predictor
     if path.is_dir():
         if (path / CONFIG).is_file():
             return _variant_predictor(path)

@@ -12,7 +12,7 @@
 How a photo becomes results
 ---------------------------
 1. The input (a path, or a uint8 array: grayscale (H, W), RGB or RGBA (H, W, 3|4), any size;
-   ``color="bgr"`` for arrays from OpenCV, which are BGR or BGRA) is turned into grayscale once, by :func:`ensemble_fer.features.datasets.to_gray` (ITU-R 601 luma,
+   ``color="bgr"`` for arrays from OpenCV, which are BGR or BGRA) is turned into grayscale once, by :func:`ensemble_fer.features.image_io.to_gray` (ITU-R 601 luma,
    alpha dropped). Detection and cropping both work on that gray image, so a photo given as
    RGB, RGBA or grayscale gives the same faces and the same scores.
 2. Faces are found by dlib (:func:`ensemble_fer.features.faces.detect_faces`; HOG detector by default,
@@ -24,7 +24,7 @@ How a photo becomes results
 4. The crops of *all* faces of all photos go through the model together, ``batch_size``
    crops at a time (:meth:`EmotionRecognizer.predict_many`); the model's predictor computes
    the BOVW features with the extractor settings the model was trained with, and applies
-   the ensemble weights (:func:`ensemble_fer.inference.predictor.load_predictor`).
+   the ensemble weights (:func:`ensemble_fer.inference.loading.load_predictor`).
 
 Nothing heavy happens at import or in :meth:`EmotionRecognizer.load` (which only checks the
 model's files): TensorFlow and the Keras model load on the first prediction, dlib's detector
@@ -44,7 +44,8 @@ import numpy as np
 from ensemble_fer import release
 from ensemble_fer.errors import InputError
 from ensemble_fer.features import faces
-from ensemble_fer.features.datasets import IMAGE_SIZE, read_image_file, to_gray
+from ensemble_fer.features.datasets import IMAGE_SIZE
+from ensemble_fer.features.image_io import read_image_file, to_gray
 
 COLOR_ORDERS = ("rgb", "bgr")
 
@@ -104,7 +105,7 @@ class EmotionRecognizer:
         release model, ``"fast"`` for the shipped fast one (see :func:`ensemble_fer.release.resolve_model`).
         ``upsample=None`` is the model's own search (:func:`ensemble_fer.release.default_upsample`):
         ``"fast"`` for the shipped fast model, ``"auto"`` for any other."""
-        from ensemble_fer.inference.predictor import load_predictor
+        from ensemble_fer.inference.loading import load_predictor
 
         faces.check_detection(detector, faces.UPSAMPLE_AUTO if upsample is None else upsample)  # before the files
         resolved = release.resolve_model(path)
@@ -301,10 +302,9 @@ def _export_gradcam_message(source) -> str:
     the Keras network it was made from is not shipped with it (the fast model's would add 5 MB
     to a 1.3 MB model whose point is its size)."""
     from ensemble_fer import artifacts
-    from ensemble_fer.inference.export import EXPORT_FILE
+    from ensemble_fer.models.variant_dir import EXPORT_FILE, export_marker
 
-    folder = Path(source) if source is not None else None
-    marker_path = (folder if folder.is_dir() else folder.parent) / EXPORT_FILE if folder is not None else None
+    marker_path = export_marker(source) if source is not None else None
     marker = artifacts.read_json(marker_path) if marker_path is not None and marker_path.is_file() else {}
     origin = Path(str(marker.get("source", ""))) if marker.get("source") else None
     name = (origin.parent.name if origin.suffix == ".json" else origin.name) if origin else "a Keras model"

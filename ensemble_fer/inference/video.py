@@ -97,10 +97,6 @@ class VideoInfo:
     width: int
     height: int
 
-    @property
-    def duration_s(self) -> float:
-        return self.n_frames / self.fps if self.n_frames else 0.0
-
 
 def open_video(path):
     """``(cv2.VideoCapture, VideoInfo)``; :class:`InputError` naming the file when OpenCV cannot read it."""

@@ -26,21 +26,48 @@ import os
 
 import keras
 
-from ensemble_fer.models.registry import get_block_spec, list_blocks
+from ensemble_fer.errors import InputError
+# The architecture family modules, imported here and nowhere else in the library: each registers
+# its blocks (and its custom Keras layers) when imported, so whoever lists or builds blocks
+# through this module sees them all.
+# In FAMILIES order, so that this is also the order they register in (the offline note of weights.py).
+from ensemble_fer.models import vggface, applications, faceres, efficientnet_lite, squeezenet, compact  # noqa: F401,I001
+from ensemble_fer.models.registry import BlockSpec, registered_blocks
 from ensemble_fer.models.weights import (WeightsFile, check_weights_file, load_weights_file,
                                          resolve_weights)
 
-__all__ = ["create_block", "get_block_spec", "list_blocks"]
+FAMILIES = ("vggface", "applications", "faceres", "efficientnet_lite", "squeezenet", "compact")
+"""The family modules in the order :func:`list_blocks` gives their blocks."""
+
+
+def list_blocks() -> list[str]:
+    """Names of the registered blocks: family by family in :data:`FAMILIES` order (then blocks
+    registered elsewhere), each family's in registration order, whichever was imported first."""
+    table = registered_blocks()
+
+    def family(name: str) -> int:
+        module = table[name].builder.__module__.rpartition(".")[2]
+        return FAMILIES.index(module) if module in FAMILIES else len(FAMILIES)
+
+    return sorted(table, key=family)
+
+
+def get_block_spec(name: str) -> BlockSpec:
+    try:
+        return registered_blocks()[name]
+    except (KeyError, TypeError):
+        raise InputError(f"name: unknown block; valid blocks are {list_blocks()}; "
+                         f"received {name!r}") from None
 
 
 def create_block(name: str, weights: str | os.PathLike | None = "default",
-                 input_size: int | None = None) -> keras.Model:
-    """Build block ``name`` for inputs ``(input_size, input_size, spec.channels)``.
+                 image_size: int | None = None) -> keras.Model:
+    """Build block ``name`` for inputs ``(image_size, image_size, spec.channels)``.
 
     ``weights``: ``"default"`` (the spec's default), ``None``/``"none"`` (random init), one of
-    ``spec.allowed_weights``, or the path of an existing weight file. ``input_size`` defaults to
+    ``spec.allowed_weights``, or the path of an existing weight file. ``image_size`` defaults to
     ``spec.default_size`` and must be at least ``spec.min_size``. ``weights`` is checked first,
-    then ``input_size``, then named weights are fetched, all before the model is built.
+    then ``image_size``, then named weights are fetched, all before the model is built.
 
     Returns a ``keras.Model`` named ``name``, input float32 already preprocessed by
     ``spec.preprocessing()`` (outside the block, so the network can resize and go gray -> RGB
@@ -49,7 +76,7 @@ def create_block(name: str, weights: str | os.PathLike | None = "default",
     """
     spec = get_block_spec(name)
     source = resolve_weights(spec, weights)     # None, a WeightsFile to fetch, or a user's file
-    size = spec.check_size(input_size)
+    size = spec.check_size(image_size)
     if isinstance(source, WeightsFile):
         source = check_weights_file(source.fetch(spec.name))
 

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -72,7 +72,8 @@ def _attr_list(group, name: str) -> list[str]:
     return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _legacy_variables(layer) -> list:
+def legacy_variables(layer) -> list:
+    """A layer's variables in the order of a Keras 2 file's ``weight_names``: trainable first."""
     return list(layer.trainable_weights) + list(layer.non_trainable_weights)
 
 
@@ -82,7 +83,7 @@ def _short(weight_name: str) -> str:
 
 
 def _assign_layer(layer, file_layer: str, names: list[str], values: list[np.ndarray]) -> None:
-    variables = _legacy_variables(layer)
+    variables = legacy_variables(layer)
     if len(variables) != len(values):
         raise InputError(f"layer {layer.name!r} has {len(variables)} weights but the file's "
                          f"layer {file_layer!r} has {len(values)} ({names})")
@@ -109,7 +110,7 @@ def load_legacy_h5_weights(model: keras.Model, path, by_name: bool = True) -> We
     equal counts. Raises ``InputError`` when nothing matches or shapes differ.
     """
     path = Path(path)
-    model_layers = [layer for layer in model.layers if _legacy_variables(layer)]
+    model_layers = [layer for layer in model.layers if legacy_variables(layer)]
     with h5py.File(path, "r") as f:
         group = f
         if "layer_names" not in f.attrs and "layer_names0" not in f.attrs and "model_weights" in f:
@@ -153,32 +154,3 @@ def load_legacy_h5_weights(model: keras.Model, path, by_name: bool = True) -> We
     if report.unmatched_model_layers:
         warnings.warn(report.summary(), stacklevel=2)
     return report
-
-
-def save_legacy_h5_weights(model: keras.Model, path,
-                           layer_names: Mapping[str, str] | None = None) -> Path:
-    """Write ``model``'s weights as a Keras 2 ``save_weights`` .h5 file.
-
-    Root attributes ``layer_names``, ``backend``, ``keras_version``; one group per layer
-    (nested where the name has '/') with attribute ``weight_names`` (``<layer>/<weight>:0``)
-    and one dataset per weight. ``layer_names`` maps Keras layer names to the names to write
-    (e.g. the published keras-vggface names with '/'); by default the Keras names are written.
-    """
-    layer_names = dict(layer_names or {})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        names = [layer_names.get(layer.name, layer.name) for layer in model.layers]
-        f.attrs["layer_names"] = np.array([n.encode("utf8") for n in names])
-        f.attrs["backend"] = b"tensorflow"
-        f.attrs["keras_version"] = keras.__version__.encode("utf8")
-        for name, layer in sorted(zip(names, model.layers), key=lambda item: item[0]):
-            group = f.require_group(name)
-            variables = _legacy_variables(layer)
-            wnames = [f"{name}/{v.name}:0".encode("utf8") for v in variables]
-            group.attrs["weight_names"] = np.array(wnames, dtype="S") if wnames else np.array(
-                [], dtype="S1")
-            for wname, variable in zip(wnames, variables):
-                group.create_dataset(wname.decode("utf8"),
-                                     data=np.asarray(variable.numpy()))
-    return path

@@ -119,17 +119,7 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
         Model name; default the variant name with ``+`` written ``_``.
     """
     variant = variant_name(block, bovw)
-    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
-        raise InputError(f"n_classes must be an int >= 2; received {n_classes!r}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise InputError(f"dropout must be in [0, 1); received {dropout!r}")
-    if isinstance(dense_units, bool) or not isinstance(dense_units, (int, np.integer)) or dense_units < 0:
-        raise InputError(f"dense_units must be an int >= 0; received {dense_units!r}")
-    if isinstance(n_aux, bool) or not isinstance(n_aux, (int, np.integer)) or n_aux < 0:
-        raise InputError(f"n_aux must be an int >= 0; received {n_aux!r}")
-    bovw_units = tuple(bovw_units)
-    if any(isinstance(u, bool) or not isinstance(u, (int, np.integer)) or u < 1 for u in bovw_units):
-        raise InputError(f"bovw_units must be positive ints; received {bovw_units!r}")
+    bovw_units = _check_head_arguments(n_classes, dropout, dense_units, n_aux, bovw_units)
 
     inputs, features = [], []
     if block is not None:
@@ -145,6 +135,33 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
         inputs.append(bovw_input)
         features.append(bovw_features)
 
+    outputs = _head(features, n_classes, dropout, dense_units, n_aux)
+    # Inputs as a dict, also for one input: callers always feed {"image": ..., "bovw": ...}
+    # by name, and Keras matches a dict against a dict without structure warnings.
+    inputs = {tensor.name: tensor for tensor in inputs}
+    return keras.Model(inputs, outputs, name=name or variant.replace("+", "_"))
+
+
+def _check_head_arguments(n_classes, dropout, dense_units, n_aux, bovw_units) -> tuple[int, ...]:
+    """The numbers of :func:`build_network`, checked (``InputError`` naming the argument);
+    ``bovw_units`` as a tuple."""
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+        raise InputError(f"n_classes must be an int >= 2; received {n_classes!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise InputError(f"dropout must be in [0, 1); received {dropout!r}")
+    if isinstance(dense_units, bool) or not isinstance(dense_units, (int, np.integer)) or dense_units < 0:
+        raise InputError(f"dense_units must be an int >= 0; received {dense_units!r}")
+    if isinstance(n_aux, bool) or not isinstance(n_aux, (int, np.integer)) or n_aux < 0:
+        raise InputError(f"n_aux must be an int >= 0; received {n_aux!r}")
+    bovw_units = tuple(bovw_units)
+    if any(isinstance(u, bool) or not isinstance(u, (int, np.integer)) or u < 1 for u in bovw_units):
+        raise InputError(f"bovw_units must be positive ints; received {bovw_units!r}")
+    return bovw_units
+
+
+def _head(features: list, n_classes: int, dropout: float, dense_units: int, n_aux: int):
+    """The head on the branches' features: concatenation, the optional dense layer, the
+    softmax (and the ``aux`` sigmoid output with ``n_aux``)."""
     x = features[0] if len(features) == 1 else layers.Concatenate(name="concat")(features)
     if dense_units:
         x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
@@ -159,17 +176,15 @@ def build_network(block: str | None, bovw: bool, n_classes: int, *, weights="def
         aux = layers.Dense(int(n_aux), name="aux_logits")(shared)
         aux = layers.Activation("sigmoid", dtype="float32", name=AUX_OUTPUT)(aux)
         outputs = {PROBABILITIES_OUTPUT: outputs, AUX_OUTPUT: aux}
-    # Inputs as a dict, also for one input: callers always feed {"image": ..., "bovw": ...}
-    # by name, and Keras matches a dict against a dict without structure warnings.
-    inputs = {tensor.name: tensor for tensor in inputs}
-    return keras.Model(inputs, outputs, name=name or variant.replace("+", "_"))
+    return outputs
 
 
 def _image_branch(block: str, weights, image_size):
     spec = blocks.get_block_spec(block)
-    size = spec.check_size(image_size, argument="image_size")
-    # Built first: it validates the weights and may fail (offline) before anything else.
-    net = blocks.create_block(block, weights=weights, input_size=size)
+    # Built first: it checks the weights and image_size (the one check, create_block's) and may
+    # fail (offline) before anything else.
+    net = blocks.create_block(block, weights=weights, image_size=image_size)
+    size = int(net.input_shape[1])      # the side create_block built it for (None: the default)
 
     image = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype="uint8", name=IMAGE_INPUT)
     # Rescaling by 1 is the serialisable cast: uint8 -> float32 pixels in [0, 255].

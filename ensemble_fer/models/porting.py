@@ -23,7 +23,7 @@ import numpy as np
 
 from ensemble_fer import artifacts
 from ensemble_fer.errors import InputError
-from ensemble_fer.models.registry import get_block_spec
+from ensemble_fer.models.blocks import get_block_spec
 from ensemble_fer.models.weights import ConvertedWeights, load_converted_weights, weights_content_hash
 
 CHECK_SIZES = (None, 224)
@@ -42,8 +42,7 @@ def converted_weights(block: str) -> ConvertedWeights:
 
 
 def _portable_blocks():
-    from ensemble_fer.models.registry import list_blocks
-
+    from ensemble_fer.models.blocks import list_blocks
     return [b for b in list_blocks() if any(isinstance(w, ConvertedWeights) for w in get_block_spec(b).weights_files)]
 
 
@@ -51,7 +50,7 @@ def check_inputs(size: int, seed: int = 0) -> np.ndarray:
     """Fixed float RGB inputs in [0, 255]: 12 real 48 px crops resized to ``size``, 4 of seeded noise."""
     import cv2
 
-    from ensemble_fer.features.datasets import read_image_file
+    from ensemble_fer.features.image_io import read_image_file
 
     files = sorted(SAMPLE_CROPS.glob("*/*/*.jpg"))[::25][:12]
     crops = [cv2.resize(read_image_file(f), (size, size), interpolation=cv2.INTER_LINEAR) for f in files]
@@ -71,7 +70,7 @@ def check_port(block: str, weights: ConvertedWeights, arrays_path: Path, source:
     results = []
     for size in CHECK_SIZES:
         size = size or spec.default_size
-        model = create_block(block, weights=None, input_size=size)
+        model = create_block(block, weights=None, image_size=size)
         load_converted_weights(model, arrays_path)
         x = check_inputs(size)
         pre = x

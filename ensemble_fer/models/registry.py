@@ -8,19 +8,18 @@ architecture family module registers its blocks with the :func:`register_block` 
     def cnn5(inputs, name):          # inputs: (size, size, channels) float32, preprocessed
         return conv_stack(...)       # the last 4-D feature map, never pooled
 
-:func:`ensemble_fer.models.blocks.create_block` builds them. The family modules are imported at
-the end of this module, so whoever imports the registry (or the factory) sees every block, and
-the custom layers that saved models name are registered with Keras.
+:func:`ensemble_fer.models.blocks` imports every family module (and so fills this table, and
+registers with Keras the custom layers that saved models name), lists the blocks and builds
+them. This module imports no family: a family imports :func:`register_block` from here, and a
+registry that imported its families back would make each pair a cycle.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Callable, Sequence
 
 from ensemble_fer.errors import InputError
-from ensemble_fer.models.weights import WeightsFile
 
 MAX_INPUT_SIZE = 512
 """Largest side a block's input may be resized to (the crops are 48 px): memory grows with its square."""
@@ -40,7 +39,7 @@ class BlockSpec:
     builder: Builder                   # builder(inputs, name) -> 4-D output tensor
     preprocessing_fn: Callable[[str], list]
     default_weights: str | None = None
-    weights_files: tuple[WeightsFile, ...] = ()
+    weights_files: tuple = ()          # of ensemble_fer.models.weights.WeightsFile
     pretrained: bool = False           # has a pretrained default worth a frozen phase
     legacy_h5_by_name: bool = True     # legacy Keras 2 .h5 files: by layer name or topological
 
@@ -59,14 +58,15 @@ class BlockSpec:
     def allowed_weights(self) -> tuple[str, ...]:
         return tuple(w.name for w in self.weights_files)
 
-    def weights_file(self, name: str) -> WeightsFile:
+    def weights_file(self, name: str):
+        """The :class:`~ensemble_fer.models.weights.WeightsFile` named ``name``."""
         for w in self.weights_files:
             if w.name == name:
                 return w
         raise InputError(f"weights: block {self.name!r} has named weights "
                          f"{list(self.allowed_weights)}; received {name!r}")
 
-    def check_size(self, size, argument: str = "input_size") -> int:
+    def check_size(self, size, argument: str = "image_size") -> int:
         """``size`` (None: the default) checked against ``min_size``; ``argument`` names it."""
         if size is None:
             return self.default_size
@@ -81,27 +81,13 @@ class BlockSpec:
                              f"multiplies memory and time); received {size}")
         return int(size)
 
-    def input_shape(self, input_size: int | None = None) -> tuple[int, int, int]:
-        size = self.default_size if input_size is None else input_size
+    def input_shape(self, image_size: int | None = None) -> tuple[int, int, int]:
+        size = self.default_size if image_size is None else image_size
         return (size, size, self.channels)
 
     def preprocessing(self) -> list:
         """Fresh preprocessing layers: float32 pixels in [0, 255], shape ``input_shape()``."""
         return list(self.preprocessing_fn(self.name))
-
-    def to_config(self) -> dict:
-        """A JSON-able summary (for config.json / manifests); no callables."""
-        return {
-            "name": self.name, "default_size": self.default_size, "min_size": self.min_size,
-            "channels": self.channels, "default_weights": self.default_weights,
-            "allowed_weights": list(self.allowed_weights), "pretrained": self.pretrained,
-            "description": self.description,
-            "weights_files": {w.name: {"fname": w.fname, "origin": w.origin,
-                                       "file_hash": w.file_hash,
-                                       "cache_subdir": w.cache_subdir}
-                              for w in self.weights_files},
-            "preprocessing": [type(layer).__name__ for layer in self.preprocessing()],
-        }
 
 
 _REGISTRY: dict[str, BlockSpec] = {}
@@ -110,7 +96,7 @@ _REGISTRY: dict[str, BlockSpec] = {}
 def register_block(name: str, *, default_size: int, min_size: int, channels: int,
                    description: str, preprocessing: Callable[[str], list],
                    default_weights: str | None = None,
-                   weights_files: Sequence[WeightsFile] = (), pretrained: bool = False,
+                   weights_files: Sequence = (), pretrained: bool = False,
                    legacy_h5_by_name: bool = True):
     """Decorator registering ``builder(inputs, name) -> 4-D tensor`` as block ``name``."""
     if name in _REGISTRY:
@@ -129,26 +115,7 @@ def register_block(name: str, *, default_size: int, min_size: int, channels: int
     return decorator
 
 
-def list_blocks() -> list[str]:
-    """Names of the registered blocks: family by family in :data:`FAMILIES` order (then blocks
-    registered elsewhere), each family's in registration order, whichever was imported first."""
-    def family(name: str) -> int:
-        module = _REGISTRY[name].builder.__module__.rpartition(".")[2]
-        return FAMILIES.index(module) if module in FAMILIES else len(FAMILIES)
-
-    return sorted(_REGISTRY, key=family)
-
-
-def get_block_spec(name: str) -> BlockSpec:
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise InputError(f"name: unknown block; valid blocks are {list_blocks()}; "
-                         f"received {name!r}") from None
-
-
-#: The architecture family modules of ensemble_fer.models, imported here and nowhere else (each
-#: registers its blocks when imported). At the end, because they import register_block from here.
-FAMILIES = ("vggface", "applications", "faceres", "efficientnet_lite", "squeezenet", "compact")
-for _family in FAMILIES:
-    importlib.import_module(f"ensemble_fer.models.{_family}")
+def registered_blocks() -> dict[str, BlockSpec]:
+    """Every block registered so far, by name, in registration order (a copy): the table that
+    :func:`ensemble_fer.models.blocks.list_blocks` reads once the families are imported."""
+    return dict(_REGISTRY)

@@ -37,6 +37,8 @@ CONFUSION_MATRIX = "confusion_matrix.png"
 OUTPUT_FILES = (MODEL, CONFIG, HISTORY, CURVES, PREDICTIONS, METRICS, CONFUSION_MATRIX)
 RUN_DIR = ".run"
 STATE = "state.json"
+EXPORT_FILE = "export.json"
+"""The marker of an export's format folder (:mod:`ensemble_fer.inference.export`)."""
 
 REQUIRED_CONFIG = ("variant", "block", "bovw", "labels", "feature_store")
 PREDICTION_KEYS = ("ids", "y", "proba", "face_found")
@@ -287,11 +289,23 @@ class VariantDir:
                              f"restore the file") from None
 
 
-def is_export(folder) -> bool:
-    """Whether ``folder`` is an export (``pipelines.export``'s marker file is in it)."""
-    from ensemble_fer.inference.export import EXPORT_FILE
+def input_names(config: dict) -> tuple[str, ...]:
+    """The model inputs a variant of this ``config.json`` takes, by name: ``image`` with an image
+    block, ``bovw`` with the BOVW branch."""
+    return (("image",) if config["block"] is not None else ()) + (("bovw",) if config["bovw"] else ())
 
-    return (Path(folder) / EXPORT_FILE).is_file()
+
+def export_marker(path) -> Path:
+    """The ``export.json`` that would mark ``path`` (a format folder or a file in it) as an export."""
+    path = Path(path)
+    return (path if path.is_dir() else path.parent) / EXPORT_FILE
+
+
+def is_export(path) -> bool:
+    """Whether ``path`` (a folder or a file in it) is an export (``pipelines.export``'s marker
+    file is there): exports are written above this module (:mod:`ensemble_fer.inference.export`),
+    but a variant folder must tell itself apart from one."""
+    return export_marker(path).is_file()
 
 
 def load_variant(path) -> tuple:

@@ -137,11 +137,10 @@ class WeightsFile:
 def offline_trunks_note() -> str:
     """`` Pretrained trunks that need no download: faceres_mobilenet (VGGFace2), ...`` (the blocks
     whose default weights are ported into ``pretrained/``), for the offline errors."""
-    from ensemble_fer.models.registry import get_block_spec, list_blocks   # the registry imports this module
+    from ensemble_fer.models.registry import registered_blocks   # below the families that import this module
 
     trunks = []
-    for block in list_blocks():
-        spec = get_block_spec(block)
+    for block, spec in registered_blocks().items():
         default = spec.weights_file(spec.default_weights) if spec.default_weights else None
         if isinstance(default, ConvertedWeights):
             trunks.append(f"{block} ({default.trained_on.split(' (')[0]})")

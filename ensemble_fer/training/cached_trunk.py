@@ -6,7 +6,7 @@ forward, ~3x that to train). Where it does not learn, its output is the same eve
 
 * **frozen phase**: the whole block is frozen; its pooled output for every training crop in
   each of ``cached_views`` fixed views (identity, mirror, then the test-time views of
-  :data:`~ensemble_fer.training.augment.TTA_VIEWS`) is computed once, and the head and the
+  :data:`~ensemble_fer.features.augment.TTA_VIEWS`) is computed once, and the head and the
   BOVW branch train on those vectors (seconds an epoch instead of an hour);
 * **finetune phase with** ``finetune_from`` (a layer of the block): the layers before it stay
   frozen and the input of that layer is cached the same way; the top of the block and the
@@ -105,7 +105,7 @@ def split_network(model: keras.Model, block: str, first_trainable: str | None, b
 
 def view_batches(split, n_views: int, bovw: bool):
     """``n_views`` fixed views of a split's crops: a list of (images, bovw or None)."""
-    from ensemble_fer.training.augment import tta_images, tta_views
+    from ensemble_fer.features.augment import tta_images, tta_views
 
     if bovw:
         return [(images, rows) for images, _, rows in tta_views(split.images, split.landmarks, n_views)]

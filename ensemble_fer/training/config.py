@@ -31,8 +31,9 @@ import numpy as np
 from ensemble_fer.errors import InputError
 from ensemble_fer.labels import get_label_set
 from ensemble_fer.models import networks
-from ensemble_fer.models.registry import MAX_INPUT_SIZE, get_block_spec, list_blocks
-from ensemble_fer.training.augment import AugmentConfig
+from ensemble_fer.models.blocks import get_block_spec, list_blocks
+from ensemble_fer.models.registry import MAX_INPUT_SIZE
+from ensemble_fer.features.augment import AugmentConfig
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -57,7 +58,7 @@ CLI_KEYS = ("help", "flag", "metavar", "parse", "cli", "nested")
 ``help``; ``flag`` (default ``--name-with-dashes``); ``metavar``; ``parse``, the argparse
 ``type`` (default: the type of the default value); ``cli=False`` for a field without an option;
 ``nested``, a dataclass whose fields' options stand for this field (``augment_config``:
-:class:`~ensemble_fer.training.augment.AugmentConfig`). A bool field is a switch (``--x`` when
+:class:`~ensemble_fer.features.augment.AugmentConfig`). A bool field is a switch (``--x`` when
 off by default, ``--x/--no-x`` when on); a field whose check is :class:`OneOf` gets its choices."""
 
 
@@ -265,7 +266,7 @@ class TrainConfig:
     the schedule the fields drive is described in :mod:`ensemble_fer.training.schedule`.
     Notes on the fields whose option says little or that have none:
 
-    * ``block``: :func:`ensemble_fer.models.registry.list_blocks`, or None for the BOVW-only
+    * ``block``: :func:`ensemble_fer.models.blocks.list_blocks`, or None for the BOVW-only
       network (then ``bovw`` must be True). ``weights``: "default" (pretrained where the block
       has weights, e.g. ``resnet50``), None / "none", a named weight set or a file; pretrained
       weights bring the frozen phase.
@@ -374,6 +375,17 @@ class TrainConfig:
         return out
 
     @classmethod
+    def from_arguments(cls, **kwargs) -> TrainConfig:
+        """The configuration of ``train_variant`` keyword arguments, checked without training:
+        fields not given take their defaults; ``InputError`` names an unknown argument (with
+        the allowed ones) or the first bad value."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise InputError(f"{unknown[0]}: not an argument of train_variant; allowed: {sorted(allowed)}")
+        return cls(**kwargs)
+
+    @classmethod
     def from_json(cls, saved: Mapping, where: str = "args") -> TrainConfig:
         """Read back saved ``args`` (``config.json`` or ``.run/state.json``).
 
@@ -396,16 +408,6 @@ class TrainConfig:
 
 
 FIELDS = tuple(f.name for f in fields(TrainConfig))
-
-
-def check_arguments(**kwargs) -> dict:
-    """Validate ``train_variant`` keyword arguments without training; returns them resolved
-    (:meth:`TrainConfig.to_json`). Fields not given take their defaults; raises ``InputError``
-    naming the first bad argument."""
-    unknown = sorted(set(kwargs) - set(FIELDS))
-    if unknown:
-        raise InputError(f"{unknown[0]}: not an argument of train_variant; allowed: {sorted(FIELDS)}")
-    return TrainConfig(**kwargs).to_json()
 
 
 def resumable(name: str) -> bool:

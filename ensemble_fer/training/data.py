@@ -17,7 +17,7 @@ import tensorflow as tf
 from ensemble_fer.errors import InputError
 from ensemble_fer.features.bovw import BOVW_SIZE, IMAGE_SIZE
 from ensemble_fer.features.feature_store import FeatureStore, FeatureStoreError
-from ensemble_fer.inference.forward import model_inputs
+from ensemble_fer.models.forward import model_inputs
 from ensemble_fer.models import networks
 
 @dataclasses.dataclass
@@ -128,9 +128,41 @@ def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, fi
     row_weights = None
     if has_aux and class_weights:
         row_weights = np.array([class_weights[int(c)] for c in split.y], dtype=np.float32)
+    make_batch = _batch_maker(split, want_images, want_bovw, n_classes, batch_size, seed, augment_config, mixup,
+                              distill_weight, aux_rows, row_weights)
+
+    def to_element(index):
+        images, features, one_hot, aux, weights = tf.numpy_function(
+            make_batch, [index // steps, index % steps], [tf.uint8, tf.float32, tf.float32, tf.float32, tf.float32],
+            stateful=False)
+        x = {}
+        if want_images:
+            x[networks.IMAGE_INPUT] = tf.ensure_shape(images[..., None], [None, IMAGE_SIZE, IMAGE_SIZE, 1])
+        if want_bovw:
+            x[networks.BOVW_INPUT] = tf.ensure_shape(features, [None, BOVW_SIZE])
+        one_hot = tf.ensure_shape(one_hot, [None, n_classes])
+        if not has_aux:
+            return x, one_hot
+        labels = {networks.PROBABILITIES_OUTPUT: one_hot, networks.AUX_OUTPUT: tf.ensure_shape(aux, [None, n_aux])}
+        if row_weights is None:
+            return x, labels
+        weights = tf.ensure_shape(weights, [None])
+        return x, labels, {networks.PROBABILITIES_OUTPUT: weights, networks.AUX_OUTPUT: tf.ones_like(weights)}
+
+    ds = tf.data.Dataset.range(first_epoch * steps, last_epoch * steps)
+    ds = ds.map(to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE), steps
+
+
+def _batch_maker(split: SplitData, want_images: bool, want_bovw: bool, n_classes: int, batch_size: int, seed,
+                 augment_config, mixup: float, distill_weight: float, aux_rows: np.ndarray, row_weights):
+    """``make_batch(epoch, step)``: the numpy arrays of one training batch (images, BOVW,
+    targets, auxiliary targets, row weights), a function of ``(seed, epoch, step)`` only
+    (see :func:`train_dataset`)."""
+    n = len(split)
     orders: dict[int, np.ndarray] = {}
     if augment_config is not None:
-        from ensemble_fer.training.augment import augment_batch
+        from ensemble_fer.features.augment import augment_batch
 
     def make_batch(epoch, step):
         epoch, step = int(epoch), int(step)
@@ -157,27 +189,7 @@ def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, fi
         weights = row_weights[rows] if row_weights is not None else np.ones(len(rows), np.float32)
         return images, features, one_hot, aux, weights
 
-    def to_element(index):
-        images, features, one_hot, aux, weights = tf.numpy_function(
-            make_batch, [index // steps, index % steps], [tf.uint8, tf.float32, tf.float32, tf.float32, tf.float32],
-            stateful=False)
-        x = {}
-        if want_images:
-            x[networks.IMAGE_INPUT] = tf.ensure_shape(images[..., None], [None, IMAGE_SIZE, IMAGE_SIZE, 1])
-        if want_bovw:
-            x[networks.BOVW_INPUT] = tf.ensure_shape(features, [None, BOVW_SIZE])
-        one_hot = tf.ensure_shape(one_hot, [None, n_classes])
-        if not has_aux:
-            return x, one_hot
-        labels = {networks.PROBABILITIES_OUTPUT: one_hot, networks.AUX_OUTPUT: tf.ensure_shape(aux, [None, n_aux])}
-        if row_weights is None:
-            return x, labels
-        weights = tf.ensure_shape(weights, [None])
-        return x, labels, {networks.PROBABILITIES_OUTPUT: weights, networks.AUX_OUTPUT: tf.ones_like(weights)}
-
-    ds = tf.data.Dataset.range(first_epoch * steps, last_epoch * steps)
-    ds = ds.map(to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE), steps
+    return make_batch
 
 
 def _mix(rng, alpha, images, features, one_hot, aux):

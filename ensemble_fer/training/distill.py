@@ -35,7 +35,7 @@ from ensemble_fer.errors import InputError
 def load_teacher(teacher, label_set):
     """The teacher's predictor and fingerprint; refused (``InputError``) when it predicts other
     classes than the student's label set."""
-    from ensemble_fer.inference.predictor import load_predictor
+    from ensemble_fer.inference.loading import load_predictor
 
     predictor = load_predictor(teacher)
     if tuple(predictor.classes) != tuple(label_set.classes):

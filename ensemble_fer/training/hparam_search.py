@@ -184,14 +184,16 @@ class HparamSearch(BaseEstimator):
             raise InputError("grid: no grid given; pass a dict of parameter lists or a JSON file")
         return check_grid(self.grid), "grid"
 
-    def plan(self) -> list[dict]:
-        """Every combination of the grid as resolved ``train_variant`` arguments, checked.
+    def plan(self) -> tuple[list[dict], list[dict]]:
+        """The grid as read, and every combination of it as resolved ``train_variant``
+        arguments, checked (what :meth:`fit` runs).
 
-        Returns dicts holding only the grid's parameters, normalised as :class:`TrainConfig`
-        normalises them; duplicates (after normalisation) are dropped. Raises
-        ``InputError`` naming the grid and the combination when a value is refused.
+        The combinations hold only the grid's parameters, normalised as :class:`TrainConfig`
+        normalises them; duplicates (after normalisation) are dropped. Raises ``InputError``
+        naming the grid and the combination when a value is refused.
         """
-        return self._plan(*self._grid())
+        grids, where = self._grid()
+        return grids, self._plan(grids, where)
 
     def _plan(self, grids: list[dict], where: str) -> list[dict]:
         from sklearn.model_selection import ParameterGrid
@@ -218,8 +220,7 @@ class HparamSearch(BaseEstimator):
         (default ``runs/search/<variant>``). Returns self."""
         say = print if self.progress else (lambda *a, **k: None)
         variant = networks.variant_name(self.block, self.bovw)
-        grids, where = self._grid()
-        combos = self._plan(grids, where)          # every argument checked before anything is read
+        grids, combos = self.plan()          # every argument checked before anything is read
         label_set = get_label_set(self.labels)
         if not isinstance(store, FeatureStore):
             store = FeatureStore(store)

@@ -95,8 +95,8 @@ def remove(out: Path, names: list[str]) -> None:
             path.unlink()
 
 
-def new_state(args: dict, phases: list[dict]) -> dict:
-    return {"args": args, "phases": [p["name"] for p in phases], "phase_index": 0,
+def new_state(args: dict, phases: list) -> dict:
+    return {"args": args, "phases": [p.name for p in phases], "phase_index": 0,
             "phase_start_epoch": 0, "phase_epochs": 0, "epoch": 0, "phases_done": [], "history": [],
             "seconds": 0.0, "checkpoint": None, "best_weights": None, "early_stopping": None,
             "reduce_lr": None, "complete": False, "stopped": None}
@@ -164,7 +164,7 @@ def phase_callbacks(run, phase: dict, resumed: bool) -> list:
     that ``fit`` trains is a cached phase's top of it."""
     config, state = run.config, run.run_state.state
     stopping = _EarlyStopping(config.patience, network=run.model)
-    reduce_lr = _ReduceLROnPlateau(config.lr_factor, config.lr_patience, config.min_lr) if phase["reduce_lr"] else None
+    reduce_lr = _ReduceLROnPlateau(config.lr_factor, config.lr_patience, config.min_lr) if phase.reduce_lr else None
     if resumed and state["early_stopping"]:
         stopping.load_state(state["early_stopping"], run.run_state.best_weights())
     if resumed and reduce_lr is not None and state["reduce_lr"]:
@@ -173,7 +173,7 @@ def phase_callbacks(run, phase: dict, resumed: bool) -> list:
     if run.max_minutes is not None:
         callbacks.append(_TimeBudget(run, run.max_minutes * 60.0))
     # Last: it saves the state the callbacks before it have just updated.
-    return callbacks + [_Checkpointer(run.run_state, phase["name"], stopping, reduce_lr, network=run.model)]
+    return callbacks + [_Checkpointer(run.run_state, phase.name, stopping, reduce_lr, network=run.model)]
 
 
 class _DropoutSeeds(keras.callbacks.Callback):

@@ -30,18 +30,32 @@ between them (which layers train, the optimizer, the compile).
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import keras
 
 from ensemble_fer.errors import InputError
 from ensemble_fer.models import networks
-from ensemble_fer.models.registry import get_block_spec
+from ensemble_fer.models.blocks import get_block_spec
 from ensemble_fer.training.config import TrainConfig
 
 PHASE_FROZEN = "frozen"
 PHASE_FINETUNE = "finetune"
 PHASE_SCRATCH = "scratch"
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One phase of a run (:func:`plan_phases`); ``state.json`` records only its ``name``."""
+
+    name: str            # PHASE_FROZEN, PHASE_FINETUNE or PHASE_SCRATCH
+    optimizer: str       # "adam" or "sgd_nesterov"
+    lr: float
+    max_epochs: int
+    reduce_lr: bool      # ReduceLROnPlateau
+    cosine: bool         # cosine decay over the phase
 
 COSINE_FLOOR = 0.01
 """The cosine schedule ends at this fraction of ``lr``."""
@@ -84,34 +98,33 @@ def has_pretrained_weights(config: TrainConfig) -> bool:
     return get_block_spec(config.block).default_weights is not None
 
 
-def plan_phases(pretrained: bool, config: TrainConfig) -> list[dict]:
-    """The phases of a run, in order: ``name``, ``optimizer`` (``adam`` / ``sgd_nesterov``),
-    ``lr``, ``max_epochs``, ``reduce_lr`` (ReduceLROnPlateau) and ``cosine`` (the decay)."""
+def plan_phases(pretrained: bool, config: TrainConfig) -> list[Phase]:
+    """The :class:`Phase` s of a run, in order."""
     trainable = {"lr": config.lr, "max_epochs": config.epochs, "reduce_lr": config.lr_schedule == "plateau",
                  "cosine": config.lr_schedule == "cosine"}
     if not pretrained:
         optimizer = "adam" if config.scratch_optimizer == "adam" else "sgd_nesterov"
-        return [{"name": PHASE_SCRATCH, "optimizer": optimizer, **trainable}]
+        return [Phase(PHASE_SCRATCH, optimizer, **trainable)]
     phases = []
     if config.epochs_frozen > 0:
-        phases.append({"name": PHASE_FROZEN, "optimizer": "adam", "lr": config.frozen_lr,
-                       "max_epochs": config.epochs_frozen, "reduce_lr": False, "cosine": False})
-    return phases + [{"name": PHASE_FINETUNE, "optimizer": "sgd_nesterov", **trainable}]
+        phases.append(Phase(PHASE_FROZEN, "adam", lr=config.frozen_lr, max_epochs=config.epochs_frozen,
+                            reduce_lr=False, cosine=False))
+    return phases + [Phase(PHASE_FINETUNE, "sgd_nesterov", **trainable)]
 
 
-def describe_plan(phases: list[dict], block: str | None) -> str | None:
+def describe_plan(phases: list[Phase], block: str | None) -> str | None:
     """Why a run has no frozen phase, for the progress output (None when it has one)."""
     first = phases[0]
-    if first["name"] == PHASE_SCRATCH:
+    if first.name == PHASE_SCRATCH:
         why = "there is no image block" if block is None else f"block {block!r} starts from random weights"
         return (f"No frozen phase: {why}, so there are no pretrained weights to protect; the whole network "
-                f"trains from the start with {first['optimizer']} (lr {first['lr']:g}).")
-    if first["name"] == PHASE_FINETUNE:
+                f"trains from the start with {first.optimizer} (lr {first.lr:g}).")
+    if first.name == PHASE_FINETUNE:
         return "No frozen phase (epochs_frozen=0): the pretrained block is fine-tuned from the first epoch."
     return None
 
 
-def enter_phase(model: keras.Model, phase: dict, config: TrainConfig, steps_per_epoch: int, strategy,
+def enter_phase(model: keras.Model, phase: Phase, config: TrainConfig, steps_per_epoch: int, strategy,
                 has_aux: bool) -> None:
     """The switch into a phase: freeze or unfreeze the block, a new optimizer, compile.
 
@@ -119,20 +132,20 @@ def enter_phase(model: keras.Model, phase: dict, config: TrainConfig, steps_per_
     trainable otherwise, except its layers before ``config.finetune_from``, which stay frozen
     in the finetune phase too; the rest of the network always trains.
     """
-    lr = phase["lr"]
-    if phase["cosine"]:
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps_per_epoch * phase["max_epochs"],
+    lr = phase.lr
+    if phase.cosine:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps_per_epoch * phase.max_epochs,
                                                     alpha=COSINE_FLOOR)
     with strategy.scope():
         if config.block is not None:
             block = networks.get_block(model, config.block)
-            block.trainable = phase["name"] != PHASE_FROZEN
-            if phase["name"] == PHASE_FINETUNE and config.finetune_from is not None:
+            block.trainable = phase.name != PHASE_FROZEN
+            if phase.name == PHASE_FINETUNE and config.finetune_from is not None:
                 for layer in frozen_block_layers(block, config.finetune_from):
                     layer.trainable = False
         # Keras decays weights decoupled from the gradient (w -= lr * weight_decay * w), as AdamW.
         decay = config.weight_decay or None
-        if phase["optimizer"] == "adam":
+        if phase.optimizer == "adam":
             optimizer = keras.optimizers.Adam(learning_rate=lr, weight_decay=decay)
         else:
             optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=MOMENTUM, nesterov=True,

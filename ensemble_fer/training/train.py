@@ -3,7 +3,8 @@
 Where the parts are: the configuration (:mod:`ensemble_fer.training.config`), the rows and the
 ``tf.data`` pipelines (:mod:`~ensemble_fer.training.data`), the phases and the frozen ->
 fine-tune switch (:mod:`~ensemble_fer.training.schedule`), the checkpoints and the callbacks
-that make a run resumable (:mod:`~ensemble_fer.training.resume`).
+that make a run resumable (:mod:`~ensemble_fer.training.resume`), what the end of a run writes
+(:mod:`~ensemble_fer.training.variant_outputs`).
 
 Outputs (see docs/ARCHITECTURE.md): ``model.keras`` (the best epoch of the last phase),
 ``config.json`` (written last: its presence means the variant is complete), ``history.csv``
@@ -18,7 +19,7 @@ Public API::
 
 The folder is written and read through :class:`ensemble_fer.models.variant_dir.VariantDir`;
 loading a trained variant and predicting with it are :func:`ensemble_fer.models.variant_dir.load_variant`
-and :mod:`ensemble_fer.inference.forward`.
+and :mod:`ensemble_fer.models.forward`.
 """
 
 from __future__ import annotations
@@ -34,16 +35,14 @@ import numpy as np
 import tensorflow as tf
 
 from ensemble_fer import artifacts
-from ensemble_fer.errors import InputError
-from ensemble_fer.evaluation import metrics
 from ensemble_fer.features.feature_store import FeatureStore
-from ensemble_fer.inference.forward import predict_outputs
 from ensemble_fer.labels import get_label_set
 from ensemble_fer.models import networks
 from ensemble_fer.models.variant_dir import VariantDir
 from ensemble_fer.training.config import MAX_MINUTES, TrainConfig
+from ensemble_fer.training.variant_outputs import inference_copy, write_variant_outputs
 from ensemble_fer.training.data import balanced_class_weights, eval_dataset, load_splits, train_dataset
-from ensemble_fer.training.resume import (RunState, _save_keras_atomic, check_out, clean_after_kill,
+from ensemble_fer.training.resume import (RunState, check_out, clean_after_kill,
                                           load_checkpoint, new_state, phase_callbacks, remove)
 from ensemble_fer.training.schedule import (PHASE_FINETUNE, PHASE_FROZEN, auto_precision, describe_plan, enter_phase,
                                             has_pretrained_weights, plan_phases)
@@ -54,7 +53,7 @@ def train_variant(store, block: str | None = None, bovw: bool = False, *, out=No
                   callbacks: Sequence = (), **config) -> Path:
     """:func:`train` with the configuration as keywords: ``config`` holds the other fields of
     :class:`~ensemble_fer.training.config.TrainConfig` (``epochs=1, lr=0.01, ...``)."""
-    return train(store, TrainConfig(block=block, bovw=bovw, **config), out=out, resume=resume, force=force,
+    return train(store, TrainConfig.from_arguments(block=block, bovw=bovw, **config), out=out, resume=resume, force=force,
                  max_minutes=max_minutes, progress=progress, callbacks=callbacks)
 
 
@@ -105,7 +104,43 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
     args = {**config.to_json(), "max_minutes": max_minutes, "features": str(store.path),
             "feature_store": {"config_hash": store.config_hash, "manifest_hash": store.manifest_hash},
             "out": str(out), "progress": bool(progress), "precision_policy": policy, "teacher_sha256": None}
+    teacher, splits, counts, aux = _read_inputs(config, store, label_set, args, say)
+    # One run at a time writes a folder: locked before the folder is looked at, so two runs
+    # into one --out cannot both decide it is free (a second stops at once, naming the first).
+    with artifacts.output_lock(out):
+        state, stale = check_out(out, args, resume=resume, force=force, say=say)
+        clean_after_kill(out, state)
+        finished = _finished(state, config, folder, out, say)
+        if finished == "written":
+            return out
+        finish_only = finished == "trained"
 
+        teacher_info = None if teacher is None else _distill_targets(teacher, splits, store, config, args, say)
+        pretrained = has_pretrained_weights(config)
+        phases = plan_phases(pretrained, config)
+        note = describe_plan(phases, config.block)
+        if note:
+            say(note)
+        class_weights = (balanced_class_weights(splits["train"].y, label_set.n_classes)
+                         if config.class_weight == "balanced" else None)
+        build_args = _build_args(config, label_set, splits, aux)
+
+        run, final, strategy = _train_network(
+            config, policy, gpus, splits, label_set, phases, build_args, class_weights, folder, out, state, stale,
+            args, finish_only, say=say, started=started, max_minutes=max_minutes, progress=progress, callbacks=callbacks)
+
+        write_variant_outputs(folder, final, run, label_set, store, counts, variant, pretrained, aux, teacher_info,
+                       {"precision": policy, "gpus": len(gpus), "strategy": type(strategy).__name__,
+                        "replicas": int(strategy.num_replicas_in_sync)},
+                       time.time() - started)
+        say(f"wrote {out}")
+    return out
+
+
+def _read_inputs(config: TrainConfig, store: FeatureStore, label_set, args: dict, say) -> tuple:
+    """What the run reads, each checked before the output folder is looked at: the teacher
+    (its fingerprint into ``args``), the rows of the store and the auxiliary targets.
+    Returns ``(teacher or None, splits, counts, aux targets or None)``."""
     teacher = None
     if config.teacher is not None:
         from ensemble_fer.training import distill
@@ -118,79 +153,84 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
         from ensemble_fer.training.aux_targets import read_aux_targets
 
         aux = read_aux_targets(config.aux_targets).attach(store, splits)
-    # One run at a time writes a folder: locked before the folder is looked at, so two runs
-    # into one --out cannot both decide it is free (a second stops at once, naming the first).
-    with artifacts.output_lock(out):
-        state, stale = check_out(out, args, resume=resume, force=force, say=say)
-        clean_after_kill(out, state)
-        finish_only = False
-        if state is not None and state["complete"] and (
-                state["stopped"] == "early stopping" or state["args"]["epochs"] >= config.epochs):
-            if folder.config_path.is_file():
-                say(f"{out}: the run is already complete (stopped by {state['stopped']} after {state['epoch']} "
-                    f"epochs); nothing to resume")
-                return out
-            # Training finished but the run stopped before its outputs were all written.
-            say(f"{out}: the run finished training; writing its outputs")
-            finish_only = True
+    return teacher, splits, counts, aux
 
-        teacher_info = None
-        if teacher is not None:
-            train_rows = splits["train"]
-            train_rows.soft = distill.teacher_probabilities(teacher, train_rows, store, say)
-            teacher_info = distill.describe(teacher, args["teacher_sha256"], train_rows.soft, train_rows.y,
-                                            config.distill_weight)
-        pretrained = has_pretrained_weights(config)
-        phases = plan_phases(pretrained, config)
-        note = describe_plan(phases, config.block)
-        if note:
-            say(note)
-        class_weights = (balanced_class_weights(splits["train"].y, label_set.n_classes)
-                         if config.class_weight == "balanced" else None)
-        build_args = dict(block=config.block, bovw=config.bovw, n_classes=label_set.n_classes,
-                          image_size=config.image_size, dropout=config.dropout, bovw_units=list(config.bovw_units),
-                          dense_units=config.dense_units, n_aux=len(aux.names) if aux is not None else 0)
-        if config.bovw:
-            # Statistics of the training rows only: validation and test must not leak into the model.
-            build_args["bovw_mean"], build_args["bovw_var"] = networks.bovw_statistics(splits["train"].bovw)
 
-        previous_policy = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy(policy)
-        from ensemble_fer.distribute import choose_strategy
+def _distill_targets(teacher, splits, store, config: TrainConfig, args: dict, say) -> dict:
+    """The teacher's probabilities of the training rows as their soft targets (once the run is
+    known to train: a teacher pass costs minutes); the ``teacher`` entry of ``config.json``."""
+    from ensemble_fer.training import distill
 
-        strategy = choose_strategy(gpus)     # TF_CONFIG workers, several GPUs, or the default
-        try:
-            keras.utils.set_random_seed(config.seed)
-            say(f"building the network ({config.block or 'no image block'}{' + BOVW' if config.bovw else ''}); "
-                f"{len(splits['train'].y):,} training rows")
-            with strategy.scope():
-                if state is None:
-                    # Built before the old outputs go, so that unavailable weights change nothing.
-                    model = networks.build_network(weights=config.weights, **build_args)
-                    remove(out, stale)
-                    state = new_state(args, phases)
-                else:
-                    model = load_checkpoint(out, state)
-                    state["args"] = args
-            run = _Run(model=model, config=config, splits=splits, n_classes=label_set.n_classes, phases=phases,
-                       run_state=RunState(folder, state), strategy=strategy, class_weights=class_weights, say=say,
-                       started=started, max_minutes=max_minutes, progress=progress, extra_callbacks=list(callbacks))
-            if not finish_only:
-                run.train()
-            elif state["best_weights"]:
-                # EarlyStopping had restored these in memory; the checkpoint holds the last epoch's.
-                run.model.set_weights(run.run_state.best_weights())
-            keras.mixed_precision.set_global_policy("float32")
-            final = _inference_copy(run.model, build_args)
-        finally:
-            keras.mixed_precision.set_global_policy(previous_policy)
+    train_rows = splits["train"]
+    train_rows.soft = distill.teacher_probabilities(teacher, train_rows, store, say)
+    return distill.describe(teacher, args["teacher_sha256"], train_rows.soft, train_rows.y, config.distill_weight)
 
-        _write_outputs(folder, final, run, label_set, store, counts, variant, pretrained, aux, teacher_info,
-                       {"precision": policy, "gpus": len(gpus), "strategy": type(strategy).__name__,
-                        "replicas": int(strategy.num_replicas_in_sync)},
-                       time.time() - started)
-        say(f"wrote {out}")
-    return out
+
+def _train_network(config: TrainConfig, policy: str, gpus, splits, label_set, phases, build_args: dict,
+                   class_weights, folder: VariantDir, out: Path, state, stale, args: dict, finish_only: bool, *, say,
+                   started: float, max_minutes, progress: bool, callbacks) -> tuple:
+    """Build the network (or load the checkpoint to resume), train it through its phases
+    under ``policy`` and the distribution strategy, and return ``(run, inference copy,
+    strategy)``; the global precision policy is restored whatever happens."""
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    from ensemble_fer.distribute import choose_strategy
+
+    strategy = choose_strategy(gpus)     # TF_CONFIG workers, several GPUs, or the default
+    try:
+        keras.utils.set_random_seed(config.seed)
+        say(f"building the network ({config.block or 'no image block'}{' + BOVW' if config.bovw else ''}); "
+            f"{len(splits['train'].y):,} training rows")
+        with strategy.scope():
+            if state is None:
+                # Built before the old outputs go, so that unavailable weights change nothing.
+                model = networks.build_network(weights=config.weights, **build_args)
+                remove(out, stale)
+                state = new_state(args, phases)
+            else:
+                model = load_checkpoint(out, state)
+                state["args"] = args
+        run = _Run(model=model, config=config, splits=splits, n_classes=label_set.n_classes, phases=phases,
+                   run_state=RunState(folder, state), strategy=strategy, class_weights=class_weights, say=say,
+                   started=started, max_minutes=max_minutes, progress=progress, extra_callbacks=list(callbacks))
+        if not finish_only:
+            run.train()
+        elif state["best_weights"]:
+            # EarlyStopping had restored these in memory; the checkpoint holds the last epoch's.
+            run.model.set_weights(run.run_state.best_weights())
+        keras.mixed_precision.set_global_policy("float32")
+        final = inference_copy(run.model, build_args)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    return run, final, strategy
+
+
+def _finished(state, config: TrainConfig, folder: VariantDir, out: Path, say) -> str | None:
+    """Whether the run in ``folder`` has nothing left to train: ``"written"`` (complete, outputs
+    written: nothing to do), ``"trained"`` (training finished but the run stopped before its
+    outputs were all written) or None. A run stopped by its epoch limit is not finished when
+    ``config.epochs`` is larger."""
+    if state is None or not state["complete"] or (
+            state["stopped"] != "early stopping" and state["args"]["epochs"] < config.epochs):
+        return None
+    if folder.config_path.is_file():
+        say(f"{out}: the run is already complete (stopped by {state['stopped']} after {state['epoch']} "
+            f"epochs); nothing to resume")
+        return "written"
+    say(f"{out}: the run finished training; writing its outputs")
+    return "trained"
+
+
+def _build_args(config: TrainConfig, label_set, splits, aux) -> dict:
+    """The keywords of :func:`~ensemble_fer.models.networks.build_network` for this run (also
+    what the inference copy is rebuilt with)."""
+    build_args = dict(block=config.block, bovw=config.bovw, n_classes=label_set.n_classes,
+                      image_size=config.image_size, dropout=config.dropout, bovw_units=list(config.bovw_units),
+                      dense_units=config.dense_units, n_aux=len(aux.names) if aux is not None else 0)
+    if config.bovw:
+        # Statistics of the training rows only: validation and test must not leak into the model.
+        build_args["bovw_mean"], build_args["bovw_var"] = networks.bovw_statistics(splits["train"].bovw)
+    return build_args
 
 
 ACTIVATION_BYTES_FACTOR = 32
@@ -203,8 +243,7 @@ def check_training_memory(config: TrainConfig) -> None:
     if config.block is None:
         return
     from ensemble_fer import memory
-    from ensemble_fer.models.registry import get_block_spec
-
+    from ensemble_fer.models.blocks import get_block_spec
     size, batch = config.image_size, config.batch_size
     needed = batch * size * size * get_block_spec(config.block).channels * 4 * ACTIVATION_BYTES_FACTOR
     memory.check_fits(needed, f"training {config.block} at image_size {size} with batch_size {batch}")
@@ -236,7 +275,7 @@ class _Run:
             resumed = True
         while True:
             phase = self.phases[state["phase_index"]]
-            phase_end = state["phase_start_epoch"] + phase["max_epochs"]
+            phase_end = state["phase_start_epoch"] + phase.max_epochs
             early = False
             if state["epoch"] < phase_end:
                 cut = self._cached_cut(phase)
@@ -257,8 +296,8 @@ class _Run:
                     fit_model, train, steps, phase_val = self._cached_phase(cut, state["epoch"], phase_end)
                 lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
                 trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
-                self.say(f"phase {phase['name']}: epochs {state['epoch'] + 1}-{phase_end} at most, "
-                         f"{phase['optimizer']} lr {lr:g}, {trainable:,} trainable parameters"
+                self.say(f"phase {phase.name}: epochs {state['epoch'] + 1}-{phase_end} at most, "
+                         f"{phase.optimizer} lr {lr:g}, {trainable:,} trainable parameters"
                          + ("" if cut is _NOT_CACHED else
                             f", on cached trunk outputs ({config.cached_views} view(s) per crop)"))
                 callbacks = phase_callbacks(self, phase, resumed)
@@ -280,7 +319,7 @@ class _Run:
             resumed = False
             if not (early or state["epoch"] >= phase_end):
                 break   # stopped inside the phase by the time budget or an extra callback
-            state["phases_done"].append({"name": phase["name"], "epochs": state["phase_epochs"],
+            state["phases_done"].append({"name": phase.name, "epochs": state["phase_epochs"],
                                          "early_stopping": early})
             if state["phase_index"] + 1 == len(self.phases):
                 state.update(complete=True, stopped="early stopping" if early else "epochs")
@@ -290,7 +329,7 @@ class _Run:
             state["phase_index"] += 1
             state.update(phase_start_epoch=state["epoch"], phase_epochs=0, early_stopping=None, reduce_lr=None,
                          best_weights=None)
-            self.run_state.checkpoint(self.model, self.phases[state["phase_index"]]["name"])
+            self.run_state.checkpoint(self.model, self.phases[state["phase_index"]].name)
             if self.budget_hit:
                 break
         state["stopped"] = "time budget" if self.budget_hit else "callback"
@@ -305,9 +344,9 @@ class _Run:
         config = self.config
         if config.block is None or self.has_aux:
             return _NOT_CACHED
-        if phase["name"] == PHASE_FROZEN:
+        if phase.name == PHASE_FROZEN:
             return None
-        if phase["name"] == PHASE_FINETUNE and config.finetune_from is not None:
+        if phase.name == PHASE_FINETUNE and config.finetune_from is not None:
             return config.finetune_from
         return _NOT_CACHED
 
@@ -351,90 +390,6 @@ class _Run:
 
 
 _NOT_CACHED = object()
-
-
-def _inference_copy(model, build_args: dict) -> keras.Model:
-    """The model to save: float32, uncompiled, whatever policy it was trained in.
-
-    A fresh network of the same architecture (built under the float32 policy) takes the
-    trained weights -- variables are float32 under the mixed policies too -- so ``model.keras``
-    runs anywhere and carries no optimizer state.
-    """
-    copy = networks.build_network(weights=None, **build_args)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def _write_outputs(folder: VariantDir, model, run: _Run, label_set, store, counts, variant, pretrained, aux,
-                   teacher_info, device, wall_seconds) -> None:
-    state, train_config = run.run_state.state, run.config
-    classes = list(label_set.classes)
-    config = {"variant": variant, "block": train_config.block, "bovw": train_config.bovw,
-              "labels": label_set.to_json()}
-    if aux is not None:
-        config["aux"] = {**aux.describe(), "loss_weight": train_config.aux_loss_weight,
-                         "positives": {name: dict(zip(aux.names, split.aux.sum(axis=0).astype(int).tolist()))
-                                       for name, split in run.splits.items()}}
-    _save_keras_atomic(model, folder.model_path)
-
-    predictions, scores = {}, {}
-    for split in ("val", "test"):
-        if split not in run.splits:
-            continue
-        data = run.splits[split]
-        outputs = predict_outputs(model, config, data.images, data.bovw, 256)
-        proba = outputs[networks.PROBABILITIES_OUTPUT]
-        if not np.isfinite(proba).all():
-            # The arguments made training diverge (a learning rate too high): a failed run of a
-            # grid search, not a bug. Checked here, before the metrics refuse the NaN.
-            row = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])
-            rates = f"lr={train_config.lr!r}" + (f", frozen_lr={train_config.frozen_lr!r}"
-                                                 if PHASE_FROZEN in state["phases"] else "")
-            raise InputError(f"lr: training diverged with {rates}: the {split} probabilities of row {row} "
-                             f"are NaN or inf; train with a smaller learning rate")
-        predictions[split] = {"ids": data.ids.astype(str), "y": data.y.astype(np.int64), "proba": proba,
-                              "face_found": data.face_found}
-        if aux is not None:
-            from ensemble_fer.training.aux_targets import aux_metrics
-
-            aux_proba = outputs[networks.AUX_OUTPUT]
-            predictions[split].update(aux_proba=aux_proba, aux_y=data.aux.astype(np.int64))
-            scores.setdefault("aux", {})[split] = aux_metrics(data.aux, aux_proba, aux.names)
-        scores[split] = metrics.classification_metrics(data.y, proba, classes)
-        found = data.face_found
-        scores[f"{split}_face_found"] = (metrics.classification_metrics(data.y[found], proba[found], classes)
-                                         if found.any() else None)
-    folder.write_predictions(predictions)
-    folder.write_metrics(scores)
-
-    cm_split = "test" if "test" in scores else "val"
-    metrics.plot_confusion_matrix(scores[cm_split]["confusion_matrix"], classes, folder.confusion_matrix_path,
-                                  title=f"{variant}: {cm_split} (n = {scores[cm_split]['n']})")
-    history = {column: [row.get(column) for row in state["history"]]
-               for column in ("phase", "loss", "val_loss", "accuracy", "val_accuracy")}
-    metrics.plot_training_curves(history, folder.curves_path, title=variant)
-
-    stopping = state["early_stopping"] or {}
-    config.update({
-        "feature_store": store.describe(),
-        "args": state["args"],
-        "versions": artifacts.package_versions(),
-        "model": {"n_params": int(model.count_params()), "inputs": sorted(t.name for t in model.inputs),
-                  "image_size": train_config.image_size, "pretrained_block": bool(pretrained)},
-        "training": {
-            "complete": bool(state["complete"]), "stopped": state["stopped"],
-            "epochs_run": state["epoch"], "phases": state["phases_done"] + (
-                [] if state["complete"] else [{"name": state["phases"][state["phase_index"]],
-                                               "epochs": state["phase_epochs"], "unfinished": True}]),
-            "best_epoch": stopping.get("best_epoch", -1) + 1, "best_val_loss": stopping.get("best"),
-            "class_weights": run.class_weights, "training_seconds": state["seconds"],
-            "wall_seconds_last_call": round(wall_seconds, 2), "device": device,
-        },
-        "data": counts,
-        **({"teacher": teacher_info} if teacher_info is not None else {}),
-        "figures": {"confusion_matrix": cm_split},
-    })
-    folder.write_config(config)   # last: its presence means complete outputs
 
 
 class _EpochEstimate(keras.callbacks.Callback):

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ensemble_fer.errors import InputError
@@ -37,6 +39,20 @@ def predict_proba(model, config: dict, images=None, bovw=None, batch_size: int =
     second output :func:`predict_aux_proba` gives.
     """
     return predict_outputs(model, config, images, bovw, batch_size)[networks.PROBABILITIES_OUTPUT]
+
+
+def check_proba(proba: np.ndarray, config: dict, folder) -> np.ndarray:
+    """``proba`` of the variant in ``folder``, refused (``InputError`` naming its files) when its
+    shape does not match the classes its ``config.json`` lists or it holds NaN or inf."""
+    from ensemble_fer.models.variant_dir import CONFIG, MODEL
+
+    n_classes = len(config["labels"]["classes"])
+    if proba.ndim != 2 or proba.shape[1] != n_classes:
+        raise InputError(f"{Path(folder) / MODEL}: outputs shape {proba.shape[1:]} but "
+                         f"{CONFIG} lists {n_classes} classes")
+    if not np.all(np.isfinite(proba)):
+        raise InputError(f"{Path(folder) / MODEL}: predicted NaN or inf probabilities")
+    return proba
 
 
 def predict_aux_proba(model, config: dict, images=None, bovw=None, batch_size: int = 256) -> np.ndarray:

@@ -417,3 +417,41 @@ def tta_images(images, n_views: int) -> list[np.ndarray]:
     return [warp_images(images, np.broadcast_to(affine_matrix(rotation_deg=rotation_deg, scale=scale, flip=flip),
                                                 (len(images), 2, 3)))
             for rotation_deg, scale, flip in TTA_VIEWS[:n_views]]
+
+
+VIEW_CHUNK = 512
+"""Rows whose test-time views are made and predicted together (bounds the views' memory)."""
+
+
+def predict_views(models, images, landmarks, bovw_rows, tta: int, n_classes: int,
+                  batch_size: int = 256) -> np.ndarray:
+    """Each model's probabilities of the rows, averaged over ``tta`` test-time views (0: the
+    rows as given), shape (n_models, N, n_classes).
+
+    ``models`` is a sequence of ``(inputs, predict)``: the input names a model takes
+    (``"image"``, ``"bovw"``) and ``predict(images, bovw, batch_size)`` returning (n, n_classes).
+    The views of each chunk of :data:`VIEW_CHUNK` rows are made once for every model. With a
+    BOVW model the views move the landmarks too and the BOVW vectors are recomputed, so
+    ``landmarks`` is needed; with image-only models only the images are warped.
+    """
+    needs_bovw = any("bovw" in inputs for inputs, _ in models)
+    n = len(images) if images is not None else len(bovw_rows) if bovw_rows is not None else 0
+    out = np.empty((len(models), n, n_classes))
+    for start in range(0, n, VIEW_CHUNK):
+        rows = slice(start, min(start + VIEW_CHUNK, n))
+        if tta and not needs_bovw:
+            view_images, view_bovw = np.concatenate(tta_images(images[rows], tta)), None
+        elif tta:
+            views = tta_views(images[rows], landmarks[rows], tta)
+            view_images = np.concatenate([np.asarray(v[0], dtype=np.uint8) for v in views])
+            view_bovw = np.concatenate([np.asarray(v[2], dtype=np.float32) for v in views])
+        else:
+            view_images = None if images is None else images[rows]
+            view_bovw = None if bovw_rows is None else bovw_rows[rows]
+        n_rows = rows.stop - rows.start
+        for m, (inputs, predict) in enumerate(models):
+            proba = predict(view_images if "image" in inputs else None,
+                            view_bovw if "bovw" in inputs else None, batch_size)
+            # views are stacked view-major: (n_views * n_rows) -> (n_views, n_rows)
+            out[m, rows] = proba.reshape(-1, n_rows, n_classes).mean(axis=0)
+    return out
