@@ -8,6 +8,7 @@ catching every ``KeyError`` or ``RuntimeError`` hid programming errors behind ``
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 
@@ -31,3 +32,12 @@ def reports_errors(main):
             return EXIT_BAD_INPUT
 
     return wrapper
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse, with a bad command line reported like every other bad input: one line
+    (``PROG: error: argument --x: ...; see --help``) and exit status 2. argparse's own
+    ``error`` prints the whole usage block first, which buries the one line that matters."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")

@@ -22,14 +22,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_errors import reports_errors
+from .cli_errors import CommandLineParser, reports_errors
 from .cli_numbers import MAX_BATCH, int_in
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ensemble_fer import paths
     from ensemble_fer.evaluation import comparison
-    p = argparse.ArgumentParser(prog="python -m pipelines.compare", description=__doc__.split("\n")[0])
+    p = CommandLineParser(prog="python -m pipelines.compare", description=__doc__.split("\n")[0])
     p.add_argument("--models", type=Path, default=paths.models_dir(),
                    help="folder searched recursively for variant folders (default: models/ in the current folder)")
     p.add_argument("--out", type=Path, help="output folder (default: <models>/comparison)")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_errors import reports_errors
+from .cli_errors import CommandLineParser, reports_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.convert_weights", description=__doc__.split("\n")[0])
+    p = CommandLineParser(prog="python -m pipelines.convert_weights", description=__doc__.split("\n")[0])
     p.add_argument("block", help="a block with ported weights (faceres_mobilenet, ...)")
     p.add_argument("--source", type=Path, default=Path("../shared/weights"),
                    help="folder holding the published originals (default ../shared/weights)")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ensemble_fer.errors import InputError
 
-from .cli_errors import reports_errors
+from .cli_errors import CommandLineParser, reports_errors
 from .cli_numbers import MAX_MINUTES, N_JOBS, float_in, int_in, with_range
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ensemble_fer.features import bovw
 
     # the first paragraph, whole: its first line alone stops mid-sentence
-    p = argparse.ArgumentParser(prog="python -m pipelines.demo", description=" ".join(__doc__.split("\n\n")[0].split()))
+    p = CommandLineParser(prog="python -m pipelines.demo", description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--out", type=Path, default=paths.runs_dir("demo"),
                    help="output folder (default runs/demo in the current folder)")
     p.add_argument("--epochs", type=int_in(1, 1000), default=4, help="epochs per variant (1 to 1000; default 4)")

@@ -58,12 +58,12 @@ from ensemble_fer.inference.loading import load_predictor
 from ensemble_fer.errors import InputError
 from ensemble_fer import release
 
-from .cli_errors import reports_errors
+from .cli_errors import CommandLineParser, reports_errors
 from .cli_numbers import MAX_BATCH, N_JOBS, int_in, with_range
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__.split("\n")[0])
+    p = CommandLineParser(prog="python -m pipelines.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", metavar="MODEL", help=release.MODEL_HELP)
     p.add_argument("--data", type=Path, help="dataset CSV or folder, or a feature store folder (default: the "
                                               "bundled sample, as for extract)")

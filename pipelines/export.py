@@ -18,13 +18,13 @@ from pathlib import Path
 
 from ensemble_fer import release
 
-from .cli_errors import reports_errors
+from .cli_errors import CommandLineParser, reports_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ensemble_fer.inference.export import ALL_FORMATS, FORMATS
 
-    p = argparse.ArgumentParser(prog="python -m pipelines.export", description=__doc__.split("\n")[0])
+    p = CommandLineParser(prog="python -m pipelines.export", description=__doc__.split("\n")[0])
     p.add_argument("--model", metavar="MODEL", help=release.MODEL_HELP)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the export folder")
     p.add_argument("--format", nargs="+", choices=ALL_FORMATS, default=list(FORMATS), metavar="FORMAT",

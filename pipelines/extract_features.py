@@ -22,7 +22,7 @@ from pathlib import Path
 from ensemble_fer import paths
 from ensemble_fer.features import bovw, datasets, feature_store
 
-from .cli_errors import reports_errors
+from .cli_errors import CommandLineParser, reports_errors
 from .cli_numbers import MAX_SEED, N_JOBS, int_in, with_range
 
 # The module docstring without its usage line (argparse writes its own).
@@ -30,7 +30,7 @@ _DESCRIPTION = "\n\n".join(part for i, part in enumerate(__doc__.strip().split("
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.extract_features", description=_DESCRIPTION,
+    p = CommandLineParser(prog="python -m pipelines.extract_features", description=_DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, help="dataset CSV or folder (default: the bundled sample)")
     p.add_argument("--format", choices=datasets.FORMATS, default="auto")

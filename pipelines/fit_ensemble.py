@@ -47,12 +47,12 @@ from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.models.variant_dir import find_variants
 from ensemble_fer.features.augment import MAX_TTA, check_tta
 
-from .cli_errors import reports_errors
+from .cli_errors import CommandLineParser, reports_errors
 from .cli_numbers import MAX_SEED, int_in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.fit_ensemble", description=__doc__.split("\n")[0])
+    p = CommandLineParser(prog="python -m pipelines.fit_ensemble", description=__doc__.split("\n")[0])
     p.add_argument("--models", type=Path, default=paths.models_dir(),
                    help="folder searched recursively for variant folders (default: models/ in the current folder)")
     p.add_argument("--variants", nargs="+", metavar="NAME",

@@ -56,7 +56,7 @@ import numpy as np
 from ensemble_fer import release
 from ensemble_fer.features.faces import FAST_SEARCH_GIVES_UP
 
-from .cli_errors import EXIT_BAD_INPUT, reports_errors
+from .cli_errors import CommandLineParser, EXIT_BAD_INPUT, reports_errors
 
 def build_parser() -> argparse.ArgumentParser:
     from ensemble_fer.features.faces import MAX_UPSAMPLE
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_numbers import MAX_BATCH, MAX_FPS, float_in, int_in
 
-    p = argparse.ArgumentParser(prog="python -m pipelines.predict", description=__doc__.split("\n")[0])
+    p = CommandLineParser(prog="python -m pipelines.predict", description=__doc__.split("\n")[0])
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="photos, videos (mp4, mov, avi, mkv, webm, ... : any container OpenCV reads) and/or folders "
                         "of them (--recursive for their sub-folders)")

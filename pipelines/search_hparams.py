@@ -27,13 +27,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_errors import reports_errors
+from .cli_errors import CommandLineParser, reports_errors
 from .cli_numbers import MAX_MINUTES, float_in
 from .train_variant import add_variant_arguments, check_store_first
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.search_hparams", description=__doc__.split("\n")[0])
+    p = CommandLineParser(prog="python -m pipelines.search_hparams", description=__doc__.split("\n")[0])
     add_variant_arguments(p)
     p.add_argument("--grid", type=Path, required=True, help="JSON file: parameter name -> list of values")
     p.add_argument("--out", type=Path, help="search folder (default: runs/search/<variant> in the current folder)")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from ensemble_fer import paths
 from ensemble_fer.errors import InputError
 
-from .cli_errors import reports_errors
+from .cli_errors import CommandLineParser, reports_errors
 from .cli_numbers import MAX_MINUTES, float_in
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def add_variant_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from ensemble_fer.training.config import TrainConfig
 
-    p = argparse.ArgumentParser(prog="python -m pipelines.train_variant", description=__doc__.split("\n")[0])
+    p = CommandLineParser(prog="python -m pipelines.train_variant", description=__doc__.split("\n")[0])
     add_variant_arguments(p)
     for f in _cli_fields(TrainConfig):
         if f.name not in VARIANT_FIELDS:

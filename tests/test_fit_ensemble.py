@@ -394,7 +394,7 @@ def test_refuses_bad_tta_arguments(variant_pair, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:        # out of range: refused as the command line is parsed
         _run(["--models", models, "--tta", "11"], capsys)
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].endswith("error: argument --tta: must be an int in [0, 10]; got 11")
+    assert capsys.readouterr().err.splitlines()[-1].endswith("error: argument --tta: must be an int in [0, 10]; got 11 (see --help)")
     assert not (models / "ensemble.json").exists()
 
 

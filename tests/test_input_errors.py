@@ -91,7 +91,7 @@ def test_cli_bad_detection_argument_is_refused_as_parsed(tmp_path, capsys):
         assert exit_.value.code == 2
         assert capsys.readouterr().err.splitlines()[-1].endswith(
             f"error: argument --upsample: must be auto or fast or an int in [0, 4] (each doubles the photo before "
-            f"detection); got {value!r}")
+            f"detection); got {value!r} (see --help)")
     # both search modes are accepted as parsed (the model's own is the default)
     parsed = predict.build_parser().parse_args([str(PHOTO), "--upsample", "fast"])
     assert parsed.upsample == "fast" and predict.build_parser().parse_args([str(PHOTO)]).upsample is None

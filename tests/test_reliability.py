@@ -88,6 +88,27 @@ def test_predict_outputs_that_are_inputs_are_refused_and_never_read_back(tiny_va
     assert sorted(p.name for p in (photos / "ann").iterdir()) == ["a.jpg", "b.jpg"]
 
 
+def test_one_annotated_photo_is_decided_again_under_its_lock(tiny_variant, tmp_path, capsys, monkeypatch):
+    """``--annotate out.jpg`` is checked when the command starts, but another run may write
+    ``out.jpg`` while this one reads its photo: without --force that file is kept, not replaced."""
+    from ensemble_fer.inference import prediction_run
+
+    out = tmp_path / "out.jpg"
+    checked = prediction_run.annotate_target
+
+    def another_run_writes_it_after_the_check(args, files):
+        target = checked(args, files)
+        out.write_bytes(b"another run's picture")
+        return target
+
+    monkeypatch.setattr(prediction_run, "annotate_target", another_run_writes_it_after_the_check)
+    assert cli.main([str(FACES), "--annotate", str(out), "--model", str(tiny_variant), "--quiet"]) == 2
+    assert f"{out}: exists; pass --force to replace it" in _one_error_line(capsys)
+    assert out.read_bytes() == b"another run's picture"
+    assert cli.main([str(FACES), "--annotate", str(out), "--force", "--model", str(tiny_variant), "--quiet"]) == 0
+    assert out.read_bytes()[:2] == b"\xff\xd8"          # replaced with --force: a JPEG
+
+
 def test_export_into_the_model_folder_is_refused(tiny_variant, tmp_path, capsys):
     model = tmp_path / "model"
     shutil.copytree(tiny_variant, model, ignore=shutil.ignore_patterns(".run"))
@@ -436,7 +457,9 @@ def test_numbers_out_of_range_are_refused_as_parsed(stage, args, message, shown,
     with pytest.raises(SystemExit) as exit_:
         module.main(args)
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and message in err.splitlines()[-1] and "Traceback" not in err, err
+    # one line, like every other bad input: not argparse's usage block before it
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and message in err and "Traceback" not in err, err
+    assert err.startswith(f"python -m pipelines.{stage}: error: ") and err.rstrip().endswith("(see --help)"), err
     assert shown in " ".join(module.build_parser().format_help().split())      # the range is in --help
 
 

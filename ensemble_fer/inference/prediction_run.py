@@ -245,6 +245,9 @@ def predict_files(recognizer, files, problems, sink, args, annotate_file=None) -
             from ensemble_fer.inference import annotate
 
             with artifacts.output_lock(annotate_file):
+                # decided again under the lock: another run may have written it since annotate_target
+                if annotate_file.exists() and not args.force:
+                    raise InputError(f"{annotate_file}: exists; pass --force to replace it")
                 annotate.write_image(annotate_file, annotate.draw_faces(read_image_file(path), faces))
         sink.write(path, csv_rows(path, faces, classes))
         counts["read"] += 1
@@ -278,7 +281,10 @@ def predict_videos(recognizer, videos, sink, args, counts, annotate_file=None) -
                     rows.extend(frame_rows)
                     sampled.append((frame, time_s, frame_rows))
             else:
-                with artifacts.output_lock(target), artifacts.replacing(target, force=True) as tmp, \
+                # one --annotate out.mp4 is decided again under its lock (replacing refuses an
+                # existing file without --force); a folder's videos are built inside its new copy
+                force = args.force or target != annotate_file
+                with artifacts.output_lock(target), artifacts.replacing(target, force=force) as tmp, \
                         video.AnnotatedVideoWriter(tmp, rate, suffix=target.suffix) as writer:
                     for frame, time_s, rgb, frame_rows in frames:
                         writer.write(rgb, frame_rows)
