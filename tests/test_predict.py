@@ -389,7 +389,7 @@ def test_existing_outputs_are_refused_before_any_work(tiny_variant, tmp_path, ca
                           (["--batch-size", "0"], "argument --batch-size: must be an int in [1, 4096]; got 0")):
         with pytest.raises(SystemExit) as exit_:        # out of range: refused as the command line is parsed
             cli.main([str(photo), "--model", str(missing_model), *args])
-        assert exit_.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(message)
+        assert exit_.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(message + " (see --help)")
     assert out.read_text() == "an earlier result\n" and (annotated / "keep.png").read_bytes() == b"earlier"
     help_text = " ".join(cli.build_parser().format_help().split())
     assert "--force" in help_text and "--resume" in help_text and "refused if it exists" in help_text

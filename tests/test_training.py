@@ -313,7 +313,7 @@ def test_bad_input_is_one_line_before_training(args, message, sample_store, tmp_
 def test_numbers_out_of_range_are_refused_as_parsed(args, message, sample_store, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         _cli("--block", "cnn5", *args, "--features", sample_store, "--out", tmp_path / "m")
-    assert exit_.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(message)
+    assert exit_.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(message + " (see --help)")
     assert not (tmp_path / "m").exists()
 
 
