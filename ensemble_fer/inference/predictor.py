@@ -49,12 +49,10 @@ from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.features import bovw
 from ensemble_fer.labels import LabelSet, label_set_from_json
 from ensemble_fer.models.variant_dir import CONFIG, MODEL, VariantDir, input_names
-from ensemble_fer.features.augment import check_tta, predict_views
+from ensemble_fer.features.augment import VIEW_CHUNK, check_tta, predict_views
 
-CHUNK = 512
 NETWORK_FILES = (MODEL, "model.tflite", "model.onnx")
 """The files a member's network may be in: Keras, or an export's (:mod:`ensemble_fer.inference.export`)."""
-"""Images analysed and predicted together: bounds the memory of ``tta`` views."""
 
 
 @dataclass
@@ -192,11 +190,13 @@ class Predictor:
             # Image-only members read the crops alone (and their views): no landmarks or HOG.
             return self.predict_features(images=images, tta=tta, batch_size=batch_size).astype(np.float64)
         out = np.empty((len(images), len(self.classes)))
-        for start in range(0, len(images), CHUNK):
-            part = images[start:start + CHUNK]
+        # analysed in the chunks predict_views makes its views of: the landmarks and HOG of
+        # every crop are not held at once
+        for start in range(0, len(images), VIEW_CHUNK):
+            part = images[start:start + VIEW_CHUNK]
             features = self.analyse(part)
-            out[start:start + CHUNK] = self.predict_features(features["images"], features["landmarks"],
-                                                             features["bovw"], tta=tta, batch_size=batch_size)
+            out[start:start + VIEW_CHUNK] = self.predict_features(features["images"], features["landmarks"],
+                                                                  features["bovw"], tta=tta, batch_size=batch_size)
         return out
 
     def predict_features(self, images=None, landmarks=None, bovw_rows=None, tta: int | None = None,
