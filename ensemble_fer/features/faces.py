@@ -89,7 +89,6 @@ WHOLE_FRAME: Box = (0, 0, CROP_SIZE - 1, CROP_SIZE - 1)
 """The box of a picture that is already a 48x48 face crop."""
 
 
-@functools.lru_cache(maxsize=None)
 def parse_upsample(text) -> int | str:
     """An upsampling setting from text (``--upsample``): ``auto``, ``fast`` or a whole number
     of doublings in [0, MAX_UPSAMPLE]; ``InputError`` naming what is allowed otherwise."""
