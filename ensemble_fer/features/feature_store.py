@@ -22,7 +22,6 @@ import hashlib
 import math
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from ensemble_fer import artifacts
 from ensemble_fer.features import bovw, datasets, hog, sharpness
+from ensemble_fer.features.workers import exit_with_parent
 from ensemble_fer.errors import DatasetError, InputError
 from ensemble_fer.labels import ALL_CODES
 
@@ -299,33 +299,8 @@ def _chunk_name(split: str, index: int) -> str:
 
 def _analyse_chunk(split, index, images, config, parent_pid=None):
     if parent_pid is not None:
-        _exit_with_parent(parent_pid)
+        exit_with_parent(parent_pid)
     return split, index, bovw.analyse_crops(images, config)
-
-
-_WATCHING_PARENT = False
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """In a worker process of ``parent_pid``, exit as soon as that parent is gone.
-
-    joblib's loky workers hold both ends of their own task pipe, so when the extraction is
-    killed with -9 they never see it close and linger (measured: still alive ten minutes
-    later, each holding its memory). A daemon thread, started once per worker, watches the
-    parent pid and ends the worker when it changes. It does nothing in the parent itself
-    (``n_jobs=1``, threading backend) or in workers that are not its children (dask, ray).
-    """
-    global _WATCHING_PARENT
-    if _WATCHING_PARENT or os.getpid() == parent_pid or os.getppid() != parent_pid:
-        return
-    _WATCHING_PARENT = True
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(0.25)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _run_chunks(jobs, images, config, chunk_size, partial, n_jobs, progress):
