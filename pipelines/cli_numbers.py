@@ -21,6 +21,9 @@ MAX_FPS = 1000.0
 """Video frames sampled per second: above any clip's rate (a higher request is clamped to the clip's)."""
 MAX_MINUTES = 60 * 24 * 365.0
 """A wall-clock budget of a year: anything longer is a typo."""
+MAX_WORKERS = 64
+"""predict's photo workers: each is a process with its own dlib and one decoded photo, and
+workers past the cores gain nothing; 64 covers the machines this runs on and refuses a typo (640)."""
 
 
 class int_in:

@@ -2,7 +2,7 @@
 
     python -m pipelines.predict PATH... [--model PATH] [--csv FILE] [--annotate DIR|FILE] [--gradcam DIR]
         [--force | --resume] [--tta N] [--detector hog|mmod] [--upsample auto|fast|N] [--recursive] [--batch-size N]
-        [--fps N] [--quiet]
+        [--workers N] [--fps N] [--quiet]
 
 Videos (any container OpenCV reads) are handled by :mod:`ensemble_fer.inference.prediction_run`: frames
 sampled at --fps, one row per face per sampled frame with ``frame``, ``time_s`` and
@@ -18,6 +18,10 @@ photo without a face one row with an empty emotion and status ``no_face``; for a
 read (corrupt, not an image, over Pillow's size limit, missing) one row with status ``error``
 and the reason, also reported on stderr. A 48x48 image is taken as a face crop (box = whole
 frame). The exit status is non-zero only when no input could be read at all.
+
+--workers N (N >= 2) decodes photos and finds their faces in N worker processes while this
+process runs the network on the crops as they come; the rows (and their order), the errors
+and the pictures are those of --workers 1. Videos are read in this process, frame after frame.
 
 --annotate DIR writes every photo with its boxes and ``<emotion> <score>`` labels (and every
 video as ``DIR/<name>.mp4``); --annotate FILE, with a picture suffix for one photo or a video
@@ -62,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ensemble_fer.features.faces import MAX_UPSAMPLE
     from ensemble_fer.features.augment import MAX_TTA
 
-    from .cli_numbers import MAX_BATCH, MAX_FPS, float_in, int_in
+    from .cli_numbers import MAX_BATCH, MAX_FPS, MAX_WORKERS, float_in, int_in
 
     p = CommandLineParser(prog="python -m pipelines.predict", description=__doc__.split("\n")[0])
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
@@ -102,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recursive", action="store_true", help="also read the folders inside a folder")
     p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=64, metavar="N",
                    help=f"face crops per network batch (1 to {MAX_BATCH})")
+    p.add_argument("--workers", type=int_in(1, MAX_WORKERS), default=1, metavar="N",
+                   help=f"processes that decode photos and find their faces while this one runs the network, 1 to "
+                        f"{MAX_WORKERS} (1: all in this process; more than the cores gains nothing); the rows are the "
+                        f"same whatever N. Photos only: videos are read here, frame after frame")
     p.add_argument("--fps", type=float_in(0, MAX_FPS), default=4.0, metavar="N",
                    help=f"video frames sampled per second of video, in (0, {MAX_FPS:g}]; at most the clip's own frame "
                         f"rate is used (videos: any container OpenCV reads)")

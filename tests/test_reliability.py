@@ -444,6 +444,10 @@ def test_predict_on_a_full_disk_keeps_the_old_csv_and_says_so(tiny_variant, tmp_
      "0 to 4"),
     ("predict", [str(DOGS), "--fps", "inf"], "argument --fps: must be a finite number in (0, 1000]", "in (0, 1000]"),
     ("predict", [str(DOGS), "--fps", "nan"], "argument --fps: must be a finite number in (0, 1000]", "in (0, 1000]"),
+    ("predict", [str(DOGS), "--workers", "0"], "argument --workers: must be an int in [1, 64]; got 0", "1 to 64"),
+    ("predict", [str(DOGS), "--workers", "65"], "argument --workers: must be an int in [1, 64]; got 65", "1 to 64"),
+    ("predict", [str(DOGS), "--workers", "two"], "argument --workers: must be an int in [1, 64]; got 'two'",
+     "1 to 64"),
     ("evaluate", ["--data", "x", "--n-jobs", "0"], "argument --n-jobs: must be an int -1 or in [1, 256]",
      "-1 or in [1, 256]"),
 ])

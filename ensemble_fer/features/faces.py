@@ -279,6 +279,16 @@ def picture_faces(image: np.ndarray, detector: str = "hog",
     return detect_scored_faces(image, detector, upsample)
 
 
+def picture_crops(image: np.ndarray, detector: str = "hog", upsample: int | str = UPSAMPLE_AUTO
+                  ) -> tuple[list[Box], list[float | None], list[np.ndarray]]:
+    """``(boxes, detection scores, 48x48 crops)`` of a grayscale picture's faces, largest
+    first (:func:`picture_faces`, then :func:`crop_face` of each): all that prediction needs of
+    a picture before its network runs. Plain tuples, floats and arrays, so that they can be
+    made in a worker process (``predict --workers``)."""
+    found = picture_faces(image, detector, upsample)
+    return [box for box, _ in found], [score for _, score in found], [crop_face(image, box) for box, _ in found]
+
+
 def face_landmarks(image: np.ndarray, box: Box) -> np.ndarray:
     """The 68 iBUG landmarks (x, y) of the face in ``box``, as float32 (68, 2)."""
     import dlib

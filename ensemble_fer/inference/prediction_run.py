@@ -5,11 +5,22 @@ as soon as it is done (:func:`predict_files` for photos, :func:`predict_videos` 
 
 ``args`` is the parsed command line of ``pipelines.predict`` (its ``build_parser``): the
 options these steps read (``paths``, ``recursive``, ``csv``, ``annotate``, ``gradcam``,
-``force``, ``tta``, ``fps``, ``batch_size``, ``detector``, ``quiet``).
+``force``, ``tta``, ``fps``, ``batch_size``, ``detector``, ``quiet``, ``workers``).
+
+A photo is decoded and its faces found and cropped by :func:`photo_faces`, which needs no
+model: with ``--workers N`` (N >= 2) N spawned worker processes run it
+(:func:`ensemble_fer.features.workers.ordered_map`) while this process runs the network on
+the crops as they arrive, in input order, so the rows are those of ``--workers 1``. N
+workers, not N - 1: finding faces is most of a photo's time (dlib's search 105 of the
+release's 127 ms CPU a multi-face photo, 48 of the fast model's 55; benchmarks/RESULTS.md,
+session 11), so this process mostly waits for them, and N - 1 would leave a core of 2 idle.
+Videos are read in this process, frame after frame.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
 import warnings
@@ -190,14 +201,46 @@ def annotate_target(args, files) -> Path | None:
     return args.annotate
 
 
+def photo_faces(path, detector: str, upsample) -> tuple | str:
+    """A photo's faces as the network takes them, ``(boxes, detection scores, 48x48 crops)``
+    (:func:`ensemble_fer.features.faces.picture_crops`), or the one-line reason it cannot be
+    read (corrupt, over Pillow's limit, a search needing more memory than is available).
+    What ``predict`` runs per photo, in this process or in a worker (``--workers``): plain
+    tuples, arrays and text, so nothing of dlib's leaves the process that made it."""
+    from ensemble_fer.errors import DatasetError, InputError
+    from ensemble_fer.features import faces
+    from ensemble_fer.features.image_io import to_gray
+
+    try:
+        image = read_photo(path)
+        if image.shape[:2] != (48, 48):
+            faces.check_detection_memory(image.shape, upsample, path)
+    except (DatasetError, InputError) as exc:   # this file only; anything else is a bug: it stops the run
+        return str(exc)
+    return faces.picture_crops(to_gray(image), detector, upsample)
+
+
+@contextlib.contextmanager
+def photos_in_order(paths, recognizer, workers: int = 1):
+    """:func:`photo_faces` of every path, in order: in this process with ``workers`` 1 (or
+    one path), else by that many worker processes (at most one per path), as a context that
+    ends them."""
+    task = functools.partial(photo_faces, detector=recognizer.detector, upsample=recognizer.upsample)
+    workers = min(workers, len(paths))
+    if workers <= 1:
+        yield map(task, paths)
+        return
+    from ensemble_fer.features.workers import ordered_map
+
+    with ordered_map(task, paths, workers) as results:
+        yield results
+
+
 def predict_files(recognizer, files, problems, sink, args, annotate_file=None) -> dict[str, int]:
     """Predict every ``(path, output name)`` in ``files`` not done yet, writing each file's
     rows (and pictures) through ``sink`` as soon as its batch has run, in input order;
     ``annotate_file``: the one photo's annotated picture (``--annotate out.jpg``)."""
-    from ensemble_fer.errors import InputError
-    from ensemble_fer.errors import DatasetError
     from ensemble_fer.features.image_io import read_image_file
-    from ensemble_fer.features.faces import check_detection_memory
 
     classes = recognizer.classes
     counts = {"read": 0, "faces": 0, "errors": 0, "skipped": 0}
@@ -211,23 +254,19 @@ def predict_files(recognizer, files, problems, sink, args, annotate_file=None) -
     # Every input in order; error entries wait here until the files before them are written.
     queue: deque = deque()      # (path, name, reason or None)
 
-    def images():
-        progress = todo
+    def found(results):
+        progress = zip(todo, results)
         if not args.quiet and (len(todo) > 1 or any(p.is_dir() for p in args.paths)):
             from tqdm import tqdm
 
-            progress = tqdm(todo, desc="photos", unit="photo", file=sys.stderr)
-        for path, name in progress:
-            try:
-                image = read_photo(path)
-                if image.shape[:2] != (48, 48):
-                    check_detection_memory(image.shape, recognizer.upsample, path)
-            except (DatasetError, InputError) as exc:   # this file only; anything else is a bug: it stops the run
-                queue.append((path, name, str(exc)))
-                _write_above_progress(progress, str(exc))
+            progress = tqdm(progress, total=len(todo), desc="photos", unit="photo", file=sys.stderr)
+        for (path, name), result in progress:
+            if isinstance(result, str):     # the reason it cannot be read
+                queue.append((path, name, result))
+                _write_above_progress(progress, result)
                 continue
             queue.append((path, name, None))
-            yield image
+            yield result
 
     def flush_errors():
         while queue and queue[0][2] is not None:
@@ -235,25 +274,33 @@ def predict_files(recognizer, files, problems, sink, args, annotate_file=None) -
             sink.write(path, [error_row(path, reason.removeprefix(f"{path}: "), classes)])
             counts["errors"] += 1
 
-    for faces in recognizer.iter_predict(images(), batch_size=args.batch_size, tta=args.tta):
-        flush_errors()
-        path, name, _ = queue.popleft()
-        if sink.pictures:
-            sink.write_pictures(recognizer, read_image_file(path), faces, name)
-        if annotate_file is not None:
-            from ensemble_fer import artifacts
-            from ensemble_fer.inference import annotate
-
-            with artifacts.output_lock(annotate_file):
-                # decided again under the lock: another run may have written it since annotate_target
-                if annotate_file.exists() and not args.force:
-                    raise InputError(f"{annotate_file}: exists; pass --force to replace it")
-                annotate.write_image(annotate_file, annotate.draw_faces(read_image_file(path), faces))
-        sink.write(path, csv_rows(path, faces, classes))
-        counts["read"] += 1
-        counts["faces"] += len(faces)
+    with photos_in_order([path for path, _ in todo], recognizer, args.workers) as results:
+        for faces in recognizer.iter_classify(found(results), batch_size=args.batch_size, tta=args.tta):
+            flush_errors()
+            path, name, _ = queue.popleft()
+            if sink.pictures:
+                sink.write_pictures(recognizer, read_image_file(path), faces, name)
+            if annotate_file is not None:
+                _write_annotated(annotate_file, path, faces, args.force)
+            sink.write(path, csv_rows(path, faces, classes))
+            counts["read"] += 1
+            counts["faces"] += len(faces)
     flush_errors()
     return counts
+
+
+def _write_annotated(annotate_file: Path, path, faces, force: bool) -> None:
+    """``--annotate out.jpg``: the one photo, ``path``, with its boxes and labels."""
+    from ensemble_fer import artifacts
+    from ensemble_fer.errors import InputError
+    from ensemble_fer.features.image_io import read_image_file
+    from ensemble_fer.inference import annotate
+
+    with artifacts.output_lock(annotate_file):
+        # decided again under the lock: another run may have written it since annotate_target
+        if annotate_file.exists() and not force:
+            raise InputError(f"{annotate_file}: exists; pass --force to replace it")
+        annotate.write_image(annotate_file, annotate.draw_faces(read_image_file(path), faces))
 
 
 def predict_videos(recognizer, videos, sink, args, counts, annotate_file=None) -> None:

@@ -26,6 +26,10 @@ How a photo becomes results
    the BOVW features with the extractor settings the model was trained with, and applies
    the ensemble weights (:func:`ensemble_fer.inference.loading.load_predictor`).
 
+Steps 1-3 need no model (:func:`ensemble_fer.features.faces.picture_crops`), so they can run
+elsewhere: :meth:`EmotionRecognizer.iter_classify` takes their results and runs step 4
+(``predict --workers N`` finds faces in worker processes while the network runs here).
+
 Nothing heavy happens at import or in :meth:`EmotionRecognizer.load` (which only checks the
 model's files): TensorFlow and the Keras model load on the first prediction, dlib's detector
 on the first photo.
@@ -161,20 +165,28 @@ class EmotionRecognizer:
         """Lazy :meth:`predict_many`: yields each input's faces, in input order, as soon as
         the batch holding them has run. It reads ``images`` only as far as it needs to fill a
         batch, so any number of photos can stream through it."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise InputError(f"batch_size must be an int >= 1; got {batch_size!r}")
+        _check_batch_size(batch_size)
         check_color(color)
         if isinstance(images, np.ndarray) and (images.ndim == 4 or (images.ndim == 3 and images.shape[-1] > 4)):
             images = iter(images)               # a stack of images: (N, H, W) or (N, H, W, C)
         elif isinstance(images, (str, os.PathLike, np.ndarray)):
             raise TypeError("predict_many takes a list (or a stacked array) of images or paths; "
                             "use predict for one image")
+        yield from self.iter_classify((self._faces(self._gray(image, color)) for image in images),
+                                      batch_size=batch_size, tta=tta)
+
+    def iter_classify(self, found: Iterable[tuple[list[Box], list, list[np.ndarray]]], batch_size: int = 64,
+                      tta: int | None = None) -> Iterator[list[FaceResult]]:
+        """:meth:`iter_predict` for faces found already: ``found`` gives, per picture,
+        ``(boxes, detection scores, 48x48 crops)`` as :func:`ensemble_fer.features.faces.picture_crops`
+        makes them, in this process or in a worker process (``predict --workers``). Yields
+        each picture's faces, in order, as soon as the batch holding them has run."""
+        _check_batch_size(batch_size)
         tta = self._predictor.resolve_tta(tta)      # a bad value fails before any photo is read
         pending: deque = deque()        # (box, detection score, blank) of the inputs not yielded yet, in order
         crops: list[np.ndarray] = []    # crops of their faces not classified yet
         proba: list[np.ndarray] = []    # rows of their faces classified already
-        for image in images:
-            boxes, scores, face_crops = self._faces(self._gray(image, color))
+        for boxes, scores, face_crops in found:
             blank_std = self._predictor.extractor_config.blank_std
             pending.append([(box, score, float(crop.std()) < blank_std)
                             for box, score, crop in zip(boxes, scores, face_crops)])
@@ -278,9 +290,12 @@ class EmotionRecognizer:
 
     def _faces(self, gray: np.ndarray) -> tuple[list[Box], list, list[np.ndarray]]:
         """Boxes, detection scores and crops of the faces of a gray image."""
-        found = faces.picture_faces(gray, detector=self.detector, upsample=self.upsample)
-        boxes = [box for box, _ in found]
-        return boxes, [score for _, score in found], [faces.crop_face(gray, box) for box in boxes]
+        return faces.picture_crops(gray, detector=self.detector, upsample=self.upsample)
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch_size must be an int >= 1; got {batch_size!r}")
 
 
 def check_color(color) -> None:
