@@ -407,5 +407,45 @@ def test_tta_refuses_a_feature_store_the_members_were_not_trained_on(variant_pai
                                   "--n-jobs", "1", "--limit", "20"]) == 0
     models = _linked_members(variant_pair, tmp_path / "ens")
     code, _, stderr = _run(["--models", models, "--tta", "2", "--features", other], capsys)
-    assert code == 2 and f"error: {other}: not the feature store the members were trained on (manifest_hash" in stderr
+    assert code == 2 and f"error: {other}: not the feature store " in stderr, stderr
+    assert "(manifest_hash" in stderr and "its val split lacks" in stderr, stderr
     assert not (models / "ensemble.json").exists()
+
+
+def test_a_store_extracted_again_from_the_same_images_is_the_same_store(sample_store, tmp_path):
+    from pipelines import extract_features
+    from conftest import SAMPLE
+    from ensemble_fer.features.feature_store import FeatureStore
+
+    copy = tmp_path / "elsewhere" / SAMPLE.name        # a copy: other folder, other modification times
+    shutil.copytree(SAMPLE, copy, copy_function=shutil.copy)
+    again = tmp_path / "again"
+    assert extract_features.main(["--data", str(copy), "--out", str(again), "--detector", "none",
+                                  "--quiet", "--n-jobs", "1"]) == 0
+    first, second = FeatureStore(sample_store), FeatureStore(again)
+    assert first.manifest["dataset"]["fingerprint"] != second.manifest["dataset"]["fingerprint"]
+    # the files differ (seconds taken, the dataset's folder), the store's identity does not
+    assert first.manifest_file_hash != second.manifest_file_hash
+    assert first.manifest_hash == second.manifest_hash
+    assert second.is_store_of(first.describe())
+
+
+def test_tta_checks_members_that_record_another_manifest_by_running_them(variant_pair, sample_store, tmp_path,
+                                                                         capsys):
+    # a member trained before store identities were by content records the manifest file's hash
+    models = _copy_members(variant_pair, tmp_path)
+    _edit_config(models / "cnn5+bovw", lambda c: c["feature_store"].update(manifest_hash="0123456789abcdef"))
+    code, _, stderr = _run(["--models", models, "--out", tmp_path / "refused.json"], capsys)
+    assert code == 2 and "--tta N checks each member against one store" in stderr, stderr
+    code, stdout, stderr = _run(["--models", models, "--tta", "2", "--features", sample_store], capsys)
+    assert code == 0, stderr
+    assert "cnn5+bovw: records manifest 0123456789abcdef" in stdout and "gives back its saved predictions" in stdout
+
+    # saved predictions that its network does not give back on these crops: another store's
+    def shuffle_val(arrays):
+        arrays["val_proba"] = arrays["val_proba"][::-1].copy()
+    _edit_predictions(models / "cnn5+bovw", shuffle_val)
+    code, _, stderr = _run(["--models", models, "--tta", "2", "--features", sample_store, "--out",
+                            tmp_path / "other.json"], capsys)
+    assert code == 2 and "not the feature store" in stderr and "differs from its saved predictions" in stderr, stderr
+    assert not (tmp_path / "other.json").exists()

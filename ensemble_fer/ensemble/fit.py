@@ -73,7 +73,7 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
     check_ensemble_outputs(out, force)
     paths = {Path(folder): member_path(folder, out) for folder in folders}
     members = [read_member(folder, say) for folder in folders]
-    splits = check_members(members)
+    splits = check_members(members, stores_checked_later=bool(tta))
     # hashed now, before the fit, so that a file replaced during the fit is noticed at load
     hashes = {m.name: member_hashes(m.folder) for m in members}
     if tta:
@@ -223,12 +223,15 @@ def _predict_with_views(members, splits: list[str], tta: int, features, say) -> 
     recorded = members[0].config["feature_store"]
     path = Path(features if features is not None else recorded["path"])
     store = FeatureStore(path)
-    for key in ("config_hash", "manifest_hash"):
-        if getattr(store, key) != recorded.get(key):
-            raise InputError(f"{path}: not the feature store the members were trained on ({key} "
-                             f"{getattr(store, key)}, they record {recorded.get(key)}); pass the features they "
-                             f"were trained on")
+    if store.config_hash != recorded.get("config_hash"):
+        raise InputError(f"{path}: not the feature store the members were trained on (config_hash "
+                         f"{store.config_hash}, they record {recorded.get('config_hash')}); pass the features they "
+                         f"were trained on")
     models = {member.name: _variant_model(member) for member in members}   # loaded once, used per split
+    val = store.load("val") if "val" in store.splits else None
+    for member in members:
+        if not store.is_store_of(member.config["feature_store"]):
+            check_store_of(member, models[member.name], store, val, say)
     for split in splits:
         arrays = store.load(split)
         row_of = {i: k for k, i in enumerate(arrays["ids"].tolist())}
@@ -244,6 +247,46 @@ def _predict_with_views(members, splits: list[str], tta: int, features, say) -> 
             n_classes = len(member.config["labels"]["classes"])
             member.splits[split]["proba"] = predict_views([models[member.name]], images, landmarks, None, tta,
                                                           n_classes)[0]
+
+
+STORE_CHECK_TOLERANCE = 1e-3
+"""Largest difference of a probability between a member's saved val predictions and its network
+run again on a store's val crops for the store to count as the one it was trained on: float32
+on two CPUs differs by ~1e-6; other crops (another copy of the data) by far more."""
+
+
+def check_store_of(member, model, store, val, say) -> None:
+    """Accept ``store`` for a member whose record names another manifest of the same extractor
+    (an extraction of the same images made elsewhere, or before store identities were by
+    content) only if its network, run on the store's val crops, gives back the val predictions
+    it saved when trained; ``InputError`` otherwise."""
+    from ensemble_fer.features.augment import predict_views
+
+    recorded = member.config["feature_store"].get("manifest_hash")
+    saved = member.splits["val"]
+    problem = None
+    if val is None:
+        problem = "it has no val split to check the member on"
+    else:
+        row_of = {i: k for k, i in enumerate(val["ids"].tolist())}
+        rows = [row_of.get(i) for i in saved["ids"].tolist()]
+        if None in rows:
+            problem = f"its val split lacks {rows.count(None)} of the member's rows"
+        else:
+            rows = np.array(rows)
+            n_classes = len(member.config["labels"]["classes"])
+            proba = predict_views([model], val["images"][rows], None, val["bovw"][rows], 0, n_classes)[0]
+            difference = float(np.abs(proba - saved["proba"]).max())
+            if difference > STORE_CHECK_TOLERANCE:
+                problem = (f"the member's network on its val crops differs from its saved predictions by up to "
+                           f"{difference:.3g} (more than {STORE_CHECK_TOLERANCE:g})")
+    if problem is not None:
+        raise InputError(f"{store.path}: not the feature store {member.folder} was trained on (manifest_hash "
+                         f"{store.manifest_hash}, it records {recorded}): {problem}; pass the features it was "
+                         f"trained on")
+    say(f"{member.name}: records manifest {recorded}, not {store.path}'s {store.manifest_hash}; its network on "
+        f"that store's val crops gives back its saved predictions (largest difference {difference:.1e}): "
+        f"the same crops")
 
 
 def _variant_model(member):

@@ -37,8 +37,12 @@ def read_member(folder, say=_say_nothing) -> MemberPredictions:
     return MemberPredictions(variant.name, variant.path, config, splits)
 
 
-def check_members(members: list[MemberPredictions]) -> list[str]:
-    """Refuse members that cannot be combined; returns the splits they all have."""
+def check_members(members: list[MemberPredictions], stores_checked_later: bool = False) -> list[str]:
+    """Refuse members that cannot be combined; returns the splits they all have.
+
+    ``stores_checked_later``: members whose records of one extractor's store name different
+    manifests pass here, because each will be checked against one store by running it
+    (``fit_ensemble --tta N``: :func:`ensemble_fer.ensemble.fit.check_store_of`)."""
     if not members:
         raise InputError("no members to combine")
     names = [m.name for m in members]
@@ -48,12 +52,14 @@ def check_members(members: list[MemberPredictions]) -> list[str]:
     ref_store, ref_labels = first.config["feature_store"], first.config["labels"]
     for member in members[1:]:
         store = member.config["feature_store"]
-        for key in ("config_hash", "manifest_hash"):
+        for key in ("config_hash",) if stores_checked_later else ("config_hash", "manifest_hash"):
             if store.get(key) != ref_store.get(key):
+                hint = "" if key == "config_hash" else (
+                    "; if both stores hold the same images, --tta N checks each member against one store")
                 raise InputError(
                     f"{member.folder}: trained on feature store {store.get('path')} ({key} {store.get(key)}) but "
                     f"{first.folder} on {ref_store.get('path')} ({key} {ref_store.get(key)}); members of an "
-                    f"ensemble must share one store (choose members with --variants, or retrain)")
+                    f"ensemble must share one store (choose members with --variants, or retrain){hint}")
         if label_set_from_json(member.config["labels"]) != label_set_from_json(ref_labels):
             raise InputError(f"{member.folder}: label set {member.config['labels']['name']!r} "
                              f"{member.config['labels']['classes']} differs from {first.folder}'s "

@@ -104,7 +104,7 @@ class SpeedInputs:
             store = FeatureStore(info["path"])
         except (FeatureStoreError, FileNotFoundError, ValueError, KeyError, TypeError):
             return None
-        if store.manifest_hash != info.get("manifest_hash") or "val" not in store.splits:
+        if not store.is_store_of(info) or "val" not in store.splits:
             return None
         val = store.load("val")
         own = np.flatnonzero(label_set_from_json(labels).encode(val["labels"]) >= 0)   # the variant's val rows

@@ -348,6 +348,24 @@ def _merge_split(split, records, partial, out_dir, chunk_size, filter) -> dict:
     }
 
 
+MANIFEST_VOLATILE = ("timing", "versions")
+"""Manifest entries that differ between two extractions of the same images with the same
+settings (seconds taken; library versions and the host's kernel in ``platform``): left out of
+the store's identity, as are the dataset's folder and its ``fingerprint`` (file sizes and
+modification times, which a copy changes): the images themselves are in it through
+``state_hash``, the hash of their decoded pixels and the settings. So a store extracted again
+from a copy of the same images, on another machine, is the same store."""
+
+
+def manifest_identity(manifest: dict) -> str:
+    """A store's identity (``manifest_hash``): the hash of its manifest without
+    :data:`MANIFEST_VOLATILE` and the dataset's folder and fingerprint, i.e. of the pixels'
+    hash, the settings, the columns and each split's rows."""
+    content = {k: v for k, v in manifest.items() if k not in MANIFEST_VOLATILE}
+    content["dataset"] = {k: v for k, v in manifest["dataset"].items() if k not in ("path", "fingerprint")}
+    return artifacts.sha256_json(content)[:16]
+
+
 class FeatureStore:
     """Read access to a finished feature store folder."""
 
@@ -359,7 +377,9 @@ class FeatureStore:
             raise FeatureStoreError(f"{self.path}: not a feature store, no manifest.json{hint}; "
                                     f"make one with `python -m pipelines.extract_features`")
         self.manifest = artifacts.read_json(manifest)
-        self.manifest_hash = artifacts.sha256_file(manifest)[:16]
+        self.manifest_hash = manifest_identity(self.manifest)
+        # What models trained before the content hash recorded: the file's own bytes.
+        self.manifest_file_hash = artifacts.sha256_file(manifest)[:16]
         self.config = bovw.ExtractorConfig.from_json(self.manifest["config"], self.path / "manifest.json")
         self.config_hash = self.manifest["config_hash"]
 
@@ -380,6 +400,13 @@ class FeatureStore:
                 raise FeatureStoreError(f"{self.path / (split + '.npz')}: array {key!r} has shape {got}, "
                                         f"expected {shape}")
         return arrays
+
+    def is_store_of(self, recorded: dict) -> bool:
+        """Whether a model's record of its feature store (:meth:`describe`) names this store: the
+        same extractor settings and manifest (by content, or by the file's hash that models
+        trained before session 13 recorded)."""
+        return (recorded.get("config_hash") == self.config_hash
+                and recorded.get("manifest_hash") in (self.manifest_hash, self.manifest_file_hash))
 
     def describe(self) -> dict:
         """What a model records about the store it was trained on."""
