@@ -49,6 +49,9 @@ ENVIRONMENT_VARIABLES = {"release": "ENSEMBLE_FER_RELEASE", "fast": "ENSEMBLE_FE
 MODEL_FILES = ("model.keras", "model.tflite", "model.onnx")
 VARIANT_FILES = ("config.json",) + MODEL_FILES
 TOP_FILES = ("ensemble.json", "export.json", "README.md")   # export.json: the marker of an exported model
+TRUNK_LICENCE = "TRUNK_LICENSE"
+"""The licence of a member's pretrained trunk: its fine-tuned weights are a copy of the
+trunk's, whose licence (MIT, Apache-2.0) asks that its notice travel with every copy."""
 
 
 def is_model_folder(folder) -> bool:
@@ -157,7 +160,8 @@ def release_files(source) -> list[str]:
         found = [name for name in MODEL_FILES if (folder / name).is_file()]
         if not found:
             raise MissingInputError(f"{folder}: no {' or '.join(MODEL_FILES)} (member of {source})")
-        for name in ("config.json", *found):
+        licence = [TRUNK_LICENCE] if (folder / TRUNK_LICENCE).is_file() else []
+        for name in ("config.json", *found, *licence):
             files.add((Path(member) / name).as_posix().removeprefix("./"))
     return sorted(files)
 

@@ -95,6 +95,16 @@ def test_release_files_are_what_prediction_needs(tiny_release, tmp_path):
         release.release_files(tmp_path)
 
 
+def test_a_member_trunk_licence_travels_with_the_release(tiny_release, tmp_path):
+    source = tmp_path / "release"
+    shutil.copytree(tiny_release, source)
+    member = json.loads((source / "ensemble.json").read_text())["members"][0]["path"]
+    (source / member / release.TRUNK_LICENCE).write_text("MIT License\n")
+    copied = release.copy_release(source, tmp_path / "packaged")
+    assert f"{member}/{release.TRUNK_LICENCE}" in copied
+    assert (tmp_path / "packaged" / member / release.TRUNK_LICENCE).read_text() == "MIT License\n"
+
+
 def test_release_with_missing_member_is_refused(tiny_release, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_release, broken)
