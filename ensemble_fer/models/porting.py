@@ -111,6 +111,7 @@ def port(block: str, source, out, force: bool = False, say=print, check: bool = 
         staged = Path(tmp) / weights.fname
         artifacts.save_npz(staged, **arrays)
         content = weights_content_hash(staged)
+        keep_manifest = False
         if check:
             say("checking the port against the original network ...")
             result = check_port(block, weights, staged, source)
@@ -120,6 +121,9 @@ def port(block: str, source, out, force: bool = False, say=print, check: bool = 
         else:
             result = _unchecked_rebuild(weights, content, out)
             say(f"not checked (--no-check): the arrays are the registered ones (content hash {content})")
+            # A rebuild of the arrays a committed manifest describes keeps that manifest as it is:
+            # rewriting it would only change its versions (the host's kernel) and dirty the clone.
+            keep_manifest = _previous_check(weights, content, out) is not None
         if weights.file_hash and content != weights.file_hash:
             say(f"warning: content hash {content} differs from the registered {weights.file_hash}; update "
                 f"the registry entry if the conversion changed on purpose")
@@ -140,7 +144,8 @@ def port(block: str, source, out, force: bool = False, say=print, check: bool = 
                 tmp_licence.write_text(f"{weights.licence}\n\n(The original folder {weights.source_folder}/ holds "
                                        f"no licence text; this is its licence as shared/weights/README.md and the "
                                        f"origin state it. Origin: {weights.origin}.)\n")
-        artifacts.write_json(out / f"{weights.fname}.json", manifest)
+        if not keep_manifest:
+            artifacts.write_json(out / f"{weights.fname}.json", manifest)
         staged.replace(target)
     say(f"wrote {target}")
     return target
@@ -151,10 +156,19 @@ def _unchecked_rebuild(weights: ConvertedWeights, content: str, out: Path) -> di
     if not weights.file_hash or content != weights.file_hash:
         raise InputError(f"--no-check: the rebuilt arrays' content hash {content} is not the registered "
                          f"{weights.file_hash}, so they must be checked against the original: drop --no-check")
-    manifest = out / f"{weights.fname}.json"
-    if manifest.is_file():
-        previous = artifacts.read_json(manifest)
-        if previous.get("content_sha256") == content and previous.get("check"):
-            return previous["check"]
+    previous = _previous_check(weights, content, out)
+    if previous is not None:
+        return previous
     return {"skipped": "rebuilt with --no-check: the arrays' content hash is the registered one, whose check "
                        "the repository's manifest records"}
+
+
+def _previous_check(weights: ConvertedWeights, content: str, out: Path) -> dict | None:
+    """The check record of the manifest in ``out`` when it describes arrays of this content hash."""
+    manifest = out / f"{weights.fname}.json"
+    if not manifest.is_file():
+        return None
+    previous = artifacts.read_json(manifest)
+    if previous.get("content_sha256") == content and previous.get("check"):
+        return previous["check"]
+    return None
