@@ -228,12 +228,12 @@ def _predict_with_views(members, splits: list[str], tta: int, features, say) -> 
                          f"{store.config_hash}, they record {recorded.get('config_hash')}); pass the features they "
                          f"were trained on")
     models = {member.name: _variant_model(member) for member in members}   # loaded once, used per split
-    val = store.load("val") if "val" in store.splits else None
+    loaded = {split: store.load(split) for split in splits if split in store.splits}
     for member in members:
         if not store.is_store_of(member.config["feature_store"]):
-            check_store_of(member, models[member.name], store, val, say)
+            check_store_of(member, models[member.name], store, loaded.get("val"), say)
     for split in splits:
-        arrays = store.load(split)
+        arrays = loaded[split] if split in loaded else store.load(split)   # a missing split: the store's error
         row_of = {i: k for k, i in enumerate(arrays["ids"].tolist())}
         ids = members[0].splits[split]["ids"].tolist()
         missing = [i for i in ids if i not in row_of]
