@@ -452,6 +452,27 @@ def test_resume_accepts_a_run_saved_before_the_aux_arguments_existed(trained, sa
     assert json.loads((out / "config.json").read_text())["args"]["aux_loss_weight"] == 1.0
 
 
+def test_resume_accepts_a_run_that_recorded_its_store_by_the_manifest_file_hash(trained, sample_store, tmp_path):
+    from ensemble_fer.features.feature_store import FeatureStore
+
+    out = tmp_path / "older"
+    shutil.copytree(trained, out)
+    state_path = out / ".run" / "state.json"
+    state = json.loads(state_path.read_text())
+    store = FeatureStore(sample_store)
+    # what a run started before store identities were by content recorded
+    state["args"]["feature_store"]["manifest_hash"] = store.manifest_file_hash
+    state_path.write_text(json.dumps(state))
+    (out / "config.json").unlink()
+    assert _cli("--block", "cnn5", "--bovw", "--features", sample_store, "--out", out, "--epochs", 1,
+                "--class-weight", "balanced", "--seed", 3, "--resume") == 0
+    # another store's record is still refused
+    state["args"]["feature_store"]["manifest_hash"] = "0123456789abcdef"
+    state_path.write_text(json.dumps(state))
+    assert _cli("--block", "cnn5", "--bovw", "--features", sample_store, "--out", out, "--epochs", 1,
+                "--class-weight", "balanced", "--seed", 3, "--resume") == 2
+
+
 def _kill_after_first_epoch(args, out):
     """Start a training CLI, SIGKILL it once epoch 1's checkpoint is in its state; returns its pid."""
     import signal

@@ -30,11 +30,14 @@ HISTORY_COLUMNS = ("epoch", "phase", "phase_epoch", "loss", "accuracy", "val_los
                    "val_accuracy", "learning_rate", "seconds")
 
 
-def check_out(out: Path, args: dict, *, resume: bool, force: bool, say) -> tuple[dict | None, list]:
+def check_out(out: Path, args: dict, *, resume: bool, force: bool, say, store=None) -> tuple[dict | None, list]:
     """Check the output folder before training a run of saved ``args`` (see ``train.train``).
 
     Returns the saved state to resume from (None for a new run) and the old outputs a new
-    run replaces (removed only once the new network is built).
+    run replaces (removed only once the new network is built). ``store``: the run's
+    :class:`~ensemble_fer.features.feature_store.FeatureStore`; a run that recorded it under
+    another name of the same store (the manifest file's hash, before store identities were
+    by content) resumes on it.
     """
     if out.exists() and not out.is_dir():
         raise InputError(f"out: must be a folder; received {out}, which is a file")
@@ -54,6 +57,8 @@ def check_out(out: Path, args: dict, *, resume: bool, force: bool, say) -> tuple
         # Read back the way it was written, so that arguments added since take the values the
         # run was made with.
         saved = {**state["args"], **TrainConfig.from_json(state["args"], where=str(folder.state_path)).to_json()}
+        if store is not None and store.is_store_of(saved.get("feature_store") or {}):
+            saved["feature_store"] = args["feature_store"]
         differ = sorted(k for k in set(saved) | set(args) if not resumable(k) and saved.get(k) != args.get(k))
         if differ:
             detail = "; ".join(f"{k} was {saved.get(k)!r}, now {args.get(k)!r}" for k in differ[:4])

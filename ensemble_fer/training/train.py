@@ -108,7 +108,7 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
     # One run at a time writes a folder: locked before the folder is looked at, so two runs
     # into one --out cannot both decide it is free (a second stops at once, naming the first).
     with artifacts.output_lock(out):
-        state, stale = check_out(out, args, resume=resume, force=force, say=say)
+        state, stale = check_out(out, args, resume=resume, force=force, say=say, store=store)
         clean_after_kill(out, state)
         finished = _finished(state, config, folder, out, say)
         if finished == "written":
