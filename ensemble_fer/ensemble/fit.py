@@ -234,19 +234,24 @@ def _predict_with_views(members, splits: list[str], tta: int, features, say) -> 
             check_store_of(member, models[member.name], store, loaded.get("val"), say)
     for split in splits:
         arrays = loaded[split] if split in loaded else store.load(split)   # a missing split: the store's error
-        row_of = {i: k for k, i in enumerate(arrays["ids"].tolist())}
-        ids = members[0].splits[split]["ids"].tolist()
-        missing = [i for i in ids if i not in row_of]
+        rows, missing = _store_rows(arrays, members[0].splits[split]["ids"])
         if missing:
             raise InputError(f"{path}: its {split} split lacks {len(missing)} of the members' rows (e.g. id "
                              f"{missing[0]}); pass the features they were trained on")
-        rows = np.array([row_of[i] for i in ids])
         images, landmarks = arrays["images"][rows], arrays["landmarks"][rows]
         for member in members:
             say(f"{member.name}: predicting {split} ({len(rows)} rows) with {tta} test-time views")
             n_classes = len(member.config["labels"]["classes"])
             member.splits[split]["proba"] = predict_views([models[member.name]], images, landmarks, None, tta,
                                                           n_classes)[0]
+
+
+def _store_rows(arrays: dict, ids) -> tuple[np.ndarray | None, list]:
+    """The rows of a store split's ``arrays`` holding ``ids``, in that order, and the ids it lacks."""
+    row_of = {i: k for k, i in enumerate(arrays["ids"].tolist())}
+    ids = ids.tolist()
+    missing = [i for i in ids if i not in row_of]
+    return (None if missing else np.array([row_of[i] for i in ids])), missing
 
 
 STORE_CHECK_TOLERANCE = 1e-3
@@ -268,12 +273,10 @@ def check_store_of(member, model, store, val, say) -> None:
     if val is None:
         problem = "it has no val split to check the member on"
     else:
-        row_of = {i: k for k, i in enumerate(val["ids"].tolist())}
-        rows = [row_of.get(i) for i in saved["ids"].tolist()]
-        if None in rows:
-            problem = f"its val split lacks {rows.count(None)} of the member's rows"
+        rows, missing = _store_rows(val, saved["ids"])
+        if missing:
+            problem = f"its val split lacks {len(missing)} of the member's rows"
         else:
-            rows = np.array(rows)
             n_classes = len(member.config["labels"]["classes"])
             proba = predict_views([model], val["images"][rows], None, val["bovw"][rows], 0, n_classes)[0]
             difference = float(np.abs(proba - saved["proba"]).max())

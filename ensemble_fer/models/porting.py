@@ -119,11 +119,12 @@ def port(block: str, source, out, force: bool = False, say=print, check: bool = 
                 say(f"  {row['input_side']} px: max |difference| {row['max_abs_difference']:.3g} "
                     f"(features up to {row['max_abs_original']:.3g})")
         else:
-            result = _unchecked_rebuild(weights, content, out)
+            previous = _previous_check(weights, content, out)
+            result = _unchecked_rebuild(weights, content, previous)
             say(f"not checked (--no-check): the arrays are the registered ones (content hash {content})")
             # A rebuild of the arrays a committed manifest describes keeps that manifest as it is:
             # rewriting it would only change its versions (the host's kernel) and dirty the clone.
-            keep_manifest = _previous_check(weights, content, out) is not None
+            keep_manifest = previous is not None
         if weights.file_hash and content != weights.file_hash:
             say(f"warning: content hash {content} differs from the registered {weights.file_hash}; update "
                 f"the registry entry if the conversion changed on purpose")
@@ -151,13 +152,12 @@ def port(block: str, source, out, force: bool = False, say=print, check: bool = 
     return target
 
 
-def _unchecked_rebuild(weights: ConvertedWeights, content: str, out: Path) -> dict:
+def _unchecked_rebuild(weights: ConvertedWeights, content: str, previous: dict | None) -> dict:
     """The check record of a ``--no-check`` rebuild: refused unless the arrays are the registered ones."""
     if not weights.file_hash or content != weights.file_hash:
         raise InputError(f"--no-check: the rebuilt arrays' content hash {content} is not the registered "
                          f"{weights.file_hash}, so they must be checked against the original: drop --no-check")
-    previous = _previous_check(weights, content, out)
-    if previous is not None:
+    if previous is not None:     # the committed manifest's check of these very arrays
         return previous
     return {"skipped": "rebuilt with --no-check: the arrays' content hash is the registered one, whose check "
                        "the repository's manifest records"}
