@@ -98,7 +98,7 @@ def test_measure_speed_times_predict_proba(variant_pair, sample_store):
     val = FeatureStore(sample_store).load("val")
     measured = comparison.measure_speed(model, config, val["images"][:64], val["bovw"][:64], repeats=2)
     assert measured["rows"] == 64 and len(measured["seconds"]) == 2
-    assert measured["images_per_second"] == pytest.approx(64 / min(measured["seconds"]), rel=1e-3)
+    assert measured["images_per_second"] == 64 / min(measured["seconds"])   # the rate of the reported seconds
     with pytest.raises(ValueError, match="repeats must be an int >= 1"):
         comparison.measure_speed(model, config, val["images"][:4], val["bovw"][:4], repeats=0)
 
