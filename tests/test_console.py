@@ -105,6 +105,18 @@ def test_a_member_trunk_licence_travels_with_the_release(tiny_release, tmp_path)
     assert (tmp_path / "packaged" / member / release.TRUNK_LICENCE).read_text() == "MIT License\n"
 
 
+def test_every_pretrained_member_of_the_shipped_release_packages_its_trunk_licence():
+    """Each member fine-tuned from published weights (release 0.9: both faceres MobileNets) ships
+    its TRUNK_LICENSE in the wheel; a from-scratch member needs none."""
+    source = REPO / "models" / "release"
+    files = release.release_files(source)
+    members = [m["path"] for m in json.loads((source / "ensemble.json").read_text())["members"]]
+    pretrained = [m for m in members
+                  if json.loads((source / m / "config.json").read_text())["model"]["pretrained_block"]]
+    assert pretrained and len(pretrained) < len(members)
+    assert all(f"{m}/{release.TRUNK_LICENCE}" in files for m in pretrained)
+
+
 def test_release_with_missing_member_is_refused(tiny_release, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_release, broken)
