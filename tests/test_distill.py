@@ -106,3 +106,118 @@ def test_a_teacher_of_other_classes_or_no_model_is_one_line(teacher, sample_stor
 def test_bad_distillation_arguments_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         TrainConfig.from_arguments(block="cnn5", **kwargs)
+
+
+# ------------------------------------------------------------------------------------------
+# the teacher's fixed views and the temperature
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_views", distill.VIEW_COUNTS[1:])
+def test_each_view_s_partner_is_its_mirror_image(sample_store, n_views):
+    from ensemble_fer.features.augment import tta_images
+
+    images = FeatureStore(sample_store).load("val")["images"][:20]
+    views = tta_images(images, n_views)
+    partners = distill.mirror_partners(n_views)
+    assert sorted(partners) == list(range(n_views)) and all(partners[partners] == np.arange(n_views))
+    for v, p in enumerate(partners):
+        assert np.array_equal(views[v][:, :, ::-1], views[p])
+
+
+@pytest.mark.parametrize("n_views", [3, 4, 5, 7, 9])
+def test_view_counts_not_closed_under_mirroring_are_refused(n_views):
+    with pytest.raises(ValueError, match="not closed under mirroring"):
+        distill.mirror_partners(n_views)
+    with pytest.raises(ValueError, match=r"teacher_views must be one of \(1, 2, 6, 8, 10\)"):
+        TrainConfig.from_arguments(block="cnn5", teacher="x", teacher_views=n_views)
+
+
+def test_soften_is_the_softmax_of_the_log_probabilities_over_t():
+    proba = np.random.default_rng(1).dirichlet(np.ones(7) * 0.3, size=50)
+    np.testing.assert_allclose(distill.soften(proba, 1.0), proba, atol=1e-7)
+    for t in (0.5, 2.0, 4.0):
+        soft = distill.soften(proba, t)
+        expected = np.exp(np.log(proba) / t)
+        np.testing.assert_allclose(soft, expected / expected.sum(axis=1, keepdims=True), rtol=1e-5)
+        assert (soft.argmax(axis=1) == proba.argmax(axis=1)).all()
+    entropy = [-(distill.soften(proba, t) * np.log(distill.soften(proba, t) + 1e-12)).sum(1).mean()
+               for t in (0.5, 1.0, 2.0, 4.0)]
+    assert entropy == sorted(entropy)   # hotter: flatter
+
+
+def test_a_row_drawn_a_view_gets_that_view_s_image_and_target(sample_store):
+    from ensemble_fer.features.augment import tta_images
+
+    splits, _ = data.load_splits(FeatureStore(sample_store), get_label_set("fer7"))
+    train = splits["train"]
+    images = np.stack(tta_images(train.images, 6))
+    soft = np.random.default_rng(0).dirichlet(np.ones(7), size=(6, len(train))).astype(np.float32)
+    train.views = distill.TeacherViews(images, None, None, soft)
+    ds, _ = data.train_dataset(train, "cnn5", False, 7, 32, 5, 3, 4, distill_weight=0.7)   # epoch 3, no augment
+    x, y = next(iter(ds))
+    rows = np.sort(np.random.default_rng([5, 3]).permutation(len(train))[:32])
+    view = np.random.default_rng([5, 3, distill.VIEW_STREAM]).integers(6, size=len(train))[rows]
+    assert len(set(view.tolist())) > 1
+    np.testing.assert_array_equal(x["image"].numpy()[..., 0], images[view, rows])
+    np.testing.assert_allclose(y.numpy(), 0.3 * np.eye(7)[train.y[rows]] + 0.7 * soft[view, rows], atol=1e-6)
+
+
+def test_a_student_on_the_teacher_s_views_records_them_caches_the_teacher_and_resumes(
+        teacher, sample_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = ["--block", "cnn5", "--features", sample_store, "--teacher", teacher, "--teacher-views", 6,
+            "--distill-temperature", 2, "--seed", 4, "--augment-shift", 2]
+    whole = tmp_path / "whole"
+    assert _cli(*args, "--epochs", 2, "--out", whole) == 0
+    config = json.loads((whole / "config.json").read_text())
+    assert config["args"]["teacher_views"] == 6 and config["args"]["distill_temperature"] == 2.0
+    assert config["teacher"]["views"] == 6 and config["teacher"]["temperature"] == 2.0
+    cached = sorted((tmp_path / "cache" / "ensemble_fer" / "teacher").glob("*-view*.npz"),
+                    key=lambda p: int(p.stem.rsplit("view", 1)[1]))
+    assert [p.name.rsplit("-", 1)[1] for p in cached] == [f"view{v}.npz" for v in range(6)]   # one file per view
+    proba = np.stack([np.load(p)["proba"] for p in cached])
+    train = data.load_splits(FeatureStore(sample_store), get_label_set("fer7"))[0]["train"]
+    assert proba.shape == (6, len(train), 7)
+    # the teacher's pass over view 0 is its prediction of the crops as they are (the teacher
+    # has BOVW members: the view's HOG is recomputed from its pixels)
+    from ensemble_fer.features.augment import tta_views
+
+    images, _, bovw = tta_views(train.images, train.landmarks, 1)[0]
+    np.testing.assert_array_equal(images, train.images)
+    np.testing.assert_allclose(proba[0], load_predictor(teacher).predict_features(images=images, bovw_rows=bovw,
+                                                                                  tta=0), atol=1e-5)
+    written = [p.stat().st_mtime_ns for p in cached]
+
+    # stopped after epoch 1 and continued: the teacher read from its cache (not rewritten), the
+    # same model; a run on 2 views reads the first two
+    part = tmp_path / "part"
+    assert _cli(*args, "--epochs", 1, "--out", part) == 0
+    assert _cli(*args, "--epochs", 2, "--out", part, "--resume") == 0
+    assert _cli(*[a if a != 6 else 2 for a in args], "--epochs", 1, "--out", tmp_path / "two") == 0
+    assert [p.stat().st_mtime_ns for p in cached] == written
+    assert all(np.array_equal(a, b) for a, b in zip(_weights(part), _weights(whole), strict=True))
+
+    # a damaged cache is made again, not trusted
+    cached[3].write_bytes(b"not an npz")
+    again = tmp_path / "again"
+    assert _cli(*args, "--epochs", 2, "--out", again) == 0
+    np.testing.assert_array_equal(np.load(cached[3])["proba"], proba[3])
+    assert all(np.array_equal(a, b) for a, b in zip(_weights(again), _weights(whole), strict=True))
+
+    # another temperature is another model
+    hotter = tmp_path / "hotter"
+    assert _cli(*[a if a != 2 else 4 for a in args], "--epochs", 2, "--out", hotter) == 0
+    assert not all(np.array_equal(a, b) for a, b in zip(_weights(hotter), _weights(whole), strict=True))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"teacher_views": 6}, "need a teacher"),
+    ({"distill_temperature": 2.0}, "need a teacher"),
+    ({"teacher": "x", "distill_temperature": 0}, "distill_temperature must be a number in (0.0, 100.0]"),
+    ({"teacher": "x", "teacher_views": 2, "cached_views": 6}, "cached_views (6) must be <= teacher_views (2)"),
+])
+def test_bad_view_distillation_arguments_name_the_argument(kwargs, message):
+    import re
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig.from_arguments(block="cnn5", **kwargs)

@@ -178,9 +178,10 @@ def test_the_release_config_reads_back_as_it_was_trained():
     assert config.augment_config == AugmentConfig(shift=4.0, erase=0.1) and config.dropout == 0.3
     # Nothing is lost or changed: the saved args are the config's plus the run's, less the
     # fields added after it was trained (they read back with the value it was made with).
-    added_since = {"finetune_from", "cached_views"}
+    added_since = {"finetune_from", "cached_views", "teacher_views", "distill_temperature"}
     assert set(config.to_json()) - set(saved) == added_since and config.teacher is None
     assert config.finetune_from is None and config.cached_views == 2      # the cache came later (issue 24)
+    assert config.teacher_views == 1 and config.distill_temperature == 1.0   # and views, T (issue 25)
     assert {**{k: v for k, v in config.to_json().items() if k not in added_since},
             **{k: saved[k] for k in RUN_ARGS if k in saved}} == saved
 

@@ -164,7 +164,8 @@ def cache_split(bottom, split, n_views: int, bovw: bool, say) -> CachedSplit:
         features[v] = view
         del view
     rows = np.stack([r for _, r in views]).astype(np.float32) if bovw else None
-    return CachedSplit(features, rows, split.y, split.soft)
+    soft = split.views.soft if getattr(split, "views", None) is not None else split.soft
+    return CachedSplit(features, rows, split.y, soft)
 
 
 def train_dataset(cached: CachedSplit, n_classes: int, batch_size: int, seed: int, first_epoch: int,
@@ -192,7 +193,9 @@ def train_dataset(cached: CachedSplit, n_classes: int, batch_size: int, seed: in
         b = cached.bovw[views[rows], rows] if has_bovw else np.zeros((0,), np.float32)
         one_hot = np.eye(n_classes, dtype=np.float32)[cached.y[rows]]
         if cached.soft is not None:
-            one_hot = (1.0 - distill_weight) * one_hot + distill_weight * cached.soft[rows]
+            # per view when the teacher predicted the same fixed views (distill.TeacherViews)
+            soft = cached.soft[views[rows], rows] if cached.soft.ndim == 3 else cached.soft[rows]
+            one_hot = (1.0 - distill_weight) * one_hot + distill_weight * soft
         return x, b, one_hot
 
     def to_element(index):

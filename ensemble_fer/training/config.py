@@ -232,6 +232,15 @@ def _teacher(name, value, config):
     return str(Path(value).resolve())
 
 
+def _teacher_views(name, value, config):
+    from ensemble_fer.training.distill import VIEW_COUNTS
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value not in VIEW_COUNTS:
+        raise InputError(f"teacher_views must be one of {VIEW_COUNTS} (counts of views closed under mirroring); "
+                         f"received {value!r}")
+    return int(value)
+
+
 def _units(text: str) -> list[int]:
     """``--bovw-units 1024,256``; the error is argparse's (raised as ArgumentTypeError)."""
     import argparse
@@ -347,6 +356,14 @@ class TrainConfig:
     distill_weight: float = _field(0.7, Number(0.0, 1.0, high_open=False),
                                    "share of the teacher's probabilities in each training target "
                                    "(1 - it for the one-hot label); only with --teacher", missing=0.7)
+    teacher_views: int = _field(1, _teacher_views,
+                                "fixed views of each training crop the teacher predicts: 1 (default) the crop as "
+                                "stored; 2, 6, 8 or 10 adds its mirror, small rotations and zooms, and each "
+                                "epoch a row is drawn one view, augmented from there, with that view's target",
+                                metavar="K", missing=1)
+    distill_temperature: float = _field(1.0, Number(0.0, 100.0, low_open=True, high_open=False),
+                                        "temperature T of the teacher's soft targets (p ** (1/T), "
+                                        "renormalised; default 1)", metavar="T", missing=1.0)
 
     finetune_from: str | None = _field(
         None, _finetune_from,
@@ -361,6 +378,13 @@ class TrainConfig:
         # In field order: a check may read the fields before it (image_size reads block).
         for f in fields(self):
             object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name), self))
+        if self.teacher is None and (self.teacher_views != 1 or self.distill_temperature != 1.0):
+            raise InputError(f"teacher_views ({self.teacher_views}) and distill_temperature "
+                             f"({self.distill_temperature}) need a teacher (--teacher)")
+        if self.teacher_views > 1 and self.cached_views > self.teacher_views:
+            # A cached phase draws among cached_views views; each needs the teacher's target.
+            raise InputError(f"cached_views ({self.cached_views}) must be <= teacher_views ({self.teacher_views}): "
+                             f"each cached view takes the teacher's target of the same view")
 
     def to_json(self) -> dict:
         """The fields as JSON values (the ``args`` of ``config.json`` without the run's)."""

@@ -33,6 +33,7 @@ class SplitData:
     face_found: np.ndarray   # bool (n,)
     aux: np.ndarray | None = None   # float32 (n, k) auxiliary 0/1 targets, when the variant has them
     soft: np.ndarray | None = None  # float32 (n, n_classes) a teacher's probabilities (distillation)
+    views: object | None = None     # distill.TeacherViews: fixed views and the teacher's targets on each
 
     def __len__(self) -> int:
         return len(self.y)
@@ -113,6 +114,9 @@ def train_dataset(split: SplitData, block, bovw, n_classes, batch_size, seed, fi
 
     With a teacher's probabilities (``split.soft``, :mod:`ensemble_fer.training.distill`) the
     target of a row is ``(1 - distill_weight) * one_hot + distill_weight * soft`` (before mixup).
+    With the teacher's fixed views (``split.views``) each row of epoch ``e`` starts from the
+    view drawn for it from ``(seed, e, distill.VIEW_STREAM)`` (augmented from there) and takes
+    that view's target.
 
     With auxiliary targets (``split.aux``) the labels are a dict ``{"probabilities": one-hot,
     "aux": targets}``; Keras takes no ``class_weight`` for two outputs, so ``class_weights``
@@ -164,21 +168,31 @@ def _batch_maker(split: SplitData, want_images: bool, want_bovw: bool, n_classes
     if augment_config is not None:
         from ensemble_fer.features.augment import augment_batch
 
+    views = split.views
+
     def make_batch(epoch, step):
         epoch, step = int(epoch), int(step)
-        order = orders.get(epoch)
-        if order is None:
-            # Two threads may compute the same epoch's order at once: both get the same array.
-            order = orders[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+        drawn = orders.get(epoch)
+        if drawn is None:
+            # Two threads may compute the same epoch's draws at once: both get the same arrays.
+            drawn = orders[epoch] = _epoch_draws(seed, epoch, n, views)
             orders.pop(epoch - 2, None)
+        order, view_of = drawn
         rows = np.sort(order[step * batch_size:(step + 1) * batch_size])
+        if views is None:
+            images, landmarks, features = split.images[rows], split.landmarks[rows], split.bovw[rows]
+        else:
+            v = view_of[rows]
+            images = views.images[v, rows]
+            landmarks = views.landmarks[v, rows] if views.landmarks is not None else split.landmarks[rows]
+            features = views.bovw[v, rows] if views.bovw is not None else split.bovw[rows]
         if augment_config is not None:
             rng = np.random.default_rng([seed, epoch, step + 1])
-            images, _, features = augment_batch(split.images[rows], split.landmarks[rows], rng, augment_config)
-        else:
-            images, features = split.images[rows], split.bovw[rows]
+            images, _, features = augment_batch(images, landmarks, rng, augment_config)
         one_hot = np.eye(n_classes, dtype=np.float32)[split.y[rows]]
-        if split.soft is not None:
+        if views is not None:
+            one_hot = (1.0 - distill_weight) * one_hot + distill_weight * views.soft[v, rows]
+        elif split.soft is not None:
             one_hot = (1.0 - distill_weight) * one_hot + distill_weight * split.soft[rows]
         aux = aux_rows[rows]
         if mixup > 0:
@@ -190,6 +204,16 @@ def _batch_maker(split: SplitData, want_images: bool, want_bovw: bool, n_classes
         return images, features, one_hot, aux, weights
 
     return make_batch
+
+
+def _epoch_draws(seed, epoch: int, n: int, views) -> tuple[np.ndarray, np.ndarray | None]:
+    """The row order of an epoch and, with a teacher's views, the view of each row."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    if views is None:
+        return order, None
+    from ensemble_fer.training.distill import VIEW_STREAM
+
+    return order, np.random.default_rng([seed, epoch, VIEW_STREAM]).integers(views.n_views, size=n)
 
 
 def _mix(rng, alpha, images, features, one_hot, aux):

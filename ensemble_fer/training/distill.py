@@ -20,16 +20,46 @@ epoch -- uses the hard labels only: the teacher never sees the validation split 
 The teacher's probabilities are recomputed at each call of ``train`` (a resumed run too): the
 same model on the same stored crops gives the same numbers, and the teacher's fingerprint is in
 the run's arguments, so a resume with a changed teacher is refused.
+
+**Views** (``teacher_views`` > 1, ``--teacher-views``). With strong augmentation the crop's
+target no longer describes what the student sees. The teacher then predicts each training
+crop in the first ``teacher_views`` fixed views of
+:data:`~ensemble_fer.features.augment.TTA_VIEWS` (the crop, its mirror, small rotations and
+zooms); each epoch a student row is drawn one of them (from ``(seed, epoch, VIEW_STREAM)``, a
+function of the epoch, so resume stays bit-identical), the usual random augmentation is applied
+on top of that view, and the row's target is that view's. The view counts allowed (2, 6, 8,
+10) are closed under mirroring, so each view's target is the teacher's mean over the view and
+its mirror image: the teacher as it predicts with ``--tta 2``, for one pass per view, and a
+target that the student's random flip leaves exact. The teacher's passes (minutes per view) are
+cached in :func:`ensemble_fer.paths.cache_dir` under the teacher's fingerprint, the store's
+identity and the rows, so runs that differ only in their student settings pay them once.
+
+**Temperature** (``distill_temperature``, ``--distill-temperature T``): the teacher's
+probabilities are softened to ``p ** (1 / T)`` renormalised, which is ``softmax(logits / T)``
+of the teacher's own logits up to a constant, before they join the label. Only the targets are
+tempered (the student's loss stays its cross-entropy at T = 1), so T trades the teacher's
+ranking of the wrong classes against its confidence; which T helps is measured, not assumed
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
 
+from ensemble_fer import artifacts
 from ensemble_fer.errors import InputError
+from ensemble_fer.features.augment import TTA_VIEWS
+
+VIEW_COUNTS = (1, 2, 6, 8, 10)
+"""Allowed ``teacher_views``: 1 (the crop as stored) or a count of views closed under mirroring."""
+
+VIEW_STREAM = 0xD1
+"""Third seed word of the per-epoch view draw of a student row (apart from ``(seed, epoch)``)."""
 
 
 def load_teacher(teacher, label_set):
@@ -66,20 +96,147 @@ def teacher_probabilities(predictor, split, store, say=print) -> np.ndarray:
 
     A teacher with a BOVW input reads the store's BOVW vectors, so it must have been trained on
     features of the same extractor configuration (refused otherwise)."""
-    if predictor.needs_bovw and predictor.extractor_config != store.config:
-        differ = predictor.extractor_config.differences(store.config)
-        raise InputError(f"teacher: {predictor.source} reads BOVW features of another extractor configuration "
-                         f"than {store.path} (teacher vs store: {differ}); re-extract the store with the "
-                         f"teacher's settings or choose an image-only teacher")
+    _check_teacher_store(predictor, store)
     say(f"teacher {predictor.source}: predicting the {len(split):,} training crops ...")
     proba = predictor.predict_features(images=split.images if predictor.needs_images else None,
                                        bovw_rows=split.bovw if predictor.needs_bovw else None)
     return proba.astype(np.float32)
 
 
-def describe(predictor, teacher_sha256: str, proba: np.ndarray, y: np.ndarray, weight: float) -> dict:
-    """The ``teacher`` entry of the student's ``config.json``."""
+def describe(predictor, teacher_sha256: str, proba: np.ndarray, y: np.ndarray, weight: float,
+             views: int = 1, temperature: float = 1.0) -> dict:
+    """The ``teacher`` entry of the student's ``config.json``: ``proba`` the teacher's targets
+    at T = 1, (n, n_classes) or per view (K, n, n_classes); the accuracy is on the crops as
+    stored (view 0), the mean top probability over every target as tempered."""
+    proba = np.asarray(proba)
+    crops = proba[0] if proba.ndim == 3 else proba
     return {"path": str(predictor.source), "sha256": teacher_sha256, "kind": predictor.kind,
-            "members": list(predictor.members), "distill_weight": weight,
-            "train_accuracy": round(float((proba.argmax(axis=1) == y).mean()), 6),
-            "mean_top_probability": round(float(proba.max(axis=1).mean()), 6)}
+            "members": list(predictor.members), "distill_weight": weight, "views": int(views),
+            "temperature": float(temperature),
+            "train_accuracy": round(float((crops.argmax(axis=1) == y).mean()), 6),
+            "mean_top_probability": round(float(soften(proba, temperature).max(axis=-1).mean()), 6)}
+
+
+# ------------------------------------------------------------------------------------------
+# targets on fixed views of the crops, at a temperature
+# ------------------------------------------------------------------------------------------
+
+def mirror_partners(n_views: int) -> np.ndarray:
+    """Index, among the first ``n_views`` of :data:`TTA_VIEWS`, of each view's mirror image:
+    view ``(rotation, scale, flip)`` mirrored is ``(-rotation, scale, not flip)``. Raises
+    ``ValueError`` when a mirror is not among them (the counts of :data:`VIEW_COUNTS` are closed)."""
+    views = list(TTA_VIEWS[:n_views])
+    partners = []
+    for rotation, scale, flip in views:
+        mirror = (-rotation if rotation else 0.0, scale, not flip)
+        if mirror not in views:
+            raise ValueError(f"the first {n_views} test-time views are not closed under mirroring")
+        partners.append(views.index(mirror))
+    return np.array(partners)
+
+
+def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities at ``temperature``: ``p ** (1 / T)`` renormalised (T = 1: unchanged)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if temperature == 1.0:
+        return proba.astype(np.float32)
+    logits = np.log(np.clip(proba, 1e-12, None)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    out = np.exp(logits)
+    return (out / out.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+@dataclasses.dataclass
+class TeacherViews:
+    """The fixed views of a split's training crops and the teacher's targets on them:
+    ``images`` uint8 (K, n, 48, 48), ``landmarks`` (K, n, 68, 2) and ``bovw`` (K, n, 2728)
+    when the student reads BOVW (else None), ``soft`` float32 (K, n, n_classes) at T = 1."""
+
+    images: np.ndarray
+    landmarks: np.ndarray | None
+    bovw: np.ndarray | None
+    soft: np.ndarray
+
+    @property
+    def n_views(self) -> int:
+        return int(self.soft.shape[0])
+
+
+def teacher_views(predictor, teacher_sha256: str, split, store, n_views: int, student_bovw: bool,
+                  say=print, cache: Path | None = None) -> TeacherViews:
+    """The first ``n_views`` fixed views of ``split``'s crops and the teacher's targets on
+    them (see the module doc). The teacher's pass over each view is read from the cache
+    (``cache``: a folder; default ``cache_dir()/teacher``) when it was made by the same teacher
+    on the same rows of the same store, and written there otherwise."""
+    from ensemble_fer.features.augment import tta_images, tta_views
+
+    if n_views not in VIEW_COUNTS[1:]:
+        raise InputError(f"teacher_views must be one of {VIEW_COUNTS[1:]} here; received {n_views!r}")
+    partners = mirror_partners(n_views)
+    with_landmarks = student_bovw or predictor.needs_bovw
+    started = time.time()
+    if with_landmarks:
+        made = tta_views(split.images, split.landmarks, n_views)
+        images = np.stack([v[0] for v in made])
+        landmarks = np.stack([v[1] for v in made]).astype(np.float32)
+        bovw = np.stack([v[2] for v in made]).astype(np.float32)
+        del made
+    else:
+        images, landmarks, bovw = np.stack(tta_images(split.images, n_views)), None, None
+    say(f"made {n_views} views of the {len(split):,} training crops in {time.time() - started:.0f} s")
+
+    raw = []
+    for v in range(n_views):
+        # One file per view, written as soon as it is made: an interrupted pass keeps its views,
+        # and a run on fewer views reads the first ones of a run on more.
+        path = _cache_file(cache, teacher_sha256, store, split, v)
+        proba = _read_cache(path, split.ids)
+        if proba is None:
+            _check_teacher_store(predictor, store)
+            started = time.time()
+            proba = predictor.predict_features(images=images[v] if predictor.needs_images else None,
+                                               bovw_rows=bovw[v] if predictor.needs_bovw else None,
+                                               tta=0).astype(np.float32)
+            artifacts.save_npz(path, proba=proba, ids=split.ids)
+            say(f"teacher {predictor.source}: view {v + 1}/{n_views} of the {len(split):,} training crops "
+                f"in {time.time() - started:.0f} s (cached in {path})")
+        else:
+            say(f"teacher {predictor.source}: view {v + 1}/{n_views} read from {path}")
+        raw.append(proba)
+    raw = np.stack(raw)
+    soft = ((raw + raw[partners]) / 2.0).astype(np.float32)
+    return TeacherViews(images, landmarks if student_bovw else None, bovw if student_bovw else None, soft)
+
+
+def _check_teacher_store(predictor, store) -> None:
+    if predictor.needs_bovw and predictor.extractor_config != store.config:
+        differ = predictor.extractor_config.differences(store.config)
+        raise InputError(f"teacher: {predictor.source} reads BOVW features of another extractor configuration "
+                         f"than {store.path} (teacher vs store: {differ}); re-extract the store with the "
+                         f"teacher's settings or choose an image-only teacher")
+
+
+def _cache_file(cache, teacher_sha256: str, store, split, view: int) -> Path:
+    from ensemble_fer.paths import cache_dir
+
+    folder = Path(cache) if cache is not None else cache_dir() / "teacher"
+    rows = hashlib.sha256(np.ascontiguousarray(split.ids).astype(str).tobytes()).hexdigest()
+    key = hashlib.sha256(f"{teacher_sha256}|{store.manifest_hash}|{rows}|{TTA_VIEWS[view]}".encode())
+    return folder / f"{teacher_sha256[:12]}-{key.hexdigest()[:16]}-view{view}.npz"
+
+
+def _read_cache(path: Path, ids: np.ndarray) -> np.ndarray | None:
+    """The cached pass, or None when there is none or it does not describe these rows (a
+    damaged or foreign file is recomputed and replaced, never trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        cached = artifacts.load_npz(path)
+    except InputError:
+        return None
+    proba, cached_ids = cached.get("proba"), cached.get("ids")
+    if (proba is None or cached_ids is None or proba.ndim != 2 or len(proba) != len(ids)
+            or not np.array_equal(cached_ids.astype(str), np.asarray(ids).astype(str))
+            or not np.isfinite(proba).all()):
+        return None
+    return proba.astype(np.float32)

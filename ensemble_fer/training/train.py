@@ -162,8 +162,16 @@ def _distill_targets(teacher, splits, store, config: TrainConfig, args: dict, sa
     from ensemble_fer.training import distill
 
     train_rows = splits["train"]
-    train_rows.soft = distill.teacher_probabilities(teacher, train_rows, store, say)
-    return distill.describe(teacher, args["teacher_sha256"], train_rows.soft, train_rows.y, config.distill_weight)
+    if config.teacher_views == 1:
+        raw = distill.teacher_probabilities(teacher, train_rows, store, say)
+        train_rows.soft = distill.soften(raw, config.distill_temperature)
+    else:
+        train_rows.views = distill.teacher_views(teacher, args["teacher_sha256"], train_rows, store,
+                                                 config.teacher_views, config.bovw, say)
+        raw = train_rows.views.soft
+        train_rows.views.soft = distill.soften(raw, config.distill_temperature)
+    return distill.describe(teacher, args["teacher_sha256"], raw, train_rows.y, config.distill_weight,
+                            config.teacher_views, config.distill_temperature)
 
 
 def _train_network(config: TrainConfig, policy: str, gpus, splits, label_set, phases, build_args: dict,
