@@ -123,3 +123,20 @@ def test_finetune_from_is_checked():
     with pytest.raises(InputError, match="has no layer 'conv_dw_99'") as info:
         cached_trunk.split_network(model, BLOCK, "conv_dw_99", bovw=False)
     assert "\n" not in str(info.value)
+
+
+def test_a_cached_row_takes_the_teacher_s_target_of_its_own_view():
+    """With the teacher's fixed views (distill.TeacherViews), a cached phase's row drawn view v
+    gets the teacher's target of view v: the cache's views are the teacher's (both TTA_VIEWS)."""
+    rng = np.random.default_rng(0)
+    n, k = 50, 6
+    features = rng.random((k, n, 2, 2, 3)).astype(cached_trunk.CACHE_DTYPE)
+    soft = rng.dirichlet(np.ones(7), size=(k, n)).astype(np.float32)
+    y = rng.integers(7, size=n)
+    cached = cached_trunk.CachedSplit(features, None, y, soft)
+    ds, _ = cached_trunk.train_dataset(cached, 7, 16, seed=3, first_epoch=2, last_epoch=3, distill_weight=0.7)
+    x, target = next(iter(ds))
+    rows = np.sort(np.random.default_rng([3, 2]).permutation(n)[:16])
+    view = np.random.default_rng([3, 2, cached_trunk.VIEW_STREAM]).integers(k, size=n)[rows]
+    np.testing.assert_array_equal(x[cached_trunk.FEATURES_INPUT].numpy(), features[view, rows].astype(np.float32))
+    np.testing.assert_allclose(target.numpy(), 0.3 * np.eye(7)[y[rows]] + 0.7 * soft[view, rows], atol=1e-6)

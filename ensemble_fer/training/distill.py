@@ -59,7 +59,9 @@ VIEW_COUNTS = (1, 2, 6, 8, 10)
 """Allowed ``teacher_views``: 1 (the crop as stored) or a count of views closed under mirroring."""
 
 VIEW_STREAM = 0xD1
-"""Third seed word of the per-epoch view draw of a student row (apart from ``(seed, epoch)``)."""
+"""Third seed word of the per-epoch view draw of a student row in the image pipeline (apart
+from ``(seed, epoch)``; a cached phase draws with ``cached_trunk.VIEW_STREAM``). Changing it
+changes every view-distilled model."""
 
 
 def load_teacher(teacher, label_set):
