@@ -164,7 +164,7 @@ def cache_split(bottom, split, n_views: int, bovw: bool, say) -> CachedSplit:
         features[v] = view
         del view
     rows = np.stack([r for _, r in views]).astype(np.float32) if bovw else None
-    soft = split.views.soft if getattr(split, "views", None) is not None else split.soft
+    soft = split.views.soft if split.views is not None else split.soft
     return CachedSplit(features, rows, split.y, soft)
 
 

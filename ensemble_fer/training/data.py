@@ -164,7 +164,7 @@ def _batch_maker(split: SplitData, want_images: bool, want_bovw: bool, n_classes
     targets, auxiliary targets, row weights), a function of ``(seed, epoch, step)`` only
     (see :func:`train_dataset`)."""
     n = len(split)
-    orders: dict[int, np.ndarray] = {}
+    draws: dict[int, tuple] = {}
     if augment_config is not None:
         from ensemble_fer.features.augment import augment_batch
 
@@ -172,12 +172,11 @@ def _batch_maker(split: SplitData, want_images: bool, want_bovw: bool, n_classes
 
     def make_batch(epoch, step):
         epoch, step = int(epoch), int(step)
-        drawn = orders.get(epoch)
-        if drawn is None:
+        if epoch not in draws:
             # Two threads may compute the same epoch's draws at once: both get the same arrays.
-            drawn = orders[epoch] = _epoch_draws(seed, epoch, n, views)
-            orders.pop(epoch - 2, None)
-        order, view_of = drawn
+            draws[epoch] = _epoch_draws(seed, epoch, n, views)
+            draws.pop(epoch - 2, None)
+        order, view_of = draws[epoch]
         rows = np.sort(order[step * batch_size:(step + 1) * batch_size])
         if views is None:
             images, landmarks, features = split.images[rows], split.landmarks[rows], split.bovw[rows]

@@ -105,18 +105,19 @@ def teacher_probabilities(predictor, split, store, say=print) -> np.ndarray:
     return proba.astype(np.float32)
 
 
-def describe(predictor, teacher_sha256: str, proba: np.ndarray, y: np.ndarray, weight: float,
+def describe(predictor, teacher_sha256: str, targets: np.ndarray, y: np.ndarray, weight: float,
              views: int = 1, temperature: float = 1.0) -> dict:
-    """The ``teacher`` entry of the student's ``config.json``: ``proba`` the teacher's targets
-    at T = 1, (n, n_classes) or per view (K, n, n_classes); the accuracy is on the crops as
-    stored (view 0), the mean top probability over every target as tempered."""
-    proba = np.asarray(proba)
-    crops = proba[0] if proba.ndim == 3 else proba
+    """The ``teacher`` entry of the student's ``config.json``: ``targets`` the teacher's soft
+    targets as the student trains on them (tempered), (n, n_classes) or per view (K, n,
+    n_classes); the accuracy is on the crops as stored (view 0: a temperature keeps the top
+    class), the mean top probability over every target."""
+    targets = np.asarray(targets)
+    crops = targets[0] if targets.ndim == 3 else targets
     return {"path": str(predictor.source), "sha256": teacher_sha256, "kind": predictor.kind,
             "members": list(predictor.members), "distill_weight": weight, "views": int(views),
             "temperature": float(temperature),
             "train_accuracy": round(float((crops.argmax(axis=1) == y).mean()), 6),
-            "mean_top_probability": round(float(soften(proba, temperature).max(axis=-1).mean()), 6)}
+            "mean_top_probability": round(float(targets.max(axis=-1).mean()), 6)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -187,6 +188,7 @@ def teacher_views(predictor, teacher_sha256: str, split, store, n_views: int, st
         images, landmarks, bovw = np.stack(tta_images(split.images, n_views)), None, None
     say(f"made {n_views} views of the {len(split):,} training crops in {time.time() - started:.0f} s")
 
+    _check_teacher_store(predictor, store)
     raw = []
     for v in range(n_views):
         # One file per view, written as soon as it is made: an interrupted pass keeps its views,
@@ -194,7 +196,6 @@ def teacher_views(predictor, teacher_sha256: str, split, store, n_views: int, st
         path = _cache_file(cache, teacher_sha256, store, split, v)
         proba = _read_cache(path, split.ids)
         if proba is None:
-            _check_teacher_store(predictor, store)
             started = time.time()
             proba = predictor.predict_features(images=images[v] if predictor.needs_images else None,
                                                bovw_rows=bovw[v] if predictor.needs_bovw else None,

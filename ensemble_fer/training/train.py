@@ -163,14 +163,13 @@ def _distill_targets(teacher, splits, store, config: TrainConfig, args: dict, sa
 
     train_rows = splits["train"]
     if config.teacher_views == 1:
-        raw = distill.teacher_probabilities(teacher, train_rows, store, say)
-        train_rows.soft = distill.soften(raw, config.distill_temperature)
+        targets = train_rows.soft = distill.soften(distill.teacher_probabilities(teacher, train_rows, store, say),
+                                                   config.distill_temperature)
     else:
         train_rows.views = distill.teacher_views(teacher, args["teacher_sha256"], train_rows, store,
                                                  config.teacher_views, config.bovw, say)
-        raw = train_rows.views.soft
-        train_rows.views.soft = distill.soften(raw, config.distill_temperature)
-    return distill.describe(teacher, args["teacher_sha256"], raw, train_rows.y, config.distill_weight,
+        targets = train_rows.views.soft = distill.soften(train_rows.views.soft, config.distill_temperature)
+    return distill.describe(teacher, args["teacher_sha256"], targets, train_rows.y, config.distill_weight,
                             config.teacher_views, config.distill_temperature)
 
 
