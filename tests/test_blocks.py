@@ -90,7 +90,7 @@ def test_spec_is_consistent(name):
 
 
 def test_compact_blocks_are_native_grayscale():
-    for name in ("cnn5", "complex_cnn", "se_resnet", "vgg_fast", "vgg_wide"):
+    for name in ("cnn5", "complex_cnn", "se_resnet", "vgg_fast", "vgg_wide", "vgg_dw"):
         spec = blocks.get_block_spec(name)
         assert (spec.channels, spec.default_size, spec.default_weights) == (1, 48, None)
         assert 32 <= spec.min_size <= 48
@@ -185,21 +185,27 @@ def test_compact_block_model_saves_and_loads_safely(name, tmp_path):
 
 def test_compact_block_at_default_size_shapes():
     expected = {"cnn5": (12, 12, 64), "complex_cnn": (3, 3, 256), "se_resnet": (6, 6, 256),
-                "vgg_fast": (6, 6, 256), "vgg_wide": (6, 6, 384)}
+                "vgg_fast": (6, 6, 256), "vgg_wide": (6, 6, 384), "vgg_dw": (6, 6, 512)}
     for name, shape in expected.items():
         model = blocks.create_block(name)   # default weights: None for compact blocks
         assert tuple(model.output_shape[1:]) == shape
 
 
 @pytest.mark.parametrize("name, params, macs, doc", [("vgg_fast", 1_165_216, 96_215_040, "96.2M"),
-                                                     ("vgg_wide", 2_618_736, 215_986_176, "216.0M")])
+                                                     ("vgg_wide", 2_618_736, 215_986_176, "216.0M"),
+                                                     ("vgg_dw", 531_392, 42_347_520, "42.3M")])
 def test_vgg_cost_matches_its_docstring(name, params, macs, doc):
     model = blocks.create_block(name, weights=None)
     assert model.count_params() == params
     counted = 0
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            counted += int(np.prod(layer.output.shape[1:3])) * int(np.prod(layer.kernel.shape))
+        if isinstance(layer, keras.layers.SeparableConv2D):
+            kernels = int(np.prod(layer.depthwise_kernel.shape)) + int(np.prod(layer.pointwise_kernel.shape))
+        elif isinstance(layer, keras.layers.Conv2D):
+            kernels = int(np.prod(layer.kernel.shape))
+        else:
+            continue
+        counted += int(np.prod(layer.output.shape[1:3])) * kernels
     assert counted == macs
     assert f"{params:,}" in getattr(compact, name).__doc__ and doc in getattr(compact, name).__doc__
 

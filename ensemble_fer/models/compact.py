@@ -1,6 +1,6 @@
 """The compact blocks, trained from scratch at the native 48x48 grayscale on a CPU: ``cnn5``,
-``complex_cnn``, ``se_resnet``, ``vgg_fast``, ``vgg_wide``; :func:`conv_stack` builds the
-VGG-style ones.
+``complex_cnn``, ``se_resnet``, ``vgg_fast``, ``vgg_wide``, ``vgg_dw``; :func:`conv_stack` builds
+the VGG-style ones.
 
 Every layer is named explicitly with the block name as prefix, so names do not depend on what
 was built before in the session.
@@ -23,16 +23,26 @@ def _conv_bn_relu(x, filters, name, kernel=3, strides=1):
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def conv_stack(x, prefix: str, stages: Sequence[tuple[int, int, bool, float]]):
+def _separable_bn_relu(x, filters, name):
+    x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, depthwise_initializer="he_normal",
+                               pointwise_initializer="he_normal", name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def conv_stack(x, prefix: str, stages: Sequence[tuple[int, int, bool, float]], separable: bool = False):
     """Generic VGG-style builder: per stage ``(filters, n_convs, pool, dropout)``.
 
     Each conv is 3x3 'same', no bias, + BatchNorm + ReLU; then 2x2 max pooling if ``pool``,
     then ``Dropout(dropout)`` if > 0. Layers are named ``{prefix}_s{stage}_c{conv}_{conv|bn|relu}``,
-    ``{prefix}_s{stage}_pool``, ``{prefix}_s{stage}_drop``.
+    ``{prefix}_s{stage}_pool``, ``{prefix}_s{stage}_drop``. ``separable``: the convs after the
+    first stage are depthwise-separable (the first sees the 1-channel image, where a depthwise
+    3x3 would be a single filter).
     """
     for s, (filters, n_convs, pool, dropout) in enumerate(stages, start=1):
+        conv = _separable_bn_relu if separable and s > 1 else _conv_bn_relu
         for c in range(1, n_convs + 1):
-            x = _conv_bn_relu(x, filters, f"{prefix}_s{s}_c{c}")
+            x = conv(x, filters, f"{prefix}_s{s}_c{c}")
         if pool:
             x = layers.MaxPooling2D(2, name=f"{prefix}_s{s}_pool")(x)
         if dropout:
@@ -159,3 +169,24 @@ def vgg_wide(inputs, name):
     trunk (4x the cost) would fit ~25.
     """
     return conv_stack(inputs, name, _vgg_fast_stages(48, 96, 192, 384))
+
+
+@register_block(
+    "vgg_dw", default_size=48, min_size=32, channels=1,
+    description="vgg_fast's layout, depthwise-separable after the stem, at twice the widths: conv 32 "
+                "at 48 px, then separable pairs of 128 / 256 / 512 at 24 / 12 / 6 px: 0.53M params, "
+                "42.3M MACs, 6x6x512 output",
+    preprocessing=symmetric_preprocessing)
+def vgg_dw(inputs, name):
+    """A student shaped for int8 inference: :func:`vgg_fast`'s stages, each conv after the stem a
+    depthwise-separable one (3x3 depthwise, 1x1 pointwise, BatchNorm + ReLU), at twice the widths
+    (32 | 128, 128 | 256, 256 | 512, 512).
+
+    531,392 parameters; 42.3M multiply-adds forward per 48x48 image (vgg_fast: 96.2M; 29.4M at
+    40 px, vgg_fast 66.8M). Why: the fast model's budget is crops per second as int8 TFLite, where XNNPACK's
+    depthwise and 1x1 kernels are quick; twice the channels at under half the multiply-adds is
+    the trade a wider student can make inside that budget (``benchmarks/bench_student_shapes.py``
+    measures it). Training is slower per multiply-add than vgg_fast (TensorFlow's CPU depthwise
+    kernels are memory-bound), which is the price paid once.
+    """
+    return conv_stack(inputs, name, _vgg_fast_stages(32, 128, 256, 512), separable=True)
