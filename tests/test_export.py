@@ -125,6 +125,41 @@ def test_onnx_export_predicts_like_keras(mixed_release, tmp_path):
         np.testing.assert_allclose(list(a.scores.values()), list(b.scores.values()), atol=1e-4)
 
 
+def test_full_integer_export_quantises_activations_and_predicts_like_keras(mixed_release, tmp_path):
+    """int8-full: every member (image, BOVW, both) calibrated on the bundled sample's crops; its
+    convolutions and dense layers run on int8 tensors, and it still predicts like the Keras model."""
+    import tensorflow as tf
+
+    from ensemble_fer import EmotionRecognizer
+
+    report = export.export_model(mixed_release / "ensemble.json", tmp_path / "x", [export.INT8_FULL], say=lambda m: None)
+    entry = report["formats"][export.INT8_FULL]
+    # coarser than dynamic range (int8 activations; the check crops are blobs, not the faces it was
+    # calibrated on), but the same answers
+    assert entry["same_top_class"] >= 0.9 and entry["max_abs_diff_vs_keras"] < 0.4
+    for name in report["members"]:
+        interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "x" / export.INT8_FULL / name / "model.tflite"))
+        ops = {op["op_name"]: op for op in interpreter._get_ops_details()}
+        tensors = interpreter.get_tensor_details()
+        compute = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+        assert compute, f"{name}: {sorted(ops)}"
+        # dynamic range would leave the activations float32: here every input is int8
+        assert all(tensors[op["inputs"][0]]["dtype"] == np.int8 for op in compute), name
+    keras, full = EmotionRecognizer.load(mixed_release / "ensemble.json"), EmotionRecognizer.load(tmp_path / "x" / export.INT8_FULL)
+    agree = np.mean([a.emotion == b.emotion for a, b in zip(keras.predict(PHOTO), full.predict(PHOTO))])
+    assert agree >= 0.5
+
+
+def test_calibration_goes_with_the_full_integer_format_only(tiny_variant):
+    from ensemble_fer.models.variant_dir import VariantDir
+
+    model = VariantDir(tiny_variant).load_model()
+    with pytest.raises(ValueError, match="calibration"):
+        export.convert(model, export.INT8_FULL)
+    with pytest.raises(ValueError, match="calibration"):
+        export.convert(model, "int8", {"image": np.zeros((8, 48, 48, 1), np.uint8)})
+
+
 def test_an_image_only_model_reads_crops_without_landmarks_or_hog(mixed_release, monkeypatch):
     """An image-only model (here the cnn5 member) predicts crops from the pixels alone, with the
     probabilities the full feature path gives."""

@@ -11,6 +11,11 @@ Formats (one sub-folder each, every member converted):
 * ``float16``: weights stored as float16 (half the size), computed in float32;
 * ``int8``: dynamic-range quantisation: weights stored as int8 (a quarter of the size),
   activations quantised on the fly where a kernel supports it. No calibration data needed;
+* ``int8-full`` (asked for explicitly): full-integer quantisation, activations int8 too, their
+  ranges calibrated on the bundled sample's training crops (:data:`CALIBRATION_SPLIT` of
+  :func:`ensemble_fer.paths.sample_data`: real FER2013 faces). The quickest on a CPU, and the
+  only int8 format in which depthwise convolutions run as int8 (dynamic-range leaves them in
+  float: ``benchmarks/RESULTS.md``, session 15);
 * ``onnx`` (asked for explicitly; needs the ``onnx`` extra): float32 ONNX through tf2onnx,
   run by onnxruntime.
 
@@ -47,9 +52,14 @@ from ensemble_fer.models.variant_dir import EXPORT_FILE, export_marker, is_expor
 
 FORMATS = ("float32", "float16", "int8")
 """The TFLite formats, written by default."""
+INT8_FULL = "int8-full"
 ONNX = "onnx"
-ALL_FORMATS = FORMATS + (ONNX,)
-"""Also ONNX (float32, through tf2onnx; run by onnxruntime): ``pip install 'ensemble_fer[onnx]'``."""
+ALL_FORMATS = FORMATS + (INT8_FULL, ONNX)
+"""Also full-integer int8 TFLite (calibrated) and ONNX (float32, through tf2onnx; run by
+onnxruntime): ``pip install 'ensemble_fer[onnx]'``."""
+CALIBRATION_SPLIT = "train"
+"""The bundled sample's split whose crops calibrate ``int8-full`` (280 faces, 40 an emotion)."""
+CALIBRATION_BATCH = 8
 EXPORT_FORMAT = "ensemble_fer.export"
 MODEL_FILE = "model.tflite"
 ONNX_FILE = "model.onnx"
@@ -63,8 +73,9 @@ CHECK_ROWS = 256
 """Crops predicted by both the Keras model and each export to measure their difference."""
 
 
-def convert(model, precision: str) -> bytes:
-    """The TFLite flatbuffer of a Keras network at ``precision`` (one of :data:`FORMATS`).
+def convert(model, precision: str, calibration: dict | None = None) -> bytes:
+    """The TFLite flatbuffer of a Keras network at ``precision`` (one of :data:`ALL_FORMATS`);
+    ``calibration`` (``int8-full`` only): the network's inputs by name, a few hundred real rows.
 
     The network is traced with ``training=False`` into a SavedModel endpoint of our own
     (:data:`SIGNATURE`, inputs named as the model's, output ``probabilities``):
@@ -78,6 +89,9 @@ def convert(model, precision: str) -> bytes:
 
     if precision not in ALL_FORMATS:
         raise InputError(f"format must be one of {ALL_FORMATS}; got {precision!r}")
+    if (precision == INT8_FULL) != (calibration is not None):
+        raise ValueError(f"calibration: needed for {INT8_FULL!r} and only for it; precision {precision!r}, "
+                         f"calibration {'given' if calibration is not None else 'None'}")
     names = [tensor.name for tensor in model.inputs]
     specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=t.name) for t in model.inputs]
 
@@ -95,10 +109,15 @@ def convert(model, precision: str) -> bytes:
         if precision == ONNX:
             return _saved_model_to_onnx(saved)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE])
-        if precision in ("float16", "int8"):
+        if precision in ("float16", "int8", INT8_FULL):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if precision == "float16":
             converter.target_spec.supported_types = [tf.float16]
+        if precision == INT8_FULL:
+            n = len(next(iter(calibration.values())))
+            converter.representative_dataset = lambda: (
+                {name: np.asarray(calibration[name][i:i + CALIBRATION_BATCH], dtype=spec.dtype.as_numpy_dtype)
+                 for name, spec in zip(names, specs)} for i in range(0, n, CALIBRATION_BATCH))
         return converter.convert()
 
 
@@ -137,7 +156,10 @@ class TFLiteModel:
         if missing:
             raise InputError(f"{self.path}: needs inputs {sorted(missing)}")
         feed = {name: np.ascontiguousarray(inputs[name], dtype=dtype) for name, dtype in self.input_dtypes.items()}
-        return self._runner(**feed)[OUTPUT]
+        proba = self._runner(**feed)[OUTPUT]
+        # int8-full's softmax comes out in steps of 1/256, so its rows sum to 1 only within ~1%:
+        # renormalised here (a no-op for the float formats)
+        return proba / proba.sum(axis=1, keepdims=True)
 
 
 class ONNXModel:
@@ -204,6 +226,7 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
     """Export the model at ``source`` (variant folder or ensemble) into ``out/<format>/``;
     returns the report also written to ``out/export.json``."""
     from ensemble_fer.inference import predictor as inference
+    from ensemble_fer.models import forward
     formats = tuple(formats)
     unknown = [f for f in formats if f not in ALL_FORMATS]
     if unknown or not formats:
@@ -220,6 +243,7 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
                           output_name="--out")
     say(f"preparing the check crops and loading {source} (Keras)")
     check = _check_inputs(predictor)
+    calibration = _calibration_inputs(predictor) if INT8_FULL in formats else None
     keras_proba = predictor.member_probas(**check)      # (members, rows, classes)
     report = {"format": EXPORT_FORMAT, "source": str(Path(source).resolve()), "kind": predictor.kind,
               "members": list(predictor.members), "formats": {}}
@@ -234,7 +258,12 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
                 # the estimate is the mean of the conversions so far (none before the first)
                 left = (f"; about {(time.monotonic() - started) / done * (steps - done):.0f} s left" if done else "")
                 say(f"converting {name} to {precision} ({done + 1}/{steps}{left})")
-                converted[precision, index] = convert(model, precision)
+                member_calibration = None
+                if precision == INT8_FULL:
+                    config = predictor._members[index].config
+                    member_calibration = forward.model_inputs(config["block"], bool(config["bovw"]),
+                                                              calibration["images"], calibration["bovw"])
+                converted[precision, index] = convert(model, precision, member_calibration)
         for precision in formats:
             say(f"checking the {precision} export against the Keras model on {len(keras_proba[0])} crops")
             target = tmp / precision
@@ -278,6 +307,17 @@ def _write_export(predictor, target: Path, flatbuffers: dict, precision: str) ->
             sizes[name] = len(flatbuffers[index])
         artifacts.write_json(target / "ensemble.json", data)
     return {"bytes": sizes, "total_bytes": int(sum(sizes.values()))}
+
+
+def _calibration_inputs(predictor) -> dict:
+    """The bundled sample's :data:`CALIBRATION_SPLIT` crops and their BOVW rows, as the
+    predictor's feature extractor makes them: real faces for ``int8-full``'s activation ranges."""
+    from ensemble_fer import paths
+    from ensemble_fer.features.datasets import load_image, open_dataset
+
+    records = open_dataset(paths.sample_data()).splits[CALIBRATION_SPLIT]
+    features = predictor.analyse(np.stack([load_image(r) for r in records]))
+    return {"images": features["images"], "bovw": features["bovw"]}
 
 
 def _check_inputs(predictor) -> dict:
