@@ -226,7 +226,6 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
     """Export the model at ``source`` (variant folder or ensemble) into ``out/<format>/``;
     returns the report also written to ``out/export.json``."""
     from ensemble_fer.inference import predictor as inference
-    from ensemble_fer.models import forward
     formats = tuple(formats)
     unknown = [f for f in formats if f not in ALL_FORMATS]
     if unknown or not formats:
@@ -260,6 +259,8 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
                 say(f"converting {name} to {precision} ({done + 1}/{steps}{left})")
                 member_calibration = None
                 if precision == INT8_FULL:
+                    from ensemble_fer.models import forward     # Keras: only once a network is converted
+
                     config = predictor._members[index].config
                     member_calibration = forward.model_inputs(config["block"], bool(config["bovw"]),
                                                               calibration["images"], calibration["bovw"])
