@@ -48,15 +48,33 @@ def test_the_cut_network_computes_what_the_whole_network_does(sample_rows, cut):
     whole = model.predict({"image": sample_rows.images[..., None], "bovw": sample_rows.bovw}, verbose=0)
     split = cached_trunk.split_network(model, BLOCK, cut, bovw=True)
     cache = cached_trunk.cache_split(split.bottom, sample_rows, 1, True, None)
-    top = split.top.predict({cached_trunk.FEATURES_INPUT: cache.features[0].astype(np.float32),
+    top = split.top.predict({cached_trunk.FEATURES_INPUT: cached_trunk.decode(cache.features[0]),
                              "bovw": cache.bovw[0]}, verbose=0)
-    # float16 cache: the same probabilities to ~3 digits.
-    assert np.abs(top - whole).max() < 2e-3
+    # Pooled (float16) cache: the same probabilities to ~3 digits; a cut at a ReLU6 (uint8 steps
+    # of 6/255) to ~2 (a mixed-bfloat16 run's own rounding is of the same size).
+    assert np.abs(top - whole).max() < (2e-3 if cut is None else 1e-2)
     assert (top.argmax(1) == whole.argmax(1)).mean() > 0.97
     # The cut shares the network's layers: no copies of any weight.
     whole_ids = {id(v) for v in model.weights}
     assert all(id(v) in whole_ids for v in split.top.weights)
     assert all(id(v) in whole_ids for v in split.bottom.weights)
+
+
+@pytest.mark.parametrize("cut, dtype", [(None, np.float16), (CUT, np.uint8)])
+def test_a_cut_at_a_relu6_is_cached_in_uint8_steps(sample_rows, cut, dtype):
+    """The cache of a ReLU6's output takes 1 byte a value: every value within half a step of
+    what the frozen layers compute; a pooled output (unbounded in general) stays float16."""
+    _ported_or_skip()
+    model = networks.build_network(BLOCK, False, 7, image_size=32)
+    split = cached_trunk.split_network(model, BLOCK, cut, bovw=False)
+    cache = cached_trunk.cache_split(split.bottom, sample_rows, 2, False, None)
+    assert cache.features.dtype == dtype
+    assert cache.features.shape == (2, len(sample_rows.y), *split.bottom.output.shape[1:])
+    exact = split.bottom.predict(sample_rows.images[..., None], verbose=0)
+    error = np.abs(cached_trunk.decode(cache.features[0]) - exact).max()
+    assert error <= (cached_trunk.RELU6_STEP / 2 + 1e-6 if dtype == np.uint8 else 6 * 2.0 ** -11)
+    if dtype == np.uint8:
+        assert exact.max() > 1.0 and cache.features.max() <= 255   # ReLU6's range is used, not saturated
 
 
 def test_the_ported_face_trunk_has_no_batch_norm_to_wreck():
