@@ -46,9 +46,9 @@ CACHE_DTYPE = np.float16
 
 RELU6_STEP = 6.0 / 255.0
 """A cut at a ReLU6's output (MobileNet's) holds values in [0, 6]: stored as uint8 multiples of
-this step (error <= 0.012; 1 byte a value where float16 takes 2), the cache holds twice the
-views in the same memory (4 views of FER2013 cut at faceres's
-``conv_dw_5`` at 160 px: 11 GB). :func:`decode` turns it back into float32."""
+this step (error <= 0.012; 1 byte a value where float16 takes 2), so the cache holds twice the
+views in the same memory (4 views of FER2013 cut at faceres's ``conv_dw_5`` at 160 px: 11 GB).
+:func:`decode` turns it back into float32."""
 
 
 def _codec(bottom: keras.Model) -> tuple[type, float | None]:
