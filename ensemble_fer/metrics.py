@@ -4,6 +4,8 @@
   and weighted-F1, log-loss (when probabilities are given), per-class precision/recall/F1/
   support and the confusion matrix (rows true class, columns predicted class), always over
   *every* class of the label set, so a class absent from a split does not shift the others.
+* :func:`shared_errors` -- for an ensemble's members, pair by pair: how often both are wrong,
+  how often they disagree, and how correlated their errors are.
 * :func:`plot_confusion_matrix`, :func:`plot_training_curves` -- PNG figures, written
   atomically (a temporary file beside the target, then a rename).
 * :func:`format_report_markdown` -- the models-by-splits table plus one per-class table.
@@ -116,6 +118,35 @@ def classification_metrics(y_true, proba_or_pred, class_names) -> dict:
         },
         "confusion_matrix": cm.astype(int).tolist(),
     }
+
+
+def shared_errors(y_true, probas, names: Sequence[str]) -> list[dict]:
+    """How much each pair of members errs on the same rows: what decides whether a member can
+    add to an ensemble (two members wrong on the same crops cannot correct each other, however
+    accurate each is).
+
+    ``probas`` (n_members, n_samples, n_classes), ``y_true`` (n_samples,) class indices. One dict
+    per pair, in order: ``members`` (the two names), ``both_wrong`` (share of rows both get
+    wrong), ``disagree`` (share of rows where their top classes differ) and
+    ``error_correlation``, the correlation (phi) of their 0/1 error indicators, 1 when they err
+    on exactly the same rows, 0 when their errors are independent; None when it is undefined
+    (a member right on every row, or wrong on every row)."""
+    probas = np.asarray(probas)
+    if probas.ndim != 3 or probas.shape[0] != len(names):
+        raise ValueError(f"probas must have shape (n_members={len(names)}, n_samples, n_classes); "
+                         f"got {probas.shape}")
+    y_true = check_class_indices(y_true, probas.shape[2], "y_true")
+    top = probas.argmax(axis=2)
+    wrong = top != y_true
+    pairs = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            a, b = wrong[i].astype(float), wrong[j].astype(float)
+            spread = a.std() * b.std()
+            correlation = None if spread == 0 else float(np.mean((a - a.mean()) * (b - b.mean())) / spread)
+            pairs.append({"members": [names[i], names[j]], "both_wrong": float(np.mean(wrong[i] & wrong[j])),
+                          "disagree": float(np.mean(top[i] != top[j])), "error_correlation": correlation})
+    return pairs
 
 
 def check_class_indices(values, n_classes: int, name: str) -> np.ndarray:

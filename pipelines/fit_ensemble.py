@@ -16,8 +16,9 @@ feature store hashes, scores) and, beside it, ``ensemble_report.md``, ``ensemble
 and ``ensemble_confusion_matrix.png`` (for ``--out NAME.json``: ``NAME_report.md``, ...): every
 member, the equal-weight average, the best single member and the learnt ensemble on val (and
 test when the store has it), the weights, the ensemble's per-class scores and confusion
-matrix, the cross-validated accuracy over val folds, and the face-found subset when the
-store flags faces. Weights are fitted on val only, so the ensemble's val figures are
+matrix, the cross-validated accuracy over val folds, how much each pair of members errs on
+the same val rows (the error correlation that decides whether a member can add anything), and
+the face-found subset when the store flags faces. Weights are fitted on val only, so the ensemble's val figures are
 optimistic; the report says so.
 
 --tta N: the members' models are loaded and predict the feature store's val (and test) rows
@@ -120,6 +121,10 @@ def summary(report: dict) -> str:
         lines.append(f"cross-validated val accuracy ({cv['n_splits']} folds): {cv['mean']:.4f} ± {cv['std']:.4f} "
                      f"(equal weights {cv['equal_weight_mean']:.4f}); the ensemble's in-sample val figures are "
                      f"optimistic")
+    if report.get("shared_errors"):
+        lines.append("error correlation on val (1: wrong on the same rows): " + ", ".join(
+            f"{a}/{b} " + ("undefined" if p["error_correlation"] is None else f"{p['error_correlation']:.2f}")
+            for p in report["shared_errors"] for a, b in [p["members"]]))
     return "\n".join(lines)
 
 

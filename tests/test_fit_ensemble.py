@@ -64,6 +64,7 @@ def test_fits_and_reports_on_trained_variants(variant_pair, tmp_path, capsys):
     code, stdout, stderr = _run(["--models", models], capsys)
     assert code == 0, stderr
     assert "optimistic" in stdout
+    assert f"error correlation on val (1: wrong on the same rows): {MEMBERS[0]}/{MEMBERS[1]} " in stdout
 
     data = json.loads(out.read_text())
     assert [m["name"] for m in data["members"]] == list(MEMBERS)
@@ -99,12 +100,19 @@ def test_fits_and_reports_on_trained_variants(variant_pair, tmp_path, capsys):
     cv = report["cross_validation"]
     assert cv["n_splits"] == 5 and len(cv["scores"]) == 5 and 0 <= cv["mean"] <= 1
     assert data["scores"]["val_cross_validated_accuracy"]["mean"] == pytest.approx(cv["mean"])
+    # one row per pair of members, recomputed here from the saved probabilities
+    (pair,) = report["shared_errors"]
+    wrong = probas.argmax(2) != y
+    assert pair["members"] == list(MEMBERS)
+    assert pair["both_wrong"] == pytest.approx(float((wrong[0] & wrong[1]).mean()))
+    assert pair["error_correlation"] == pytest.approx(float(np.corrcoef(wrong[0], wrong[1])[0, 1]))
     # the sample store was extracted with --detector none: no face-found subset, said so
     assert report["face_found"] is None and "detector none" in report["face_found_note"]
 
     markdown = (out.parent / "ensemble_report.md").read_text()
     for text in ("| equal-weight |", f"| best single ({best}) |", "| ensemble |", "optimistic",
-                 "Cross-validated", "ensemble_confusion_matrix.png", "Per class: ensemble", "no test split"):
+                 "Cross-validated", "ensemble_confusion_matrix.png", "Per class: ensemble", "no test split",
+                 "## Shared errors (val)", f"| {MEMBERS[0]} / {MEMBERS[1]} |"):
         assert text in markdown
     assert (out.parent / "ensemble_confusion_matrix.png").stat().st_size > 1000
 
@@ -165,7 +173,7 @@ def test_single_member_is_said_plainly(variant_pair, tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["ensemble"]["weights"] == [1.0]
     report = json.loads((tmp_path / "ensemble_report.json").read_text())
-    assert report["single_member"] and report["cross_validation"] is None
+    assert report["single_member"] and report["cross_validation"] is None and report["shared_errors"] is None
     saved = artifacts.load_npz(variant_pair / "bovw" / "predictions.npz")
     assert report["results"]["val"]["ensemble"]["accuracy"] == pytest.approx(
         float((saved["val_proba"].argmax(1) == saved["val_y"]).mean()))

@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import log_loss as sklearn_log_loss
 
 from ensemble_fer.metrics import (classification_metrics, format_report_markdown,
-                                  plot_confusion_matrix, plot_training_curves, read_history_csv)
+                                  plot_confusion_matrix, plot_training_curves, read_history_csv, shared_errors)
 
 NAMES = ["a", "b", "c"]
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2])
@@ -195,3 +195,37 @@ def test_a_one_epoch_history_is_drawn_without_a_collapsed_layout(tmp_path):
         warnings.simplefilter("error")      # matplotlib warns when constrained layout collapses the axes
         _assert_png(plot_training_curves({"phase": ["scratch"], "loss": [2.0], "val_loss": [1.9],
                                           "accuracy": [0.1], "val_accuracy": [0.2]}, tmp_path / "one.png"))
+
+
+def _one_hot(pred, n_classes=3):
+    return np.eye(n_classes)[np.asarray(pred)]
+
+
+def test_shared_errors_counts_pairs_of_members():
+    y = np.array([0, 1, 2, 0, 1, 2])
+    a = _one_hot([0, 1, 2, 1, 2, 2])        # wrong on rows 3, 4
+    b = _one_hot([0, 1, 2, 1, 2, 0])        # wrong on rows 3, 4, 5
+    c = _one_hot([1, 0, 0, 0, 1, 2])        # wrong on rows 0, 1, 2: exactly where b is right
+    pairs = shared_errors(y, np.stack([a, b, c]), ["a", "b", "c"])
+    assert [p["members"] for p in pairs] == [["a", "b"], ["a", "c"], ["b", "c"]]
+    ab, ac, bc = pairs
+    assert ab["both_wrong"] == pytest.approx(2 / 6) and ab["disagree"] == pytest.approx(1 / 6)
+    assert ac["both_wrong"] == 0 and ac["disagree"] == pytest.approx(5 / 6)
+    # phi of the 0/1 error vectors, as numpy's correlation gives it
+    wrong = np.stack([p.argmax(1) != y for p in (a, b, c)])
+    assert ab["error_correlation"] == pytest.approx(np.corrcoef(wrong[0], wrong[1])[0, 1])
+    assert bc["error_correlation"] == pytest.approx(-1.0)
+    # the same predictions twice: errors on exactly the same rows
+    assert shared_errors(y, np.stack([b, b]), ["b", "b2"])[0]["error_correlation"] == pytest.approx(1.0)
+
+
+def test_shared_errors_is_undefined_for_a_member_always_right():
+    y = np.array([0, 1, 2])
+    right, other = _one_hot(y), _one_hot([0, 2, 2])
+    (pair,) = shared_errors(y, np.stack([right, other]), ["right", "other"])
+    assert pair["error_correlation"] is None and pair["both_wrong"] == 0
+
+
+def test_shared_errors_refuses_a_shape_that_does_not_match_the_names():
+    with pytest.raises(ValueError, match="n_members=3"):
+        shared_errors(np.array([0, 1]), np.zeros((2, 2, 3)), ["a", "b", "c"])

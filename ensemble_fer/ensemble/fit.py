@@ -103,6 +103,7 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
                                              flags_faces)
 
     cv = None if single else _cross_validate(val_probas, val["y"], objective, seed, cv_splits, notes)
+    shared = None if single else metrics.shared_errors(val["y"], val_probas, names)
 
     weights = {name: float(w) for name, w in zip(names, fitted.weights_)}
     detail_split = splits[-1]
@@ -124,6 +125,7 @@ def fit_ensemble(folders, out, objective: str = "accuracy", seed: int = 0, cv_sp
         "face_found": face_results or None,
         "face_found_note": _face_note(flags_faces, face_results, splits),
         "cross_validation": cv,
+        "shared_errors": shared,
         "notes": notes,
         "confusion_matrix_split": detail_split,
         "seconds": None,
@@ -370,6 +372,17 @@ def ensemble_report_markdown(report: dict, figure: str) -> str:
                   f"the held-out fold: accuracy **{cv['mean']:.4f} ± {cv['std']:.4f}** (folds: {scores}). Equal "
                   f"weights on the same folds: {cv['equal_weight_mean']:.4f}. In-sample val accuracy of the learnt "
                   f"ensemble: {report['results']['val'][ENSEMBLE]['accuracy']:.4f}.", ""]
+    if report.get("shared_errors"):
+        lines += ["## Shared errors (val)", "",
+                  "Members wrong on the same rows cannot correct each other: a member adds to the ensemble when "
+                  "it is accurate *and* its errors correlate little with the others'. Error correlation: the "
+                  "correlation of the two members' right/wrong indicators (1: wrong on exactly the same rows).", "",
+                  "| members | both wrong | disagree | error correlation |", "| --- | ---: | ---: | ---: |"]
+        for pair in report["shared_errors"]:
+            correlation = "undefined" if pair["error_correlation"] is None else f"{pair['error_correlation']:.3f}"
+            lines.append(f"| {pair['members'][0]} / {pair['members'][1]} | {pair['both_wrong']:.4f} | "
+                         f"{pair['disagree']:.4f} | {correlation} |")
+        lines.append("")
     cm_split = report["confusion_matrix_split"]
     lines += [f"## Confusion matrix (ensemble, {cm_split})", "", f"![confusion matrix]({figure})", ""]
     lines += metrics.confusion_table_markdown(report["results"][cm_split][ENSEMBLE])
