@@ -158,3 +158,16 @@ def test_a_cached_row_takes_the_teacher_s_target_of_its_own_view():
     view = np.random.default_rng([3, 2, cached_trunk.VIEW_STREAM]).integers(k, size=n)[rows]
     np.testing.assert_array_equal(x[cached_trunk.FEATURES_INPUT].numpy(), features[view, rows].astype(np.float32))
     np.testing.assert_allclose(target.numpy(), 0.3 * np.eye(7)[y[rows]] + 0.7 * soft[view, rows], atol=1e-6)
+
+
+def test_pooling_a_cut_cache_reports_progress_and_decodes_its_steps():
+    # a cut low in a block is pooled for the frozen phase in minutes: say hears of every 20 batches
+    rest = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.GlobalAveragePooling2D()])
+    features = np.arange(2 * 45 * 12, dtype=np.int64).reshape(2, 45, 2, 2, 3) % 256
+    cached = cached_trunk.CachedSplit(features.astype(np.uint8), None, np.zeros(45, int))
+    said = []
+    pooled = cached_trunk.pooled_from(rest, cached, batch_size=2, say=said.append, what="train")
+    assert said == [f"  pooling train view {v}/2: {n}/45" for v in (1, 2) for n in (40,)]
+    expected = (features * cached_trunk.RELU6_STEP).mean(axis=(2, 3))
+    assert pooled.features.shape == (2, 45, 3)
+    np.testing.assert_allclose(pooled.features.astype(np.float32), expected, rtol=1e-3)

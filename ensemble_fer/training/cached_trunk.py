@@ -166,13 +166,20 @@ class CachedSplit:
         return len(self.y)
 
 
-def pooled_from(rest: keras.Model, cached: CachedSplit, batch_size: int = 512) -> CachedSplit:
+def pooled_from(rest: keras.Model, cached: CachedSplit, batch_size: int = 512, say=None,
+                what: str = "") -> CachedSplit:
     """The pooled block outputs of a cache cut inside the block (``rest`` applied once per row
-    and view): the frozen phase's cache, without running the bottom again."""
+    and view): the frozen phase's cache, without running the bottom again. Minutes for a cut
+    low in the block (4 views at ``conv_dw_5``), so ``say`` hears of every 20 batches."""
     views = []
-    for features in cached.features:
-        out = [keras.ops.convert_to_numpy(rest(tf.constant(decode(features[i:i + batch_size])),
-                                               training=False)) for i in range(0, len(features), batch_size)]
+    n_views = len(cached.features)
+    for v, features in enumerate(cached.features):
+        out = []
+        for i in range(0, len(features), batch_size):
+            out.append(keras.ops.convert_to_numpy(rest(tf.constant(decode(features[i:i + batch_size])),
+                                                       training=False)))
+            if say is not None and len(out) % 20 == 0:
+                say(f"  pooling {what} view {v + 1}/{n_views}: {i + len(out[-1]):,}/{len(features):,}")
         views.append(np.concatenate(out).astype(CACHE_DTYPE))
     return CachedSplit(np.stack(views), cached.bovw, cached.y, cached.soft)
 

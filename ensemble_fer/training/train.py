@@ -384,7 +384,9 @@ class _Run:
                      f"({self._cache[2].features.nbytes / 2**30:.2f} GiB for training)")
         _, source, train_cache, val_cache = self._cache
         if cache_cut != cut:
-            train_cache, val_cache = (cached_trunk.pooled_from(source.rest, c) for c in (train_cache, val_cache))
+            self.say(f"pooling the cache of {cache_cut} for the frozen phase ...")
+            train_cache, val_cache = (cached_trunk.pooled_from(source.rest, c, say=self.say, what=name)
+                                      for c, name in ((train_cache, "train"), (val_cache, "val")))
         optimizer = self.model.optimizer
         if not optimizer.built:
             # On the network's own variables (the same set as the top's): the checkpoint of the
