@@ -18,8 +18,8 @@ member, the equal-weight average, the best single member and the learnt ensemble
 test when the store has it), the weights, the ensemble's per-class scores and confusion
 matrix, the cross-validated accuracy over val folds, how much each pair of members errs on
 the same val rows (the error correlation that decides whether a member can add anything), and
-the face-found subset when the store flags faces. Weights are fitted on val only, so the ensemble's val figures are
-optimistic; the report says so.
+the face-found subset when the store flags faces. Weights are fitted on val only, so the
+ensemble's val figures are optimistic; the report says so.
 
 --tta N: the members' models are loaded and predict the feature store's val (and test) rows
 averaged over N test-time views (identity, mirror, ...); the weights are fitted on those, and
@@ -123,8 +123,7 @@ def summary(report: dict) -> str:
                      f"optimistic")
     if report.get("shared_errors"):
         lines.append("error correlation on val (1: wrong on the same rows): " + ", ".join(
-            f"{a}/{b} " + ("undefined" if p["error_correlation"] is None else f"{p['error_correlation']:.2f}")
-            for p in report["shared_errors"] for a, b in [p["members"]]))
+            f"{'/'.join(pair['members'])} {fit.error_correlation_text(pair, 2)}" for pair in report["shared_errors"]))
     return "\n".join(lines)
 
 

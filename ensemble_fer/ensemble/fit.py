@@ -336,6 +336,12 @@ def _summary_scores(report: dict) -> dict:
     return scores
 
 
+def error_correlation_text(pair: dict, digits: int) -> str:
+    """A pair of :func:`~ensemble_fer.metrics.shared_errors` as the report and the summary print it."""
+    correlation = pair["error_correlation"]
+    return "undefined" if correlation is None else f"{correlation:.{digits}f}"
+
+
 def ensemble_report_markdown(report: dict, figure: str) -> str:
     names, splits = report["members"], report["splits"]
     store = report["feature_store"]
@@ -379,9 +385,8 @@ def ensemble_report_markdown(report: dict, figure: str) -> str:
                   "correlation of the two members' right/wrong indicators (1: wrong on exactly the same rows).", "",
                   "| members | both wrong | disagree | error correlation |", "| --- | ---: | ---: | ---: |"]
         for pair in report["shared_errors"]:
-            correlation = "undefined" if pair["error_correlation"] is None else f"{pair['error_correlation']:.3f}"
             lines.append(f"| {pair['members'][0]} / {pair['members'][1]} | {pair['both_wrong']:.4f} | "
-                         f"{pair['disagree']:.4f} | {correlation} |")
+                         f"{pair['disagree']:.4f} | {error_correlation_text(pair, 3)} |")
         lines.append("")
     cm_split = report["confusion_matrix_split"]
     lines += [f"## Confusion matrix (ensemble, {cm_split})", "", f"![confusion matrix]({figure})", ""]
