@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the export folder")
     p.add_argument("--format", nargs="+", choices=ALL_FORMATS, default=list(FORMATS), metavar="FORMAT",
                    help=f"formats to write, of {', '.join(ALL_FORMATS)} (default: {' '.join(FORMATS)}; int8-full "
-                        f"quantises activations too, calibrated on the bundled sample's crops: the quickest, for image-only "
-                        f"networks (members with the BOVW input keep only ~70%% of their top classes in it); "
+                        f"quantises activations too, calibrated on the bundled sample's crops: the quickest, a little "
+                        f"coarser (a BOVW input's normalisation stays float); "
                         f"onnx needs pip install 'ensemble_fer[onnx]')")
     p.add_argument("--force", action="store_true", help="replace an existing DIR")
     p.add_argument("--quiet", action="store_true", help="only the final table")

@@ -37,6 +37,8 @@ from ensemble_fer.errors import InputError
 
 IMAGE_INPUT = "image"
 BOVW_INPUT = "bovw"
+BOVW_NORM_LAYER = "bovw_norm"
+"""The BOVW input's standardisation (train-split mean and variance), the branch's first layer."""
 PROBABILITIES_OUTPUT = "probabilities"
 AUX_OUTPUT = "aux"
 
@@ -228,7 +230,7 @@ def _bovw_branch(mean, var, units, dropout):
     # Statistics passed as constants (not adapt()) so they are part of the layer config and
     # the saved model needs no dataset to rebuild. float32: landmark coordinates up to 48
     # and HOG values near 0 both keep their digits under a float16 policy.
-    x = layers.Normalization(mean=mean, variance=var, dtype="float32", name="bovw_norm")(features)
+    x = layers.Normalization(mean=mean, variance=var, dtype="float32", name=BOVW_NORM_LAYER)(features)
     for i, n in enumerate(units, start=1):
         x = layers.Dense(n, activation="relu", name=f"bovw_dense{i}")(x)
         if dropout:
@@ -249,7 +251,7 @@ def apply_head(model: keras.Model, image_features=None, bovw_features=None):
 
     parts = [] if image_features is None else [image_features]
     if bovw_features is not None:
-        x = model.get_layer("bovw_norm")(bovw_features)
+        x = model.get_layer(BOVW_NORM_LAYER)(bovw_features)
         i = 1
         while layer(f"bovw_dense{i}") is not None:
             x = layer(f"bovw_dense{i}")(x)
