@@ -93,10 +93,19 @@ ARGS = ["--block", BLOCK, "--bovw", "--image-size", 32, "--epochs-frozen", 1, "-
         "--finetune-from", CUT, "--seed", 5, "--batch-size", 32]
 
 
-def test_frozen_layers_never_move_and_the_top_fine_tunes(sample_store, tmp_path):
-    path = _ported_or_skip()
-    out = tmp_path / "v"
+@pytest.fixture(scope="module")
+def cached_run(sample_store, tmp_path_factory):
+    """One uninterrupted run of ARGS (frozen phase, then fine-tuning from CUT), shared: tests
+    must not write into it."""
+    _ported_or_skip()
+    out = tmp_path_factory.mktemp("cached") / "whole"
     assert _cli(*ARGS, "--features", sample_store, "--out", out) == 0
+    return out
+
+
+def test_frozen_layers_never_move_and_the_top_fine_tunes(cached_run):
+    path = _ported_or_skip()
+    out = cached_run
     config = json.loads((out / "config.json").read_text())
     assert [p["name"] for p in config["training"]["phases"]] == ["frozen", "finetune"]
     trained = keras.models.load_model(out / "model.keras", safe_mode=True, compile=False)
@@ -112,13 +121,11 @@ def test_frozen_layers_never_move_and_the_top_fine_tunes(sample_store, tmp_path)
             assert same == (names.index(layer.name) < names.index(CUT)), layer.name
 
 
-def test_a_killed_cached_run_resumes_bit_identical(sample_store, tmp_path):
+def test_a_killed_cached_run_resumes_bit_identical(cached_run, sample_store, tmp_path):
     from tests.test_training import _kill_after_first_epoch
 
-    _ported_or_skip()
     args = [*ARGS, "--features", sample_store]
-    whole = tmp_path / "whole"
-    assert _cli(*args, "--out", whole) == 0
+    whole = cached_run
     killed = tmp_path / "killed"
     _kill_after_first_epoch([*args, "--out", killed], killed)
     assert not (killed / "config.json").exists()
