@@ -86,7 +86,7 @@ def convert(model, precision: str, calibration: dict | None = None) -> bytes:
     import keras
     import tensorflow as tf
 
-    from ensemble_fer.models.networks import PROBABILITIES_OUTPUT
+    from ensemble_fer.models.networks import BOVW_INPUT, BOVW_NORM_LAYER, PROBABILITIES_OUTPUT
 
     if precision not in ALL_FORMATS:
         raise InputError(f"format must be one of {ALL_FORMATS}; got {precision!r}")
@@ -110,13 +110,13 @@ def convert(model, precision: str, calibration: dict | None = None) -> bytes:
         if precision == ONNX:
             return _saved_model_to_onnx(saved)
 
-        def converter():
+        def converter(target):
             made = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE])
-            if precision in ("float16", "int8", INT8_FULL):
+            if target in ("float16", "int8", INT8_FULL):
                 made.optimizations = [tf.lite.Optimize.DEFAULT]
-            if precision == "float16":
+            if target == "float16":
                 made.target_spec.supported_types = [tf.float16]
-            if precision == INT8_FULL:
+            if target == INT8_FULL:
                 made.representative_dataset = rows
             return made
 
@@ -125,17 +125,19 @@ def convert(model, precision: str, calibration: dict | None = None) -> bytes:
             return ({name: np.asarray(calibration[name][i:i + CALIBRATION_BATCH], dtype=spec.dtype.as_numpy_dtype)
                      for name, spec in zip(names, specs)} for i in range(0, n, CALIBRATION_BATCH))
 
-        flatbuffer = converter().convert()
-        float_nodes = _bovw_normalisation_nodes(flatbuffer) if precision == INT8_FULL else []
-        if not float_nodes:
-            return flatbuffer
+        if precision != INT8_FULL or BOVW_INPUT not in names:
+            return converter(precision).convert()
         # Full-integer quantisation gives each tensor one int8 scale. The raw BOVW input holds
         # landmark coordinates (-12..56) beside HOG values (0..1): one scale of ~0.24 left the HOG
-        # ~4 levels, and a BOVW member kept 69% of its top classes (bovw_only on PublicTest).
-        # Its normalisation is kept in float, so int8 starts at the standardised vector, which
-        # one scale fits (RESULTS.md, session 18).
+        # ~4 levels (bovw_only: 47.5% on PublicTest against 51.3% as Keras). Its normalisation is
+        # kept in float, so int8 starts at the standardised vector, which one scale fits
+        # (RESULTS.md, session 18). The layer's op names are read from a float conversion
+        # (no calibration), which names them as the quantised one does.
+        float_nodes = _bovw_normalisation_nodes(converter("float32").convert())
+        if not float_nodes:     # a renamed layer would otherwise give the coarse export silently
+            raise RuntimeError(f"no TFLite op of the {BOVW_NORM_LAYER!r} layer found to keep in float")
         debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter(), debug_dataset=rows,
+            converter=converter(INT8_FULL), debug_dataset=rows,
             debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_nodes))
         return debugger.get_nondebug_quantized_model()
 
