@@ -6,6 +6,7 @@ side (32 px), on the bundled sample."""
 from __future__ import annotations
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -121,7 +122,7 @@ def test_frozen_layers_never_move_and_the_top_fine_tunes(cached_run):
             assert same == (names.index(layer.name) < names.index(CUT)), layer.name
 
 
-def test_a_killed_cached_run_resumes_bit_identical(cached_run, sample_store, tmp_path):
+def test_a_killed_cached_run_resumes_bit_identical(cached_run, sample_store, tmp_path, capsys):
     from tests.test_training import _kill_after_first_epoch
 
     args = [*ARGS, "--features", sample_store]
@@ -129,7 +130,15 @@ def test_a_killed_cached_run_resumes_bit_identical(cached_run, sample_store, tmp
     killed = tmp_path / "killed"
     _kill_after_first_epoch([*args, "--out", killed], killed)
     assert not (killed / "config.json").exists()
-    assert _cli(*args, "--out", killed, "--resume") == 0
+    kept = killed / ".run" / cached_trunk.TRUNK_CACHE_DIR
+    assert (kept / "train" / "view-0.npy").is_file() and (kept / "val" / "view-0.npy").is_file()
+    capsys.readouterr()
+    # not --quiet: the resume says that it read the cache the killed run kept
+    assert cli.main([str(a) for a in args] + ["--out", str(killed), "--resume"]) == 0
+    said = capsys.readouterr().out
+    # every view of both splits read back, none computed again
+    assert re.search(r"train: (\d+) of \1 view\(s\) read from", said) and "val: 1 of 1 view(s) read from" in said
+    assert not kept.exists()   # the run is complete: its cache is removed
     assert [r.split(",")[:8] for r in (killed / "history.csv").read_text().splitlines()] == \
            [r.split(",")[:8] for r in (whole / "history.csv").read_text().splitlines()]
     assert np.array_equal(artifacts.load_npz(killed / "predictions.npz")["val_proba"],
@@ -137,6 +146,48 @@ def test_a_killed_cached_run_resumes_bit_identical(cached_run, sample_store, tmp
     a = keras.models.load_model(killed / "model.keras", safe_mode=True, compile=False).get_weights()
     b = keras.models.load_model(whole / "model.keras", safe_mode=True, compile=False).get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_kept_cache_is_read_back_and_computed_again_when_its_inputs_change(sample_rows, tmp_path):
+    """``cache_split(keep_in=...)`` keeps each view as it is computed and reads it back on the
+    same key; a damaged view is computed again, other crops are another key."""
+    import dataclasses
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((48, 48, 1))
+    bottom = keras.Model(image, keras.layers.ReLU(6.0)(keras.layers.Conv2D(3, 8, strides=8)(image)))
+    keep_in = tmp_path / cached_trunk.TRUNK_CACHE_DIR   # as a run keeps it, in its .run/
+    folder = keep_in / sample_rows.name
+    said = []
+    first = cached_trunk.cache_split(bottom, sample_rows, 2, True, said.append, keep_in=keep_in)
+    assert first.features.dtype == np.uint8 and not [s for s in said if "read from" in s]
+    assert sorted(p.name for p in folder.iterdir()) == ["bovw-0.npy", "bovw-1.npy", "key.txt",
+                                                        "view-0.npy", "view-1.npy"]
+    # What is read is what is on disk, not a new computation: a view altered on disk comes back altered.
+    altered = np.load(folder / "view-1.npy") ^ np.uint8(1)
+    with open(folder / "view-1.npy", "wb") as handle:
+        np.save(handle, altered)
+    said.clear()
+    again = cached_trunk.cache_split(bottom, sample_rows, 2, True, said.append, keep_in=keep_in)
+    assert [s for s in said if "2 of 2 view(s) read from" in s]
+    np.testing.assert_array_equal(again.features[0], first.features[0])
+    np.testing.assert_array_equal(again.features[1], altered)
+    np.testing.assert_array_equal(again.bovw, first.bovw)
+    # A file cut short is computed again (and kept again).
+    (folder / "view-1.npy").write_bytes((folder / "view-1.npy").read_bytes()[:200])
+    said.clear()
+    again = cached_trunk.cache_split(bottom, sample_rows, 2, True, said.append, keep_in=keep_in)
+    assert [s for s in said if "1 of 2 view(s) read from" in s]
+    np.testing.assert_array_equal(again.features, first.features)
+    np.testing.assert_array_equal(np.load(folder / "view-1.npy"), first.features[1])
+    # Other crops: another key, so nothing kept is used.
+    other = dataclasses.replace(sample_rows, images=np.ascontiguousarray(sample_rows.images[:, ::-1]))
+    said.clear()
+    changed = cached_trunk.cache_split(bottom, other, 2, True, said.append, keep_in=keep_in)
+    assert not [s for s in said if "read from" in s]
+    assert not np.array_equal(changed.features, first.features)
+    cached_trunk.discard_kept(tmp_path)
+    assert not keep_in.exists()
 
 
 def test_finetune_from_is_checked():

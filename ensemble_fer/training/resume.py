@@ -1,8 +1,10 @@
 """Resuming a run: the ``.run/`` folder of a variant, its state, and the callbacks that keep it.
 
 ``.run/`` holds what ``resume`` needs: the full model with its optimizer state after the last
-epoch, the best weights of the current phase, and ``state.json`` (the run's ``args``, the
-phase it is in, the epoch, the history, the early-stopping and plateau counters). It is kept
+epoch, the best weights of the current phase, ``state.json`` (the run's ``args``, the
+phase it is in, the epoch, the history, the early-stopping and plateau counters) and, for a
+run on cached trunk outputs, those outputs until the run completes
+(:class:`~ensemble_fer.training.cached_trunk.ViewStore`). It is kept
 after the run so that a finished run can be continued with more epochs, and can be deleted
 when that is not wanted. A resumed run is bit-identical to an uninterrupted one (same
 machine): the data order, the augmentation and the dropout masks are functions of (seed,
@@ -24,6 +26,7 @@ from ensemble_fer import artifacts
 from ensemble_fer.errors import InputError, MissingInputError
 from ensemble_fer.models import networks
 from ensemble_fer.models.variant_dir import OUTPUT_FILES, RUN_DIR, STATE, VariantDir
+from ensemble_fer.training.cached_trunk import TRUNK_CACHE_DIR
 from ensemble_fer.training.config import TrainConfig, resumable
 
 HISTORY_COLUMNS = ("epoch", "phase", "phase_epoch", "loss", "accuracy", "val_loss",
@@ -86,7 +89,8 @@ def clean_after_kill(out: Path, state: dict | None) -> None:
     artifacts.clean_stale_temporaries(out)
     if state is None:
         return
-    keep = {STATE, state["checkpoint"], state["best_weights"]}
+    # The trunk cache (cached_trunk.ViewStore) cleans its own temporaries when it is opened.
+    keep = {STATE, state["checkpoint"], state["best_weights"], TRUNK_CACHE_DIR}
     run_dir = VariantDir(out).run_dir
     remove(run_dir, [p.name for p in run_dir.iterdir() if p.name not in keep])
 

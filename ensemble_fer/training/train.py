@@ -331,6 +331,10 @@ class _Run:
             if state["phase_index"] + 1 == len(self.phases):
                 state.update(complete=True, stopped="early stopping" if early else "epochs")
                 self.run_state.save()
+                if self._cache is not None:
+                    from ensemble_fer.training import cached_trunk
+
+                    cached_trunk.discard_kept(self.run_state.folder.run_dir)
                 return
             # The next phase starts from this phase's best weights (restored by EarlyStopping).
             state["phase_index"] += 1
@@ -376,10 +380,14 @@ class _Run:
             self.say(f"caching the frozen trunk's outputs ({'pooled block' if cache_cut is None else 'input of ' + cache_cut}) "
                      f"for {len(self.splits['train']):,} training crops x {config.cached_views} view(s) "
                      f"and {len(self.splits['val']):,} validation crops ...")
+            # Kept on disk as it is computed: a resumed run reads it back (minutes, not the hour of
+            # computing it); removed when the run completes.
+            keep_in = self.run_state.folder.run_dir / cached_trunk.TRUNK_CACHE_DIR
             self._cache = (cache_cut, source,
                            cached_trunk.cache_split(source.bottom, self.splits["train"], config.cached_views,
-                                                    config.bovw, self.say),
-                           cached_trunk.cache_split(source.bottom, self.splits["val"], 1, config.bovw, self.say))
+                                                    config.bovw, self.say, keep_in=keep_in),
+                           cached_trunk.cache_split(source.bottom, self.splits["val"], 1, config.bovw, self.say,
+                                                    keep_in=keep_in))
             self.say(f"cached in {time.time() - started:.0f} s "
                      f"({self._cache[2].features.nbytes / 2**30:.2f} GiB for training)")
         _, source, train_cache, val_cache = self._cache
