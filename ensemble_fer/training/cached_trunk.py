@@ -23,8 +23,9 @@ the fixed views, and mixup (neither is applied in a cached phase).
 
 The cache of a run is also kept on disk, view by view (:class:`ViewStore`, in the run's
 ``.run/trunk_cache/``), so that a resumed run reads it instead of computing it again (36
-minutes for 6 views at 128 px on a 2-core CPU, against about a minute to read), including a
-run stopped while it was caching. It is removed when the run completes.
+minutes for 6 views of FER2013 at 128 px cut at ``conv_dw_7`` on a 2-core CPU; 7.5 GB to read
+back with the BOVW rows), including a run stopped while it was caching. It is removed when the
+run completes.
 """
 
 from __future__ import annotations
