@@ -223,12 +223,12 @@ class ViewStore:
     be written (a full disk) is only not kept: the run goes on, and a resume computes it again."""
 
     def __init__(self, folder, key: str, say=None):
-        self.folder, self.key, self.say = Path(folder), key, say
+        self.folder, self.say = Path(folder), say
         self.writable = True
         key_path = self.folder / "key.txt"
         if self.folder.exists():
             artifacts.clean_stale_temporaries(self.folder)
-            if not key_path.is_file() or key_path.read_text().strip() != key:
+            if not key_path.is_file() or key_path.read_text(errors="replace").strip() != key:
                 shutil.rmtree(self.folder)
         if not self.folder.exists():
             try:
