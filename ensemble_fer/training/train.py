@@ -39,6 +39,7 @@ from ensemble_fer.features.feature_store import FeatureStore
 from ensemble_fer.labels import get_label_set
 from ensemble_fer.models import networks
 from ensemble_fer.models.variant_dir import VariantDir
+from ensemble_fer.training.cached_trunk import discard_kept
 from ensemble_fer.training.config import MAX_MINUTES, TrainConfig
 from ensemble_fer.training.variant_outputs import inference_copy, write_variant_outputs
 from ensemble_fer.training.data import balanced_class_weights, eval_dataset, load_splits, train_dataset
@@ -331,10 +332,8 @@ class _Run:
             if state["phase_index"] + 1 == len(self.phases):
                 state.update(complete=True, stopped="early stopping" if early else "epochs")
                 self.run_state.save()
-                if self._cache is not None:
-                    from ensemble_fer.training import cached_trunk
-
-                    cached_trunk.discard_kept(self.run_state.folder.run_dir)
+                # Also when this sitting ran no cached phase: an earlier sitting's may have kept one.
+                discard_kept(self.run_state.folder.run_dir)
                 return
             # The next phase starts from this phase's best weights (restored by EarlyStopping).
             state["phase_index"] += 1
@@ -380,8 +379,8 @@ class _Run:
             self.say(f"caching the frozen trunk's outputs ({'pooled block' if cache_cut is None else 'input of ' + cache_cut}) "
                      f"for {len(self.splits['train']):,} training crops x {config.cached_views} view(s) "
                      f"and {len(self.splits['val']):,} validation crops ...")
-            # Kept on disk as it is computed: a resumed run reads it back (minutes, not the hour of
-            # computing it); removed when the run completes.
+            # Kept on disk as it is computed: a resumed run reads it back instead of computing it
+            # again; removed when the run completes.
             keep_in = self.run_state.folder.run_dir / cached_trunk.TRUNK_CACHE_DIR
             self._cache = (cache_cut, source,
                            cached_trunk.cache_split(source.bottom, self.splits["train"], config.cached_views,
