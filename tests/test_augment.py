@@ -17,7 +17,9 @@ from ensemble_fer.features.augment import (
     augment_batch,
     random_affine,
     transform_batch,
+    tta_image,
     tta_images,
+    tta_view,
     tta_views,
 )
 from ensemble_fer.features.hog import HOG_SIZE, sliding_hog
@@ -275,6 +277,21 @@ def test_tta_images_are_the_images_of_tta_views(batch):
         np.testing.assert_array_equal(image_view, view[0])
     with pytest.raises(ValueError, match="images must be uint8"):
         tta_images(images.astype(np.float32), 2)
+
+
+def test_one_view_alone_is_that_view_of_all(batch):
+    images, points = batch
+    views = tta_views(images, points, MAX_TTA)
+    for index in (0, 3, MAX_TTA - 1):
+        alone = tta_view(images, points, index)
+        for part, expected in zip(alone, views[index]):
+            np.testing.assert_array_equal(part, expected)
+        np.testing.assert_array_equal(tta_image(images, index), views[index][0])
+    for bad in (-1, MAX_TTA, 1.0, True):
+        with pytest.raises(ValueError, match="index must be an integer from 0 to 9"):
+            tta_view(images, points, bad)
+        with pytest.raises(ValueError, match="index must be an integer from 0 to 9"):
+            tta_image(images, bad)
 
 
 def test_check_tta_names_where_the_value_came_from():

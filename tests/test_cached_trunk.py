@@ -148,7 +148,7 @@ def test_a_killed_cached_run_resumes_bit_identical(cached_run, sample_store, tmp
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def test_a_kept_cache_is_read_back_and_computed_again_when_its_inputs_change(sample_rows, tmp_path):
+def test_a_kept_cache_is_read_back_and_computed_again_when_its_inputs_change(sample_rows, tmp_path, monkeypatch):
     """``cache_split(keep_in=...)`` keeps each view as it is computed and reads it back on the
     same key; a damaged view is computed again, other crops are another key."""
     import dataclasses
@@ -176,8 +176,16 @@ def test_a_kept_cache_is_read_back_and_computed_again_when_its_inputs_change(sam
     # A file cut short is computed again (and kept again).
     (folder / "view-1.npy").write_bytes((folder / "view-1.npy").read_bytes()[:200])
     said.clear()
+    from ensemble_fer.features import augment
+
+    warped, tta_view = [], augment.tta_view
+    monkeypatch.setattr(augment, "tta_view", lambda images, points, index: warped.append(index)
+                        or tta_view(images, points, index))
     again = cached_trunk.cache_split(bottom, sample_rows, 2, True, said.append, keep_in=keep_in)
     assert [s for s in said if "1 of 2 view(s) read from" in s]
+    assert [s for s in said if "computing view" in s] == [f"  {sample_rows.name}: computing view 2/2"]
+    assert warped == [1]   # only the view it lacks is made (warped, its HOG computed)
+    monkeypatch.undo()
     np.testing.assert_array_equal(again.features, first.features)
     np.testing.assert_array_equal(np.load(folder / "view-1.npy"), first.features[1])
     # Other crops: another key, so nothing kept is used.

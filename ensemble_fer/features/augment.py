@@ -39,6 +39,8 @@ __all__ = [
     "warp_images",
     "tta_views",
     "tta_images",
+    "tta_view",
+    "tta_image",
     "check_tta",
 ]
 
@@ -401,11 +403,7 @@ def tta_views(images, landmarks, n_views: int):
     """
     _check_n_views(n_views)
     images, landmarks = _check_batch(images, landmarks)
-    views = []
-    for rotation_deg, scale, flip in TTA_VIEWS[:n_views]:
-        matrix = affine_matrix(rotation_deg=rotation_deg, scale=scale, flip=flip)
-        views.append(transform_batch(images, landmarks, matrix, flip))
-    return views
+    return [tta_view(images, landmarks, index) for index in range(n_views)]
 
 
 def tta_images(images, n_views: int) -> list[np.ndarray]:
@@ -414,9 +412,29 @@ def tta_images(images, n_views: int) -> list[np.ndarray]:
     warps)."""
     images = _check_images(images)
     _check_n_views(n_views)
-    return [warp_images(images, np.broadcast_to(affine_matrix(rotation_deg=rotation_deg, scale=scale, flip=flip),
-                                                (len(images), 2, 3)))
-            for rotation_deg, scale, flip in TTA_VIEWS[:n_views]]
+    return [tta_image(images, index) for index in range(n_views)]
+
+
+def _check_view_index(index) -> int:
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < MAX_TTA:
+        raise InputError(f"index must be an integer from 0 to {MAX_TTA - 1}; got {index!r}")
+    return int(index)
+
+
+def tta_view(images, landmarks, index: int):
+    """View ``index`` of :func:`tta_views` alone, ``(images, landmarks, bovw)``: for a caller that
+    needs only some views (a resumed cache computes only the ones it lacks)."""
+    rotation_deg, scale, flip = TTA_VIEWS[_check_view_index(index)]
+    images, landmarks = _check_batch(images, landmarks)
+    return transform_batch(images, landmarks, affine_matrix(rotation_deg=rotation_deg, scale=scale, flip=flip), flip)
+
+
+def tta_image(images, index: int) -> np.ndarray:
+    """The images of :func:`tta_view` alone (no landmarks or HOG)."""
+    rotation_deg, scale, flip = TTA_VIEWS[_check_view_index(index)]
+    images = _check_images(images)
+    return warp_images(images, np.broadcast_to(affine_matrix(rotation_deg=rotation_deg, scale=scale, flip=flip),
+                                               (len(images), 2, 3)))
 
 
 VIEW_CHUNK = 512

@@ -136,13 +136,16 @@ def split_network(model: keras.Model, block: str, first_trainable: str | None, b
     return SplitNetwork(bottom, top, frozen, rest=keras.Model(features, pooled, name="block_rest"))
 
 
-def view_batches(split, n_views: int, bovw: bool):
-    """``n_views`` fixed views of a split's crops: a list of (images, bovw or None)."""
-    from ensemble_fer.features.augment import tta_images, tta_views
+def fixed_view(split, index: int, bovw: bool):
+    """Fixed view ``index`` of a split's crops (:data:`~ensemble_fer.features.augment.TTA_VIEWS`):
+    ``(images, bovw rows or None)``. One view at a time: six views' BOVW rows at once would be
+    2 GB beside the cache."""
+    from ensemble_fer.features.augment import tta_image, tta_view
 
     if bovw:
-        return [(images, rows) for images, _, rows in tta_views(split.images, split.landmarks, n_views)]
-    return [(images, None) for images in tta_images(split.images, n_views)]
+        images, _, rows = tta_view(split.images, split.landmarks, index)
+        return images, rows
+    return tta_image(split.images, index), None
 
 
 def cache_features(bottom: keras.Model, images: np.ndarray, batch_size: int = 256, say=None,
@@ -289,15 +292,15 @@ def cache_split(bottom, split, n_views: int, bovw: bool, say, keep_in=None) -> C
                if store is None or not store.read(v, features[v], rows[v] if bovw else None)]
     if store is not None and len(missing) < n_views and say is not None:
         say(f"  {split.name}: {n_views - len(missing)} of {n_views} view(s) read from {store.folder}")
-    if missing:
-        views = view_batches(split, n_views, bovw)
-        for v in missing:
-            images, view_rows = views[v]
-            cache_features(bottom, images, say=say, what=f"{split.name} view {v + 1}/{n_views}", out=features[v])
-            if bovw:
-                rows[v] = view_rows
-            if store is not None:
-                store.write(v, features[v], rows[v] if bovw else None)
+    for v in missing:
+        if say is not None:
+            say(f"  {split.name}: computing view {v + 1}/{n_views}")
+        images, view_rows = fixed_view(split, v, bovw)
+        cache_features(bottom, images, say=say, what=f"{split.name} view {v + 1}/{n_views}", out=features[v])
+        if bovw:
+            rows[v] = view_rows
+        if store is not None:
+            store.write(v, features[v], rows[v] if bovw else None)
     soft = split.views.soft if split.views is not None else split.soft
     return CachedSplit(features, rows, split.y, soft)
 
