@@ -17,7 +17,9 @@ sibling files is swapped in with :func:`replacing_together`, which journals the 
 a kill half-way is completed, never left half old, half new.
 
 An output is never allowed to be, contain or lie inside one of the run's inputs
-(:func:`check_apart`), so ``--force`` can never delete what the run reads. A write that
+(:func:`check_apart`), so ``--force`` can never delete what the run reads, nor one of its
+other outputs (:func:`check_outputs_apart`); and ``--force`` replaces a folder only if this
+package wrote it (:func:`check_replaceable`, :data:`OUTPUT_MARKER`), never a user's own. A write that
 fails for a full disk, a file-size limit or a quota is one :class:`InputError` naming the
 path (:func:`reporting_disk_full`), never a traceback, and leaves nothing half-written.
 """
@@ -111,18 +113,37 @@ def check_apart(output, inputs, *, output_name: str, allow_inside: bool = False)
     for name, source in items:
         if source is None:
             continue
-        src = _resolved(source)
-        what = f"{name} {source}" if name else f"the input {source}"
-        if out == src:
-            problem = f"is {what}"
-        elif out in src.parents:
-            problem = f"contains {what}"
-        elif src in out.parents and not allow_inside:
-            problem = f"lies inside {what}"
-        else:
+        problem = _nesting(out, _resolved(source))
+        if problem is None or (problem == "lies inside" and allow_inside):
             continue
-        raise InputError(f"{output_name} {output}: {problem}; an output must be apart from the inputs (it would "
+        what = f"{name} {source}" if name else f"the input {source}"
+        raise InputError(f"{output_name} {output}: {problem} {what}; an output must be apart from the inputs (it would "
                          f"replace or mix with what the run reads): choose another {output_name}")
+
+
+def check_outputs_apart(outputs: dict) -> None:
+    """Refuse two of a run's ``outputs`` (option name -> path, None for an option not given) that
+    are one path or lie one inside the other: each is built apart and swapped in whole, so one
+    would replace or hide the other (``--csv res/e.csv --annotate res``)."""
+    given = [(name, path) for name, path in outputs.items() if path is not None]
+    for i, (name, path) in enumerate(given):
+        for other_name, other in given[i + 1:]:
+            problem = _nesting(_resolved(other), _resolved(path))
+            if problem is not None:
+                raise InputError(f"{other_name} {other}: {problem} {name} {path}; each output is written whole, "
+                                 f"so they must be apart: choose another {other_name}")
+
+
+def _nesting(path: Path, other: Path) -> str | None:
+    """How the resolved ``path`` stands to the resolved ``other``: ``"is"``, ``"contains"``,
+    ``"lies inside"``, or None when they are apart."""
+    if path == other:
+        return "is"
+    if path in other.parents:
+        return "contains"
+    if other in path.parents:
+        return "lies inside"
+    return None
 
 
 def _resolved(path) -> Path:
@@ -214,6 +235,39 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- what --force may replace
+OUTPUT_MARKER = ".ensemble_fer-output"
+"""The file every output folder gets when it is swapped in: ``--force`` replaces a folder only if
+it holds this file (or nothing), so a user's own folder given as an output by mistake is
+refused, never emptied."""
+
+
+def mark_output(folder) -> None:
+    """Mark ``folder`` as an output of this package (see :data:`OUTPUT_MARKER`). A folder that
+    cannot be written is left unmarked: it could not be replaced either, and a later --force
+    says so in one line."""
+    marker = Path(folder) / OUTPUT_MARKER
+    if not marker.exists():
+        with contextlib.suppress(OSError):
+            marker.write_text("written by ensemble_fer: --force may replace this whole folder\n")
+
+
+def check_replaceable(path) -> None:
+    """Refuse to replace ``path`` if it is a folder with something in it and no
+    :data:`OUTPUT_MARKER`: ensemble_fer did not write it, and replacing it would delete what a
+    user keeps there. A file, a missing path or an empty folder passes."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink() or (path / OUTPUT_MARKER).exists():
+        return
+    try:
+        empty = next(os.scandir(path), None) is None
+    except OSError:
+        empty = False
+    if not empty:
+        raise InputError(f"{path}: is a folder ensemble_fer did not write (it has no {OUTPUT_MARKER}); "
+                         f"--force replaces only its own outputs, so choose another output or remove it yourself")
+
+
 # --------------------------------------------------------------------------- replacing
 _TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?P<kind>tmp|old|swap)-(?P<pid>\d+)(?:-.*)?$")
 
@@ -237,6 +291,7 @@ def replacing(path, force: bool = False):
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not force:
         raise InputError(f"{path}: exists; pass --force to replace it")
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(path.parent)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
@@ -254,6 +309,8 @@ def _swap_in(tmp: Path, path: Path) -> None:
     if not tmp.is_dir() and not path.is_dir():
         os.replace(tmp, path)
         return
+    if tmp.is_dir() and not tmp.is_symlink():
+        mark_output(tmp)
     if not (path.exists() or path.is_symlink()):
         os.rename(tmp, path)
         return
@@ -279,6 +336,8 @@ def replacing_together(paths, force: bool = False):
     existing = [p for p in paths if p.exists() or p.is_symlink()]
     if existing and not force:
         raise InputError(f"{existing[0]}: exists; pass --force to replace it")
+    for path in existing:
+        check_replaceable(path)
     for folder in dict.fromkeys(p.parent for p in paths):
         folder.mkdir(parents=True, exist_ok=True)
         clean_stale_temporaries(folder)
@@ -310,6 +369,10 @@ def swap_in_together(built: dict) -> None:
     pairs = [(str(Path(b).absolute()), str(Path(p).absolute())) for p, b in built.items()]
     if not pairs:
         return
+    for final, built_path in built.items():
+        check_replaceable(final)    # before any move: a refused folder leaves every old result in place
+        if Path(built_path).is_dir() and not Path(built_path).is_symlink():
+            mark_output(built_path)
     last = Path(pairs[-1][1])
     journal = last.parent / f".{last.name}.swap-{os.getpid()}"
     write_json(journal, {"moves": pairs})

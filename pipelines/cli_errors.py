@@ -9,7 +9,9 @@ catching every ``KeyError`` or ``RuntimeError`` hid programming errors behind ``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import os
 import sys
 
 from ensemble_fer.errors import InputError
@@ -30,14 +32,43 @@ def reports_errors(main):
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except BrokenPipeError:
+            # The reader of stdout went away (``predict photos/ | head``): not an error of ours.
+            # stdout is pointed at /dev/null so that Python's final flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
 
     return wrapper
+
+
+EXIT_BROKEN_PIPE = 141
+"""What a shell reports for a program killed by SIGPIPE (128 + 13), as ``cat`` would exit."""
+
+_invoked_as: str | None = None
+
+
+@contextlib.contextmanager
+def invoked_as(prog: str):
+    """Name the stage ``prog`` (``ensemble-fer predict``) in its command-line errors while the
+    block runs: the console runs each stage's own ``main``, whose parser is named for
+    ``python -m pipelines.<stage>``."""
+    global _invoked_as
+    before, _invoked_as = _invoked_as, prog
+    try:
+        yield
+    finally:
+        _invoked_as = before
 
 
 class CommandLineParser(argparse.ArgumentParser):
     """argparse, with a bad command line reported like every other bad input: one line
     (``PROG: error: argument --x: ...; see --help``) and exit status 2. argparse's own
     ``error`` prints the whole usage block first, which buries the one line that matters."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if _invoked_as is not None:
+            self.prog = _invoked_as
 
     def error(self, message):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")

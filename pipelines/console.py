@@ -26,7 +26,7 @@ import sys
 
 from ensemble_fer.errors import InputError
 
-from .cli_errors import EXIT_BAD_INPUT
+from .cli_errors import EXIT_BAD_INPUT, invoked_as
 
 PROG = "ensemble-fer"
 
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     module = importlib.import_module(f"pipelines.{STAGES[command][0]}")
     try:
         scheduler, rest = _take_option(rest, "--scheduler") if command == "extract" else (None, rest)
-        with on_cluster(scheduler):
+        with on_cluster(scheduler), invoked_as(f"{PROG} {command}"):
             return module.main(rest)
     except InputError as exc:      # the console's own options; the stages report theirs
         print(f"error: {exc}", file=sys.stderr)

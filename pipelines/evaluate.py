@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "bundled sample, as for extract)")
     p.add_argument("--format", choices=datasets.FORMATS, default="auto")
     p.add_argument("--split", choices=("train", "val", "test", "all"),
-                   help="split to score (default: test if the data has it, else val)")
+                   help="split to score (default: test if the data has it, else val; a folder of class folders "
+                        "with no split folders is scored whole)")
     p.add_argument("--tta", type=int_in(0, MAX_TTA), metavar="N",
                    help=f"test-time augmentation: average N views per image (0 none, up to {MAX_TTA}; "
                         f"default: the model's own, 2 for the release)")
@@ -108,6 +109,7 @@ def main(argv=None) -> int:
         raise InputError(f"--out {args.out}: is a file; give a folder for evaluation.md, evaluation.json and figures")
     say = (lambda *a, **k: None) if args.quiet else print
     outputs = {key: path for key, path in (("json", args.json), ("out", args.out)) if path is not None}
+    artifacts.check_outputs_apart({f"--{key}": path for key, path in outputs.items()})
     for key, path in outputs.items():     # before --force is looked at: an input is never replaced
         artifacts.check_apart(path, {"--data": args.data, "--model": release.resolve_model(args.model)},
                               output_name=f"--{key}")

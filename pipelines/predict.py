@@ -52,6 +52,7 @@ See docs/RELIABILITY.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -73,16 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="photos, videos (mp4, mov, avi, mkv, webm, ... : any container OpenCV reads) and/or folders "
                         "of them (--recursive for their sub-folders)")
     p.add_argument("--model", metavar="MODEL", help=f"{release.MODEL_HELP}; {FAST_SEARCH_GIVES_UP}")
-    p.add_argument("--csv", type=Path, metavar="FILE",
+    p.add_argument("--csv", type=file_path, metavar="FILE",
                    help="write the CSV here, row by row into FILE.partial, renamed to FILE when every input is "
                         "done (default: stdout); an existing FILE is refused unless --force or --resume")
-    p.add_argument("--annotate", type=Path, metavar="PATH",
+    p.add_argument("--annotate", type=output_path, metavar="PATH",
                    help="write the inputs with boxes and labels: to a folder (one picture per photo, NAME.mp4 per "
                         "video), or, for a single input, to a file: a picture (.jpg, .png, .bmp) for a photo, a "
                         "video (.mp4, ...) for a video; refused if it exists, unless --force (or --resume for a "
                         "folder)")
-    p.add_argument("--gradcam", type=Path, metavar="DIR",
-                   help="write a Grad-CAM overlay per face here (refused if it exists, unless --force or --resume); "
+    p.add_argument("--gradcam", type=output_path, metavar="DIR",
+                   help="write a Grad-CAM overlay per face of each photo here (not for videos; refused if it "
+                        "exists, unless --force or --resume); "
                         "Keras models only: the release or a trained variant, not the fast model or another export, "
                         "which keep no gradients")
     again = p.add_mutually_exclusive_group()
@@ -117,6 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def output_path(text: str) -> Path:
+    """An output path; ``.``, ``..`` or ``x/..`` made absolute, since the output is built beside
+    it under its name (``.out.partial``) and swapped in, and those have no usable name."""
+    path = Path(text)
+    return Path(os.path.abspath(path)) if path.name in ("", ".", "..") else path
+
+
+def file_path(text: str) -> Path:
+    """``--csv``'s FILE: a path ending in a separator names a folder, not a file to write."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text!r} ends with '/', which names a folder; give the path of the CSV "
+                                         f"file to write, e.g. {text.rstrip('/' + os.sep) or '.'}/predictions.csv")
+    return output_path(text)
+
+
 def upsample_value(text: str) -> int | str:
     """``--upsample``'s value, checked as parsed (:func:`ensemble_fer.features.faces.parse_upsample`)."""
     from ensemble_fer.errors import InputError
@@ -146,10 +163,18 @@ def main(argv=None) -> int:
     from ensemble_fer import artifacts
     for option, path in own:      # before --force is looked at: an input is never replaced
         artifacts.check_apart(path, args.paths, output_name=option, allow_inside=True)
+    artifacts.check_outputs_apart({"--csv": args.csv, "--annotate": args.annotate, "--gradcam": args.gradcam})
     files, problems = list_inputs(args.paths, args.recursive, exclude=[path for _, path in own])
     if not args.quiet:
         for note in skipped_folder_notes(args.paths, args.recursive, exclude=[path for _, path in own]):
             print(f"note: {note}", file=sys.stderr)
+    if args.gradcam and files and all(video.is_video(path) for path, _ in files):
+        raise InputError(f"--gradcam {args.gradcam}: Grad-CAM maps are drawn for photos only, and every input is "
+                         f"a video; predict the videos without --gradcam")
+    if args.gradcam and any(video.is_video(path) for path, _ in files) and not args.quiet:
+        n_videos = sum(video.is_video(path) for path, _ in files)
+        print(f"note: --gradcam: no maps for the {n_videos} video(s); Grad-CAM maps are drawn for photos only",
+              file=sys.stderr)
     annotate_file = annotate_target(args, files)     # --annotate out.mp4 / out.jpg: one input
     outputs = Outputs(args.csv, None if annotate_file else args.annotate, args.gradcam, force=args.force,
                       resume=args.resume, video=any(video.is_video(path) for path, _ in files))

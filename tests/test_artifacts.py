@@ -88,14 +88,15 @@ def test_replacing_refuses_an_existing_output_before_any_work(tmp_path):
 
 def test_replacing_a_folder_swaps_in_the_new_one_only_when_complete(tmp_path):
     out = tmp_path / "store"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    with artifacts.replacing(out) as tmp:      # the old result, made here as a stage makes it
+        tmp.mkdir()
+        (tmp / "old.txt").write_text("old")
     with artifacts.replacing(out, force=True) as tmp:
         assert tmp.parent == tmp_path and tmp.name == f".store.tmp-{os.getpid()}"
         tmp.mkdir()
         (tmp / "new.txt").write_text("new")
         assert (out / "old.txt").read_text() == "old"  # the old result is intact while building
-    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [artifacts.OUTPUT_MARKER, "new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # nothing left beside it
 
 
@@ -104,6 +105,7 @@ def test_a_failed_build_leaves_the_old_result_untouched(tmp_path, failure):
     folder, file = tmp_path / "store", tmp_path / "ensemble.json"
     folder.mkdir()
     (folder / "old.txt").write_text("old")
+    artifacts.mark_output(folder)               # an output of this package, so --force may replace it
     file.write_text("old")
     for out in (folder, file):
         with pytest.raises(type(failure)):
@@ -116,6 +118,50 @@ def test_a_failed_build_leaves_the_old_result_untouched(tmp_path, failure):
                 raise failure
     assert (folder / "old.txt").read_text() == "old" and file.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble.json", "store"]
+
+
+def test_force_replaces_only_a_folder_this_package_wrote(tmp_path):
+    """A user's folder given as an output by mistake is refused even with --force, before any
+    work; an empty folder and one marked as an output are replaced."""
+    mine = tmp_path / "Pictures"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_text("a user's photo")
+    ran = []
+    for replace in (lambda: artifacts.replacing(mine, force=True),
+                    lambda: artifacts.replacing_together([tmp_path / "r.json", mine], force=True)):
+        with pytest.raises(InputError, match=r"Pictures: is a folder ensemble_fer did not write \(it has no "
+                                             r"\.ensemble_fer-output\); --force replaces only its own outputs"):
+            with replace() as building:
+                ran.append(building)
+    # swapped in by a journal (predict's pictures): refused before any move
+    built = tmp_path / ".Pictures.partial"
+    built.mkdir()
+    with pytest.raises(InputError, match="did not write"):
+        artifacts.swap_in_together({mine: built})
+    assert not ran and (mine / "holiday.jpg").read_text() == "a user's photo" and built.is_dir()
+    for folder, made in ((tmp_path / "empty", lambda f: None), (mine, artifacts.mark_output)):
+        folder.mkdir(exist_ok=True)
+        made(folder)
+        with artifacts.replacing(folder, force=True) as tmp:
+            tmp.mkdir()
+            (tmp / "new.txt").write_text("new")
+        assert sorted(p.name for p in folder.iterdir()) == [artifacts.OUTPUT_MARKER, "new.txt"]
+    # a file is an output's own path, replaced as before
+    (tmp_path / "r.json").write_text("old")
+    with artifacts.replacing(tmp_path / "r.json", force=True) as tmp:
+        tmp.write_text("new")
+    assert (tmp_path / "r.json").read_text() == "new"
+
+
+def test_outputs_of_one_run_must_be_apart(tmp_path):
+    res = tmp_path / "res"
+    for outputs, message in (({"--csv": res / "e.csv", "--annotate": res}, "--annotate .*res: contains --csv"),
+                             ({"--annotate": res, "--gradcam": res}, "--gradcam .*res: is --annotate"),
+                             ({"--out": res, "--json": res / "x" / "r.json"}, "--json .*r.json: lies inside --out")):
+        with pytest.raises(InputError, match=message + ".*must be apart"):
+            artifacts.check_outputs_apart(outputs)
+    artifacts.check_outputs_apart({"--csv": tmp_path / "e.csv", "--annotate": res, "--gradcam": None})
+    assert not res.exists()
 
 
 def test_replacing_a_file_and_making_a_new_output(tmp_path):

@@ -429,6 +429,7 @@ def test_evaluate_refuses_existing_outputs_and_replaces_them_only_when_complete(
     out_json.write_text("an earlier result\n")
     out_dir.mkdir()
     (out_dir / "evaluation.md").write_text("an earlier report\n")
+    artifacts.mark_output(out_dir)      # an earlier run's report, as evaluate marks it
     # refused before any work: the missing model is not even looked at
     code, _, stderr = _cli(["--model", tmp_path / "nope", "--data", SAMPLE, "--json", out_json], capsys)
     assert code == 2 and stderr == f"error: {out_json}: exists; pass --force to replace it\n"
@@ -452,8 +453,9 @@ def test_evaluate_refuses_existing_outputs_and_replaces_them_only_when_complete(
                             "--json", out_json, "--out", out_dir, "--quiet", "--n-jobs", "1"], capsys)
     assert code == 0, stderr
     assert json.loads(out_json.read_text())["split"] == "val"
-    assert sorted(p.name for p in out_dir.iterdir()) == ["confusion_matrix.png", "confusion_matrix_face_found.png",
-                                                         "evaluation.json", "evaluation.md"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [artifacts.OUTPUT_MARKER, "confusion_matrix.png",
+                                                         "confusion_matrix_face_found.png", "evaluation.json",
+                                                         "evaluation.md"]
 
 
 def test_a_picture_over_pillows_limit_is_one_line_naming_it(variant_pair, tmp_path, capsys):

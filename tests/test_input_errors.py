@@ -97,6 +97,70 @@ def test_cli_bad_detection_argument_is_refused_as_parsed(tmp_path, capsys):
     assert parsed.upsample == "fast" and predict.build_parser().parse_args([str(PHOTO)]).upsample is None
 
 
+def test_cli_outputs_are_refused_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    """Outputs that nest, a --csv naming a folder, Grad-CAM for videos only and a user's own
+    folder under --force: one line, exit 2, nothing written (the model path does not exist,
+    so a check made after loading would fail otherwise)."""
+    from test_video import write_video
+
+    clip = write_video(tmp_path / "clip.mp4")
+    mine = tmp_path / "Pictures"
+    mine.mkdir()
+    (mine / "holiday.txt").write_text("a user's file")
+    no_model = ["--model", str(tmp_path / "none"), "--quiet"]
+    for args, message in (
+            (["--csv", str(tmp_path / "res" / "e.csv"), "--annotate", str(tmp_path / "res")],
+             "--annotate .*res: contains --csv .*e.csv; each output is written whole"),
+            (["--annotate", str(tmp_path / "same"), "--gradcam", str(tmp_path / "same")], "--gradcam .*same: is --annotate"),
+            (["--annotate", str(mine), "--force"], "Pictures: is a folder ensemble_fer did not write"),
+            (["--gradcam", str(mine), "--resume", "--csv", str(tmp_path / "r.csv")], "Pictures: is a folder ensemble_fer"),
+    ):
+        assert predict.main([str(PHOTO)] + args + no_model) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: "), err
+        assert __import__("re").search(message, err), err
+    assert predict.main([str(clip), "--gradcam", str(tmp_path / "maps")] + no_model) == 2
+    assert capsys.readouterr().err == (f"error: --gradcam {tmp_path / 'maps'}: Grad-CAM maps are drawn for photos "
+                                       f"only, and every input is a video; predict the videos without --gradcam\n")
+    with pytest.raises(SystemExit) as exit_:
+        predict.main([str(PHOTO), "--csv", str(tmp_path / "rows") + "/"] + no_model)
+    assert exit_.value.code == 2
+    assert "argument --csv: " in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Pictures", "clip.mp4"]
+    assert (mine / "holiday.txt").read_text() == "a user's file"
+    # '.' as an output has no name of its own to build beside: it is made absolute
+    monkeypatch.chdir(mine)
+    assert predict.build_parser().parse_args([str(PHOTO), "--annotate", "."]).annotate == mine
+
+
+def test_the_console_names_the_stage_as_the_user_typed_it(capsys):
+    from pipelines import console
+
+    with pytest.raises(SystemExit) as exit_:
+        console.main(["predict", str(PHOTO), "--tta", "99"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ensemble-fer predict: error: argument --tta: must be an int in [0, 10]; got 99"), err
+    with pytest.raises(SystemExit):     # run as its own module, it keeps that name
+        predict.main([str(PHOTO), "--tta", "99"])
+    assert capsys.readouterr().err.startswith("python -m pipelines.predict: error: argument --tta")
+
+
+def test_a_closed_stdout_ends_the_run_quietly(tmp_path):
+    """``ensemble-fer predict photos/ | head -1``: the reader goes away; no traceback, exit 141
+    as for a program killed by SIGPIPE."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    # the reader exits at once, so the first row written meets a closed pipe
+    run = subprocess.run(f"{sys.executable} -m pipelines.predict {PHOTO} --model fast --quiet | true; "
+                         f"echo \"exit ${{PIPESTATUS[0]}}\" >&2", shell=True, cwd=REPO, capture_output=True,
+                         text=True, timeout=300, executable="/bin/bash")
+    assert run.stderr == "exit 141\n", run.stderr
+
+
 def test_cli_grad_cam_of_a_bovw_only_model_is_one_line(variant_pair, tmp_path, capsys):
     variant = variant_pair / "bovw"     # a real BOVW-only variant: no image branch
     out = tmp_path / "gradcam"

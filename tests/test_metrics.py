@@ -67,8 +67,8 @@ def test_absent_classes_keep_their_place():
     assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert m["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert list(m["per_class"]) == names
-    # macro-F1 averages over all four classes of the label set: (2/3 + 1 + 0 + 0) / 4
-    assert m["macro_f1"] == pytest.approx((2 / 3 + 1.0) / 4)
+    # macro-F1 averages over the classes the data holds (a and b), not the whole label set
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1.0) / 2)
     assert m["accuracy"] == pytest.approx(0.75)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SAMPLE, TEST_DATA
+from ensemble_fer import artifacts
 from ensemble_fer import EmotionRecognizer
 from ensemble_fer.features.image_io import read_image_file, to_gray
 from ensemble_fer.errors import InputError
@@ -373,6 +374,7 @@ def test_existing_outputs_are_refused_before_any_work(tiny_variant, tmp_path, ca
     annotated = tmp_path / "annotated"
     annotated.mkdir()
     (annotated / "keep.png").write_bytes(b"earlier")
+    artifacts.mark_output(annotated)        # an earlier run's pictures, as predict marks them
     # the model is never looked at: a missing one is not what is reported
     missing_model = tmp_path / "no-model"
     for args, message in (
@@ -398,7 +400,7 @@ def test_existing_outputs_are_refused_before_any_work(tiny_variant, tmp_path, ca
     assert cli.main([str(photo), "--model", str(tiny_variant), "--csv", str(out), "--annotate", str(annotated),
                      "--force", "--quiet"]) == 0
     assert [r["status"] for r in _read_csv(out)] == ["no_face"]
-    assert sorted(p.name for p in annotated.iterdir()) == ["dogs.jpg"]
+    assert sorted(p.name for p in annotated.iterdir()) == [artifacts.OUTPUT_MARKER, "dogs.jpg"]
     # and the record of the run that wrote the CSV, hidden beside it (--resume checks it)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".faces.csv.run.json", "annotated", "faces.csv"]
 

@@ -132,8 +132,8 @@ def test_two_workers_write_the_csv_errors_and_pictures_of_one(tmp_path):
     rows = (one / "faces.csv").read_text().splitlines()[1:]
     assert [row.split(",")[0] for row in rows if ",no_face," in row] == [str(photos / "dogs.jpg")]
     assert [row.split(",")[0] for row in rows if ",error," in row] == [str(photos / "broken.jpg")]
-    pictures = sorted(p.name for p in (one / "annotated").iterdir())
-    assert pictures == sorted(p.name for p in (two / "annotated").iterdir()) and len(pictures) == 6
+    pictures = sorted(p.name for p in (one / "annotated").glob("[!.]*"))
+    assert pictures == sorted(p.name for p in (two / "annotated").glob("[!.]*")) and len(pictures) == 6
     for name in pictures:
         assert (two / "annotated" / name).read_bytes() == (one / "annotated" / name).read_bytes(), name
 

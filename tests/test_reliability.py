@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SAMPLE, TEST_DATA
+from ensemble_fer import artifacts
 from ensemble_fer.errors import InputError
 from ensemble_fer.inference.prediction_run import list_inputs
 from pipelines import export as export_cli
@@ -65,6 +66,20 @@ def test_extract_into_its_own_dataset_is_refused_even_with_force(tmp_path, capsy
     assert _tree(data) == before
 
 
+def test_extract_into_a_folder_of_the_user_s_is_refused_with_or_without_force(tmp_path, capsys):
+    """A store replaces its folder whole when complete: a folder that is not a store (nor made
+    by this package) is refused before any work, never emptied."""
+    mine = tmp_path / "Documents"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("a user's file")
+    for force, message in (([], "Documents: exists and is not a feature store (no manifest.json); choose another "
+                                "--out"),
+                           (["--force"], "Documents: is a folder ensemble_fer did not write")):
+        assert extract_features.main(["--data", str(SAMPLE), "--out", str(mine), "--quiet", *force]) == 2
+        assert message in _one_error_line(capsys)
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.txt"]
+
+
 def test_predict_outputs_that_are_inputs_are_refused_and_never_read_back(tiny_variant, tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -85,7 +100,7 @@ def test_predict_outputs_that_are_inputs_are_refused_and_never_read_back(tiny_va
                          str(photos / "rows.csv"), "--force"] + model) == 0
         assert sorted(r["path"] for r in _read_csv(photos / "rows.csv")
                       if r["face"] in ("", "0")) == [str(photos / "a.jpg"), str(photos / "b.jpg")]
-    assert sorted(p.name for p in (photos / "ann").iterdir()) == ["a.jpg", "b.jpg"]
+    assert sorted(p.name for p in (photos / "ann").iterdir()) == [artifacts.OUTPUT_MARKER, "a.jpg", "b.jpg"]
 
 
 def test_one_annotated_photo_is_decided_again_under_its_lock(tiny_variant, tmp_path, capsys, monkeypatch):
@@ -175,8 +190,8 @@ def test_pictures_of_inputs_with_one_stem_never_collide(tiny_variant, tmp_path):
                      "--annotate", str(tmp_path / "ann"), "--gradcam", str(tmp_path / "cam"), "--quiet"]) == 0
     rows = [r for r in _read_csv(tmp_path / "rows.csv") if r["status"] == "ok"]
     assert len({r["path"] for r in rows}) == 4 and len(rows) >= 4
-    assert len(list((tmp_path / "ann").iterdir())) == 4
-    assert len(list((tmp_path / "cam").iterdir())) == len(rows)
+    assert len(list((tmp_path / "ann").glob("[!.]*"))) == 4
+    assert len(list((tmp_path / "cam").glob("[!.]*"))) == len(rows)
 
 
 # ----------------------------------------------------------------- 5. several files swapped in as one unit

@@ -86,8 +86,13 @@ def _extract_locked(dataset, out_dir: Path, config, filter, n_jobs, limit, force
     settings = {"format_version": FORMAT_VERSION, "config": config.to_json(), "filter": filter,
                 "chunk_size": chunk_size, "data_key": DATA_KEY}
     existing = artifacts.read_json(manifest_path) if manifest_path.is_file() else None
+    if existing is not None or (partial / "state.json").is_file():
+        artifacts.mark_output(out_dir)      # a store (or its scratch) an earlier version wrote, before the marker
     if not force:
         _refuse_other_settings(existing, settings, out_dir, partial)
+    # Not a store and not made by this package (a user's folder): refused before any work,
+    # --force or not, since the new store replaces out_dir whole.
+    artifacts.check_replaceable(out_dir)
 
     splits = choose_splits(dataset, limit, val_fraction, seed)
     crop_faces = dataset.format == "folders"
@@ -107,6 +112,7 @@ def _extract_locked(dataset, out_dir: Path, config, filter, n_jobs, limit, force
         raise FeatureStoreError(f"{out_dir}: holds features made from {why}; pass --force to replace them "
                                 f"or choose another --out")
     _start_partial(partial, state, state_hash, force)
+    artifacts.mark_output(out_dir)      # holds our scratch now: a later --force may replace it
 
     jobs = [(split, index) for split, records in splits.items()
             for index in range(_n_chunks(len(records), chunk_size))
@@ -161,7 +167,7 @@ def _refuse_other_settings(existing, settings: dict, out_dir: Path, partial: Pat
                                 f"them or choose another --out")
     if existing is None and not partial.exists() and any(not p.name.startswith(".") for p in out_dir.glob("*")):
         raise FeatureStoreError(f"{out_dir}: exists and is not a feature store (no manifest.json); choose "
-                                f"another --out or pass --force to replace it")
+                                f"another --out")
 
 
 def _start_partial(partial: Path, state: dict, state_hash: str, force: bool) -> None:

@@ -154,6 +154,7 @@ class Outputs:
 
     def check(self) -> None:
         """Refuse outputs that would be overwritten, or that are of the wrong kind."""
+        from ensemble_fer import artifacts
         from ensemble_fer.errors import InputError
 
         if self.csv is not None and self.csv.is_dir():
@@ -161,6 +162,9 @@ class Outputs:
         for key, folder in self.dirs.items():
             if folder.exists() and not folder.is_dir():
                 raise InputError(f"--{key} {folder}: is a file; give a folder for the pictures")
+        if self.force or self.resume:
+            for folder in self.dirs.values():
+                artifacts.check_replaceable(folder)     # a user's own folder is never emptied
         if self.force or self.resume:
             return
         for path in [self.csv] * (self.csv is not None) + list(self.dirs.values()):
