@@ -82,6 +82,16 @@ def test_unknown_label_folder_is_an_error_unless_ignored(tmp_path, sample_dir):
     assert {r.label for r in data.splits["train"]} == {3}
 
 
+def test_label_folders_named_by_an_alias_are_reported(tmp_path, sample_dir):
+    """``joy/`` beside ``happy/`` is merged into happy: said, not silent."""
+    shutil.copytree(sample_dir / "train" / "happy", tmp_path / "happy")
+    shutil.copytree(sample_dir / "train" / "happy", tmp_path / "Joy")
+    shutil.copytree(sample_dir / "train" / "sad", tmp_path / "sadness")
+    data = datasets.open_dataset(tmp_path)
+    assert data.aliased_labels == {"Joy": "happy", "sadness": "sad"}
+    assert {r.label for r in data.splits["train"]} == {3, 4}
+
+
 def test_empty_dataset_is_an_error(tmp_path):
     (tmp_path / "happy").mkdir()
     with pytest.raises(DatasetError, match="holds no images"):

@@ -103,6 +103,9 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
 
     dataset = datasets.open_dataset(data, format, ignore_unknown_labels=ignore_unknown_labels)
     split, note, records = _split_records(data, dataset, split)
+    if dataset.aliased_labels:
+        say("note: label folders read under their emotion's name: " +
+            ", ".join(f"{name}/ as {emotion}" for name, emotion in sorted(dataset.aliased_labels.items())))
 
     label_set = predictor.label_set
     codes = np.array([r.label for r in records], dtype=np.int64)
@@ -136,7 +139,7 @@ def load_eval_data(data, predictor: Predictor, split: str | None = None, format:
         images=arrays["images"], landmarks=arrays["landmarks"], bovw=arrays["bovw"], face_found=face_found,
         face_detector=detector,
         source={"path": str(data), "format": dataset.format, "name": dataset.name, "kind": "data",
-                "ignored_label_folders": dataset.ignored_labels},
+                "ignored_label_folders": dataset.ignored_labels, "aliased_label_folders": dataset.aliased_labels},
         counts={"images": len(codes), "evaluated": int(found.sum()), "no_face": int((~found).sum()),
                 "left_out": {"outside_label_set": int((~inside).sum()), "by_label": left_out}},
         features={"cache": None if cache_file is None else str(cache_file),

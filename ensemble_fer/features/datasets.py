@@ -63,6 +63,8 @@ class Dataset:
     """Label folders left out with ``ignore_unknown_labels``, with their file counts."""
     skipped_files: list[str] = field(default_factory=list)
     """Files inside class folders that are not images by their suffix, relative to ``root``."""
+    aliased_labels: dict[str, str] = field(default_factory=dict)
+    """Label folders named by an alias (``joy``), with the emotion they are read as (``happy``)."""
 
     def counts(self) -> dict[str, dict[str, int]]:
         out = {}
@@ -250,6 +252,9 @@ def _read_class_folders(folder: Path, split: str, dataset: Dataset, ignore_unkno
     for class_dir in class_dirs:
         try:
             code = L.code_for_name(class_dir.name)
+            canonical = {c: name for name, c in L.ALL_CODES.items()}[code]
+            if class_dir.name.strip().lower() != canonical:
+                dataset.aliased_labels[class_dir.name] = canonical
         except KeyError:
             if not ignore_unknown:
                 raise DatasetError(
