@@ -176,6 +176,11 @@ def main(argv=None) -> int:
         print(f"note: --gradcam: no maps for the {n_videos} video(s); Grad-CAM maps are drawn for photos only",
               file=sys.stderr)
     annotate_file = annotate_target(args, files)     # --annotate out.mp4 / out.jpg: one input
+    if (args.annotate is not None and annotate_file is None and not args.annotate.exists()
+            and args.annotate.suffix[1:].isalpha() and not args.quiet):
+        # --annotate out.txt, out.gif: not a suffix a picture is written in, so a folder (as --help says)
+        print(f"note: --annotate {args.annotate}: a folder of pictures is written there ({args.annotate.suffix} is "
+              f"not a picture or video suffix)", file=sys.stderr)
     outputs = Outputs(args.csv, None if annotate_file else args.annotate, args.gradcam, force=args.force,
                       resume=args.resume, video=any(video.is_video(path) for path, _ in files))
     outputs.check()     # before the model loads: a refused output costs nothing

@@ -128,6 +128,10 @@ def test_cli_outputs_are_refused_before_any_model_loads(tmp_path, capsys, monkey
     assert "argument --csv: " in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Pictures", "clip.mp4"]
     assert (mine / "holiday.txt").read_text() == "a user's file"
+    # a suffix no picture is written in: a folder, as --help says, and the run says so first
+    assert predict.main([str(PHOTO), "--annotate", str(tmp_path / "y.txt"), "--model", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.startswith(f"note: --annotate {tmp_path / 'y.txt'}: a folder of pictures is "
+                                              f"written there (.txt is not a picture or video suffix)\n")
     # '.' as an output has no name of its own to build beside: it is made absolute
     monkeypatch.chdir(mine)
     assert predict.build_parser().parse_args([str(PHOTO), "--annotate", "."]).annotate == mine
