@@ -311,6 +311,11 @@ def _swap_in(tmp: Path, path: Path) -> None:
         return
     if tmp.is_dir() and not tmp.is_symlink():
         mark_output(tmp)
+    if (path.exists() or path.is_symlink()) and tmp.is_dir() != path.is_dir():
+        # a folder result where a file is (``export --out notes.txt --force``), or the reverse:
+        # not an earlier result of this output, so it is not replaced
+        raise InputError(f"{path}: is a {'file' if tmp.is_dir() else 'folder'} and the new result a "
+                         f"{'folder' if tmp.is_dir() else 'file'}; it is not replaced: choose another output")
     if not (path.exists() or path.is_symlink()):
         os.rename(tmp, path)
         return

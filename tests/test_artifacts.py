@@ -146,6 +146,13 @@ def test_force_replaces_only_a_folder_this_package_wrote(tmp_path):
             tmp.mkdir()
             (tmp / "new.txt").write_text("new")
         assert sorted(p.name for p in folder.iterdir()) == [artifacts.OUTPUT_MARKER, "new.txt"]
+    # a folder result never replaces a file (export --out notes.txt --force), nor the reverse
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a user's notes")
+    with pytest.raises(InputError, match=r"notes.txt: is a file and the new result a folder; it is not replaced"):
+        with artifacts.replacing(notes, force=True) as tmp:
+            tmp.mkdir()
+    assert notes.read_text() == "a user's notes"
     # a file is an output's own path, replaced as before
     (tmp_path / "r.json").write_text("old")
     with artifacts.replacing(tmp_path / "r.json", force=True) as tmp:

@@ -97,6 +97,7 @@ def test_same_seed_gives_the_same_model(trained, sample_store, tmp_path):
     out = tmp_path / "again"
     out.mkdir()
     (out / "config.json").write_text("{}")   # an old variant, replaced with force
+    artifacts.mark_output(out)
     training.train_variant(sample_store, "cnn5", True, out=out, epochs=1, class_weight="balanced", seed=3,
                            force=True, progress=False)
     first = artifacts.load_npz(trained / "predictions.npz")["val_proba"]
@@ -615,10 +616,20 @@ def test_what_the_user_gave_is_refused_with_input_errors(sample_store, tmp_path)
         resume.check_out(tmp_path / "file", {}, resume=False, force=False, say=print)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "model.keras").write_text("")
+    (tmp_path / "old" / "config.json").write_text("{}")     # a variant made before the output marker
     with pytest.raises(InputError, match="already holds a variant"):
         resume.check_out(tmp_path / "old", {}, resume=False, force=False, say=print)
     with pytest.raises(InputError, match="no checkpoint to resume from"):
         resume.check_out(tmp_path / "old", {}, resume=True, force=False, say=print)
+    # a user's folder that happens to hold an output's name: neither trained into nor cleared
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("a user's config")
+    for force in (False, True):
+        with pytest.raises(InputError, match=r"mine holds files and is not a variant's folder \(no "
+                                             r"\.ensemble_fer-output, \.run/ or model.keras and config.json\)"):
+            resume.check_out(mine, {}, resume=False, force=force, say=print)
+    assert [p.name for p in mine.iterdir()] == ["config.json"]
 
 
 def _raising_in(module_name, exc):

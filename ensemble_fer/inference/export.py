@@ -271,6 +271,9 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
         raise InputError(f"{source}: already an exported model; export the Keras model it came from ({origin})")
     predictor = inference.load_keras_predictor(source)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; an export is a folder (one sub-folder per format): choose "
+                         f"another --out")
     # before --force is looked at: replacing a folder that holds the model would delete it
     artifacts.check_apart(out, {"the model": source, **{f"member {name}": folder for name, folder in
                                                         zip(predictor.members, predictor.member_folders)}},

@@ -45,6 +45,13 @@ def check_out(out: Path, args: dict, *, resume: bool, force: bool, say, store=No
     if out.exists() and not out.is_dir():
         raise InputError(f"out: must be a folder; received {out}, which is a file")
     folder = VariantDir(out)
+    # A folder that holds something and is no variant (no marker, no run, no model and config, as
+    # variants made before the marker have): a user's own, never trained into nor cleared.
+    variant = ((out / artifacts.OUTPUT_MARKER).exists() or folder.run_dir.is_dir()
+               or all((out / name).is_file() for name in ("model.keras", "config.json")))
+    if out.is_dir() and not variant and any(out.iterdir()):
+        raise InputError(f"out: {out} holds files and is not a variant's folder (no {artifacts.OUTPUT_MARKER}, "
+                         f"{RUN_DIR}/ or model.keras and config.json): choose another --out")
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if resume and force:
         raise InputError("resume and force: choose one (resume continues the run in out, force replaces it)")

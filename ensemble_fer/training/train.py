@@ -110,6 +110,8 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
     # into one --out cannot both decide it is free (a second stops at once, naming the first).
     with artifacts.output_lock(out):
         state, stale = check_out(out, args, resume=resume, force=force, say=say, store=store)
+        out.mkdir(parents=True, exist_ok=True)
+        artifacts.mark_output(out)      # a variant's folder: a later --force may clear its outputs
         clean_after_kill(out, state)
         finished = _finished(state, config, folder, out, say)
         if finished == "written":
