@@ -13,7 +13,8 @@ network is timed, not the feature extraction. --no-speed skips the timing.
 
 Outputs in --out (default <models>/comparison): ``comparison.csv``, ``comparison.md`` and
 ``comparison.png`` (val accuracy against images/s and against parameters, labelled points),
-rows sorted by val accuracy. A folder without any variant is refused.
+rows sorted by val accuracy; existing ones are replaced only with --force, and --out may not be
+or lie inside a variant folder. A folder without any variant is refused.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=comparison.BATCH_SIZE, metavar="N",
                    help=f"batch size of predict_proba (1 to {MAX_BATCH}; default {comparison.BATCH_SIZE})")
     p.add_argument("--no-speed", action="store_true", help="do not load the models to time them")
+    p.add_argument("--force", action="store_true",
+                   help="replace the comparison files already in --out (refused otherwise, before any scoring)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -51,11 +54,12 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     say = (lambda *a, **k: None) if args.quiet else print
+    out = args.out or args.models / "comparison"
+    comparison.check_out(out, force=args.force)     # before any model is scored or timed
     result = comparison.compare_variants(args.models, speed_images=args.speed_images, repeats=args.repeats,
                                          batch_size=args.batch_size, sample_dir=paths.sample_data(), speed=not args.no_speed,
                                          say=say)
-    out = args.out or args.models / "comparison"
-    paths = comparison.write_comparison(result, out)
+    paths = comparison.write_comparison(result, out, force=args.force)
     print(summary(result))
     print(f"wrote {paths['csv']}, {paths['md']} and {paths['png']}")
     return 0

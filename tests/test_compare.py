@@ -203,3 +203,18 @@ def test_bad_input_is_one_line_and_bugs_keep_their_traceback(variant_pair, tmp_p
         compare.main(["--models", str(variant_pair), "--out", str(tmp_path / "out"), "--no-speed", "--quiet"])
     assert not isinstance(err.value, InputError)
     assert not (tmp_path / "out").exists()
+
+
+def test_existing_comparison_files_are_replaced_only_with_force(variant_pair, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "comparison.csv").write_text("an earlier comparison\n")
+    assert compare.main(["--models", str(variant_pair), "--out", str(out), "--no-speed", "--quiet"]) == 2
+    assert capsys.readouterr().err == f"error: {out / 'comparison.csv'}: exists; pass --force to replace it\n"
+    assert (out / "comparison.csv").read_text() == "an earlier comparison\n"
+    # --out inside a variant folder (an input) is refused, --force or not
+    inside = next(p for p in variant_pair.iterdir() if (p / "config.json").is_file()) / "cmp"
+    assert compare.main(["--models", str(variant_pair), "--out", str(inside), "--no-speed", "--quiet", "--force"]) == 2
+    assert "an output must be apart from the inputs" in capsys.readouterr().err and not inside.exists()
+    assert compare.main(["--models", str(variant_pair), "--out", str(out), "--no-speed", "--quiet", "--force"]) == 0
+    assert "an earlier comparison" not in (out / "comparison.csv").read_text()

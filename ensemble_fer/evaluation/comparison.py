@@ -336,14 +336,27 @@ def plot_comparison(rows: list[dict], path, measured: bool = True) -> Path:
     return path
 
 
-def write_comparison(result: dict, out_dir) -> dict[str, Path]:
-    """Write ``comparison.csv``, ``comparison.md`` and ``comparison.png`` into ``out_dir``."""
+def check_out(out_dir, force: bool = False) -> None:
+    """Refuse ``out_dir`` before any scoring: a file, or a folder already holding comparison
+    files (unless ``force``)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: --out must be a folder, not a file")
+    existing = [out_dir / name for name in OUTPUT_FILES if (out_dir / name).exists()]
+    if existing and not force:
+        raise InputError(f"{existing[0]}: exists; pass --force to replace it")
+
+
+def write_comparison(result: dict, out_dir, force: bool = False) -> dict[str, Path]:
+    """Write ``comparison.csv``, ``comparison.md`` and ``comparison.png`` into ``out_dir``
+    (existing ones replaced only with ``force``), which must lie apart from every variant folder."""
+    out_dir = Path(out_dir)
+    check_out(out_dir, force)
+    artifacts.check_apart(out_dir, {f"variant {row['name']}": row["path"] for row in result["rows"]},
+                          output_name="--out")
     paths = {name.split(".")[1]: out_dir / name for name in OUTPUT_FILES}
-    # locked, and the three files swapped in as one unit (a rerun replaces them: a report)
-    with artifacts.output_lock(out_dir), artifacts.replacing_together(paths.values(), force=True) as building:
+    # locked, and the three files swapped in as one unit
+    with artifacts.output_lock(out_dir), artifacts.replacing_together(paths.values(), force=force) as building:
         plot_comparison(result["rows"], building[paths["png"]], measured=result["speed"]["measured"])
         building[paths["csv"]].write_text(comparison_csv(result["rows"]))
         building[paths["md"]].write_text(comparison_markdown(result, paths["png"].name))
