@@ -168,11 +168,11 @@ def main(argv=None) -> int:
     if not args.quiet:
         for note in skipped_folder_notes(args.paths, args.recursive, exclude=[path for _, path in own]):
             print(f"note: {note}", file=sys.stderr)
-    if args.gradcam and files and all(video.is_video(path) for path, _ in files):
+    n_videos = sum(video.is_video(path) for path, _ in files)
+    if args.gradcam and files and n_videos == len(files):
         raise InputError(f"--gradcam {args.gradcam}: Grad-CAM maps are drawn for photos only, and every input is "
                          f"a video; predict the videos without --gradcam")
-    if args.gradcam and any(video.is_video(path) for path, _ in files) and not args.quiet:
-        n_videos = sum(video.is_video(path) for path, _ in files)
+    if args.gradcam and n_videos and not args.quiet:
         print(f"note: --gradcam: no maps for the {n_videos} video(s); Grad-CAM maps are drawn for photos only",
               file=sys.stderr)
     annotate_file = annotate_target(args, files)     # --annotate out.mp4 / out.jpg: one input
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
         print(f"note: --annotate {args.annotate}: a folder of pictures is written there ({args.annotate.suffix} is "
               f"not a picture or video suffix)", file=sys.stderr)
     outputs = Outputs(args.csv, None if annotate_file else args.annotate, args.gradcam, force=args.force,
-                      resume=args.resume, video=any(video.is_video(path) for path, _ in files))
+                      resume=args.resume, video=n_videos > 0)
     outputs.check()     # before the model loads: a refused output costs nothing
     if not files and not problems:
         folders = [str(path) for path in args.paths if Path(path).is_dir()]
