@@ -124,6 +124,18 @@ def test_existing_outputs_are_refused_without_force(saved, tmp_path):
     assert ensemble_file.ensemble_outputs(out)["markdown"] == out.with_name("ensemble_report.md")
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_a_folder_output_is_refused_as_a_folder_with_or_without_force(tmp_path, force):
+    """A folder where the ensemble or one of its reports goes is no earlier result: the one
+    message says so, with and without --force (before, --force got "pass --force", then this)."""
+    (tmp_path / "ens.json").mkdir()
+    with pytest.raises(InputError, match=r"ens.json: is a folder; --out names"):
+        check_ensemble_outputs(tmp_path / "ens.json", force=force)
+    (tmp_path / "other_report.md").mkdir()
+    with pytest.raises(InputError, match=r"other_report.md: is a folder, not a report of the ensemble"):
+        check_ensemble_outputs(tmp_path / "other.json", force=force)
+
+
 def test_fit_writes_what_read_ensemble_reads(tmp_path):
     """fit_ensemble on synthetic members (saved predictions and a stand-in model file: no Keras)."""
     import numpy as np

@@ -632,6 +632,30 @@ def test_what_the_user_gave_is_refused_with_input_errors(sample_store, tmp_path)
     assert [p.name for p in mine.iterdir()] == ["config.json"]
 
 
+@pytest.mark.parametrize("out_kind, flags, message", [
+    ("file", [], "out: must be a folder"),
+    ("user folder", ["--force"], "holds files and is not a variant's folder"),
+    ("new", ["--resume", "--force"], "resume and force: choose one"),
+])
+def test_out_and_flags_are_refused_before_the_store_is_read(out_kind, flags, message, sample_store, tmp_path,
+                                                            monkeypatch, capsys):
+    """These answers need only the folder and the flags: they come before the splits are read
+    (16 s on FER2013), not after."""
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the store was read before the output was checked")
+
+    monkeypatch.setattr(training, "load_splits", must_not_run)
+    out = tmp_path / "m"
+    if out_kind == "file":
+        out.write_text("notes")
+    elif out_kind == "user folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    assert _cli("--block", "none", "--bovw", "--features", sample_store, "--out", out, *flags) == 2
+    assert message in capsys.readouterr().err
+    assert out_kind == "new" and not out.exists() or out.exists()
+
+
 def _raising_in(module_name, exc):
     """A function that raises ``exc`` from a frame of ``module_name``: what a bug in that module's
     own code (a ``raise`` statement, or a lookup such as ``state["phase"]``) looks like."""

@@ -86,14 +86,20 @@ def ensemble_outputs(out) -> dict[str, Path]:
 
 
 def check_ensemble_outputs(out, force: bool) -> None:
-    """Refuse, before any work, to replace an existing ensemble or report without ``force``."""
-    existing = [str(path) for path in ensemble_outputs(out).values() if path.exists() or path.is_symlink()]
+    """Refuse, before any work, an output that is a folder (whatever ``force``: it is no earlier
+    result) and an existing ensemble or report without ``force``."""
+    outputs = ensemble_outputs(out)
+    if outputs["ensemble"].is_dir():
+        raise InputError(f"{out}: is a folder; --out names the ensemble's .json file")
+    for path in outputs.values():
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, not a report of the ensemble {out}, so it is never replaced: "
+                             f"choose another --out")
+    existing = [str(path) for path in outputs.values() if path.exists() or path.is_symlink()]
     if existing and not force:
         more = f" (and {len(existing) - 1} more of its files)" if len(existing) > 1 else ""
         raise InputError(f"{existing[0]}: exists{more}; pass --force to replace the ensemble and its report, "
                          f"or choose another --out")
-    if Path(out).is_dir():
-        raise InputError(f"{out}: is a folder; --out names the ensemble's .json file")
 
 
 # ---------------------------------------------------------------------- member paths and hashes

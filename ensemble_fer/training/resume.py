@@ -33,6 +33,24 @@ HISTORY_COLUMNS = ("epoch", "phase", "phase_epoch", "loss", "accuracy", "val_los
                    "val_accuracy", "learning_rate", "seconds")
 
 
+def check_out_kind(out: Path, *, resume: bool, force: bool) -> None:
+    """The checks of :func:`check_out` that need nothing but the folder and the flags: run first,
+    before the feature store is read, and again under the output lock.
+
+    Refuses ``resume`` with ``force``, a file ``out``, and a folder that holds something and is
+    no variant's (no marker, no ``.run/``, no ``model.keras`` with ``config.json``, as variants made
+    before the marker have): a user's own, never trained into nor cleared."""
+    if resume and force:
+        raise InputError("resume and force: choose one (resume continues the run in out, force replaces it)")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out: must be a folder; received {out}, which is a file")
+    variant = ((out / artifacts.OUTPUT_MARKER).exists() or (out / RUN_DIR).is_dir()
+               or all((out / name).is_file() for name in ("model.keras", "config.json")))
+    if out.is_dir() and not variant and any(out.iterdir()):
+        raise InputError(f"out: {out} holds files and is not a variant's folder (no {artifacts.OUTPUT_MARKER}, "
+                         f"{RUN_DIR}/ or model.keras and config.json): choose another --out")
+
+
 def check_out(out: Path, args: dict, *, resume: bool, force: bool, say, store=None) -> tuple[dict | None, list]:
     """Check the output folder before training a run of saved ``args`` (see ``train.train``).
 
@@ -42,19 +60,9 @@ def check_out(out: Path, args: dict, *, resume: bool, force: bool, say, store=No
     another name of the same store (the manifest file's hash, before store identities were
     by content) resumes on it.
     """
-    if out.exists() and not out.is_dir():
-        raise InputError(f"out: must be a folder; received {out}, which is a file")
+    check_out_kind(out, resume=resume, force=force)
     folder = VariantDir(out)
-    # A folder that holds something and is no variant (no marker, no run, no model and config, as
-    # variants made before the marker have): a user's own, never trained into nor cleared.
-    variant = ((out / artifacts.OUTPUT_MARKER).exists() or folder.run_dir.is_dir()
-               or all((out / name).is_file() for name in ("model.keras", "config.json")))
-    if out.is_dir() and not variant and any(out.iterdir()):
-        raise InputError(f"out: {out} holds files and is not a variant's folder (no {artifacts.OUTPUT_MARKER}, "
-                         f"{RUN_DIR}/ or model.keras and config.json): choose another --out")
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
-    if resume and force:
-        raise InputError("resume and force: choose one (resume continues the run in out, force replaces it)")
     if resume:
         if not folder.state_path.is_file():
             if existing:

@@ -43,7 +43,7 @@ from ensemble_fer.training.cached_trunk import discard_kept
 from ensemble_fer.training.config import MAX_MINUTES, TrainConfig
 from ensemble_fer.training.variant_outputs import inference_copy, write_variant_outputs
 from ensemble_fer.training.data import balanced_class_weights, eval_dataset, load_splits, train_dataset
-from ensemble_fer.training.resume import (RunState, check_out, clean_after_kill,
+from ensemble_fer.training.resume import (RunState, check_out, check_out_kind, clean_after_kill,
                                           load_checkpoint, new_state, phase_callbacks, remove)
 from ensemble_fer.training.schedule import (PHASE_FINETUNE, PHASE_FROZEN, auto_precision, describe_plan, enter_phase,
                                             has_pretrained_weights, plan_phases)
@@ -97,6 +97,7 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
     # before --force is looked at: replacing a folder that holds the training data would delete it
     artifacts.check_apart(out, {"--features": store.path, "--aux-targets": config.aux_targets,
                                 "--teacher": config.teacher}, output_name="--out")
+    check_out_kind(out, resume=resume, force=force)     # before the store is read (seconds)
     folder = VariantDir(out)
     check_training_memory(config)
     gpus = tf.config.list_physical_devices("GPU")
