@@ -17,7 +17,8 @@ mapping is in ``search.json``), ``results.csv`` and ``results.md`` (runs ranked 
 accuracy with their parameters, val accuracy, macro-F1, val loss, epochs run and training
 time; rewritten after every run). Rerunning the command skips finished runs, resumes
 interrupted ones (and runs cut short by --max-minutes-per-run), and trains new combinations
-after a grid edit. Exit status 1 when a run failed (it is listed with its error and skipped
+after a grid edit. --out is a search's own folder: one that holds other files (or lies inside
+--features) is refused, and two searches never write one folder at once. Exit status 1 when a run failed (it is listed with its error and skipped
 on reruns unless --retry-failed), 2 on bad input.
 """
 

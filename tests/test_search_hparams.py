@@ -251,3 +251,28 @@ def test_an_input_error_of_a_run_is_recorded_as_failed(sample_store, tmp_path, m
     assert code == 1 and f"run {out / 'run-000'} failed: InputError: lr: training diverged with lr=10.0" in stderr
     [row] = _table(out)
     assert row["status"] == "failed" and row["error"] == "InputError: lr: training diverged with lr=10.0"
+
+
+def test_out_must_be_a_search_folder_apart_from_the_store(sample_store, tmp_path, capsys):
+    """--out inside the feature store failed every run (exit 1) after writing into the store;
+    a user's folder got results.csv and run folders. Both are now refused up front (exit 2),
+    and a folder being searched is locked against a second search."""
+    from ensemble_fer import artifacts
+
+    grid = _grid_file(tmp_path / "grid.json", GRID)
+    before = sorted(p.name for p in sample_store.iterdir())
+    code, _, stderr = _cli(_base(sample_store, sample_store / "search", grid), capsys)
+    assert code == 2 and "lies inside --features" in stderr and stderr.count("\n") == 1
+    assert sorted(p.name for p in sample_store.iterdir()) == before
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code, _, stderr = _cli(_base(sample_store, mine, grid), capsys)
+    assert code == 2 and f"{mine} holds files but no search.json, so it is not a search folder" in stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+    busy = tmp_path / "busy"
+    with artifacts.output_lock(busy):
+        code, _, stderr = _cli(_base(sample_store, busy, grid), capsys)
+    assert code == 2 and "busy" in stderr and not (busy / "search.json").exists()

@@ -225,8 +225,15 @@ class HparamSearch(BaseEstimator):
         if not isinstance(store, FeatureStore):
             store = FeatureStore(store)
         out = Path(out) if out is not None else Path("runs") / "search" / variant
+        # a search inside the store would write into what every run reads (and fail each of them)
+        artifacts.check_apart(out, {"--features": store.path}, output_name="out")
         if out.exists() and not out.is_dir():
             raise InputError(f"out: must be a folder; got {out}, which is a file")
+        # One search at a time writes a folder: search.json is read, updated and rewritten.
+        with artifacts.output_lock(out):
+            return self._fit(store, out, variant, grids, combos, label_set, say)
+
+    def _fit(self, store: FeatureStore, out: Path, variant: str, grids, combos, label_set, say) -> HparamSearch:
         identity = {"variant": variant, "block": self.block, "bovw": bool(self.bovw), "labels": label_set.name,
                     "feature_store": {"config_hash": store.config_hash, "manifest_hash": store.manifest_hash}}
         record = self._read_record(out, identity)
@@ -239,6 +246,7 @@ class HparamSearch(BaseEstimator):
             # before anything is written, instead of failing every run.
             load_splits(store, label_set)
         self._save(out, record)
+        artifacts.mark_output(out)
 
         n = len(names)
         say(f"search {out}: {variant}, labels {label_set.name}, {n} run{'s' if n != 1 else ''} in the grid "
@@ -289,8 +297,10 @@ class HparamSearch(BaseEstimator):
     def _read_record(self, out: Path, identity: dict) -> dict:
         path = out / SEARCH_FILE
         if not path.is_file():
-            if out.is_dir() and any(p.name.startswith(RUN_PREFIX) for p in out.iterdir()):
-                raise InputError(f"out: {out} holds run folders but no {SEARCH_FILE}; choose another --out")
+            # a folder holding anything but no search.json is not a search: never written into
+            if out.is_dir() and any(p.name != artifacts.OUTPUT_MARKER for p in out.iterdir()):
+                raise InputError(f"out: {out} holds files but no {SEARCH_FILE}, so it is not a search folder: "
+                                 f"choose another --out")
             return {"format": SEARCH_FORMAT, "version": SEARCH_VERSION, **identity, "runs": {}}
         record = artifacts.read_json(path)
         if record.get("format") != SEARCH_FORMAT:
