@@ -4,7 +4,9 @@
 
 Inputs: the original files under --source (``shared/weights/<trunk>/``, hash-checked).
 Outputs in --out: ``<block>_<weights>.npz`` (pickle-free), ``.npz.json`` (provenance, licence, the
-content hash, the port's max |difference| from the original network) and the licence. Run from
+content hash, the port's max |difference| from the original network) and the licence. Without
+--force a port changes none of these that exist (a rebuild may rewrite identical bytes); a folder
+in the place of one is never replaced. Run from
 the repository root, the default --out is the ``pretrained/`` folder the blocks load from
 (elsewhere, point ENSEMBLE_FER_PRETRAINED at --out).
 """
@@ -23,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", type=Path, default=Path("../shared/weights"),
                    help="folder holding the published originals (default ../shared/weights)")
     p.add_argument("--out", type=Path, default=Path("pretrained"), help="output folder (default pretrained/)")
-    p.add_argument("--force", action="store_true", help="rebuild a file that exists")
+    p.add_argument("--force", action="store_true", help="replace the port's files that exist")
     p.add_argument("--no-check", action="store_true",
                    help="do not run the original network (its framework may be missing: PyTorch for "
                         "efficientnet_lite0); refused unless the arrays are exactly the registered, checked ones")

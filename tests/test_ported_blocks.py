@@ -283,6 +283,31 @@ def test_lite0_rebuilds_without_pytorch_into_the_registered_arrays(tmp_path, mon
     assert "not checked (--no-check)" in capsys.readouterr().out
 
 
+@needs_original(squeezenet.SOURCE_FOLDER)
+def test_a_port_replaces_only_its_own_files(tmp_path, capsys):
+    """A folder named like one of the port's files is refused before any work, --force or not (it
+    raised IsADirectoryError after writing the other two); without --force an existing manifest
+    or licence that the port would change is refused, and nothing is written."""
+    from pipelines import convert_weights
+
+    npz, manifest, licence = porting.port_outputs(converted("squeezenet11"), tmp_path)
+    npz.mkdir()
+    for flags in ([], ["--force"]):
+        code = convert_weights.main(["squeezenet11", "--source", str(SHARED_WEIGHTS), "--out", str(tmp_path),
+                                     "--no-check", "--quiet", *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{npz} is a folder, not a file of a port" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [npz.name]
+    npz.rmdir()
+    manifest.write_text('{"note": "a manifest of other arrays"}')
+    with pytest.raises(InputError, match=f"{manifest.name} exists and this port would change it; pass --force"):
+        porting.port("squeezenet11", SHARED_WEIGHTS, tmp_path, say=lambda *a: None, check=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [manifest.name]
+    assert manifest.read_text() == '{"note": "a manifest of other arrays"}'
+    porting.port("squeezenet11", SHARED_WEIGHTS, tmp_path, say=lambda *a: None, check=False, force=True)
+    assert weights.weights_content_hash(npz) == converted("squeezenet11").file_hash and licence.is_file()
+
+
 def test_no_check_is_refused_for_arrays_that_are_not_the_registered_ones(tmp_path):
     import dataclasses
 

@@ -99,7 +99,12 @@ def port(block: str, source, out, force: bool = False, say=print, check: bool = 
     if not (source / weights.source_folder).is_dir():
         raise InputError(f"source: {source / weights.source_folder} is not a folder; pass --source, the folder "
                          f"holding {weights.source_folder}/ (shared/weights)")
-    target = out / weights.fname
+    target, manifest_path, licence_copy = port_outputs(weights, out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out: {out} is a file; --out is the folder the ported weights go to")
+    for path in (target, manifest_path, licence_copy):
+        if path.is_dir():   # no earlier result of the port: never replaced, --force or not
+            raise InputError(f"out: {path} is a folder, not a file of a port; it is not replaced: choose another --out")
     if target.exists() and not force:
         raise InputError(f"out: {target} exists; pass --force to rebuild it")
     say(f"converting {source / weights.source_folder} ...")
@@ -137,19 +142,40 @@ def port(block: str, source, out, force: bool = False, say=print, check: bool = 
             "check": result, "versions": artifacts.package_versions(),
             "rebuild": weights.convert_command,
         }
-        licence, licence_copy = source / weights.source_folder / "LICENSE", out / f"{Path(weights.fname).stem}.LICENSE"
+        staged_licence = Path(tmp) / licence_copy.name
+        licence = source / weights.source_folder / "LICENSE"
         if licence.is_file():
-            shutil.copyfile(licence, licence_copy)
+            shutil.copyfile(licence, staged_licence)
         else:   # the original folder has no licence text: keep what is known of it beside the weights
-            with artifacts.atomic_path(licence_copy) as tmp_licence:
-                tmp_licence.write_text(f"{weights.licence}\n\n(The original folder {weights.source_folder}/ holds "
-                                       f"no licence text; this is its licence as shared/weights/README.md and the "
-                                       f"origin state it. Origin: {weights.origin}.)\n")
-        if not keep_manifest:
-            artifacts.write_json(out / f"{weights.fname}.json", manifest)
-        staged.replace(target)
+            staged_licence.write_text(f"{weights.licence}\n\n(The original folder {weights.source_folder}/ holds "
+                                      f"no licence text; this is its licence as shared/weights/README.md and the "
+                                      f"origin state it. Origin: {weights.origin}.)\n")
+        staged_manifest = None if keep_manifest else Path(tmp) / manifest_path.name
+        if staged_manifest is not None:
+            artifacts.write_json(staged_manifest, manifest)
+        if not force:
+            # Without --force nothing is replaced but the very bytes that are there (a fresh clone's
+            # --no-check rebuild keeps the committed manifest and licence).
+            _check_unchanged(licence_copy, staged_licence)
+            _check_unchanged(manifest_path, staged_manifest)
+        staged_licence.replace(licence_copy)
+        if staged_manifest is not None:
+            staged_manifest.replace(manifest_path)
+        staged.replace(target)      # last: the arrays the blocks load, once their record is in place
     say(f"wrote {target}")
     return target
+
+
+def port_outputs(weights: ConvertedWeights, out: Path) -> tuple[Path, Path, Path]:
+    """What a port writes in ``out``: the arrays, their manifest and the licence."""
+    return (out / weights.fname, out / f"{weights.fname}.json", out / f"{Path(weights.fname).stem}.LICENSE")
+
+
+def _check_unchanged(path: Path, staged: Path | None) -> None:
+    """Refuse (no --force) to replace an existing ``path`` by other content: ``staged`` None keeps it."""
+    if staged is None or not path.exists() or path.read_bytes() == staged.read_bytes():
+        return
+    raise InputError(f"out: {path} exists and this port would change it; pass --force to replace it")
 
 
 def _unchecked_rebuild(weights: ConvertedWeights, content: str, previous: dict | None) -> dict:
