@@ -17,18 +17,49 @@ VARIANTS = (("cnn5", False), ("cnn5", True))
 
 def run_demo(out, *, epochs=4, max_minutes=1.5, detector="hog", tta=0, n_jobs=-1, force=False,
              quiet=False) -> dict:
-    """Run the four steps into ``out`` and write the report; returns ``report.json``'s dict."""
-    from ensemble_fer import paths
-    from ensemble_fer.ensemble import fit as ensemble_fit
+    """Run the four steps into ``out`` and write the report; returns ``report.json``'s dict.
+
+    ``out`` must be absent, empty or a demo's folder (see :func:`check_out`); it is locked for
+    the run, so two demos never write one folder."""
+    from ensemble_fer import artifacts, paths
 
     out = Path(out)
+    sample = paths.sample_data()
+    artifacts.check_apart(out, {"the bundled sample": sample}, output_name="--out")
+    check_out(out)
+    with artifacts.output_lock(out):
+        check_out(out)      # again under the lock: another run may have written it meanwhile
+        out.mkdir(parents=True, exist_ok=True)
+        artifacts.mark_output(out)
+        return _run_steps(out, sample, epochs, max_minutes, detector, tta, n_jobs, force, quiet)
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``out`` the demo may not write into, ``--force`` or not: a file, or a folder
+    that holds something and is no demo's (no output marker and no ``report.json``, which demos
+    made before the marker have). The demo writes ``report.md``, ``models/``, ``features/``...
+    there, so a user's folder would get them beside (or over) their own files."""
+    from ensemble_fer import artifacts
+    from ensemble_fer.errors import InputError
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; the demo writes a folder")
+    if not out.is_dir() or (out / artifacts.OUTPUT_MARKER).exists() or (out / "report.json").is_file():
+        return
+    if any(out.iterdir()):
+        raise InputError(f"--out {out}: holds files and is not a demo's folder (no {artifacts.OUTPUT_MARKER}); the "
+                         f"demo writes its report, models and features there: choose another --out")
+
+
+def _run_steps(out: Path, sample: Path, epochs, max_minutes, detector, tta, n_jobs, force, quiet) -> dict:
+    from ensemble_fer.ensemble import fit as ensemble_fit
+
     say = (lambda *a, **k: None) if quiet else print
     timings = {}
     started = time.time()
 
     say("1/4 extracting features of the bundled sample")
     t = time.time()
-    sample = paths.sample_data()
     store_dir = out / "features" / "sample"
     manifest, store = _extract_sample(sample, store_dir, detector, n_jobs, force, quiet)
     timings["extract"] = round(time.time() - t, 1)

@@ -16,7 +16,8 @@ Steps (library calls, the same code as the stage CLIs):
 Outputs in --out: ``report.md`` (what ran, the member/ensemble table, weights, per-class
 table, figures linked), ``report.json``, ``evaluation.{md,json}`` and the confusion matrices.
 
-Reruns reuse what is done: the store when it is up to date, finished variants (an
+--out is the demo's own folder: a file, or a folder holding other files, is refused (with or
+without --force), and two demos never write one folder at once. Reruns reuse what is done: the store when it is up to date, finished variants (an
 interrupted one resumes), so a second run only refits and re-evaluates; ``--force`` redoes
 everything. The sample has no test split and is far too small to learn from: its figures
 show that the pipeline works, not how well the method does.

@@ -39,3 +39,27 @@ def test_demo_runs_end_to_end_and_reruns_from_its_outputs(tmp_path, capsys):
     assert all(rerun["reused"].values())
     assert rerun["ensemble"]["weights"] == report["ensemble"]["weights"]
     assert "reused" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("kind", ["file", "user folder", "inside the sample"])
+def test_demo_out_must_be_its_own_folder(kind, tmp_path, capsys):
+    """The demo wrote report.md, models/ and features/ into any folder; now a file, a user's
+    folder and a folder inside the bundled sample are refused before any work, --force or not."""
+    from ensemble_fer import paths
+
+    out = tmp_path / "mine"
+    if kind == "file":
+        out.write_text("notes")
+    elif kind == "user folder":
+        out.mkdir()
+        (out / "report.md").write_text("my own report")
+    else:
+        out = paths.sample_data() / "demo"
+    for flags in ([], ["--force"]):
+        assert demo.main(["--out", str(out), "--detector", "none", "--quiet", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(out) in err
+    if kind == "user folder":
+        assert [p.name for p in out.iterdir()] == ["report.md"] and (out / "report.md").read_text() == "my own report"
+    elif kind == "inside the sample":
+        assert not out.exists()
