@@ -20,6 +20,17 @@ def sample_dir() -> Path:
     return SAMPLE
 
 
+def occupied_output(path: Path, kind: str, user_file: str = "notes.txt") -> Path:
+    """Put at ``path`` what a user might give as an output by mistake: ``"file"`` (a file of
+    theirs), ``"user folder"`` (a folder holding ``user_file``), or anything else: nothing."""
+    if kind == "file":
+        path.write_text("notes")
+    elif kind == "user folder":
+        path.mkdir()
+        (path / user_file).write_text("mine")
+    return path
+
+
 def sample_crops(n: int = 24) -> tuple[np.ndarray, list[Path]]:
     """Real 48x48 FER2013 crops from the bundled sample, a few of every class."""
     from ensemble_fer.features.image_io import read_image_file

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from conftest import occupied_output
 from pipelines import demo
 
 
@@ -47,19 +48,13 @@ def test_demo_out_must_be_its_own_folder(kind, tmp_path, capsys):
     folder and a folder inside the bundled sample are refused before any work, --force or not."""
     from ensemble_fer import paths
 
-    out = tmp_path / "mine"
-    if kind == "file":
-        out.write_text("notes")
-    elif kind == "user folder":
-        out.mkdir()
-        (out / "report.md").write_text("my own report")
-    else:
-        out = paths.sample_data() / "demo"
+    out = (paths.sample_data() / "demo" if kind == "inside the sample"
+           else occupied_output(tmp_path / "mine", kind, user_file="report.md"))
     for flags in ([], ["--force"]):
         assert demo.main(["--out", str(out), "--detector", "none", "--quiet", *flags]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and str(out) in err
     if kind == "user folder":
-        assert [p.name for p in out.iterdir()] == ["report.md"] and (out / "report.md").read_text() == "my own report"
+        assert [p.name for p in out.iterdir()] == ["report.md"] and (out / "report.md").read_text() == "mine"
     elif kind == "inside the sample":
         assert not out.exists()

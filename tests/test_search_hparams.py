@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from conftest import occupied_output
 from ensemble_fer.training import hparam_search, train as training
 from ensemble_fer.errors import InputError
 from pipelines import search_hparams
@@ -265,9 +266,7 @@ def test_out_must_be_a_search_folder_apart_from_the_store(sample_store, tmp_path
     assert code == 2 and "lies inside --features" in stderr and stderr.count("\n") == 1
     assert sorted(p.name for p in sample_store.iterdir()) == before
 
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("mine")
+    mine = occupied_output(tmp_path / "mine", "user folder")
     code, _, stderr = _cli(_base(sample_store, mine, grid), capsys)
     assert code == 2 and f"{mine} holds files but no search.json, so it is not a search folder" in stderr
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]

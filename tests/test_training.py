@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import occupied_output
 from ensemble_fer import artifacts
 from ensemble_fer.models import blocks
 from ensemble_fer.models.forward import predict_proba
@@ -645,12 +646,7 @@ def test_out_and_flags_are_refused_before_the_store_is_read(out_kind, flags, mes
         raise AssertionError("the store was read before the output was checked")
 
     monkeypatch.setattr(training, "load_splits", must_not_run)
-    out = tmp_path / "m"
-    if out_kind == "file":
-        out.write_text("notes")
-    elif out_kind == "user folder":
-        out.mkdir()
-        (out / "notes.txt").write_text("mine")
+    out = occupied_output(tmp_path / "m", out_kind)
     assert _cli("--block", "none", "--bovw", "--features", sample_store, "--out", out, *flags) == 2
     assert message in capsys.readouterr().err
     assert out_kind == "new" and not out.exists() or out.exists()
