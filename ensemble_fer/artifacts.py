@@ -289,9 +289,9 @@ def replacing(path, force: bool = False):
     Hold :func:`output_lock` on ``path`` around it when another run could write it too.
     """
     path = Path(path)
+    check_replaceable(path)     # first: --force would not replace a user's folder, so never suggest it
     if (path.exists() or path.is_symlink()) and not force:
         raise InputError(f"{path}: exists; pass --force to replace it")
-    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(path.parent)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
@@ -339,10 +339,10 @@ def replacing_together(paths, force: bool = False):
     before the block runs."""
     paths = [Path(p) for p in paths]
     existing = [p for p in paths if p.exists() or p.is_symlink()]
+    for path in existing:
+        check_replaceable(path)     # first: --force would not replace a user's folder, so never suggest it
     if existing and not force:
         raise InputError(f"{existing[0]}: exists; pass --force to replace it")
-    for path in existing:
-        check_replaceable(path)
     for folder in dict.fromkeys(p.parent for p in paths):
         folder.mkdir(parents=True, exist_ok=True)
         clean_stale_temporaries(folder)

@@ -79,6 +79,7 @@ def test_replacing_refuses_an_existing_output_before_any_work(tmp_path):
     out = tmp_path / "store"
     out.mkdir()
     (out / "a.npz").write_text("old")
+    artifacts.mark_output(out)      # an earlier result (a user's folder gets another message)
     ran = []
     with pytest.raises(InputError, match=r"store: exists; pass --force to replace it"):
         with artifacts.replacing(out):
@@ -127,8 +128,9 @@ def test_force_replaces_only_a_folder_this_package_wrote(tmp_path):
     mine.mkdir()
     (mine / "holiday.jpg").write_text("a user's photo")
     ran = []
-    for replace in (lambda: artifacts.replacing(mine, force=True),
-                    lambda: artifacts.replacing_together([tmp_path / "r.json", mine], force=True)):
+    for replace in (lambda: artifacts.replacing(mine, force=True), lambda: artifacts.replacing(mine),
+                    lambda: artifacts.replacing_together([tmp_path / "r.json", mine], force=True),
+                    lambda: artifacts.replacing_together([tmp_path / "r.json", mine])):
         with pytest.raises(InputError, match=r"Pictures: is a folder ensemble_fer did not write \(it has no "
                                              r"\.ensemble_fer-output\); --force replaces only its own outputs"):
             with replace() as building:

@@ -113,6 +113,8 @@ def test_cli_outputs_are_refused_before_any_model_loads(tmp_path, capsys, monkey
              "--annotate .*res: contains --csv .*e.csv; each output is written whole"),
             (["--annotate", str(tmp_path / "same"), "--gradcam", str(tmp_path / "same")], "--gradcam .*same: is --annotate"),
             (["--annotate", str(mine), "--force"], "Pictures: is a folder ensemble_fer did not write"),
+            # without --force too: the refusal must not suggest a --force that would then be refused
+            (["--annotate", str(mine)], "Pictures: is a folder ensemble_fer did not write"),
             (["--gradcam", str(mine), "--resume", "--csv", str(tmp_path / "r.csv")], "Pictures: is a folder ensemble_fer"),
     ):
         assert predict.main([str(PHOTO)] + args + no_model) == 2, args

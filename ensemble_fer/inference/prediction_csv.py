@@ -162,17 +162,19 @@ class Outputs:
         for key, folder in self.dirs.items():
             if folder.exists() and not folder.is_dir():
                 raise InputError(f"--{key} {folder}: is a file; give a folder for the pictures")
-        if self.force or self.resume:
-            for folder in self.dirs.values():
-                artifacts.check_replaceable(folder)     # a user's own folder is never emptied
+        for folder in self.dirs.values():
+            # a user's own folder is never emptied: said first, so no refusal suggests --force for it
+            artifacts.check_replaceable(folder)
         if self.force or self.resume:
             return
+        # --resume continues a run that wrote a CSV (it is where the done inputs are read from)
+        resume = "--resume" if self.csv is not None else "--resume (with --csv FILE)"
         for path in [self.csv] * (self.csv is not None) + list(self.dirs.values()):
             if self.partial(path).exists():
-                raise InputError(f"{self.partial(path)}: holds what an interrupted run wrote; pass --resume to "
+                raise InputError(f"{self.partial(path)}: holds what an interrupted run wrote; pass {resume} to "
                                  f"continue it or --force to start over")
             if path.exists():
-                raise InputError(f"{path}: exists; pass --force to replace it, --resume to add the inputs it "
+                raise InputError(f"{path}: exists; pass --force to replace it, {resume} to add the inputs it "
                                  f"lacks, or choose another output")
 
     @contextlib.contextmanager
