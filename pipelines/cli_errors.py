@@ -60,12 +60,33 @@ def invoked_as(prog: str):
         _invoked_as = before
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Adds ``(default: X)`` to each option whose help does not already say it; flags and
+    options without a default are left alone."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        # identity, not ==: a default of 0 is worth showing, False (a flag) is not
+        if (action.option_strings and not any(default is v for v in (None, False, argparse.SUPPRESS))
+                and "default" not in text and "%(default)" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+class RawDescriptionDefaultsHelpFormatter(DefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """:class:`DefaultsHelpFormatter` for a stage whose description keeps its own line breaks."""
+
+
 class CommandLineParser(argparse.ArgumentParser):
     """argparse, with a bad command line reported like every other bad input: one line
     (``PROG: error: argument --x: ...; see --help``) and exit status 2. argparse's own
-    ``error`` prints the whole usage block first, which buries the one line that matters."""
+    ``error`` prints the whole usage block first, which buries the one line that matters.
+    ``--help`` shows each option's default (:class:`DefaultsHelpFormatter`), however the
+    stage is run."""
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
         if _invoked_as is not None:
             self.prog = _invoked_as

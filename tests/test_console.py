@@ -41,13 +41,19 @@ def test_version_and_usage(capsys):
     assert "unknown command 'predcit'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["extract", "train", "fit-ensemble", "evaluate", "predict", "export", "demo"])
+@pytest.mark.parametrize("command", sorted(console.STAGES))
 def test_every_stage_help_shows_defaults(command, capsys):
+    """Through the console and as ``python -m pipelines.<stage>`` alike (the docs use both)."""
+    import importlib
+
     assert console.main([command, "--help"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"usage: ensemble-fer {command}")
     assert "default" in text
     parser = console.stage_parser(command)
+    module_parser = importlib.import_module(f"pipelines.{console.STAGES[command][0]}").build_parser()
+    assert module_parser.formatter_class is parser.formatter_class
+    assert module_parser.prog == f"python -m pipelines.{console.STAGES[command][0]}"
     for action in parser._actions:
         if (action.option_strings and action.help
                 and not any(action.default is v for v in (None, False, argparse.SUPPRESS))):
@@ -71,8 +77,11 @@ def test_console_reports_bad_input_in_one_line(capsys, tmp_path):
     assert console.main(["predict", str(tmp_path / "missing.jpg"), "--model", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err and all(line.startswith(("error:", str(tmp_path))) for line in err)
-    assert console.main(["extract", "--data", str(tmp_path), "--scheduler"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --scheduler needs a value"
+    with pytest.raises(SystemExit) as exit_:
+        console.main(["extract", "--data", str(tmp_path), "--scheduler"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == ("ensemble-fer extract: error: argument --scheduler: expected one "
+                                               "argument (see --help)")
 
 
 def test_release_files_are_what_prediction_needs(tiny_release, tmp_path):
