@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_fer import release
-from ensemble_fer.features.faces import FAST_SEARCH_GIVES_UP
+from ensemble_fer.features.faces import FAST_SEARCH_GIVES_UP, UPSAMPLE_FAST
 
 from .cli_errors import CommandLineParser, EXIT_BAD_INPUT, reports_errors
 
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "and discarding an interrupted run's FILE.partial")
     again.add_argument("--resume", action="store_true",
                        help="continue an interrupted run (FILE.partial) or add to a finished FILE: files that "
-                            "already have an ok or no_face row are skipped, the rest predicted (needs --csv)")
+                            "already have an ok, no_face or blank row are skipped, the rest predicted (needs --csv)")
     p.add_argument("--tta", type=int_in(0, MAX_TTA), metavar="N",
                    help=f"test-time augmentation views (0: none, up to {MAX_TTA}; default: the model's own, 2 for the "
                         f"release)")
@@ -177,10 +177,11 @@ def main(argv=None) -> int:
               file=sys.stderr)
     annotate_file = annotate_target(args, files)     # --annotate out.mp4 / out.jpg: one input
     if (args.annotate is not None and annotate_file is None and not args.annotate.exists()
-            and args.annotate.suffix[1:].isalpha() and not args.quiet):
-        # --annotate out.txt, out.gif: not a suffix a picture is written in, so a folder (as --help says)
-        print(f"note: --annotate {args.annotate}: a folder of pictures is written there ({args.annotate.suffix} is "
-              f"not a picture or video suffix)", file=sys.stderr)
+            and args.annotate.suffix[1:].isalpha()):
+        # --annotate out.txt, out.gif: not a suffix a picture is written in, so a folder (as --help
+        # says); likely not what was meant, so said even under --quiet
+        print(f"warning: --annotate {args.annotate}: a folder of pictures is written there ({args.annotate.suffix} "
+              f"is not a picture or video suffix)", file=sys.stderr)
     outputs = Outputs(args.csv, None if annotate_file else args.annotate, args.gradcam, force=args.force,
                       resume=args.resume, video=n_videos > 0)
     outputs.check()     # before the model loads: a refused output costs nothing
@@ -212,11 +213,17 @@ def main(argv=None) -> int:
                                None if annotate_file is None or video.is_video(annotate_file) else annotate_file)
         predict_videos(recognizer, videos, sink, args, counts, annotate_file)
     if not args.quiet:
-        where = f"; wrote {args.csv}" if args.csv else ""
+        written = [str(path) for path in (args.csv, annotate_file) if path is not None] + [
+            f"{what} in {path}" for what, path in (("pictures", None if annotate_file else args.annotate),
+                                                   ("Grad-CAM maps", args.gradcam)) if path is not None]
+        where = f"; wrote {', '.join(written)}" if written else ""
         skipped = f", {counts['skipped']} done before (--resume)" if counts["skipped"] else ""
         n_videos = counts.get("videos", 0)
         read = f"{counts['read'] - n_videos} photo(s)" + (f" and {n_videos} video(s)" if n_videos else "")
-        print(f"{read} read, {counts['faces']} face(s), {counts['errors']} unreadable{skipped}"
+        # the fast search's trade-off, where it is made: small faces beside others go unseen
+        search = (f" (--upsample {recognizer.upsample}: faces under ~46 px may be missed; --upsample auto finds "
+                  f"them)" if recognizer.upsample == UPSAMPLE_FAST else "")
+        print(f"{read} read, {counts['faces']} face(s){search}, {counts['errors']} unreadable{skipped}"
               f"{where}", file=sys.stderr)
     if counts["read"] == 0 and counts["skipped"] == 0:
         print("error: no input could be read", file=sys.stderr)

@@ -130,9 +130,10 @@ def test_cli_outputs_are_refused_before_any_model_loads(tmp_path, capsys, monkey
     assert "argument --csv: " in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Pictures", "clip.mp4"]
     assert (mine / "holiday.txt").read_text() == "a user's file"
-    # a suffix no picture is written in: a folder, as --help says, and the run says so first
-    assert predict.main([str(PHOTO), "--annotate", str(tmp_path / "y.txt"), "--model", str(tmp_path / "none")]) == 2
-    assert capsys.readouterr().err.startswith(f"note: --annotate {tmp_path / 'y.txt'}: a folder of pictures is "
+    # a suffix no picture is written in: a folder, as --help says, and the run says so first,
+    # --quiet or not (likely a mistake)
+    assert predict.main([str(PHOTO), "--annotate", str(tmp_path / "y.txt")] + no_model) == 2
+    assert capsys.readouterr().err.startswith(f"warning: --annotate {tmp_path / 'y.txt'}: a folder of pictures is "
                                               f"written there (.txt is not a picture or video suffix)\n")
     # '.' as an output has no name of its own to build beside: it is made absolute
     monkeypatch.chdir(mine)
@@ -196,6 +197,18 @@ def test_only_input_errors_are_reported_as_user_errors(capsys):
     assert capsys.readouterr().err == "error: image must be uint8; got float64\n"
 
 
+def test_cli_summary_names_its_outputs_and_the_fast_search_trade_off(tmp_path, capsys):
+    """The summary names every output written, and with --model fast's own search (upsample
+    "fast") says that small faces may be missed and how to find them."""
+    csv, pictures = tmp_path / "e.csv", tmp_path / "pictures"
+    assert predict.main([str(PHOTO), "--model", "fast", "--csv", str(csv), "--annotate", str(pictures)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "(--upsample fast: faces under ~46 px may be missed; --upsample auto finds them)" in err
+    assert err.endswith(f"; wrote {csv}, pictures in {pictures}") and pictures.is_dir()
+    assert predict.main([str(PHOTO), "--model", "fast", "--upsample", "auto"]) == 0
+    assert "may be missed" not in capsys.readouterr().err
+
+
 def test_cli_grad_cam_of_the_fast_model_says_why_not_and_what_to_use(capsys):
     """The shipped fast model is a TFLite export: no gradients, and its Keras source is not
     shipped. The one line says so and names the model to use instead."""
@@ -207,6 +220,7 @@ def test_cli_grad_cam_of_the_fast_model_says_why_not_and_what_to_use(capsys):
     source = json.loads((release.shipped_model("fast") / "export.json").read_text())["source"]
     assert f"this is an exported model ({source.rsplit('/', 1)[-1]} as int8, export.json)" in err
     assert "keeps none" in err and "use the default model (the release ensemble" in err
+    assert f"exported from (recorded as {source}, which is not here)" in err
 
 
 @pytest.fixture

@@ -73,9 +73,10 @@ FAST_SEARCH_GIVES_UP = (
     "with --model fast faces are searched with --upsample fast unless told, which finds 35 of the 43 "
     "faces (37-109 px) of dlib's ground-truth photos where auto finds all 43: it misses 7 of the 22 "
     "faces of 37 px (it searches the photo at 1.6, not doubled) and a 91 px face beside two larger ones "
-    "(a face of ~122 px or more ends its search); measured 2.3-2.5x quicker end to end than the release "
-    "on those photos and 2.5-2.7x on a 640x480 portrait, one core")
-"""What ``--model fast``'s default search gives up, in numbers (benchmarks/RESULTS.md, session 11)."""
+    "(a face of ~122 px or more ends its search); measured ~6x quicker end to end than release 0.9 "
+    "on those photos and ~5x on a 640x480 portrait, one core (2.3-2.7x against the lighter release 0.7)")
+"""What ``--model fast``'s default search gives up, in numbers (benchmarks/RESULTS.md, sessions 11
+and 21)."""
 
 # The smallest face box each detector reports on an image that is not doubled (pixels, box
 # side): HOG scans an 80x80 window over an image pyramid in steps of 6/5 and its smallest

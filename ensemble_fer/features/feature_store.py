@@ -381,7 +381,7 @@ class FeatureStore:
         if not manifest.is_file():
             hint = " (an extraction was interrupted: rerun it to resume)" if (self.path / ".partial").exists() else ""
             raise FeatureStoreError(f"{self.path}: not a feature store, no manifest.json{hint}; "
-                                    f"make one with `python -m pipelines.extract_features`")
+                                    f"make one with `ensemble-fer extract` (or `python -m pipelines.extract_features`)")
         self.manifest = artifacts.read_json(manifest)
         self.manifest_hash = manifest_identity(self.manifest)
         # What models trained before the content hash recorded: the file's own bytes.

@@ -267,8 +267,9 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
         raise InputError(f"--format: each must be one of {ALL_FORMATS}; got {list(formats)}")
     if is_export(source):
         marker = artifacts.read_json(export_marker(source))
-        origin = marker.get("source", "its Keras model") if isinstance(marker, dict) else "its Keras model"
-        raise InputError(f"{source}: already an exported model; export the Keras model it came from ({origin})")
+        origin = marker.get("source") if isinstance(marker, dict) else None
+        where = "" if not origin else f" (recorded as {origin}{'' if Path(origin).exists() else ', which is not here'})"
+        raise InputError(f"{source}: already an exported model; export the Keras model it came from{where}")
     predictor = inference.load_keras_predictor(source)
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -315,7 +315,7 @@ class Outputs:
         self._cwds = [str(cwd) for cwd in old.get("cwd", [])]
 
     def _kept_rows(self, source: Path, header) -> list[list[str]]:
-        """The rows of ``source`` for files that are done: ``ok`` or ``no_face`` rows. The last
+        """The rows of ``source`` for files that are done: ``ok``, ``no_face`` or ``blank`` rows. The last
         file's rows are dropped (an interruption may have cut them short), and so is every
         file with an ``error`` row or a malformed one: those are done again."""
         from ensemble_fer.errors import InputError

@@ -326,8 +326,9 @@ def _export_gradcam_message(source) -> str:
     what = f"{name} as {marker.get('precision', 'TFLite/ONNX')}"
     if origin is not None and origin.exists():
         instead = f"use --model {origin} (the Keras model it was exported from)"
-    else:
-        instead = ("use the default model (the release ensemble, Keras networks of the same vgg_fast design), "
-                   "or --model PATH of the Keras variant it was exported from")
+    else:   # a shipped export records the build machine's path (models/fast: see its README.md)
+        recorded = f" (recorded as {origin}, which is not here)" if origin is not None else ""
+        instead = ("use the default model (the release ensemble, whose members are Keras networks), or --model "
+                   f"PATH of the Keras variant it was exported from{recorded}")
     return (f"{source}: Grad-CAM needs a Keras network's gradients, and this is an exported model ({what}, "
             f"{EXPORT_FILE}) that keeps none; {instead}")
