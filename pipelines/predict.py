@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", choices=("hog", "mmod"), default="hog",
                    help="dlib face detector: hog (fast, frontal) or mmod (CNN, more poses, slow on a CPU)")
     p.add_argument("--upsample", type=upsample_value, metavar="auto|fast|N",
-                   help=f"times the photo is doubled before detection, 0 to {MAX_UPSAMPLE} (1: faces down to ~40 px; "
-                        f"0: ~75 px, 4x faster); auto: 0, then 1 unless every face found is 146 px or more; fast: "
+                   help=f"times the photo is doubled before detection, 0 to {MAX_UPSAMPLE} (1: faces down to ~37 px; "
+                        f"0: ~73 px, 4x faster); auto: 0, then 1 unless every face found is 146 px or more; fast: "
                         f"the photo at 0.6, then at 1.6 unless a face was found (faces down to ~46 px). Default: "
                         f"fast for --model fast, auto for any other model. A photo that would need more memory "
                         f"than is available gets an error row")
