@@ -19,7 +19,8 @@ a kill half-way is completed, never left half old, half new.
 An output is never allowed to be, contain or lie inside one of the run's inputs
 (:func:`check_apart`), so ``--force`` can never delete what the run reads, nor one of its
 other outputs (:func:`check_outputs_apart`); and ``--force`` replaces a folder only if this
-package wrote it (:func:`check_replaceable`, :data:`OUTPUT_MARKER`), never a user's own. A write that
+package wrote it (:func:`check_replaceable`, :data:`OUTPUT_MARKER`), never a user's own, and a stage
+never writes into a user's folder (:func:`check_own_folder`). A write that
 fails for a full disk, a file-size limit or a quota is one :class:`InputError` naming the
 path (:func:`reporting_disk_full`), never a traceback, and leaves nothing half-written.
 """
@@ -266,6 +267,32 @@ def check_replaceable(path) -> None:
     if not empty:
         raise InputError(f"{path}: is a folder ensemble_fer did not write (it has no {OUTPUT_MARKER}); "
                          f"--force replaces only its own outputs, so choose another output or remove it yourself")
+
+
+def check_own_folder(folder, *, argument: str, kind: str, signs) -> None:
+    """Refuse ``folder`` as an output that a stage writes files into over several runs (a
+    variant's, a search's, the demo's folder), ``--force`` or not: a file, or a folder that holds
+    something and shows none of ``signs``, so is a user's own, never written into nor cleared.
+
+    ``signs``: what marks a folder of this ``kind``, each a tuple of names that must all be
+    there (a folder's name ends in ``/``); list :data:`OUTPUT_MARKER` among them where any
+    output of this package will do. A missing folder, an empty one, or one holding only the
+    marker passes.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{argument}: must be a folder; received {folder}, which is a file")
+    if not folder.is_dir():
+        return
+    def there(name: str) -> bool:
+        return (folder / name).is_dir() if name.endswith("/") else (folder / name).is_file()
+    if any(all(there(name) for name in sign) for sign in signs):
+        return
+    if any(entry.name != OUTPUT_MARKER for entry in folder.iterdir()):
+        shown = [" and ".join(sign) for sign in signs]
+        shown = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+        raise InputError(f"{argument}: {folder} holds files and is not {kind} (no {shown}): "
+                         f"choose another {argument}")
 
 
 # --------------------------------------------------------------------------- replacing

@@ -40,15 +40,9 @@ def check_out(out: Path) -> None:
     made before the marker have). The demo writes ``report.md``, ``models/``, ``features/``...
     there, so a user's folder would get them beside (or over) their own files."""
     from ensemble_fer import artifacts
-    from ensemble_fer.errors import InputError
 
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file; the demo writes a folder")
-    if not out.is_dir() or (out / artifacts.OUTPUT_MARKER).exists() or (out / "report.json").is_file():
-        return
-    if any(out.iterdir()):
-        raise InputError(f"--out {out}: holds files and is not a demo's folder (no {artifacts.OUTPUT_MARKER}); the "
-                         f"demo writes its report, models and features there: choose another --out")
+    artifacts.check_own_folder(out, argument="--out", kind="a demo's folder",
+                               signs=((artifacts.OUTPUT_MARKER,), ("report.json",)))
 
 
 def _run_steps(out: Path, sample: Path, epochs, max_minutes, detector, tta, n_jobs, force, quiet) -> dict:

@@ -121,6 +121,35 @@ def test_a_failed_build_leaves_the_old_result_untouched(tmp_path, failure):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble.json", "store"]
 
 
+def test_a_stage_writes_only_into_a_folder_of_its_kind(tmp_path):
+    """check_own_folder: a missing, empty or only-marked folder, or one showing a sign of the
+    kind (all of a sign's names), passes; a file and a user's folder are refused, naming the
+    argument, the folder and the signs looked for."""
+    signs = (("search.json",), ("model.keras", "config.json"), ("runs/",))
+    check = lambda folder: artifacts.check_own_folder(folder, argument="--out", kind="a test folder", signs=signs)
+    check(tmp_path / "missing")
+    for name, files in [("empty", []), ("marked", [artifacts.OUTPUT_MARKER]), ("search", ["search.json"]),
+                        ("variant", ["model.keras", "config.json", "notes.txt"])]:
+        (tmp_path / name).mkdir()
+        for file in files:
+            (tmp_path / name / file).write_text("")
+        check(tmp_path / name)
+    (tmp_path / "runs_folder" / "runs").mkdir(parents=True)
+    check(tmp_path / "runs_folder")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"^--out: must be a folder; received .*notes.txt, which is a file$"):
+        check(tmp_path / "notes.txt")
+    for files in (["config.json"], ["runs"], [artifacts.OUTPUT_MARKER, "notes.txt"]):
+        mine = tmp_path / f"mine{len(files)}{files[0]}"
+        mine.mkdir()
+        for file in files:
+            (mine / file).write_text("mine")     # "runs" a file, not the folder the sign names
+        with pytest.raises(InputError, match=rf"^--out: .*{mine.name} holds files and is not a test folder \(no "
+                                             rf"search.json, model.keras and config.json or runs/\): "
+                                             rf"choose another --out$"):
+            check(mine)
+
+
 def test_force_replaces_only_a_folder_this_package_wrote(tmp_path):
     """A user's folder given as an output by mistake is refused even with --force, before any
     work; an empty folder and one marked as an output are replaced."""

@@ -268,7 +268,7 @@ def test_out_must_be_a_search_folder_apart_from_the_store(sample_store, tmp_path
 
     mine = occupied_output(tmp_path / "mine", "user folder")
     code, _, stderr = _cli(_base(sample_store, mine, grid), capsys)
-    assert code == 2 and f"{mine} holds files but no search.json, so it is not a search folder" in stderr
+    assert code == 2 and f"out: {mine} holds files and is not a search folder (no search.json)" in stderr
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
     busy = tmp_path / "busy"

@@ -227,8 +227,7 @@ class HparamSearch(BaseEstimator):
         out = Path(out) if out is not None else Path("runs") / "search" / variant
         # a search inside the store would write into what every run reads (and fail each of them)
         artifacts.check_apart(out, {"--features": store.path}, output_name="out")
-        if out.exists() and not out.is_dir():
-            raise InputError(f"out: must be a folder; got {out}, which is a file")
+        artifacts.check_own_folder(out, argument="out", kind="a search folder", signs=((SEARCH_FILE,),))
         # One search at a time writes a folder: search.json is read, updated and rewritten.
         with artifacts.output_lock(out):
             return self._fit(store, out, variant, grids, combos, label_set, say)
@@ -295,12 +294,10 @@ class HparamSearch(BaseEstimator):
         return self
 
     def _read_record(self, out: Path, identity: dict) -> dict:
+        # again under the lock: another run may have written it meanwhile
+        artifacts.check_own_folder(out, argument="out", kind="a search folder", signs=((SEARCH_FILE,),))
         path = out / SEARCH_FILE
         if not path.is_file():
-            # a folder holding anything but no search.json is not a search: never written into
-            if out.is_dir() and any(p.name != artifacts.OUTPUT_MARKER for p in out.iterdir()):
-                raise InputError(f"out: {out} holds files but no {SEARCH_FILE}, so it is not a search folder: "
-                                 f"choose another --out")
             return {"format": SEARCH_FORMAT, "version": SEARCH_VERSION, **identity, "runs": {}}
         record = artifacts.read_json(path)
         if record.get("format") != SEARCH_FORMAT:

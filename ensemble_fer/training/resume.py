@@ -33,6 +33,11 @@ HISTORY_COLUMNS = ("epoch", "phase", "phase_epoch", "loss", "accuracy", "val_los
                    "val_accuracy", "learning_rate", "seconds")
 
 
+VARIANT_SIGNS = ((artifacts.OUTPUT_MARKER,), (f"{RUN_DIR}/",), ("model.keras", "config.json"))
+"""What marks a variant's folder: the output marker, a run's state folder, or (variants made
+before the marker) a network with its config."""
+
+
 def check_out_kind(out: Path, *, resume: bool, force: bool) -> None:
     """The checks of :func:`check_out` that need nothing but the folder and the flags: run first,
     before the feature store is read, and again under the output lock.
@@ -42,13 +47,7 @@ def check_out_kind(out: Path, *, resume: bool, force: bool) -> None:
     before the marker have): a user's own, never trained into nor cleared."""
     if resume and force:
         raise InputError("resume and force: choose one (resume continues the run in out, force replaces it)")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"out: must be a folder; received {out}, which is a file")
-    variant = ((out / artifacts.OUTPUT_MARKER).exists() or (out / RUN_DIR).is_dir()
-               or all((out / name).is_file() for name in ("model.keras", "config.json")))
-    if out.is_dir() and not variant and any(out.iterdir()):
-        raise InputError(f"out: {out} holds files and is not a variant's folder (no {artifacts.OUTPUT_MARKER}, "
-                         f"{RUN_DIR}/ or model.keras and config.json): choose another --out")
+    artifacts.check_own_folder(out, argument="out", kind="a variant's folder", signs=VARIANT_SIGNS)
 
 
 def check_out(out: Path, args: dict, *, resume: bool, force: bool, say, store=None) -> tuple[dict | None, list]:
