@@ -49,7 +49,7 @@ import numpy as np
 
 from ensemble_fer import artifacts
 from ensemble_fer.errors import InputError
-from ensemble_fer.models.variant_dir import EXPORT_FILE, export_marker, is_export
+from ensemble_fer.models.variant_dir import EXPORT_FILE, export_marker, export_origin, is_export
 
 FORMATS = ("float32", "float16", "int8")
 """The TFLite formats, written by default."""
@@ -266,10 +266,8 @@ def export_model(source, out, formats=FORMATS, *, force: bool = False, say=print
     if unknown or not formats:
         raise InputError(f"--format: each must be one of {ALL_FORMATS}; got {list(formats)}")
     if is_export(source):
-        marker = artifacts.read_json(export_marker(source))
-        origin = marker.get("source") if isinstance(marker, dict) else None
-        where = "" if not origin else f" (recorded as {origin}{'' if Path(origin).exists() else ', which is not here'})"
-        raise InputError(f"{source}: already an exported model; export the Keras model it came from{where}")
+        _, _, recorded = export_origin(source)
+        raise InputError(f"{source}: already an exported model; export the Keras model it came from{recorded}")
     predictor = inference.load_keras_predictor(source)
     out = Path(out)
     if out.exists() and not out.is_dir():

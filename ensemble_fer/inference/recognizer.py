@@ -316,18 +316,14 @@ def _export_gradcam_message(source) -> str:
     the maps are gradients of the Keras network, and a TFLite or ONNX file keeps no gradients;
     the Keras network it was made from is not shipped with it (the fast model's would add 5 MB
     to a 1.3 MB model whose point is its size)."""
-    from ensemble_fer import artifacts
-    from ensemble_fer.models.variant_dir import EXPORT_FILE, export_marker
+    from ensemble_fer.models.variant_dir import EXPORT_FILE, export_origin
 
-    marker_path = export_marker(source) if source is not None else None
-    marker = artifacts.read_json(marker_path) if marker_path is not None and marker_path.is_file() else {}
-    origin = Path(str(marker.get("source", ""))) if marker.get("source") else None
+    marker, origin, recorded = export_origin(source) if source is not None else ({}, None, "")
     name = (origin.parent.name if origin.suffix == ".json" else origin.name) if origin else "a Keras model"
     what = f"{name} as {marker.get('precision', 'TFLite/ONNX')}"
     if origin is not None and origin.exists():
         instead = f"use --model {origin} (the Keras model it was exported from)"
     else:   # a shipped export records the build machine's path (models/fast: see its README.md)
-        recorded = f" (recorded as {origin}, which is not here)" if origin is not None else ""
         instead = ("use the default model (the release ensemble, whose members are Keras networks), or --model "
                    f"PATH of the Keras variant it was exported from{recorded}")
     return (f"{source}: Grad-CAM needs a Keras network's gradients, and this is an exported model ({what}, "

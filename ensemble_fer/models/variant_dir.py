@@ -308,6 +308,21 @@ def is_export(path) -> bool:
     return export_marker(path).is_file()
 
 
+def export_origin(path) -> tuple[dict, Path | None, str]:
+    """What the export marker at ``path`` says of where the export came from: ``(marker, source,
+    note)``. ``marker`` is ``{}`` when there is none; ``source`` the Keras model it was exported
+    from as recorded (``None`` if not recorded); ``note`` says so for a message: ``" (recorded as
+    X)"``, with ``", which is not here"`` where that path is missing (a shipped export records the
+    build machine's path), or ``""``."""
+    marker_path = export_marker(path)
+    marker = artifacts.read_json(marker_path) if marker_path.is_file() else {}
+    marker = marker if isinstance(marker, dict) else {}
+    source = Path(str(marker["source"])) if marker.get("source") else None
+    if source is None:
+        return marker, None, ""
+    return marker, source, f" (recorded as {source}{'' if source.exists() else ', which is not here'})"
+
+
 def load_variant(path) -> tuple:
     """``(keras model, config dict)`` of the variant folder ``path`` (or its ``model.keras``)."""
     folder = VariantDir(path)
