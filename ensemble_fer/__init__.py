@@ -11,7 +11,7 @@ from ensemble_fer import tf_startup as _tf_startup
 
 # The release whose default model ships with this code (models/release/README.md); what came
 # after it is under "Unreleased" in CHANGELOG.md. pyproject.toml reads it from here.
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 # The library is as quiet as the CLI: TensorFlow's C++ start-up lines (cuInit on a CPU
 # machine, oneDNN) are held back at its first import, wherever that happens; OpenCV's FFmpeg

@@ -269,6 +269,40 @@ def test_cosine_schedule_decays_per_step_across_a_resume_under_bfloat16(sample_s
     assert all(w.dtype == "float32" for w in model.weights)
 
 
+def test_a_cosine_run_to_its_end_keeps_its_last_epoch_not_its_lowest_val_loss(sample_store, tmp_path):
+    out = tmp_path / "cosine_last"
+    args = ["--block", "none", "--bovw", "--features", sample_store, "--out", out, "--epochs", 3,
+            "--lr", 0.01, "--lr-schedule", "cosine", "--no-augment", "--seed", 5]
+    assert _cli(*args, "--max-minutes", 0.001) == 0          # stopped after epoch 1
+    # A best val_loss of 0 that no later epoch beats: the lowest stays epoch 1's.
+    state_path = out / ".run" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["early_stopping"] = {"wait": 0, "best": 0.0, "best_epoch": 0}
+    state_path.write_text(json.dumps(state))
+    assert _cli(*args, "--resume") == 0
+
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert (training["stopped"], training["best_epoch"], training["kept_epoch"]) == ("epochs", 1, 3)
+    state = json.loads(state_path.read_text())
+    last = keras.models.load_model(out / ".run" / state["checkpoint"], safe_mode=True).get_weights()
+    best = resume.load_weights_npz(out / ".run" / state["best_weights"])
+    kept = keras.models.load_model(out / "model.keras", safe_mode=True, compile=False).get_weights()
+    assert all(np.array_equal(k, w) for k, w in zip(kept, last, strict=True))
+    assert not all(np.array_equal(k, b) for k, b in zip(kept, best, strict=True))
+
+    # Outputs rewritten by a later call keep the same epoch: a run whose config.json is
+    # removed (here with stale predictions beside it, as an earlier version's rule left them)
+    # has its outputs written again from its checkpoint.
+    finished = tmp_path / "cosine_last_finished"
+    shutil.copytree(out, finished)
+    (finished / "config.json").unlink()
+    stale = artifacts.load_npz(finished / "predictions.npz")
+    artifacts.save_npz(finished / "predictions.npz", **{k: v[::-1] for k, v in stale.items()})
+    assert _cli(*[finished if a == out else a for a in args], "--resume") == 0
+    np.testing.assert_array_equal(artifacts.load_npz(finished / "predictions.npz")["val_proba"],
+                                  artifacts.load_npz(out / "predictions.npz")["val_proba"])
+
+
 def _edited_store(sample_store, tmp_path, split, edit):
     store = tmp_path / "edited"
     shutil.copytree(sample_store, store)

@@ -328,7 +328,8 @@ class TrainConfig:
     patience: int = _field(10, Int(1), "early-stopping patience in epochs (val_loss)")
     lr_schedule: str = _field("plateau", OneOf(LR_SCHEDULES),
                               "plateau: drop the rate when val_loss stalls (the paper's); cosine: decay it to ~0 "
-                              "over --epochs (best for a fixed time budget)", missing="plateau")
+                              "over --epochs (best for a fixed time budget) and keep the last epoch when the "
+                              "schedule runs to its end", missing="plateau")
     lr_patience: int = _field(4, Int(1), "epochs without val_loss gain before the rate drops")
     lr_factor: float = _field(0.5, Number(0.0, 1.0, low_open=True), "factor of each learning-rate drop")
     min_lr: float = _field(1e-6, Number(0.0, 10.0, high_open=False), cli=False)

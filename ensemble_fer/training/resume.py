@@ -186,7 +186,9 @@ def phase_callbacks(run, phase: dict, resumed: bool) -> list:
     and the checkpointer keep and save ``run.model``, the whole network, also when the model
     that ``fit`` trains is a cached phase's top of it."""
     config, state = run.config, run.run_state.state
-    stopping = _EarlyStopping(config.patience, network=run.model)
+    # Asked at the end of fit, when the checkpointer has counted the phase's last epoch.
+    stopping = _EarlyStopping(config.patience, network=run.model,
+                              keep_last=lambda: phase.keeps_last_epoch(state["phase_epochs"]))
     reduce_lr = _ReduceLROnPlateau(config.lr_factor, config.lr_patience, config.min_lr) if phase.reduce_lr else None
     if resumed and state["early_stopping"]:
         stopping.load_state(state["early_stopping"], run.run_state.best_weights())
@@ -220,16 +222,18 @@ class _DropoutSeeds(keras.callbacks.Callback):
 
 
 class _EarlyStopping(keras.callbacks.Callback):
-    """Keras's EarlyStopping on ``val_loss`` (min_delta 0, best weights restored at the end),
-    holding its state itself: ``state()`` / ``load_state()`` carry it across an interruption.
+    """Keras's EarlyStopping on ``val_loss`` (min_delta 0, best weights restored at the end,
+    unless ``keep_last()`` says the phase keeps its last epoch), holding its state itself:
+    ``state()`` / ``load_state()`` carry it across an interruption.
 
     Subclassing Keras's and setting its private ``wait`` / ``best`` / ``best_epoch`` does not
     survive Keras versions (3.3-3.5 reset them at the first epoch end of a ``fit``).
     """
 
-    def __init__(self, patience: int, network=None):
+    def __init__(self, patience: int, network=None, keep_last=None):
         super().__init__()
         self.patience, self.network = patience, network   # network: whose weights are kept (default: fit's)
+        self.keep_last = keep_last or (lambda: False)
         self.wait, self.best, self.best_epoch, self.best_weights, self.stopped_epoch = 0, None, 0, None, 0
 
     def state(self) -> dict:
@@ -250,7 +254,7 @@ class _EarlyStopping(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.best_weights is not None:
+        if self.best_weights is not None and not self.keep_last():
             (self.model if self.network is None else self.network).set_weights(self.best_weights)
 
 

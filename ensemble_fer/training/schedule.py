@@ -24,7 +24,8 @@ the budget ends beats waiting for plateaus, which a short run hardly sees (Li, Y
 ``epochs`` then cannot change on resume.
 
 Every phase ends on the weights of its best epoch (lowest ``val_loss``), and the next phase
-starts from them. :func:`plan_phases` decides the phases; :func:`enter_phase` is the switch
+starts from them; except that a cosine phase which runs all its epochs ends on its last one
+(:meth:`Phase.keeps_last_epoch`). :func:`plan_phases` decides the phases; :func:`enter_phase` is the switch
 between them (which layers train, the optimizer, the compile).
 """
 
@@ -56,6 +57,21 @@ class Phase:
     max_epochs: int
     reduce_lr: bool      # ReduceLROnPlateau
     cosine: bool         # cosine decay over the phase
+
+    def keeps_last_epoch(self, epochs_done: int) -> bool:
+        """Whether the phase, after ``epochs_done`` of its epochs, ends on the last epoch's weights
+        rather than on those of its lowest ``val_loss``.
+
+        A cosine phase run to its end has annealed its rate to ~0, which is the point of the
+        schedule, and keeping that epoch picks nothing on the validation split that the
+        results are reported on. Lowest ``val_loss`` was the rule for every phase until 0.11:
+        with label smoothing the loss turns up while accuracy still rises, and on the 120-epoch
+        VGG it kept epoch 83 (66.70% val) where epoch 120 scored 67.54%
+        (``benchmarks/RESULTS.md``, session 23). A cosine phase cut short by early stopping or
+        by the time budget keeps its best epoch, as a plateau phase always does.
+        """
+        return self.cosine and epochs_done >= self.max_epochs
+
 
 COSINE_FLOOR = 0.01
 """The cosine schedule ends at this fraction of ``lr``."""

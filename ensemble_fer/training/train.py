@@ -6,7 +6,8 @@ fine-tune switch (:mod:`~ensemble_fer.training.schedule`), the checkpoints and t
 that make a run resumable (:mod:`~ensemble_fer.training.resume`), what the end of a run writes
 (:mod:`~ensemble_fer.training.variant_outputs`).
 
-Outputs (see docs/ARCHITECTURE.md): ``model.keras`` (the best epoch of the last phase),
+Outputs (see docs/ARCHITECTURE.md): ``model.keras`` (the last phase's best epoch, or its last for
+a cosine phase run to its end),
 ``config.json`` (written last: its presence means the variant is complete), ``history.csv``
 (rewritten after every epoch, with a ``phase`` column), ``curves.png``, ``predictions.npz``,
 ``metrics.json``, ``confusion_matrix.png`` -- every file written atomically -- and ``.run/``
@@ -206,7 +207,7 @@ def _train_network(config: TrainConfig, policy: str, gpus, splits, label_set, ph
                    started=started, max_minutes=max_minutes, progress=progress, extra_callbacks=list(callbacks))
         if not finish_only:
             run.train()
-        elif state["best_weights"]:
+        elif state["best_weights"] and not phases[state["phase_index"]].keeps_last_epoch(state["phase_epochs"]):
             # EarlyStopping had restored these in memory; the checkpoint holds the last epoch's.
             run.model.set_weights(run.run_state.best_weights())
         keras.mixed_precision.set_global_policy("float32")
@@ -323,7 +324,7 @@ class _Run:
                                class_weight=None if self.has_aux else self.class_weights,
                                callbacks=callbacks + estimate + self.extra_callbacks, verbose=verbose)
                 early = callbacks[-1].stopping.stopped_epoch > 0
-            elif state["best_weights"]:
+            elif state["best_weights"] and not phase.keeps_last_epoch(state["phase_epochs"]):
                 # The phase ended just before an interruption: EarlyStopping had restored its
                 # best weights in memory, but the checkpoint holds the last epoch's.
                 self.model.set_weights(self.run_state.best_weights())

@@ -59,6 +59,9 @@ def write_variant_outputs(folder: VariantDir, model, run, label_set, store, coun
     metrics.plot_training_curves(history, folder.curves_path, title=variant)
 
     stopping = state["early_stopping"] or {}
+    best_epoch = stopping.get("best_epoch", -1) + 1
+    kept_epoch = state["epoch"] if run.phases[state["phase_index"]].keeps_last_epoch(state["phase_epochs"]) \
+        else best_epoch
     config.update({
         "feature_store": store.describe(),
         "args": state["args"],
@@ -70,7 +73,7 @@ def write_variant_outputs(folder: VariantDir, model, run, label_set, store, coun
             "epochs_run": state["epoch"], "phases": state["phases_done"] + (
                 [] if state["complete"] else [{"name": state["phases"][state["phase_index"]],
                                                "epochs": state["phase_epochs"], "unfinished": True}]),
-            "best_epoch": stopping.get("best_epoch", -1) + 1, "best_val_loss": stopping.get("best"),
+            "best_epoch": best_epoch, "best_val_loss": stopping.get("best"), "kept_epoch": kept_epoch,
             "class_weights": run.class_weights, "training_seconds": state["seconds"],
             "wall_seconds_last_call": round(wall_seconds, 2), "device": device,
         },
