@@ -269,17 +269,23 @@ def test_cosine_schedule_decays_per_step_across_a_resume_under_bfloat16(sample_s
     assert all(w.dtype == "float32" for w in model.weights)
 
 
-def test_a_cosine_run_to_its_end_keeps_its_last_epoch_not_its_lowest_val_loss(sample_store, tmp_path):
+def test_a_cosine_run_to_its_end_keeps_its_last_epoch_not_its_lowest_val_loss(sample_store, tmp_path, capsys):
     out = tmp_path / "cosine_last"
     args = ["--block", "none", "--bovw", "--features", sample_store, "--out", out, "--epochs", 3,
             "--lr", 0.01, "--lr-schedule", "cosine", "--no-augment", "--seed", 5]
-    assert _cli(*args, "--max-minutes", 0.001) == 0          # stopped after epoch 1
+
+    def said(*more):
+        assert cli.main([str(a) for a in args + list(more)]) == 0
+        return capsys.readouterr().out
+
+    # Stopped by the time budget after epoch 1: mid-schedule, the best epoch so far.
+    assert "(model.keras: the weights of epoch 1, the lowest val loss)" in said("--max-minutes", 0.001)
     # A best val_loss of 0 that no later epoch beats: the lowest stays epoch 1's.
     state_path = out / ".run" / "state.json"
     state = json.loads(state_path.read_text())
     state["early_stopping"] = {"wait": 0, "best": 0.0, "best_epoch": 0}
     state_path.write_text(json.dumps(state))
-    assert _cli(*args, "--resume") == 0
+    assert "(model.keras: the weights of epoch 3, the last of its cosine schedule)" in said("--resume")
 
     training = json.loads((out / "config.json").read_text())["training"]
     assert (training["stopped"], training["best_epoch"], training["kept_epoch"]) == ("epochs", 1, 3)

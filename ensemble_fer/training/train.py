@@ -134,11 +134,12 @@ def train(store, config: TrainConfig, *, out=None, resume: bool = False, force: 
             config, policy, gpus, splits, label_set, phases, build_args, class_weights, folder, out, state, stale,
             args, finish_only, say=say, started=started, max_minutes=max_minutes, progress=progress, callbacks=callbacks)
 
-        write_variant_outputs(folder, final, run, label_set, store, counts, variant, pretrained, aux, teacher_info,
-                       {"precision": policy, "gpus": len(gpus), "strategy": type(strategy).__name__,
-                        "replicas": int(strategy.num_replicas_in_sync)},
-                       time.time() - started)
-        say(f"wrote {out}")
+        kept = write_variant_outputs(
+            folder, final, run, label_set, store, counts, variant, pretrained, aux, teacher_info,
+            {"precision": policy, "gpus": len(gpus), "strategy": type(strategy).__name__,
+             "replicas": int(strategy.num_replicas_in_sync)},
+            time.time() - started)
+        say(f"wrote {out} (model.keras: the weights of {kept})")
     return out
 
 

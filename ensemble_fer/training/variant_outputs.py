@@ -32,11 +32,12 @@ def inference_copy(model, build_args: dict) -> keras.Model:
 
 
 def write_variant_outputs(folder: VariantDir, model, run, label_set, store, counts, variant, pretrained, aux,
-                          teacher_info, device, wall_seconds) -> None:
+                          teacher_info, device, wall_seconds) -> str:
     """Write the finished (or time-limited) run's ``models/<variant>/``: ``model.keras``, the
     validation and test predictions and scores, the figures, and ``config.json`` last (its
     presence means the outputs are complete). ``run``: the training run (its state, config,
-    splits, class weights); ``model``: its :func:`inference_copy`."""
+    splits, class weights); ``model``: its :func:`inference_copy`. Returns which epoch's weights
+    ``model.keras`` holds, in words."""
     state, train_config = run.run_state.state, run.config
     classes = list(label_set.classes)
     config = {"variant": variant, "block": train_config.block, "bovw": train_config.bovw,
@@ -60,8 +61,8 @@ def write_variant_outputs(folder: VariantDir, model, run, label_set, store, coun
 
     stopping = state["early_stopping"] or {}
     best_epoch = stopping.get("best_epoch", -1) + 1
-    kept_epoch = state["epoch"] if run.phases[state["phase_index"]].keeps_last_epoch(state["phase_epochs"]) \
-        else best_epoch
+    kept_last = run.phases[state["phase_index"]].keeps_last_epoch(state["phase_epochs"])
+    kept_epoch = state["epoch"] if kept_last else best_epoch
     config.update({
         "feature_store": store.describe(),
         "args": state["args"],
@@ -82,6 +83,8 @@ def write_variant_outputs(folder: VariantDir, model, run, label_set, store, coun
         "figures": {"confusion_matrix": cm_split},
     })
     folder.write_config(config)   # last: its presence means complete outputs
+    return (f"epoch {kept_epoch}, the last of its cosine schedule" if kept_last
+            else f"epoch {kept_epoch}, the lowest val loss")
 
 
 def _predict_splits(model, config: dict, run, aux, classes: list[str]) -> tuple[dict, dict]:
