@@ -76,7 +76,8 @@ def test_two_runs_are_trained_and_ranked_by_val_accuracy(searched):
         assert float(row["val_accuracy"]) == pytest.approx(val["accuracy"], abs=1e-6)
         assert float(row["val_macro_f1"]) == pytest.approx(val["macro_f1"], abs=1e-6)
         assert float(row["val_loss"]) == pytest.approx(val["log_loss"], rel=1e-5)
-        assert row["epochs_run"] == "1" and float(row["train_seconds"]) == pytest.approx(
+        assert row["epochs_run"] == "1" and row["kept_epoch"] == str(config["training"]["kept_epoch"]) == "1"
+        assert float(row["train_seconds"]) == pytest.approx(
             config["training"]["training_seconds"], rel=1e-5)
         assert float(row["lr"]) == record["runs"][row["run"]]["params"]["lr"]
         assert row["status"] == "finished" and row["error"] == ""

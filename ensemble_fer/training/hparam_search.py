@@ -70,7 +70,7 @@ store, the network, the label set: runs scored on other classes cannot be ranked
 where and how it runs (folders, resume, time budget, progress, numeric precision), and
 objects that are not JSON (callbacks, an augmentation config)."""
 
-METRIC_COLUMNS = ("val_accuracy", "val_macro_f1", "val_loss", "epochs_run", "best_epoch", "train_seconds")
+METRIC_COLUMNS = ("val_accuracy", "val_macro_f1", "val_loss", "epochs_run", "kept_epoch", "train_seconds")
 FAILED, PENDING = "failed", "pending"
 RUN_ERRORS = (InputError,)
 """Exceptions that fail one run without stopping the search: a problem with the run's arguments
@@ -373,7 +373,9 @@ def read_run(folder: Path, name: str, entry: dict) -> dict:
         config, val = variant.read_config(), variant.read_metrics()["val"]
         train = config["training"]
         row.update(val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"], val_loss=val["log_loss"],
-                   epochs_run=train["epochs_run"], best_epoch=train["best_epoch"],
+                   epochs_run=train["epochs_run"],
+                   # a run written before 0.11 records no kept_epoch: it kept its lowest val loss
+                   kept_epoch=train.get("kept_epoch", train["best_epoch"]),
                    train_seconds=train["training_seconds"])
         row["status"] = FINISHED if state == FINISHED else f"{INCOMPLETE} ({train.get('stopped')}; rerun resumes)"
         row["error"] = None
@@ -431,9 +433,10 @@ def results_markdown(record: dict, rows: list[dict]) -> str:
              f"{len(scored)} of {len(rows)} runs have results. Ranked by val accuracy, then val macro-F1, then val "
              f"loss (the cross-entropy of the saved model's val probabilities). Parameters not listed are "
              f"`train_variant`'s defaults.", "",
-             "The val split chose each run's best epoch (early stopping) and now chooses among the runs, so the "
-             "best run's val figures are optimistic: confirm it on test (`python -m pipelines.evaluate`).", ""]
-    header = ["rank", "run", *params, "val acc", "val macro-F1", "val loss", "epochs", "best epoch",
+             "The val split chose each run's kept epoch (its lowest val loss; a cosine schedule run to its end "
+             "keeps its last instead) and now chooses among the runs, so the best run's val figures are "
+             "optimistic: confirm it on test (`python -m pipelines.evaluate`).", ""]
+    header = ["rank", "run", *params, "val acc", "val macro-F1", "val loss", "epochs", "kept epoch",
               "train s", "status"]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(" ---: " if h not in ("run", "status") else " --- "
                                                                 for h in header) + "|"]
@@ -442,7 +445,7 @@ def results_markdown(record: dict, rows: list[dict]) -> str:
         cells += [f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "",
                   f"{row['val_macro_f1']:.4f}" if row["val_macro_f1"] is not None else "",
                   f"{row['val_loss']:.4f}" if row["val_loss"] is not None else "",
-                  _cell(row["epochs_run"]), _cell(row["best_epoch"]),
+                  _cell(row["epochs_run"]), _cell(row["kept_epoch"]),
                   f"{row['train_seconds']:.1f}" if row["train_seconds"] is not None else "",
                   row["status"] + (f": {row['error']}" if row["error"] else "")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
