@@ -47,6 +47,23 @@ def test_each_target_is_the_label_and_the_teacher_in_the_given_shares(sample_sto
     np.testing.assert_allclose(y.numpy().sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_a_teacher_pass_says_how_far_it_is_and_gives_the_probabilities_of_one_call(teacher, sample_store,
+                                                                                   monkeypatch):
+    store = FeatureStore(sample_store)
+    train = data.load_splits(store, get_label_set("fer7"))[0]["train"]
+    predictor = load_predictor(teacher)
+    whole = predictor.predict_features(images=train.images if predictor.needs_images else None,
+                                       bovw_rows=train.bovw if predictor.needs_bovw else None)
+    # One prediction batch (256) a chunk: the sample's 279 training rows are two chunks, predicted
+    # in the same batches as one call, so to the bit.
+    monkeypatch.setattr(distill, "PROGRESS_ROWS", 256)
+    said = []
+    np.testing.assert_array_equal(distill.teacher_probabilities(predictor, train, store, said.append),
+                                  whole.astype(np.float32))
+    assert len(said) == 2 and said[1].startswith(f"teacher {predictor.source}: 256/{len(train)} crops in ")
+    assert said[1].endswith(" s left")
+
+
 def test_a_student_learns_from_the_teacher_records_it_and_resumes_bit_identical(teacher, sample_store, tmp_path):
     args = ["--block", "cnn5", "--features", sample_store, "--teacher", teacher, "--distill-weight", 0.6,
             "--seed", 4, "--no-augment"]
