@@ -208,9 +208,8 @@ def _train_network(config: TrainConfig, policy: str, gpus, splits, label_set, ph
                    started=started, max_minutes=max_minutes, progress=progress, extra_callbacks=list(callbacks))
         if not finish_only:
             run.train()
-        elif state["best_weights"] and not phases[state["phase_index"]].keeps_last_epoch(state["phase_epochs"]):
-            # EarlyStopping had restored these in memory; the checkpoint holds the last epoch's.
-            run.model.set_weights(run.run_state.best_weights())
+        else:
+            run.restore_kept_weights(phases[state["phase_index"]])
         keras.mixed_precision.set_global_policy("float32")
         final = inference_copy(run.model, build_args)
     finally:
@@ -325,10 +324,8 @@ class _Run:
                                class_weight=None if self.has_aux else self.class_weights,
                                callbacks=callbacks + estimate + self.extra_callbacks, verbose=verbose)
                 early = callbacks[-1].stopping.stopped_epoch > 0
-            elif state["best_weights"] and not phase.keeps_last_epoch(state["phase_epochs"]):
-                # The phase ended just before an interruption: EarlyStopping had restored its
-                # best weights in memory, but the checkpoint holds the last epoch's.
-                self.model.set_weights(self.run_state.best_weights())
+            else:
+                self.restore_kept_weights(phase)   # the phase ended just before an interruption
             resumed = False
             if not (early or state["epoch"] >= phase_end):
                 break   # stopped inside the phase by the time budget or an extra callback
@@ -352,6 +349,13 @@ class _Run:
         why = f"the time budget of {self.max_minutes:g} min is used up" if self.budget_hit else "a callback stopped it"
         self.say(f"stopped: {why}; the outputs hold the best epoch so far, and resume continues the run")
 
+    def restore_kept_weights(self, phase) -> None:
+        """Give the model the weights ``phase`` ends on, for a phase whose last epoch ran in an
+        earlier call: EarlyStopping had restored its best weights in memory then, but the
+        checkpoint loaded since holds the last epoch's (which a cosine phase run to its end keeps)."""
+        state = self.run_state.state
+        if state["best_weights"] and not phase.keeps_last_epoch(state["phase_epochs"]):
+            self.model.set_weights(self.run_state.best_weights())
 
     def _cached_cut(self, phase: dict):
         """Where a phase trains on cached trunk outputs: None (after the pooled block: the frozen
