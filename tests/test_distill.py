@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from ensemble_fer import paths
 from ensemble_fer.features.feature_store import FeatureStore
 from ensemble_fer.inference.loading import load_predictor
 from ensemble_fer.labels import get_label_set
@@ -47,8 +48,8 @@ def test_each_target_is_the_label_and_the_teacher_in_the_given_shares(sample_sto
     np.testing.assert_allclose(y.numpy().sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_a_teacher_pass_says_how_far_it_is_and_gives_the_probabilities_of_one_call(teacher, sample_store,
-                                                                                   monkeypatch):
+def test_a_teacher_pass_says_how_far_it_is_gives_the_probabilities_of_one_call_and_is_cached(
+        teacher, sample_store, monkeypatch, tmp_path):
     store = FeatureStore(sample_store)
     train = data.load_splits(store, get_label_set("fer7"))[0]["train"]
     predictor = load_predictor(teacher)
@@ -58,10 +59,23 @@ def test_a_teacher_pass_says_how_far_it_is_and_gives_the_probabilities_of_one_ca
     # in the same batches as one call, so to the bit.
     monkeypatch.setattr(distill, "PROGRESS_ROWS", 256)
     said = []
-    np.testing.assert_array_equal(distill.teacher_probabilities(predictor, train, store, said.append),
+    sha = distill.fingerprint(predictor)
+    np.testing.assert_array_equal(distill.teacher_probabilities(predictor, sha, train, store, said.append,
+                                                                cache=tmp_path),
                                   whole.astype(np.float32))
     assert len(said) == 2 and said[1].startswith(f"teacher {predictor.source}: 256/{len(train)} crops in ")
     assert said[1].endswith(" s left")
+
+    # the pass is cached: a second call reads it, to the bit; a damaged file is made again
+    cached, = tmp_path.glob("*-stored.npz")
+    said.clear()
+    np.testing.assert_array_equal(distill.teacher_probabilities(predictor, sha, train, store, said.append,
+                                                                cache=tmp_path), whole.astype(np.float32))
+    assert said == [f"teacher {predictor.source}: the {len(train)} training crops read from {cached}"]
+    cached.write_bytes(b"not an npz")
+    np.testing.assert_array_equal(distill.teacher_probabilities(predictor, sha, train, store, said.append,
+                                                                cache=tmp_path), whole.astype(np.float32))
+    assert said[-1].endswith(" s left") and np.array_equal(np.load(cached)["proba"], whole.astype(np.float32))
 
 
 def test_a_student_learns_from_the_teacher_records_it_and_resumes_bit_identical(teacher, sample_store, tmp_path):
@@ -76,10 +90,13 @@ def test_a_student_learns_from_the_teacher_records_it_and_resumes_bit_identical(
     assert config["teacher"]["members"] == list(predictor.members)
     assert 0.0 < config["teacher"]["train_accuracy"] <= 1.0
 
-    # stopped after epoch 1 and continued: the teacher's targets are recomputed, identical
+    # stopped after epoch 1 and continued: the teacher's targets read from the cache, identical
     part = tmp_path / "part"
     assert _cli(*args, "--epochs", 1, "--out", part) == 0
+    cached, = (paths.cache_dir() / "teacher").glob(f"{config['teacher']['sha256'][:12]}-*-stored.npz")
+    written = cached.stat().st_mtime_ns
     assert _cli(*args, "--epochs", 2, "--out", part, "--resume") == 0
+    assert cached.stat().st_mtime_ns == written
     assert all(np.array_equal(a, b) for a, b in zip(_weights(part), _weights(whole), strict=True))
 
     # the same run without a teacher learns something else

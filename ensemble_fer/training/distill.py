@@ -18,9 +18,9 @@ The student's augmented view (small shifts, flips, erasing) keeps the crop's sof
 hard label does. Validation -- and so early stopping, the learning-rate schedule and the best
 epoch -- uses the hard labels only: the teacher never sees the validation split through this.
 
-The teacher's probabilities are recomputed at each call of ``train`` (a resumed run too): the
-same model on the same stored crops gives the same numbers, and the teacher's fingerprint is in
-the run's arguments, so a resume with a changed teacher is refused.
+The teacher's pass is cached like the views' below (one file, ``...-stored.npz``), so a resumed
+run or a second student of the same teacher reads it instead of paying the pass again; the
+teacher's fingerprint is in the run's arguments, so a resume with a changed teacher is refused.
 
 **Views** (``teacher_views`` > 1, ``--teacher-views``). With strong augmentation the crop's
 target no longer describes what the student sees. The teacher then predicts each training
@@ -93,17 +93,27 @@ def fingerprint(predictor) -> str:
     return digest.hexdigest()
 
 
-def teacher_probabilities(predictor, split, store, say=print) -> np.ndarray:
+def teacher_probabilities(predictor, teacher_sha256: str, split, store, say=print,
+                          cache: Path | None = None) -> np.ndarray:
     """The teacher's class probabilities (N, n_classes) of the rows of ``split`` (a
-    :class:`~ensemble_fer.training.data.SplitData` of ``store``).
+    :class:`~ensemble_fer.training.data.SplitData` of ``store``), as the teacher predicts them
+    (its own test-time views), read from the cache when the same teacher made them on the same
+    rows of the same store, and written there otherwise (``cache`` as for :func:`teacher_views`).
 
     A teacher with a BOVW input reads the store's BOVW vectors, so it must have been trained on
     features of the same extractor configuration (refused otherwise)."""
     _check_teacher_store(predictor, store)
+    path = _cache_file(cache, teacher_sha256, store, split, None)
+    proba = _read_cache(path, split.ids)
+    if proba is not None:
+        say(f"teacher {predictor.source}: the {len(split):,} training crops read from {path}")
+        return proba
     say(f"teacher {predictor.source}: predicting the {len(split):,} training crops ...")
-    return _teacher_pass(predictor, split.images if predictor.needs_images else None,
-                         split.bovw if predictor.needs_bovw else None, None, say,
-                         f"teacher {predictor.source}")
+    proba = _teacher_pass(predictor, split.images if predictor.needs_images else None,
+                          split.bovw if predictor.needs_bovw else None, None, say,
+                          f"teacher {predictor.source}")
+    artifacts.save_npz(path, proba=proba, ids=split.ids)
+    return proba
 
 
 PROGRESS_ROWS = 4096
@@ -242,13 +252,17 @@ def _check_teacher_store(predictor, store) -> None:
                          f"teacher's settings or choose an image-only teacher")
 
 
-def _cache_file(cache, teacher_sha256: str, store, split, view: int) -> Path:
+def _cache_file(cache, teacher_sha256: str, store, split, view: int | None) -> Path:
+    """The cache file of one teacher pass: over fixed view ``view`` of the crops, or (None) over
+    the crops as stored with the teacher's own test-time views."""
     from ensemble_fer.paths import cache_dir
 
     folder = Path(cache) if cache is not None else cache_dir() / "teacher"
     rows = hashlib.sha256(np.ascontiguousarray(split.ids).astype(str).tobytes()).hexdigest()
-    key = hashlib.sha256(f"{teacher_sha256}|{store.manifest_hash}|{rows}|{TTA_VIEWS[view]}".encode())
-    return folder / f"{teacher_sha256[:12]}-{key.hexdigest()[:16]}-view{view}.npz"
+    what = "stored" if view is None else TTA_VIEWS[view]
+    key = hashlib.sha256(f"{teacher_sha256}|{store.manifest_hash}|{rows}|{what}".encode())
+    name = "stored" if view is None else f"view{view}"
+    return folder / f"{teacher_sha256[:12]}-{key.hexdigest()[:16]}-{name}.npz"
 
 
 def _read_cache(path: Path, ids: np.ndarray) -> np.ndarray | None:
