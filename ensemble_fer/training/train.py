@@ -169,8 +169,8 @@ def _distill_targets(teacher, splits, store, config: TrainConfig, args: dict, sa
 
     train_rows = splits["train"]
     if config.teacher_views == 1:
-        targets = train_rows.soft = distill.soften(distill.teacher_probabilities(teacher, args["teacher_sha256"], train_rows, store, say),
-                                                   config.distill_temperature)
+        proba = distill.teacher_probabilities(teacher, args["teacher_sha256"], train_rows, store, say)
+        targets = train_rows.soft = distill.soften(proba, config.distill_temperature)
     else:
         train_rows.views = distill.teacher_views(teacher, args["teacher_sha256"], train_rows, store,
                                                  config.teacher_views, config.bovw, say)
