@@ -112,7 +112,7 @@ def teacher_probabilities(predictor, teacher_sha256: str, split, store, say=prin
     proba = _teacher_pass(predictor, split.images if predictor.needs_images else None,
                           split.bovw if predictor.needs_bovw else None, None, say,
                           f"teacher {predictor.source}")
-    artifacts.save_npz(path, proba=proba, ids=split.ids)
+    _write_cache(path, proba, split.ids)
     return proba
 
 
@@ -233,7 +233,7 @@ def teacher_views(predictor, teacher_sha256: str, split, store, n_views: int, st
             proba = _teacher_pass(predictor, images[v] if predictor.needs_images else None,
                                   bovw[v] if predictor.needs_bovw else None, 0, say,
                                   f"teacher {predictor.source}, view {v + 1}/{n_views}")
-            artifacts.save_npz(path, proba=proba, ids=split.ids)
+            _write_cache(path, proba, split.ids)
             say(f"teacher {predictor.source}: view {v + 1}/{n_views} of the {len(split):,} training crops "
                 f"in {time.time() - started:.0f} s (cached in {path})")
         else:
@@ -280,3 +280,9 @@ def _read_cache(path: Path, ids: np.ndarray) -> np.ndarray | None:
             or not np.isfinite(proba).all()):
         return None
     return proba.astype(np.float32)
+
+
+def _write_cache(path: Path, proba: np.ndarray, ids: np.ndarray) -> None:
+    """Cache one teacher pass: its probabilities and the rows they describe, which
+    :func:`_read_cache` checks before it trusts the file."""
+    artifacts.save_npz(path, proba=proba, ids=ids)
