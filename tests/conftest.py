@@ -19,13 +19,9 @@ TEST_DATA = Path(__file__).resolve().parent / "data"
 def _own_cache_folder(tmp_path_factory):
     """The suite's caches (extracted photos, teacher passes) in a folder of its own: a test never
     reads what the user's runs cached, nor leaves files in the user's cache."""
-    previous = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if previous is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(scope="session")
